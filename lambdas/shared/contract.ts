@@ -1,0 +1,337 @@
+/**
+ * The job contract: the single source of truth for what a client uploads (`job.json`), what the
+ * intake stages hand to the GPU containers (`dataset/plan.json`), and what every stage reports
+ * (`status.json`, `manifest.json`). The containers validate against the JSON Schema generated from
+ * this file (`npm run schema`); a test fails when the generated file is stale.
+ *
+ * Defaults come from ../shared/docs/recipe.md; every number is a per-job option with bounds.
+ */
+import { z } from 'zod';
+
+/** Pipeline stages, in order. One name per stage: state machine, handler folder, container module, S3 prefix. */
+export const STAGES = ['validate', 'normalize', 'caption', 'train', 'evaluate', 'finalize'] as const;
+export const StageSchema = z.enum(STAGES);
+export type Stage = z.infer<typeof StageSchema>;
+
+/** Path-safe identifier for teams and jobs: also used in S3 keys, execution names and Batch job names. */
+export const IdSchema = z
+  .string()
+  .regex(/^[a-z0-9][a-z0-9-]{0,62}$/, 'use 1-63 characters: lowercase letters, digits and "-", starting with a letter or digit');
+
+export const KINDS = ['character', 'style', 'object'] as const;
+export const KindSchema = z.enum(KINDS);
+export type Kind = z.infer<typeof KindSchema>;
+
+/**
+ * Words a trigger token must not be: the token has to be rare so that it binds to the subject
+ * instead of dragging in what the base model already knows.
+ */
+export const COMMON_WORDS = new Set([
+  'man', 'woman', 'person', 'people', 'boy', 'girl', 'child', 'dog', 'cat', 'pet', 'photo', 'picture',
+  'style', 'art', 'face', 'portrait', 'the', 'and', 'with', 'sks', 'token', 'lora', 'model', 'image',
+]);
+
+export const TokenSchema = z
+  .string()
+  .regex(/^[a-z][a-z0-9]{2,15}$/, 'use a short rare lowercase word of 3-16 letters/digits starting with a letter, e.g. "ohwx" or "anantn"')
+  .refine((t) => !COMMON_WORDS.has(t), 'the token is a common word; pick a rare made-up word such as "ohwx" so it binds to the subject');
+
+export const ClassWordSchema = z
+  .string()
+  .regex(/^[a-z][a-z ]{1,30}[a-z]$/, 'use a plain lowercase class word such as "man", "woman", "dog" or "painting"');
+
+export const CaptioningSchema = z
+  .object({
+    /** BLIP beam search width (recipe: 10). */
+    numBeams: z.number().int().min(1).max(20).default(10),
+    /** Minimum caption length in tokens (recipe: 25, about two sentences). */
+    minLength: z.number().int().min(1).max(75).default(25),
+    maxLength: z.number().int().min(5).max(150).default(75),
+    /** Prefix added to every caption; `{token}` and `{classWord}` are substituted. */
+    prefix: z.string().max(100).default('photo of {token}, '),
+    /** Traits shared by every photo (e.g. "black hair"), removed from captions so they bind to the token. */
+    commonTraits: z.array(z.string().min(2).max(40)).max(20).default([]),
+  })
+  .strict()
+  .refine((c) => c.maxLength > c.minLength, { message: 'maxLength must be greater than minLength', path: ['maxLength'] })
+  .refine((c) => c.prefix.includes('{token}'), { message: 'prefix must contain {token} so captions carry the trigger word', path: ['prefix'] });
+
+export const OPTIMIZERS = ['AdamW8bit', 'AdamW', 'DAdaptation', 'Adafactor', 'Prodigy'] as const;
+export const SCHEDULERS = ['polynomial', 'constant', 'cosine', 'cosine_with_restarts', 'linear', 'constant_with_warmup', 'adafactor'] as const;
+export const NETWORKS = ['lora', 'locon', 'loha'] as const;
+
+/** Training settings once every default is applied: what the trainer container reads. */
+const trainingFields = {
+    optimizer: z.enum(OPTIMIZERS),
+    /** Separate rates override the global learning rate (recipe: 1e-4 / 5e-5). */
+    unetLr: z.number().positive().max(2),
+    textEncoderLr: z.number().min(0).max(2),
+    lrScheduler: z.enum(SCHEDULERS),
+    lrWarmupSteps: z.number().int().min(0).max(2000),
+    /** kohya `--optimizer_args`, `key=value` each. */
+    optimizerArgs: z.array(z.string().regex(/^[a-z_]+=[A-Za-z0-9_.()+-]+$/, 'use key=value')).max(8),
+    network: z.enum(NETWORKS),
+    networkDim: z.number().int().min(1).max(256),
+    networkAlpha: z.number().positive().max(256),
+    mixedPrecision: z.enum(['bf16', 'fp16', 'no']),
+    batchSize: z.number().int().min(1).max(2),
+    /** Steps the plan aims for; repeats and epochs are derived from it unless given. */
+    targetSteps: z.number().int().min(100).max(10000),
+    repeats: z.number().int().min(1).max(100).optional(),
+    epochs: z.number().int().min(1).max(50).optional(),
+    /** 'auto': 768 when most usable photos exceed 768x768, else 512. */
+    resolution: z.union([z.literal('auto'), z.literal(512), z.literal(768)]),
+    cacheLatents: z.boolean(),
+    colorAug: z.boolean(),
+    flipAug: z.boolean(),
+    seed: z.number().int().min(0).max(2 ** 31 - 1),
+};
+export const TrainingResolvedSchema = z
+  .object(trainingFields)
+  .strict()
+  .superRefine((t, ctx) => {
+    // Optimizer rules from recipe.md, enforced before any GPU minute is spent.
+    const fail = (path: string, message: string) => ctx.addIssue({ code: 'custom', path: [path], message });
+    const adaptive = t.optimizer === 'DAdaptation' || t.optimizer === 'Prodigy' || t.optimizer === 'Adafactor';
+    if (adaptive && t.unetLr !== 1) fail('unetLr', `${t.optimizer} adapts the step size itself: set unetLr to 1`);
+    if (adaptive && t.textEncoderLr !== 0.5) fail('textEncoderLr', `${t.optimizer} needs textEncoderLr 0.5`);
+    if ((t.optimizer === 'DAdaptation' || t.optimizer === 'Prodigy') && t.lrScheduler !== 'constant') {
+      fail('lrScheduler', `${t.optimizer} needs lrScheduler "constant"`);
+    }
+    if (t.optimizer === 'DAdaptation' && !t.optimizerArgs.includes('decouple=True')) {
+      fail('optimizerArgs', 'DAdaptation needs optimizerArgs to include "decouple=True"');
+    }
+    if (t.optimizer === 'Adafactor') {
+      if (t.lrScheduler !== 'adafactor') fail('lrScheduler', 'Adafactor needs lrScheduler "adafactor"');
+      for (const arg of ['relative_step=True', 'scale_parameter=True']) {
+        if (!t.optimizerArgs.includes(arg)) fail('optimizerArgs', `Adafactor needs optimizerArgs to include "${arg}"`);
+      }
+    }
+    if (t.lrScheduler === 'adafactor' && t.optimizer !== 'Adafactor') {
+      fail('lrScheduler', 'the "adafactor" scheduler only works with the Adafactor optimizer');
+    }
+    if (t.lrScheduler === 'constant' && t.lrWarmupSteps > 0) {
+      fail('lrWarmupSteps', 'the constant scheduler takes no warmup: use constant_with_warmup or set lrWarmupSteps to 0');
+    }
+    if (t.cacheLatents && t.colorAug) {
+      fail('colorAug', 'cached latents cannot be combined with colour augmentation: set cacheLatents or colorAug to false');
+    }
+  });
+export type Training = z.infer<typeof TrainingResolvedSchema>;
+
+/** What a job may give: any subset; the rest comes from the optimizer's, network's and kind's defaults. */
+export const TrainingInputSchema = z.object(trainingFields).partial().strict();
+
+/** Per-optimizer defaults (recipe.md section 4). */
+const OPTIMIZER_DEFAULTS: Record<(typeof OPTIMIZERS)[number], Pick<Training, 'unetLr' | 'textEncoderLr' | 'lrScheduler' | 'optimizerArgs'>> = {
+  AdamW8bit: { unetLr: 1e-4, textEncoderLr: 5e-5, lrScheduler: 'polynomial', optimizerArgs: [] },
+  AdamW: { unetLr: 1e-4, textEncoderLr: 5e-5, lrScheduler: 'polynomial', optimizerArgs: [] },
+  DAdaptation: { unetLr: 1, textEncoderLr: 0.5, lrScheduler: 'constant', optimizerArgs: ['decouple=True'] },
+  Adafactor: {
+    unetLr: 1,
+    textEncoderLr: 0.5,
+    lrScheduler: 'adafactor',
+    optimizerArgs: ['relative_step=True', 'scale_parameter=True', 'warmup_init=False'],
+  },
+  Prodigy: { unetLr: 1, textEncoderLr: 0.5, lrScheduler: 'constant', optimizerArgs: ['decouple=True'] },
+};
+
+/** Plain LoRA at 128/128 (recipe); LyCORIS variants at the small dim/alpha their authors suggest. */
+const NETWORK_DEFAULTS: Record<(typeof NETWORKS)[number], Pick<Training, 'networkDim' | 'networkAlpha'>> = {
+  lora: { networkDim: 128, networkAlpha: 128 },
+  locon: { networkDim: 16, networkAlpha: 1 },
+  loha: { networkDim: 16, networkAlpha: 1 },
+};
+
+/** Kind presets: a style has no face whose asymmetry flipping would damage. */
+const KIND_DEFAULTS: Record<Kind, Pick<Training, 'flipAug' | 'targetSteps'>> = {
+  character: { flipAug: false, targetSteps: 1875 },
+  object: { flipAug: false, targetSteps: 1875 },
+  style: { flipAug: true, targetSteps: 2500 },
+};
+
+export function resolveTraining(kind: Kind, given: z.infer<typeof TrainingInputSchema>): Training {
+  const optimizer = given.optimizer ?? 'AdamW8bit';
+  const network = given.network ?? 'lora';
+  return {
+    optimizer,
+    ...OPTIMIZER_DEFAULTS[optimizer],
+    lrWarmupSteps: 0,
+    network,
+    ...NETWORK_DEFAULTS[network],
+    mixedPrecision: 'bf16',
+    batchSize: 1,
+    ...KIND_DEFAULTS[kind],
+    resolution: 'auto',
+    cacheLatents: true,
+    colorAug: false,
+    seed: 42,
+    ...given,
+  };
+}
+
+export const EvaluationSchema = z
+  .object({
+    /** Prompts rendered with every checkpoint; `{token}` and `{classWord}` are substituted. */
+    prompts: z.array(z.string().min(3).max(300)).min(1).max(8).default([
+      'a portrait of {token}, red hair, handsome face, oil painting, artstation',
+    ]),
+    negativePrompt: z
+      .string()
+      .max(500)
+      .default('ugly, poorly drawn hands, poorly drawn feet, poorly drawn face, out of frame, extra limbs, disfigured, deformed, watermark, signature, bad art, blurry, blurred'),
+    /** LoRA strengths, the grid's rows (recipe: 1.0 down to 0.5). */
+    strengths: z.array(z.number().min(0).max(2)).min(1).max(10).default([1.0, 0.9, 0.8, 0.7, 0.6, 0.5]),
+    steps: z.number().int().min(1).max(150).default(35),
+    cfgScale: z.number().min(1).max(30).default(7),
+    sampler: z.enum(['euler_a', 'euler', 'ddim', 'dpmsolver++']).default('euler_a'),
+    seed: z.number().int().min(0).max(2 ** 31 - 1).default(1234),
+    width: z.number().int().min(256).max(1024).multipleOf(64).default(512),
+    height: z.number().int().min(256).max(1024).multipleOf(64).default(512),
+  })
+  .strict();
+
+const specFields = {
+  /** Trigger word the LoRA binds the subject to. */
+  token: TokenSchema,
+  /** What the subject is ("man", "dog", "painting"). */
+  classWord: ClassWordSchema,
+  /** Optional name for the LoRA files; defaults to the token. */
+  outputName: z.string().regex(/^[a-z0-9][a-z0-9_-]{0,47}$/, 'use lowercase letters, digits, "_" and "-"').optional(),
+  captioning: CaptioningSchema.default(CaptioningSchema.parse({})),
+  evaluation: EvaluationSchema.default(EvaluationSchema.parse({})),
+};
+
+/** The job spec with every default applied: what `dataset/plan.json` carries to the containers. */
+export const ResolvedJobSpecSchema = z
+  .object({ ...specFields, kind: KindSchema, training: TrainingResolvedSchema })
+  .strict();
+export type JobSpec = z.infer<typeof ResolvedJobSpecSchema>;
+
+/** `teams/<teamId>/jobs/<jobId>/job.json`, uploaded last: its arrival starts the job. */
+export const JobSpecSchema = z
+  .object({ ...specFields, kind: KindSchema.default('character'), training: TrainingInputSchema.default({}) })
+  .strict()
+  .transform((spec) => ({ ...spec, training: resolveTraining(spec.kind, spec.training) }))
+  .pipe(ResolvedJobSpecSchema);
+export type JobSpecInput = z.input<typeof JobSpecSchema>;
+
+/** Photo count bounds per kind: `ideal` from recipe.md; `min`/`max` are hard limits. */
+export const COUNT_RULES: Record<Kind, { min: number; max: number; idealMin: number; idealMax: number }> = {
+  character: { min: 10, max: 100, idealMin: 20, idealMax: 50 },
+  object: { min: 10, max: 100, idealMin: 20, idealMax: 50 },
+  style: { min: 20, max: 300, idealMin: 50, idealMax: 200 },
+};
+
+/** The training plan, with the arithmetic recipe.md asks to record. */
+export const PlanSchema = z
+  .object({
+    numImages: z.number().int().min(1),
+    repeats: z.number().int().min(1),
+    epochs: z.number().int().min(1),
+    batchSize: z.number().int().min(1),
+    totalSteps: z.number().int().min(1),
+    resolution: z.union([z.literal(512), z.literal(768)]),
+    /** kohya image folder name, `<repeats>_<token>`. */
+    folder: z.string(),
+    arithmetic: z.string(),
+  })
+  .strict();
+export type Plan = z.infer<typeof PlanSchema>;
+
+/** `dataset/plan.json`: what the GPU containers read. Carries the spec with every default applied. */
+export const DatasetPlanSchema = z
+  .object({
+    teamId: IdSchema,
+    jobId: IdSchema,
+    spec: ResolvedJobSpecSchema,
+    plan: PlanSchema,
+    outputName: z.string(),
+    /** Dataset image file names inside `dataset/<folder>/`. */
+    images: z.array(z.string()).min(1),
+    /** Images that arrived with a user caption (`dataset/<folder>/<name>.txt` written by normalize). */
+    userCaptions: z.array(z.string()).default([]),
+  })
+  .strict();
+export type DatasetPlan = z.infer<typeof DatasetPlanSchema>;
+
+export const JOB_STATES = ['queued', 'running', 'succeeded', 'failed'] as const;
+
+export const ErrorInfoSchema = z
+  .object({
+    /** Stable machine-readable code, e.g. TOO_FEW_PHOTOS. */
+    code: z.string(),
+    /** What went wrong and what to do. */
+    message: z.string(),
+    /** The offending input (a file, a field), when there is one. */
+    input: z.string().optional(),
+  })
+  .strict();
+export type ErrorInfo = z.infer<typeof ErrorInfoSchema>;
+
+/** `status.json`: rewritten at every transition and by the GPU jobs for progress. */
+export const StatusSchema = z
+  .object({
+    teamId: IdSchema,
+    jobId: IdSchema,
+    state: z.enum(JOB_STATES),
+    stage: StageSchema,
+    progress: z
+      .object({
+        /** 0..1 within the current stage. */
+        fraction: z.number().min(0).max(1),
+        message: z.string(),
+        epoch: z.number().int().optional(),
+        epochs: z.number().int().optional(),
+        step: z.number().int().optional(),
+        totalSteps: z.number().int().optional(),
+        loss: z.number().optional(),
+      })
+      .strict()
+      .optional(),
+    createdAt: z.string(),
+    updatedAt: z.string(),
+    finishedAt: z.string().optional(),
+    error: ErrorInfoSchema.optional(),
+  })
+  .strict();
+export type Status = z.infer<typeof StatusSchema>;
+
+export const ManifestSchema = z
+  .object({
+    teamId: IdSchema,
+    jobId: IdSchema,
+    createdAt: z.string(),
+    urlExpiresAt: z.string(),
+    artifacts: z.array(
+      z
+        .object({
+          key: z.string(),
+          /** Path relative to the job prefix, e.g. `train/ohwx.safetensors`. */
+          name: z.string(),
+          stage: z.string(),
+          size: z.number().int().min(0),
+          sha256: z.string().regex(/^[0-9a-f]{64}$/),
+          url: z.string().url(),
+        })
+        .strict(),
+    ),
+  })
+  .strict();
+export type Manifest = z.infer<typeof ManifestSchema>;
+
+/** Execution input, from the `start` function. */
+export const ExecutionInputSchema = z.object({ teamId: IdSchema, jobId: IdSchema }).strict();
+export type ExecutionInput = z.infer<typeof ExecutionInputSchema>;
+
+/** Turns zod issues into one message that names each offending field and says what to do. */
+export function describeIssues(error: z.ZodError, file: string): string {
+  const parts = error.issues.map((issue) => {
+    const where = issue.path.length ? issue.path.join('.') : '(root)';
+    if (issue.code === 'unrecognized_keys') {
+      return `${where}: unknown field(s) ${issue.keys.map((k) => `"${k}"`).join(', ')}; remove them (allowed fields are in the README's job.json reference)`;
+    }
+    return `${where}: ${issue.message}`;
+  });
+  return `${file} is invalid: ${parts.join('; ')}`;
+}

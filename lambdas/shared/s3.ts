@@ -1,0 +1,73 @@
+/**
+ * S3 access shared by the handlers. The endpoint comes from the environment
+ * (`AWS_ENDPOINT_URL_S3` points the SDK at the local endpoint in tests and local runs).
+ */
+import { GetObjectCommand, ListObjectsV2Command, NoSuchKey, PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
+import type { z } from 'zod';
+import { describeIssues } from './contract';
+import { InvalidInputError } from './errors';
+
+let shared: S3Client | undefined;
+/** One client per process: Lambda reuses it across invocations. */
+export function s3Client(): S3Client {
+  shared ??= new S3Client({});
+  return shared;
+}
+
+export async function getBytes(s3: S3Client, bucket: string, key: string, maxBytes = Infinity): Promise<Uint8Array> {
+  const out = await s3.send(new GetObjectCommand({ Bucket: bucket, Key: key }));
+  if ((out.ContentLength ?? 0) > maxBytes) {
+    out.Body?.transformToWebStream().cancel();
+    throw new InvalidInputError('FILE_TOO_LARGE', `${key} is ${out.ContentLength} bytes, over the ${maxBytes}-byte limit: upload a smaller file`, key);
+  }
+  return out.Body!.transformToByteArray();
+}
+
+/** Reads a JSON object, or undefined when the key does not exist. */
+export async function getJson(s3: S3Client, bucket: string, key: string, maxBytes = 1_000_000): Promise<unknown | undefined> {
+  try {
+    const text = new TextDecoder().decode(await getBytes(s3, bucket, key, maxBytes));
+    try {
+      return JSON.parse(text);
+    } catch (error) {
+      throw new InvalidInputError('BAD_JSON', `${key} is not valid JSON (${(error as Error).message}): fix the file and upload it again`, key);
+    }
+  } catch (error) {
+    if (error instanceof NoSuchKey || (error as Error).name === 'NoSuchKey') return undefined;
+    throw error;
+  }
+}
+
+/** Reads and validates a JSON document; a missing or invalid file is an InvalidInputError naming it. */
+export async function getValidJson<T extends z.ZodType>(s3: S3Client, bucket: string, key: string, schema: T): Promise<z.output<T>> {
+  const raw = await getJson(s3, bucket, key);
+  if (raw === undefined) throw new InvalidInputError('MISSING_FILE', `${key} does not exist`, key);
+  const parsed = schema.safeParse(raw);
+  if (!parsed.success) throw new InvalidInputError('INVALID_JSON_DOCUMENT', describeIssues(parsed.error, key), key);
+  return parsed.data;
+}
+
+export async function putBytes(s3: S3Client, bucket: string, key: string, body: Uint8Array | string, contentType: string): Promise<void> {
+  await s3.send(new PutObjectCommand({ Bucket: bucket, Key: key, Body: body, ContentType: contentType }));
+}
+
+export async function putJson(s3: S3Client, bucket: string, key: string, value: unknown): Promise<void> {
+  await putBytes(s3, bucket, key, `${JSON.stringify(value, null, 2)}\n`, 'application/json');
+}
+
+export interface ListedObject {
+  readonly key: string;
+  readonly size: number;
+}
+
+/** Every object under a prefix, following continuation tokens; stops at `limit` to bound hostile input. */
+export async function listAll(s3: S3Client, bucket: string, prefix: string, limit = 10_000): Promise<ListedObject[]> {
+  const found: ListedObject[] = [];
+  let token: string | undefined;
+  do {
+    const page = await s3.send(new ListObjectsV2Command({ Bucket: bucket, Prefix: prefix, ContinuationToken: token }));
+    for (const item of page.Contents ?? []) found.push({ key: item.Key!, size: item.Size ?? 0 });
+    token = page.IsTruncated ? page.NextContinuationToken : undefined;
+  } while (token && found.length < limit);
+  return found;
+}
