@@ -1,4 +1,86 @@
-/** Placeholder so the stack synthesizes while the finalize stage is written; replaced in the next commits. */
-export async function handler(): Promise<never> {
-  throw new Error('finalize: not implemented yet');
+/**
+ * finalize: lists every artifact the stages wrote, hashes each (sha256, streamed), signs a short-lived
+ * download URL for it, writes manifest.json, and marks the job succeeded.
+ */
+import { createHash } from 'node:crypto';
+import type { Readable } from 'node:stream';
+import { GetObjectCommand } from '@aws-sdk/client-s3';
+import { getSignedUrl } from '@aws-sdk/s3-request-presigner';
+import { type Manifest, ManifestSchema, STAGES } from '../shared/contract';
+import { requireEnv } from '../shared/env';
+import { type StageContext, stageHandler } from '../shared/handler';
+import { jobPrefix, keys } from '../shared/keys';
+import { listAll, putJson } from '../shared/s3';
+import { writeStatus } from '../shared/status';
+
+/** Stage outputs handed out; training state is internal (resume after Spot) and stays private. */
+const PRIVATE = [/^train\/state\//];
+const HASH_CONCURRENCY = 4;
+
+export interface FinalizeOptions {
+  readonly urlExpirySeconds: number;
 }
+
+export interface FinalizeResult {
+  readonly manifestKey: string;
+  readonly artifacts: number;
+}
+
+async function sha256(ctx: StageContext, key: string): Promise<string> {
+  const out = await ctx.s3.send(new GetObjectCommand({ Bucket: ctx.artifactsBucket, Key: key }));
+  const hash = createHash('sha256');
+  for await (const chunk of out.Body as Readable) hash.update(chunk as Buffer);
+  return hash.digest('hex');
+}
+
+async function mapLimit<T, R>(items: readonly T[], limit: number, fn: (item: T) => Promise<R>): Promise<R[]> {
+  const results: R[] = new Array(items.length);
+  let next = 0;
+  const worker = async () => {
+    while (next < items.length) {
+      const i = next++;
+      results[i] = await fn(items[i]);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
+  return results;
+}
+
+export async function finalize(ctx: StageContext, options: FinalizeOptions): Promise<FinalizeResult> {
+  await writeStatus(ctx.s3, ctx.artifactsBucket, ctx.job, { state: 'running', stage: 'finalize', progress: { fraction: 0, message: 'listing artifacts' } }, ctx.now());
+  const prefix = jobPrefix(ctx.job);
+  const stageDirs = new Set<string>(STAGES);
+  const objects = (await listAll(ctx.s3, ctx.artifactsBucket, prefix))
+    .map((o) => ({ ...o, name: o.key.slice(prefix.length) }))
+    .filter((o) => stageDirs.has(o.name.split('/')[0]) && !PRIVATE.some((p) => p.test(o.name)))
+    .sort((a, b) => a.name.localeCompare(b.name));
+
+  const created = ctx.now();
+  const artifacts = await mapLimit(objects, HASH_CONCURRENCY, async (o) => ({
+    key: o.key,
+    name: o.name,
+    stage: o.name.split('/')[0],
+    size: o.size,
+    sha256: await sha256(ctx, o.key),
+    url: await getSignedUrl(ctx.s3, new GetObjectCommand({ Bucket: ctx.artifactsBucket, Key: o.key }), {
+      expiresIn: options.urlExpirySeconds,
+    }),
+  }));
+  const manifest: Manifest = ManifestSchema.parse({
+    ...ctx.job,
+    createdAt: created.toISOString(),
+    urlExpiresAt: new Date(created.getTime() + options.urlExpirySeconds * 1000).toISOString(),
+    artifacts,
+  });
+  const manifestKey = keys.manifest(ctx.job);
+  await putJson(ctx.s3, ctx.artifactsBucket, manifestKey, manifest);
+  await writeStatus(ctx.s3, ctx.artifactsBucket, ctx.job, {
+    state: 'succeeded',
+    stage: 'finalize',
+    progress: { fraction: 1, message: `${artifacts.length} artifacts in manifest.json` },
+    finishedAt: ctx.now().toISOString(),
+  }, ctx.now());
+  return { manifestKey, artifacts: artifacts.length };
+}
+
+export const handler = stageHandler((ctx) => finalize(ctx, { urlExpirySeconds: Number(requireEnv('URL_EXPIRY_SECONDS')) }));

@@ -1,0 +1,75 @@
+/**
+ * mark-failed: every Catch in the state machine ends here. It turns the Step Functions error of the
+ * failed stage into status.json `failed` with a stable code, a message that says what to do, and the
+ * offending input when known. A GPU container that already wrote its own failure detail keeps it.
+ */
+import { z } from 'zod';
+import { type ErrorInfo, ErrorInfoSchema, ExecutionInputSchema, type Stage, StageSchema, type Status } from '../shared/contract';
+import { contextFromEnv, type StageContext } from '../shared/handler';
+import { toLambdaError } from '../shared/errors';
+import { readStatus, writeStatus } from '../shared/status';
+
+const StepFunctionsError = z.object({ Error: z.string().default('States.TaskFailed'), Cause: z.string().optional() });
+export const MarkFailedInputSchema = ExecutionInputSchema.extend({
+  /** `{ "<stage>": { Error, Cause } }`, from each task's Catch (`ResultPath: $.failure.<stage>`). */
+  failure: z.record(z.string(), StepFunctionsError),
+});
+export type MarkFailedInput = z.input<typeof MarkFailedInputSchema>;
+
+const BATCH_STAGES: ReadonlySet<Stage> = new Set(['caption', 'train', 'evaluate']);
+
+function parseJson(text: string | undefined): unknown {
+  if (!text) return undefined;
+  try {
+    return JSON.parse(text);
+  } catch {
+    return undefined;
+  }
+}
+
+/** Reads the error that a stage raised into code, message and offending input. */
+export function describeFailure(stage: Stage, error: string, cause: string | undefined): ErrorInfo {
+  const parsed = parseJson(cause) as Record<string, unknown> | undefined;
+  if (error === 'States.Timeout') {
+    return { code: 'TIMEOUT', message: `the ${stage} stage ran past its time limit; retry the job, and if it recurs use fewer photos or steps` };
+  }
+  if (error === 'Local.GpuUnavailable') {
+    return { code: 'GPU_UNAVAILABLE', message: String(parsed?.errorMessage ?? cause ?? 'no GPU available') };
+  }
+  // Our Lambda handlers put code/message/input as JSON in errorMessage (see shared/errors.ts).
+  const detail = ErrorInfoSchema.safeParse(parseJson(parsed?.errorMessage as string | undefined));
+  if (detail.success) return detail.data;
+  if (BATCH_STAGES.has(stage) && parsed && ('StatusReason' in parsed || 'Status' in parsed)) {
+    const attempts = (parsed.Attempts as Array<{ Container?: { ExitCode?: number; Reason?: string } }> | undefined) ?? [];
+    const last = attempts.at(-1)?.Container;
+    const reason = [parsed.StatusReason, last?.Reason, last?.ExitCode !== undefined ? `exit code ${last.ExitCode}` : undefined]
+      .filter(Boolean)
+      .join('; ');
+    return {
+      code: 'BATCH_JOB_FAILED',
+      message: `the ${stage} GPU job failed after ${attempts.length} attempt(s): ${reason || 'no reason given'}; see the job's CloudWatch log stream`,
+    };
+  }
+  const message = typeof parsed?.errorMessage === 'string' ? parsed.errorMessage : cause ?? error;
+  return { code: error.replace(/^.*\./, '').replace(/([a-z])([A-Z])/g, '$1_$2').toUpperCase(), message: `${stage} failed: ${message}` };
+}
+
+export async function markFailed(ctx: StageContext, input: z.output<typeof MarkFailedInputSchema>): Promise<Status> {
+  const [name, failure] = Object.entries(input.failure)[0] ?? ['validate', { Error: 'States.TaskFailed', Cause: undefined }];
+  const stage = StageSchema.catch('validate').parse(name);
+  const previous = await readStatus(ctx.s3, ctx.artifactsBucket, ctx.job);
+  // A container reports its failure in status.json before exiting; that beats Batch's summary.
+  const reported = previous?.state === 'failed' && previous.stage === stage ? previous.error : undefined;
+  const error = reported ?? describeFailure(stage, failure.Error, failure.Cause);
+  console.log(JSON.stringify({ level: 'error', message: 'job failed', stage, ...ctx.job, error }));
+  return writeStatus(ctx.s3, ctx.artifactsBucket, ctx.job, { state: 'failed', stage, error, finishedAt: ctx.now().toISOString() }, ctx.now());
+}
+
+export async function handler(event: unknown): Promise<Status> {
+  try {
+    const input = MarkFailedInputSchema.parse(event);
+    return await markFailed(contextFromEnv({ teamId: input.teamId, jobId: input.jobId }), input);
+  } catch (error) {
+    throw toLambdaError(error);
+  }
+}
