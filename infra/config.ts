@@ -1,0 +1,102 @@
+import { z } from 'zod';
+
+/** GPU instance families the Batch job definitions are sized for (one NVIDIA GPU, >= 16 GiB host memory). */
+export const SUPPORTED_GPU_FAMILIES = ['g5', 'g6', 'g6e'] as const;
+
+/**
+ * Sizes that carry exactly one GPU and at least the 4 vCPU / 16 GiB the job definitions need,
+ * with their vCPU counts (the same for every supported family).
+ */
+const SIZE_VCPUS = { xlarge: 4, '2xlarge': 8, '4xlarge': 16, '8xlarge': 32, '16xlarge': 64 } as const;
+const SUPPORTED_SIZES = Object.keys(SIZE_VCPUS) as (keyof typeof SIZE_VCPUS)[];
+
+/** vCPUs of a supported instance type name such as `g5.2xlarge`. */
+export function instanceVcpus(instanceType: string): number | undefined {
+  const size = instanceType.split('.')[1];
+  return size !== undefined && Object.hasOwn(SIZE_VCPUS, size) ? SIZE_VCPUS[size as keyof typeof SIZE_VCPUS] : undefined;
+}
+
+const instanceTypePattern = new RegExp(
+  `^(${SUPPORTED_GPU_FAMILIES.join('|')})\\.(${SUPPORTED_SIZES.join('|')})$`,
+);
+
+/**
+ * Deployment configuration, read from the CDK context key `avatar`.
+ * Every field has a default so the stack deploys as-is.
+ */
+export const AvatarConfigSchema = z
+  .object({
+    /** Days an uploaded raw photo (inbox `teams/` prefix) is kept before S3 deletes it. */
+    rawPhotoRetentionDays: z.number().int().min(1).max(3650).default(30),
+    /** Hard spend ceiling: the most vCPUs each GPU compute environment may run at once. */
+    maxVcpus: z.number().int().min(4).max(1024).default(16),
+    /** EC2 instance types for the GPU compute environments (single-GPU g5/g6/g6e sizes). */
+    instanceTypes: z
+      .array(
+        z.string().regex(instanceTypePattern, {
+          message: `must be a single-GPU instance type of family ${SUPPORTED_GPU_FAMILIES.join('/')} (e.g. g5.xlarge)`,
+        }),
+      )
+      .min(1)
+      .default(['g5.xlarge', 'g5.2xlarge']),
+    /** Try Spot capacity first and fall back to on-demand; false runs on-demand only. */
+    spot: z.boolean().default(true),
+    /** Lifetime of the presigned download URLs finalize writes into the manifest (SigV4 maximum 7 days). */
+    urlExpirySeconds: z.number().int().min(60).max(604_800).default(3600),
+    /** Where CloudWatch alarms are emailed; no subscription when absent. */
+    alarmEmail: z.email().optional(),
+    /** Whole-execution timeout of the state machine, in hours. */
+    executionTimeoutHours: z.number().int().min(1).max(24 * 7).default(12),
+    /** Size of the encrypted gp3 root volume of each GPU instance (images plus model cache). */
+    rootVolumeGiB: z.number().int().min(100).max(16_384).default(200),
+    /** Artifacts-bucket key of the base model the operator uploads (under `models/`). */
+    baseModelKey: z
+      .string()
+      .regex(/^models\/[A-Za-z0-9._\-/]+$/, { message: 'must be an artifacts-bucket key under models/' })
+      .default('models/sd15/v1-5-pruned-emaonly.safetensors'),
+  })
+  .strict()
+  .superRefine((config, ctx) => {
+    // A ceiling below the smallest instance would leave every job RUNNABLE forever.
+    // Refinements also run when fields already failed; report only the cross-field problem here.
+    const vcpus = config.instanceTypes.map(instanceVcpus);
+    if (vcpus.length === 0 || vcpus.some((v) => v === undefined)) return;
+    const smallest = Math.min(...(vcpus as number[]));
+    if (config.maxVcpus >= 4 && config.maxVcpus < smallest) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['maxVcpus'],
+        message: `must be at least ${smallest}, the vCPUs of the smallest configured instance type`,
+      });
+    }
+  });
+
+/** Validated deployment configuration with all defaults applied. */
+export type AvatarConfig = z.infer<typeof AvatarConfigSchema>;
+
+/** The CDK context key holding the configuration. */
+export const CONFIG_CONTEXT_KEY = 'avatar';
+
+/**
+ * Validates raw configuration (an object, a JSON string or undefined) and applies defaults.
+ * @throws Error naming every invalid field, e.g. `Invalid avatar config: maxVcpus: ...`.
+ */
+export function loadConfig(raw: unknown): AvatarConfig {
+  let value: unknown = raw ?? {};
+  if (typeof value === 'string') {
+    try {
+      value = JSON.parse(value);
+    } catch (err) {
+      throw new Error(`Invalid avatar config: context "${CONFIG_CONTEXT_KEY}" is not valid JSON (${(err as Error).message})`);
+    }
+  }
+  const parsed = AvatarConfigSchema.safeParse(value);
+  if (!parsed.success) {
+    const problems = parsed.error.issues.map((issue) => {
+      const field = issue.path.length > 0 ? issue.path.join('.') : '(root)';
+      return `${field}: ${issue.message}`;
+    });
+    throw new Error(`Invalid avatar config: ${problems.join('; ')}`);
+  }
+  return parsed.data;
+}

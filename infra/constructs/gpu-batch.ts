@@ -1,0 +1,277 @@
+import * as path from 'node:path';
+import { Duration, Size, Stack, Validations } from 'aws-cdk-lib';
+import * as batch from 'aws-cdk-lib/aws-batch';
+import * as ec2 from 'aws-cdk-lib/aws-ec2';
+import * as ecrAssets from 'aws-cdk-lib/aws-ecr-assets';
+import * as ecs from 'aws-cdk-lib/aws-ecs';
+import * as iam from 'aws-cdk-lib/aws-iam';
+import * as logs from 'aws-cdk-lib/aws-logs';
+import type * as s3 from 'aws-cdk-lib/aws-s3';
+import { Construct } from 'constructs';
+import { grantList, grantObjects, JOB_PREFIX } from './bucket-access';
+
+const CONTAINERS_DIR = path.join(__dirname, '..', '..', 'containers');
+
+/** Host directory that keeps the base model between jobs on the same instance. */
+export const MODEL_CACHE_HOST_PATH = '/var/cache/avatar';
+/** Where the containers see that cache (`AVATAR_CACHE_DIR`). */
+export const MODEL_CACHE_CONTAINER_PATH = '/cache';
+
+/** Props of {@link GpuBatch}. */
+export interface GpuBatchProps {
+  /** Customer uploads (read by no GPU job today; passed to the containers as `AVATAR_INBOX_BUCKET`). */
+  readonly inbox: s3.IBucket;
+  /** Pipeline outputs and base models. */
+  readonly artifacts: s3.IBucket;
+  /** Where VPC flow logs go (prefix `vpc-flow-logs/`). */
+  readonly logsBucket: s3.IBucket;
+  /**
+   * EC2 instance types of the compute environments; single-GPU types only.
+   * @default ['g5.xlarge', 'g5.2xlarge']
+   */
+  readonly instanceTypes?: string[];
+  /**
+   * Hard ceiling of vCPUs each compute environment runs at once (the spend limit).
+   * @default 16
+   */
+  readonly maxVcpus?: number;
+  /**
+   * Run on Spot first and fall back to on-demand; `false` creates only the on-demand environment.
+   * @default true
+   */
+  readonly spot?: boolean;
+  /**
+   * Encrypted gp3 root volume size of each instance, in GiB.
+   * @default 200
+   */
+  readonly rootVolumeGiB?: number;
+  /**
+   * Artifacts-bucket key of the base model (`AVATAR_BASE_MODEL_KEY` of train and evaluate).
+   * @default 'models/sd15/v1-5-pruned-emaonly.safetensors'
+   */
+  readonly baseModelKey?: string;
+}
+
+/** Sizing shared by all GPU jobs: fits g5.xlarge (4 vCPU, 16 GiB) with room for the ECS agent. */
+const JOB_VCPUS = 4;
+const JOB_MEMORY = Size.mebibytes(14 * 1024);
+
+/**
+ * GPU compute for the caption, train and evaluate stages on AWS Batch.
+ *
+ * Network: a VPC with public subnets only in two AZs, no NAT gateway and a free S3 gateway
+ * endpoint, so it costs nothing while idle. Instances get public IPs (the public subnets map them)
+ * because they need outbound HTTPS to ECR, ECS, CloudWatch Logs and S3 without a NAT gateway
+ * (~$32/month each); the security group admits no inbound traffic and only TCP 443 outbound.
+ *
+ * Compute: a Spot environment (price-capacity-optimized) ordered before an on-demand one
+ * (best-fit-progressive), both scaling from 0 to `maxVcpus`, on the ECS AL2023 NVIDIA AMI, with an
+ * encrypted gp3 root volume and IMDSv2 required.
+ *
+ * Jobs: one job definition per stage, one GPU each, and a retry strategy that resubmits a job
+ * after a Spot reclaim (`Host EC2*`) or an image pull/start failure and stops on anything else.
+ * The Step Functions tasks do not resubmit failed jobs.
+ */
+export class GpuBatch extends Construct {
+  /** Queue every GPU job is submitted to (Spot first when enabled). */
+  public readonly jobQueue: batch.JobQueue;
+  /** `python -m captioner run`. */
+  public readonly caption: batch.EcsJobDefinition;
+  /** `python -m trainer train`. */
+  public readonly train: batch.EcsJobDefinition;
+  /** `python -m trainer evaluate`. */
+  public readonly evaluate: batch.EcsJobDefinition;
+  /** The zero-idle-cost VPC. */
+  public readonly vpc: ec2.Vpc;
+
+  constructor(scope: Construct, id: string, props: GpuBatchProps) {
+    super(scope, id);
+    const instanceTypes = props.instanceTypes ?? ['g5.xlarge', 'g5.2xlarge'];
+    const maxVcpus = props.maxVcpus ?? 16;
+    const rootVolumeGiB = props.rootVolumeGiB ?? 200;
+    const baseModelKey = props.baseModelKey ?? 'models/sd15/v1-5-pruned-emaonly.safetensors';
+    if (instanceTypes.length === 0) throw new Error('GpuBatch: instanceTypes must name at least one instance type');
+    if (!Number.isInteger(maxVcpus) || maxVcpus < JOB_VCPUS) {
+      throw new Error(`GpuBatch: maxVcpus must be an integer >= ${JOB_VCPUS} (one job), got ${maxVcpus}`);
+    }
+
+    this.vpc = new ec2.Vpc(this, 'Vpc', {
+      maxAzs: 2,
+      natGateways: 0,
+      subnetConfiguration: [{ name: 'public', subnetType: ec2.SubnetType.PUBLIC, cidrMask: 24 }],
+      gatewayEndpoints: { S3: { service: ec2.GatewayVpcEndpointAwsService.S3 } },
+      flowLogs: {
+        s3: {
+          destination: ec2.FlowLogDestination.toS3(props.logsBucket, 'vpc-flow-logs/'),
+          trafficType: ec2.FlowLogTrafficType.REJECT,
+        },
+      },
+    });
+
+    const securityGroup = new ec2.SecurityGroup(this, 'InstanceSecurityGroup', {
+      vpc: this.vpc,
+      description: 'GPU batch instances: no inbound, HTTPS outbound only',
+      allowAllOutbound: false,
+    });
+    securityGroup.addEgressRule(ec2.Peer.anyIpv4(), ec2.Port.tcp(443), 'HTTPS to AWS APIs, ECR and S3');
+
+    const launchTemplate = new ec2.LaunchTemplate(this, 'LaunchTemplate', {
+      requireImdsv2: true,
+      blockDevices: [
+        {
+          // Root device of the ECS AL2023 AMIs; holds the images and the model cache.
+          deviceName: '/dev/xvda',
+          volume: ec2.BlockDeviceVolume.ebs(rootVolumeGiB, {
+            volumeType: ec2.EbsDeviceVolumeType.GP3,
+            encrypted: true,
+            deleteOnTermination: true,
+          }),
+        },
+      ],
+    });
+
+    const instanceRole = new iam.Role(this, 'InstanceRole', {
+      assumedBy: new iam.ServicePrincipal('ec2.amazonaws.com'),
+      description: 'ECS container instance role of the GPU batch instances',
+      managedPolicies: [iam.ManagedPolicy.fromAwsManagedPolicyName('service-role/AmazonEC2ContainerServiceforEC2Role')],
+    });
+    Validations.of(instanceRole).acknowledge({
+      id: 'AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AmazonEC2ContainerServiceforEC2Role]',
+      reason: 'The AWS-maintained ECS instance policy tracks what the ECS agent needs; jobs get their own task roles, and IMDS hop limit 1 keeps containers off this role.',
+    });
+
+    const computeProps = {
+      vpc: this.vpc,
+      vpcSubnets: { subnetType: ec2.SubnetType.PUBLIC },
+      securityGroups: [securityGroup],
+      instanceTypes: instanceTypes.map((t) => new ec2.InstanceType(t)),
+      useOptimalInstanceClasses: false,
+      minvCpus: 0,
+      maxvCpus: maxVcpus,
+      images: [{ imageType: batch.EcsMachineImageType.ECS_AL2023_NVIDIA }],
+      launchTemplate,
+      instanceRole,
+      updateToLatestImageVersion: true,
+    } satisfies batch.ManagedEc2EcsComputeEnvironmentProps;
+
+    const onDemand = new batch.ManagedEc2EcsComputeEnvironment(this, 'OnDemand', {
+      ...computeProps,
+      spot: false,
+      allocationStrategy: batch.AllocationStrategy.BEST_FIT_PROGRESSIVE,
+    });
+    const order: batch.OrderedComputeEnvironment[] = [];
+    if (props.spot ?? true) {
+      const spotEnv = new batch.ManagedEc2EcsComputeEnvironment(this, 'Spot', {
+        ...computeProps,
+        spot: true,
+        allocationStrategy: batch.AllocationStrategy.SPOT_PRICE_CAPACITY_OPTIMIZED,
+      });
+      order.push({ computeEnvironment: spotEnv, order: 1 });
+    }
+    order.push({ computeEnvironment: onDemand, order: order.length + 1 });
+    this.jobQueue = new batch.JobQueue(this, 'JobQueue', { computeEnvironments: order, priority: 1 });
+
+    const logGroup = new logs.LogGroup(this, 'JobLogs', { retention: logs.RetentionDays.ONE_MONTH });
+    const executionRole = new iam.Role(this, 'ExecutionRole', {
+      assumedBy: new iam.ServicePrincipal('ecs-tasks.amazonaws.com'),
+      description: 'Pulls the GPU job images and writes their logs',
+    });
+    Validations.of(executionRole).acknowledge({
+      id: 'AwsSolutions-IAM5[Resource::*]',
+      reason: 'ecr:GetAuthorizationToken, granted with the image pull, supports no resource-level permissions.',
+    });
+
+    const platform = ecrAssets.Platform.LINUX_AMD64;
+    const captionerImage = ecs.ContainerImage.fromAsset(path.join(CONTAINERS_DIR, 'captioner'), { platform });
+    // Built once: train and evaluate run the same image with different commands.
+    const trainerAsset = new ecrAssets.DockerImageAsset(this, 'TrainerImage', {
+      directory: path.join(CONTAINERS_DIR, 'trainer'),
+      platform,
+    });
+    const trainerImage = ecs.ContainerImage.fromDockerImageAsset(trainerAsset);
+
+    const region = Stack.of(this).region;
+    const baseEnv = {
+      AWS_REGION: region,
+      AWS_DEFAULT_REGION: region,
+      AVATAR_INBOX_BUCKET: props.inbox.bucketName,
+      AVATAR_ARTIFACTS_BUCKET: props.artifacts.bucketName,
+      AVATAR_CACHE_DIR: MODEL_CACHE_CONTAINER_PATH,
+      // Weights are baked into the images or read from S3; never reach for the Hugging Face hub.
+      HF_HUB_OFFLINE: '1',
+      TRANSFORMERS_OFFLINE: '1',
+    };
+    const status = `${JOB_PREFIX}/status.json`;
+    const statusReason = 'The job reports progress in the status.json of the job it runs';
+
+    const newJob = (
+      stage: 'caption' | 'train' | 'evaluate',
+      image: ecs.ContainerImage,
+      command: string[],
+      timeout: Duration,
+      extraEnv: Record<string, string> = {},
+    ) => {
+      const jobRole = new iam.Role(this, `${pascal(stage)}JobRole`, {
+        assumedBy: new iam.ServicePrincipal('ecs-tasks.amazonaws.com'),
+        description: `Task role of the ${stage} GPU job`,
+      });
+      const container = new batch.EcsEc2ContainerDefinition(this, `${pascal(stage)}Container`, {
+        image,
+        command,
+        cpu: JOB_VCPUS,
+        memory: JOB_MEMORY,
+        gpu: 1,
+        jobRole,
+        executionRole,
+        environment: { ...baseEnv, ...extraEnv },
+        logging: ecs.LogDriver.awsLogs({ logGroup, streamPrefix: stage }),
+        readonlyRootFilesystem: false,
+        volumes: [
+          batch.EcsVolume.host({
+            name: 'model-cache',
+            hostPath: MODEL_CACHE_HOST_PATH,
+            containerPath: MODEL_CACHE_CONTAINER_PATH,
+          }),
+        ],
+      });
+      const definition = new batch.EcsJobDefinition(this, `${pascal(stage)}Job`, {
+        container,
+        timeout,
+        retryAttempts: 3,
+        retryStrategies: [
+          batch.RetryStrategy.of(batch.Action.RETRY, batch.Reason.SPOT_INSTANCE_RECLAIMED),
+          batch.RetryStrategy.of(batch.Action.RETRY, batch.Reason.custom({ onReason: 'CannotPullContainerError*' })),
+          batch.RetryStrategy.of(batch.Action.RETRY, batch.Reason.custom({ onReason: 'CannotStartContainerError*' })),
+          batch.RetryStrategy.of(batch.Action.RETRY, batch.Reason.custom({ onReason: 'CannotInspectContainerError*' })),
+          // Anything else (a non-zero exit of our code) is final: the workflow records the failure.
+          batch.RetryStrategy.of(batch.Action.EXIT, batch.Reason.custom({ onReason: '*' })),
+        ],
+      });
+      grantObjects(jobRole, props.artifacts, ['s3:GetObject', 's3:PutObject'], [status], statusReason);
+      return { definition, jobRole };
+    };
+
+    const caption = newJob('caption', captionerImage, ['python', '-m', 'captioner', 'run'], Duration.hours(1));
+    this.caption = caption.definition;
+    grantObjects(caption.jobRole, props.artifacts, ['s3:GetObject', 's3:PutObject'], [`${JOB_PREFIX}/dataset/*`], 'caption reads the dataset images and writes caption files beside them');
+    grantObjects(caption.jobRole, props.artifacts, ['s3:PutObject'], [`${JOB_PREFIX}/caption/*`], 'caption writes its captions.json under the job');
+
+    const modelEnv = { AVATAR_BASE_MODEL_KEY: baseModelKey };
+    const train = newJob('train', trainerImage, ['python', '-m', 'trainer', 'train'], Duration.hours(4), modelEnv);
+    this.train = train.definition;
+    grantObjects(train.jobRole, props.artifacts, ['s3:GetObject'], [`${JOB_PREFIX}/dataset/*`], 'train reads the captioned dataset and plan of the job');
+    grantObjects(train.jobRole, props.artifacts, ['s3:GetObject'], ['models/*'], 'train reads the operator-uploaded base models');
+    grantObjects(train.jobRole, props.artifacts, ['s3:GetObject', 's3:PutObject'], [`${JOB_PREFIX}/train/*`], 'train writes checkpoints and reads its own state back to resume after a Spot reclaim');
+    grantList(train.jobRole, props.artifacts, [`teams/*`]);
+
+    const evaluate = newJob('evaluate', trainerImage, ['python', '-m', 'trainer', 'evaluate'], Duration.hours(2), modelEnv);
+    this.evaluate = evaluate.definition;
+    grantObjects(evaluate.jobRole, props.artifacts, ['s3:GetObject'], [`${JOB_PREFIX}/train/*`, `${JOB_PREFIX}/dataset/plan.json`], 'evaluate reads the checkpoints and plan of the job');
+    grantObjects(evaluate.jobRole, props.artifacts, ['s3:GetObject'], ['models/*'], 'evaluate reads the operator-uploaded base models');
+    grantObjects(evaluate.jobRole, props.artifacts, ['s3:PutObject'], [`${JOB_PREFIX}/evaluate/*`], 'evaluate writes its grid, image pack and scores under the job');
+  }
+}
+
+function pascal(stage: string): string {
+  return stage.charAt(0).toUpperCase() + stage.slice(1);
+}

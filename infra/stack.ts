@@ -1,0 +1,81 @@
+import { CfnOutput, Duration, Stack, type StackProps } from 'aws-cdk-lib';
+import { Construct } from 'constructs';
+import type { AvatarConfig } from './config';
+import { Alarms } from './constructs/alarms';
+import { GpuBatch } from './constructs/gpu-batch';
+import { StageFunctions } from './constructs/stage-functions';
+import { Storage } from './constructs/storage';
+import { Trigger } from './constructs/trigger';
+import { Workflow } from './constructs/workflow';
+
+/**
+ * Feature flags this stack depends on, set on the stack itself so it synthesizes the same under
+ * `cdk synth` and under a bare `new App()` in tests.
+ */
+const FEATURE_FLAGS: Record<string, boolean> = {
+  // Access-log delivery by bucket policy: the ACL alternative is impossible with ACLs disabled.
+  '@aws-cdk/aws-s3:serverAccessLogsUseBucketPolicy': true,
+  // Write the flow-log delivery policy ourselves instead of letting AWS add it out of band.
+  '@aws-cdk/aws-s3:createDefaultLoggingPolicy': true,
+};
+
+/** Props of {@link AvatarStack}. */
+export interface AvatarStackProps extends StackProps {
+  /** Validated deployment configuration (see `loadConfig`). */
+  readonly config: AvatarConfig;
+}
+
+/**
+ * The photo-to-LoRA backend: storage, trigger, workflow, GPU batch and alarms. It only composes
+ * constructs; each lives in `infra/constructs/`. Environment-agnostic: no lookups.
+ */
+export class AvatarStack extends Stack {
+  constructor(scope: Construct, id: string, props: AvatarStackProps) {
+    super(scope, id, props);
+    for (const [flag, value] of Object.entries(FEATURE_FLAGS)) this.node.setContext(flag, value);
+    const { config } = props;
+
+    const storage = new Storage(this, 'Storage', { rawPhotoRetentionDays: config.rawPhotoRetentionDays });
+
+    const gpu = new GpuBatch(this, 'GpuBatch', {
+      inbox: storage.inbox,
+      artifacts: storage.artifacts,
+      logsBucket: storage.logs,
+      instanceTypes: config.instanceTypes,
+      maxVcpus: config.maxVcpus,
+      spot: config.spot,
+      rootVolumeGiB: config.rootVolumeGiB,
+      baseModelKey: config.baseModelKey,
+    });
+
+    const functions = new StageFunctions(this, 'Stages', {
+      inbox: storage.inbox,
+      artifacts: storage.artifacts,
+      urlExpirySeconds: config.urlExpirySeconds,
+    });
+
+    const workflow = new Workflow(this, 'Workflow', {
+      functions,
+      batchJobs: gpu,
+      timeout: Duration.hours(config.executionTimeoutHours),
+    });
+
+    const trigger = new Trigger(this, 'Trigger', {
+      inbox: storage.inbox,
+      artifacts: storage.artifacts,
+      stateMachine: workflow.stateMachine,
+    });
+
+    new Alarms(this, 'Alarms', {
+      stateMachine: workflow.stateMachine,
+      deadLetterQueue: trigger.deadLetterQueue,
+      alarmEmail: config.alarmEmail,
+    });
+
+    new CfnOutput(this, 'InboxBucketName', { value: storage.inbox.bucketName, description: 'Upload photos and job.json here' });
+    new CfnOutput(this, 'ArtifactsBucketName', { value: storage.artifacts.bucketName, description: 'Results; upload base models under models/' });
+    new CfnOutput(this, 'StateMachineArn', { value: workflow.stateMachine.stateMachineArn });
+    new CfnOutput(this, 'DeadLetterQueueUrl', { value: trigger.deadLetterQueue.queueUrl });
+    new CfnOutput(this, 'JobQueueArn', { value: gpu.jobQueue.jobQueueArn });
+  }
+}
