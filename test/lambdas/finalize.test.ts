@@ -1,0 +1,70 @@
+import { createHash } from 'node:crypto';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { ManifestSchema, StatusSchema } from '../../lambdas/shared/contract';
+import { finalize } from '../../lambdas/finalize/handler';
+import type { StageContext } from '../../lambdas/shared/handler';
+import { getJson, putBytes } from '../../lambdas/shared/s3';
+import { type Moto, motoBinary, startMoto } from '../helpers/moto';
+
+describe.skipIf(!motoBinary())('finalize', () => {
+  let moto: Moto;
+  let ctx: StageContext;
+  const prefix = 'teams/team-a/jobs/job-1/';
+  const files: Record<string, string> = {
+    'validate/report.json': '{"accepted":25}',
+    'normalize/15_ohwx/ohwx-01.png': 'png-bytes',
+    'caption/captions.json': '{}',
+    'train/ohwx.safetensors': 'weights',
+    'train/state/ohwx-state/train_state.json': '{"step":10}',
+    'evaluate/grid.png': 'grid',
+  };
+
+  beforeAll(async () => {
+    moto = await startMoto();
+    await moto.createBucket('artifacts-bucket');
+    ctx = {
+      s3: moto.s3(),
+      inboxBucket: 'inbox-bucket',
+      artifactsBucket: 'artifacts-bucket',
+      job: { teamId: 'team-a', jobId: 'job-1' },
+      now: () => new Date('2026-11-26T10:00:00Z'),
+    };
+    for (const [name, body] of Object.entries(files)) await putBytes(ctx.s3, ctx.artifactsBucket, prefix + name, body, 'application/octet-stream');
+    // Another job's artifact must never appear in this job's manifest.
+    await putBytes(ctx.s3, ctx.artifactsBucket, 'teams/team-a/jobs/job-10/train/x.safetensors', 'other', 'application/octet-stream');
+  });
+  afterAll(() => moto?.stop());
+
+  it('lists every public artifact with size, sha256 and a signed URL, and marks the job succeeded', async () => {
+    const result = await finalize(ctx, { urlExpirySeconds: 900 });
+
+    expect(result).toEqual({ manifestKey: `${prefix}manifest.json`, artifacts: 5 });
+    const manifest = ManifestSchema.parse(await getJson(ctx.s3, ctx.artifactsBucket, result.manifestKey));
+    expect(manifest.artifacts.map((a) => a.name)).toEqual([
+      'caption/captions.json',
+      'evaluate/grid.png',
+      'normalize/15_ohwx/ohwx-01.png',
+      'train/ohwx.safetensors',
+      'validate/report.json',
+    ]);
+    const weights = manifest.artifacts.find((a) => a.name === 'train/ohwx.safetensors')!;
+    expect(weights.size).toBe(7);
+    expect(weights.sha256).toBe(createHash('sha256').update('weights').digest('hex'));
+    expect(manifest.urlExpiresAt).toBe('2026-11-26T10:15:00.000Z');
+    const status = StatusSchema.parse(await getJson(ctx.s3, ctx.artifactsBucket, `${prefix}status.json`));
+    expect(status).toMatchObject({ state: 'succeeded', stage: 'finalize' });
+  });
+
+  it('signs URLs that download the artifact and expire as configured', async () => {
+    const { manifestKey } = await finalize(ctx, { urlExpirySeconds: 900 });
+    const manifest = ManifestSchema.parse(await getJson(ctx.s3, ctx.artifactsBucket, manifestKey));
+    const weights = manifest.artifacts.find((a) => a.name === 'train/ohwx.safetensors')!;
+
+    const url = new URL(weights.url);
+    expect(url.searchParams.get('X-Amz-Expires')).toBe('900');
+    expect(url.searchParams.get('X-Amz-Signature')).toMatch(/^[0-9a-f]{64}$/);
+    const res = await fetch(weights.url);
+    expect(res.status).toBe(200);
+    expect(await res.text()).toBe('weights');
+  });
+});
