@@ -1,0 +1,1 @@
+"""Caption stage of the photo-to-LoRA pipeline (BLIP, recipe.md section 3)."""

@@ -1,0 +1,72 @@
+"""Shared fixtures: the package on the path, and S3 served by moto_server on 127.0.0.1.
+
+moto emulates S3's object API (put/get/list/multipart); it does not enforce IAM, so the tests
+say nothing about the job role's permissions.
+"""
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import boto3
+import pytest
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+sys.path.insert(0, SRC)
+# Subprocesses (`python -m captioner run`) find the package the same way.
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in [SRC, os.environ.get("PYTHONPATH")] if p)
+REPO = Path(__file__).resolve().parents[3]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    port = _free_port()
+    exe = Path(sys.executable).with_name("moto_server")
+    proc = subprocess.Popen([str(exe), "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            break
+        except OSError:
+            if time.time() > deadline or proc.poll() is not None:
+                proc.kill()
+                raise RuntimeError(f"moto_server did not start on {url}")
+            time.sleep(0.1)
+    yield url
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+@pytest.fixture
+def job_env(s3_endpoint, monkeypatch, tmp_path):
+    """Env for one job run against fresh buckets; also applied to this process for direct calls."""
+    suffix = str(time.time_ns())
+    env = {
+        "AWS_ENDPOINT_URL_S3": s3_endpoint,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AVATAR_TEAM_ID": "team-a",
+        "AVATAR_JOB_ID": "recipe-25",
+        "AVATAR_INBOX_BUCKET": f"inbox-{suffix}",
+        "AVATAR_ARTIFACTS_BUCKET": f"artifacts-{suffix}",
+        "AVATAR_CACHE_DIR": str(tmp_path / "cache"),
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+    }
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket=env["AVATAR_INBOX_BUCKET"])
+    s3.create_bucket(Bucket=env["AVATAR_ARTIFACTS_BUCKET"])
+    return env

@@ -1,0 +1,191 @@
+"""The job's runtime contract, shared by the GPU containers: env, S3 layout, plan.json, status.json.
+
+This file is identical in containers/captioner and containers/trainer (a test checks it): each
+image is built from its own folder, so the two cannot import one shared package.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import boto3
+import jsonschema
+
+SCHEMA_PATH = Path(__file__).with_name("contract.schema.json")
+STATUS_THROTTLE_S = 15.0
+
+
+class StageError(Exception):
+    """A failure to report in status.json: a stable code, what to do, and the offending input."""
+
+    def __init__(self, code: str, message: str, input: str | None = None):
+        super().__init__(f"{code}: {message}" + (f" ({input})" if input else ""))
+        self.code, self.message, self.input = code, message, input
+
+
+def _validator(name: str) -> jsonschema.Draft202012Validator:
+    schema = json.loads(SCHEMA_PATH.read_text())
+    return jsonschema.Draft202012Validator({"$ref": f"#/$defs/{name}", "$defs": schema["$defs"]})
+
+
+def validate(name: str, doc: Any, source: str) -> None:
+    """Raises StageError naming every offending field of `doc` against the contract's $defs/<name>."""
+    errors = sorted(_validator(name).iter_errors(doc), key=lambda e: list(e.absolute_path))
+    if errors:
+        parts = [f"{'.'.join(map(str, e.absolute_path)) or '(root)'}: {e.message}" for e in errors[:10]]
+        raise StageError("INVALID_" + name.upper(), f"{source} is invalid: {'; '.join(parts)}", source)
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _env(name: str, default: str | None = None) -> str:
+    value = os.environ.get(name, default)
+    if not value:
+        raise StageError("MISSING_ENV", f"environment variable {name} is not set; the Batch job definition must set it", name)
+    return value
+
+
+@dataclass
+class Job:
+    team_id: str
+    job_id: str
+    inbox_bucket: str
+    artifacts_bucket: str
+    cache_dir: Path
+    s3: Any = field(repr=False, default=None)
+
+    @classmethod
+    def from_env(cls) -> "Job":
+        job = cls(
+            team_id=_env("AVATAR_TEAM_ID"),
+            job_id=_env("AVATAR_JOB_ID"),
+            inbox_bucket=_env("AVATAR_INBOX_BUCKET"),
+            artifacts_bucket=_env("AVATAR_ARTIFACTS_BUCKET"),
+            cache_dir=Path(os.environ.get("AVATAR_CACHE_DIR") or "/cache"),
+        )
+        # boto3 honours AWS_ENDPOINT_URL_S3, which points tests at the local endpoint.
+        job.s3 = boto3.client("s3")
+        return job
+
+    @property
+    def prefix(self) -> str:
+        return f"teams/{self.team_id}/jobs/{self.job_id}/"
+
+    def key(self, rel: str) -> str:
+        return self.prefix + rel
+
+    # --- artifacts bucket I/O, paths relative to the job prefix ---
+    def get_bytes(self, rel: str) -> bytes:
+        try:
+            return self.s3.get_object(Bucket=self.artifacts_bucket, Key=self.key(rel))["Body"].read()
+        except self.s3.exceptions.NoSuchKey:
+            raise StageError("MISSING_INPUT", f"s3://{self.artifacts_bucket}/{self.key(rel)} does not exist; run the earlier stages first", rel)
+
+    def put_bytes(self, rel: str, body: bytes, content_type: str = "application/octet-stream") -> None:
+        self.s3.put_object(Bucket=self.artifacts_bucket, Key=self.key(rel), Body=body, ContentType=content_type)
+
+    def put_json(self, rel: str, doc: Any) -> None:
+        self.put_bytes(rel, (json.dumps(doc, indent=2) + "\n").encode(), "application/json")
+
+    def download(self, rel: str, dest: Path) -> None:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes(self.get_bytes(rel))
+
+    def upload(self, src: Path, rel: str) -> None:
+        self.s3.upload_file(str(src), self.artifacts_bucket, self.key(rel))
+
+    def list(self, rel_prefix: str) -> list[str]:
+        """Keys under a sub-prefix, relative to the job prefix."""
+        out: list[str] = []
+        pages = self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.artifacts_bucket, Prefix=self.key(rel_prefix))
+        for page in pages:
+            out += [o["Key"][len(self.prefix):] for o in page.get("Contents", [])]
+        return out
+
+    def load_plan(self) -> dict:
+        raw = self.get_bytes("normalize/plan.json")
+        try:
+            plan = json.loads(raw)
+        except json.JSONDecodeError as e:
+            raise StageError("INVALID_DATASETPLAN", f"normalize/plan.json is not JSON ({e}); rerun the normalize stage", "normalize/plan.json")
+        validate("DatasetPlan", plan, "normalize/plan.json")
+        if (plan["teamId"], plan["jobId"]) != (self.team_id, self.job_id):
+            raise StageError("INVALID_DATASETPLAN", f"plan.json belongs to {plan['teamId']}/{plan['jobId']}, not this job", "normalize/plan.json")
+        plan.setdefault("userCaptions", [])
+        return plan
+
+
+class Status:
+    """Writes status.json for one stage: `running` with throttled progress, or `failed` with an error.
+
+    Never writes `succeeded`: only the final Lambda does.
+    """
+
+    def __init__(self, job: Job, stage: str, clock: Callable[[], float] = time.monotonic):
+        self.job, self.stage, self.clock = job, stage, clock
+        self.last_write = -math.inf
+        self.created_at = now()
+        try:
+            existing = json.loads(job.get_bytes("status.json"))
+            self.created_at = existing.get("createdAt") or self.created_at
+        except (StageError, json.JSONDecodeError):
+            pass
+
+    def _write(self, doc: dict) -> None:
+        validate("Status", doc, "status.json")
+        self.job.put_json("status.json", doc)
+        self.last_write = self.clock()
+
+    def _base(self, state: str) -> dict:
+        return {"teamId": self.job.team_id, "jobId": self.job.job_id, "state": state, "stage": self.stage,
+                "createdAt": self.created_at, "updatedAt": now()}
+
+    def progress(self, fraction: float, message: str, force: bool = False, **fields: Any) -> bool:
+        """Writes progress unless one was written under STATUS_THROTTLE_S ago (force: write anyway)."""
+        if not force and self.clock() - self.last_write < STATUS_THROTTLE_S:
+            return False
+        progress = {"fraction": min(1.0, max(0.0, fraction)), "message": message}
+        for k, v in fields.items():
+            # JSON has no NaN; a non-finite loss is reported through the error instead.
+            if v is not None and not (isinstance(v, float) and not math.isfinite(v)):
+                progress[k] = v
+        self._write({**self._base("running"), "progress": progress})
+        return True
+
+    def fail(self, error: StageError) -> None:
+        err = {"code": error.code, "message": error.message}
+        if error.input:
+            err["input"] = error.input
+        self._write({**self._base("failed"), "finishedAt": now(), "error": err})
+
+
+def run_stage(stage: str, body: Callable[[Job, Status], None]) -> int:
+    """Runs a stage body and turns its outcome into status.json plus an exit code."""
+    try:
+        job = Job.from_env()
+        status = Status(job, stage)
+    except StageError as e:
+        print(f"{stage}: {e}", file=sys.stderr)
+        return 2
+    try:
+        status.progress(0.0, f"{stage} starting", force=True)
+        body(job, status)
+        return 0
+    except StageError as e:
+        print(f"{stage} failed: {e}", file=sys.stderr)
+        status.fail(e)
+        return 1
+    except Exception as e:  # an unexpected crash still has to reach status.json
+        import traceback
+        traceback.print_exc()
+        status.fail(StageError("INTERNAL_ERROR", f"{type(e).__name__}: {e}; retry the job, and report it if it persists"))
+        return 1
