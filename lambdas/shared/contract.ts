@@ -198,22 +198,27 @@ const specFields = {
   classWord: ClassWordSchema,
   /** Optional name for the LoRA files; defaults to the token. */
   outputName: z.string().regex(/^[a-z0-9][a-z0-9_-]{0,47}$/, 'use lowercase letters, digits, "_" and "-"').optional(),
-  captioning: CaptioningSchema.default(CaptioningSchema.parse({})),
-  evaluation: EvaluationSchema.default(EvaluationSchema.parse({})),
 };
 
 /** The job spec with every default applied: what `dataset/plan.json` carries to the containers. */
 export const ResolvedJobSpecSchema = z
-  .object({ ...specFields, kind: KindSchema, training: TrainingResolvedSchema })
+  .object({ ...specFields, kind: KindSchema, captioning: CaptioningSchema, evaluation: EvaluationSchema, training: TrainingResolvedSchema })
   .strict();
 export type JobSpec = z.infer<typeof ResolvedJobSpecSchema>;
 
 /** `teams/<teamId>/jobs/<jobId>/job.json`, uploaded last: its arrival starts the job. */
 export const JobSpecSchema = z
-  .object({ ...specFields, kind: KindSchema.default('character'), training: TrainingInputSchema.default({}) })
+  .object({
+    ...specFields,
+    kind: KindSchema.default('character'),
+    captioning: CaptioningSchema.default(CaptioningSchema.parse({})),
+    evaluation: EvaluationSchema.default(EvaluationSchema.parse({})),
+    training: TrainingInputSchema.default({}),
+  })
   .strict()
   .transform((spec) => ({ ...spec, training: resolveTraining(spec.kind, spec.training) }))
-  .pipe(ResolvedJobSpecSchema);
+  // zod types a pipe's input against the previous output exactly; defaults make them differ only in optionality.
+  .pipe(ResolvedJobSpecSchema as unknown as z.ZodType<JobSpec, JobSpec>);
 export type JobSpecInput = z.input<typeof JobSpecSchema>;
 
 /** Photo count bounds per kind: `ideal` from recipe.md; `min`/`max` are hard limits. */

@@ -1,12 +1,13 @@
 import { createHash } from 'node:crypto';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, expect, it } from 'vitest';
 import { ManifestSchema, StatusSchema } from '../../lambdas/shared/contract';
 import { finalize } from '../../lambdas/finalize/handler';
 import type { StageContext } from '../../lambdas/shared/handler';
 import { getJson, putBytes } from '../../lambdas/shared/s3';
-import { type Moto, motoBinary, startMoto } from '../helpers/moto';
+import { type Moto, startMoto } from '../helpers/moto';
+import { describeWithMoto } from '../helpers/suites';
 
-describe.skipIf(!motoBinary())('finalize', () => {
+describeWithMoto('finalize', () => {
   let moto: Moto;
   let ctx: StageContext;
   const prefix = 'teams/team-a/jobs/job-1/';

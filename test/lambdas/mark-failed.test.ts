@@ -3,7 +3,8 @@ import { describeFailure, markFailed, MarkFailedInputSchema } from '../../lambda
 import { InvalidInputError, toLambdaError } from '../../lambdas/shared/errors';
 import type { StageContext } from '../../lambdas/shared/handler';
 import { readStatus, writeStatus } from '../../lambdas/shared/status';
-import { type Moto, motoBinary, startMoto } from '../helpers/moto';
+import { type Moto, startMoto } from '../helpers/moto';
+import { describeWithMoto } from '../helpers/suites';
 
 /** The Cause Step Functions records for an error thrown by one of our Lambda handlers. */
 function lambdaCause(error: Error): string {
@@ -43,7 +44,7 @@ describe('describeFailure', () => {
   });
 });
 
-describe.skipIf(!motoBinary())('markFailed', () => {
+describeWithMoto('markFailed', () => {
   let moto: Moto;
   let ctx: StageContext;
 

@@ -3,11 +3,12 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { StatusSchema } from '../../lambdas/shared/contract';
 import { getJson } from '../../lambdas/shared/s3';
 import { executionName, start, type StartDeps } from '../../lambdas/start/handler';
-import { LOCAL_CREDENTIALS, LOCAL_REGION, MOTO_MISSING, type Moto, motoBinary, startMoto } from '../helpers/moto';
+import { LOCAL_CREDENTIALS, LOCAL_REGION, type Moto, startMoto } from '../helpers/moto';
+import { describeWithMoto } from '../helpers/suites';
 
 // Runs against moto's S3 and Step Functions emulation: StartExecution with a reused name is refused
 // there as in AWS (moto does not run the definition; the workflow tests do that).
-describe.skipIf(!motoBinary())('start', () => {
+describeWithMoto('start', () => {
   let moto: Moto;
   let deps: StartDeps;
   const event = (key: string, bucket = 'inbox-bucket') => ({
