@@ -1,0 +1,112 @@
+"""`python -m captioner run` end to end against S3 on moto_server, with a tiny BLIP."""
+import io
+import json
+import os
+import subprocess
+import sys
+
+import boto3
+import jsonschema
+import pytest
+from PIL import Image
+
+from conftest import REPO
+from tiny_blip import save_tiny_blip
+
+PLAN = json.loads((REPO / "test/fixtures/contract/plan-recipe-25.json").read_text())
+SCHEMA = json.loads((REPO / "containers/captioner/src/captioner/contract.schema.json").read_text())
+PREFIX = "teams/team-a/jobs/recipe-25/"
+CREATED = "2026-01-01T00:00:00.000Z"
+
+
+def _png(i):
+    buf = io.BytesIO()
+    Image.new("RGB", (48, 64), (10 * i, 200 - 5 * i, 90)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def blip_dir(tmp_path_factory):
+    return save_tiny_blip(tmp_path_factory.mktemp("blip"))
+
+
+def _seed(env, plan, images=None):
+    s3 = boto3.client("s3")
+    bucket = env["AVATAR_ARTIFACTS_BUCKET"]
+    put = lambda key, body: s3.put_object(Bucket=bucket, Key=PREFIX + key, Body=body)
+    put("normalize/plan.json", json.dumps(plan))
+    put("status.json", json.dumps({"teamId": "team-a", "jobId": "recipe-25", "state": "running", "stage": "normalize",
+                                   "createdAt": CREATED, "updatedAt": CREATED}))
+    for i, name in enumerate(plan["images"]):
+        put(f"normalize/15_anantn/{name}", (images or {}).get(name, _png(i)))
+    put("normalize/15_anantn/anantn-03.txt", "a man in a kitchen, close up\nsecond line is ignored by kohya\n")
+    return s3, bucket
+
+
+def _run(env, blip_dir):
+    return subprocess.run([sys.executable, "-m", "captioner", "run"], env={**os.environ, **env, "AVATAR_BLIP_MODEL_DIR": str(blip_dir)},
+                          capture_output=True, text=True, timeout=300)
+
+
+def _get(s3, bucket, key):
+    return s3.get_object(Bucket=bucket, Key=PREFIX + key)["Body"].read().decode()
+
+
+def _status(s3, bucket):
+    status = json.loads(_get(s3, bucket, "status.json"))
+    jsonschema.validate(status, {"$ref": "#/$defs/Status", "$defs": SCHEMA["$defs"]})
+    return status
+
+
+def test_run_writes_a_prefixed_caption_for_every_image(job_env, blip_dir):
+    plan = json.loads(json.dumps(PLAN))
+    plan["spec"]["captioning"].update(numBeams=3, minLength=8, maxLength=16, commonTraits=["black hair"])
+    s3, bucket = _seed(job_env, plan)
+
+    result = _run(job_env, blip_dir)
+
+    assert result.returncode == 0, result.stderr
+    keys = {o["Key"][len(PREFIX):] for o in s3.list_objects_v2(Bucket=bucket, Prefix=PREFIX + "caption/")["Contents"]}
+    assert keys == {f"caption/15_anantn/anantn-{i:02d}.txt" for i in range(1, 26)} | {"caption/captions.json"}
+    assert _get(s3, bucket, "caption/15_anantn/anantn-03.txt") == "photo of anantn, a man in a kitchen, close up\n"
+    blip_caption = _get(s3, bucket, "caption/15_anantn/anantn-01.txt")
+    assert blip_caption.startswith("photo of anantn, ") and len(blip_caption.split()) > 5
+    assert "black hair" not in blip_caption
+
+    review = json.loads(_get(s3, bucket, "caption/captions.json"))
+    assert review["folder"] == "15_anantn" and review["prefix"] == "photo of anantn, "
+    assert [c["image"] for c in review["captions"]] == PLAN["images"]
+    assert [c["source"] for c in review["captions"]].count("user") == 1
+    assert review["captions"][0]["caption"] + "\n" == blip_caption
+
+    status = _status(s3, bucket)
+    assert (status["state"], status["stage"], status["createdAt"]) == ("running", "caption", CREATED)
+    assert status["progress"]["fraction"] == 1.0
+
+
+def test_an_invalid_plan_fails_with_the_offending_field(job_env, blip_dir):
+    plan = json.loads(json.dumps(PLAN))
+    plan["spec"]["captioning"]["numBeams"] = 50
+    s3, bucket = _seed(job_env, plan)
+
+    result = _run(job_env, blip_dir)
+
+    assert result.returncode == 1
+    status = _status(s3, bucket)
+    assert (status["state"], status["stage"]) == ("failed", "caption")
+    assert status["error"]["code"] == "INVALID_DATASETPLAN"
+    assert "spec.captioning.numBeams" in status["error"]["message"]
+    assert status["error"]["input"] == "normalize/plan.json"
+
+
+def test_an_undecodable_image_fails_naming_it(job_env, blip_dir):
+    plan = json.loads(json.dumps(PLAN))
+    plan["spec"]["captioning"].update(numBeams=1, minLength=2, maxLength=6)
+    s3, bucket = _seed(job_env, plan, images={"anantn-07.png": b"not a png"})
+
+    result = _run(job_env, blip_dir)
+
+    assert result.returncode == 1
+    status = _status(s3, bucket)
+    assert status["error"]["code"] == "BAD_IMAGE" and status["error"]["input"] == "anantn-07.png"
+    assert "Contents" not in s3.list_objects_v2(Bucket=bucket, Prefix=PREFIX + "caption/")
