@@ -1,0 +1,121 @@
+/**
+ * Runs the synthesized state machine definition locally with aws-local-stepfunctions. Lambda task
+ * states call the real handler code; Batch task states call an injected runner (the container
+ * entrypoint in Docker on a GPU machine, or a test stand-in). Errors cross the boundary the way
+ * Step Functions records them, so Retry, Catch and MarkFailed behave as in AWS.
+ */
+import { join } from 'node:path';
+import { StateMachine } from 'aws-local-stepfunctions';
+import type { StateMachineDefinition } from './definition';
+
+const LAMBDA_INVOKE = 'arn:aws:states:::lambda:invoke';
+const BATCH_SUBMIT_SYNC = 'arn:aws:states:::batch:submitJob.sync';
+
+/** `Validate` -> `validate`, `MarkFailed` -> `mark-failed`: the state name and the handler folder are one name. */
+export function stageOf(stateName: string): string {
+  return stateName.replace(/([a-z])([A-Z])/g, '$1-$2').toLowerCase();
+}
+
+/** The resolved `submitJob` parameters a Batch state sends. */
+export interface SubmitJobParameters {
+  JobName: string;
+  JobQueue: string;
+  JobDefinition: string;
+  ContainerOverrides?: { Environment?: Array<{ Name: string; Value: string }> };
+}
+
+/** Runs one Batch job to completion. Throws a {@link BatchJobFailed} when the job fails. */
+export type BatchRunner = (stage: string, params: SubmitJobParameters) => Promise<{ JobId: string }>;
+
+/** A Lambda's result, or an error thrown by it, exactly as the Lambda runtime would report it. */
+export type LambdaRunner = (stage: string, payload: unknown) => Promise<unknown>;
+
+/** The error `.sync` raises for a failed job; Cause is the job description, as in AWS. */
+export class BatchJobFailed extends Error {
+  constructor(description: { JobName: string; StatusReason: string; Attempts: Array<{ Container: { ExitCode?: number; Reason?: string } }> }) {
+    super(JSON.stringify({ ...description, Status: 'FAILED' }));
+    this.name = 'States.TaskFailed';
+  }
+}
+
+/** Calls `lambdas/<stage>/handler.ts` in-process, with the Lambda runtime's error serialisation. */
+export const inProcessLambda: LambdaRunner = async (stage, payload) => {
+  const module = (await import(join(__dirname, '..', '..', 'lambdas', stage, 'handler.ts'))) as { handler: (e: unknown) => Promise<unknown> };
+  try {
+    return await module.handler(payload);
+  } catch (error) {
+    const e = error as Error;
+    const wire = new Error(JSON.stringify({ errorType: e.name, errorMessage: e.message, trace: [] }));
+    wire.name = e.name;
+    throw wire;
+  }
+};
+
+export interface WorkflowEvent {
+  readonly type: string;
+  readonly state?: string;
+  readonly error?: string;
+  readonly cause?: string;
+}
+
+export interface RunOptions {
+  readonly lambda?: LambdaRunner;
+  readonly batch: BatchRunner;
+  /** Called for each state entered, exited, retried or failed (the local CLI prints them). */
+  readonly onEvent?: (event: WorkflowEvent) => void;
+}
+
+export interface RunResult {
+  readonly succeeded: boolean;
+  readonly output?: unknown;
+  readonly error?: string;
+  readonly cause?: string;
+  readonly events: WorkflowEvent[];
+}
+
+export async function runWorkflow(definition: StateMachineDefinition, input: unknown, options: RunOptions): Promise<RunResult> {
+  const lambda = options.lambda ?? inProcessLambda;
+  const handlers: Record<string, (input: unknown) => Promise<unknown>> = {};
+  const retryIntervals: Record<string, number> = {};
+  for (const [name, state] of Object.entries(definition.States)) {
+    if (state.Type !== 'Task') continue;
+    const stage = stageOf(name);
+    retryIntervals[name] = 0; // the intervals are asserted on the template; locally we only care that it retries
+    if (state.Resource === LAMBDA_INVOKE) {
+      handlers[name] = async (params) => ({ Payload: await lambda(stage, (params as { Payload: unknown }).Payload) });
+    } else if (state.Resource === BATCH_SUBMIT_SYNC) {
+      handlers[name] = async (params) => options.batch(stage, params as SubmitJobParameters);
+    } else {
+      throw new Error(`state ${name} uses ${state.Resource}, which the local runner does not know`);
+    }
+  }
+
+  const machine = new StateMachine(definition as never, { validationOptions: { checkArn: false } });
+  const execution = machine.run(input as never, {
+    overrides: { taskResourceLocalHandlers: handlers as never, retryIntervalOverrides: retryIntervals },
+  });
+  const events: WorkflowEvent[] = [];
+  const record = (event: WorkflowEvent) => {
+    events.push(event);
+    options.onEvent?.(event);
+  };
+  const consume = (async () => {
+    for await (const raw of execution.eventLogs) {
+      const e = raw as { type: string; state?: { name: string }; Error?: string; Cause?: string };
+      if (['StateEntered', 'StateExited', 'StateRetried', 'StateFailed', 'StateCaught', 'ExecutionFailed', 'ExecutionSucceeded'].includes(e.type)) {
+        record({ type: e.type, state: e.state?.name, error: e.Error, cause: e.Cause });
+      }
+    }
+  })();
+  try {
+    const output = await execution.result;
+    await consume;
+    return { succeeded: true, output, events };
+  } catch (error) {
+    await consume.catch(() => undefined);
+    // The execution's own error (the Fail state's, or an uncaught task error) rides in `cause`.
+    const failed = (error as { cause?: { name?: string; message?: string; cause?: unknown } }).cause;
+    const cause = typeof failed?.cause === 'string' ? failed.cause : failed?.message;
+    return { succeeded: false, error: failed?.name ?? (error as Error).name, cause, events };
+  }
+}
