@@ -30,6 +30,19 @@ export interface AvatarStackProps extends StackProps {
  * constructs; each lives in `infra/constructs/`. Environment-agnostic: no lookups.
  */
 export class AvatarStack extends Stack {
+  /** Buckets. */
+  public readonly storage: Storage;
+  /** VPC, compute environments, job queue and job definitions. */
+  public readonly gpu: GpuBatch;
+  /** Lambda steps of the workflow. */
+  public readonly functions: StageFunctions;
+  /** The state machine. */
+  public readonly workflow: Workflow;
+  /** job.json -> start -> execution. */
+  public readonly trigger: Trigger;
+  /** Operator alarms. */
+  public readonly alarms: Alarms;
+
   constructor(scope: Construct, id: string, props: AvatarStackProps) {
     super(scope, id, props);
     for (const [flag, value] of Object.entries(FEATURE_FLAGS)) this.node.setContext(flag, value);
@@ -66,11 +79,18 @@ export class AvatarStack extends Stack {
       stateMachine: workflow.stateMachine,
     });
 
-    new Alarms(this, 'Alarms', {
+    const alarms = new Alarms(this, 'Alarms', {
       stateMachine: workflow.stateMachine,
       deadLetterQueue: trigger.deadLetterQueue,
       alarmEmail: config.alarmEmail,
     });
+
+    this.storage = storage;
+    this.gpu = gpu;
+    this.functions = functions;
+    this.workflow = workflow;
+    this.trigger = trigger;
+    this.alarms = alarms;
 
     new CfnOutput(this, 'InboxBucketName', { value: storage.inbox.bucketName, description: 'Upload photos and job.json here' });
     new CfnOutput(this, 'ArtifactsBucketName', { value: storage.artifacts.bucketName, description: 'Results; upload base models under models/' });

@@ -108,7 +108,8 @@ export class LambdaFunction extends nodejs.NodejsFunction {
         format: nodejs.OutputFormat.CJS,
         // Bundle the SDK versions pinned in package-lock.json rather than whatever the runtime ships.
         bundleAwsSDK: true,
-        nodeModules: props.nodeModules ?? [],
+        // Leave undefined when empty so no needless npm install runs in the bundle folder.
+        nodeModules: props.nodeModules?.length ? props.nodeModules : undefined,
       },
     });
     this.executionRole = role;

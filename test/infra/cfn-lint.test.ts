@@ -1,0 +1,45 @@
+import { execFileSync } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import * as path from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { synth } from './helpers';
+
+const CFN_LINT = path.join(__dirname, '..', '..', '.venv', 'bin', 'cfn-lint');
+const haveCfnLint = existsSync(CFN_LINT);
+const outdir = mkdtempSync(path.join(tmpdir(), 'avatar-cfn-lint-'));
+afterAll(() => rmSync(outdir, { recursive: true, force: true }));
+
+interface LintMatch {
+  Rule: { Id: string };
+  Level: string;
+  Message: string;
+  Location: { Path: unknown[] };
+}
+
+describe('cfn-lint', () => {
+  it.skipIf(!haveCfnLint)('finds no errors (E-codes) in the synthesized template', () => {
+    const { app, stack } = synth({ alarmEmail: 'ops@example.com' }, { outdir });
+    const assembly = app.synth();
+    const templatePath = path.join(assembly.directory, stack.templateFile);
+    expect(JSON.parse(readFileSync(templatePath, 'utf8')).Resources).toBeDefined();
+
+    let stdout: string;
+    try {
+      stdout = execFileSync(CFN_LINT, ['--format', 'json', '--', templatePath], { encoding: 'utf8' });
+    } catch (err) {
+      // cfn-lint exits non-zero whenever it reports anything; the JSON is still on stdout.
+      stdout = (err as { stdout: string }).stdout;
+    }
+    const matches = JSON.parse(stdout) as LintMatch[];
+    const errors = matches.filter((m) => m.Rule.Id.startsWith('E')).map((m) => `${m.Rule.Id} ${m.Message} @ ${m.Location.Path.join('/')}`);
+    expect(errors).toEqual([]);
+  });
+
+  it.runIf(!haveCfnLint)('is skipped because .venv/bin/cfn-lint is missing', () => {
+    console.warn(
+      `cfn-lint not found at ${CFN_LINT}: run "bash scripts/python-env.sh" (or "python3 -m venv .venv && .venv/bin/pip install -r requirements-dev.txt") to enable this check`,
+    );
+    expect(haveCfnLint).toBe(false);
+  });
+});

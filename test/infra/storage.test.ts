@@ -1,0 +1,112 @@
+import { Match } from 'aws-cdk-lib/assertions';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { logicalId, resourcesOfType, synth, type Synthesized } from './helpers';
+
+let s: Synthesized;
+beforeAll(() => {
+  s = synth({ rawPhotoRetentionDays: 7 });
+});
+
+const bucketIds = () => ({
+  inbox: logicalId(s.stack, s.stack.storage.inbox.bucketName),
+  artifacts: logicalId(s.stack, s.stack.storage.artifacts.bucketName),
+  logs: logicalId(s.stack, s.stack.storage.logs.bucketName),
+});
+
+describe('storage', () => {
+  it('creates exactly the inbox, artifacts and logs buckets', () => {
+    expect(resourcesOfType(s.json, 'AWS::S3::Bucket').map(([id]) => id).sort()).toEqual(Object.values(bucketIds()).sort());
+  });
+
+  it('encrypts every bucket', () => {
+    for (const [, bucket] of resourcesOfType(s.json, 'AWS::S3::Bucket')) {
+      expect(bucket.Properties.BucketEncryption.ServerSideEncryptionConfiguration[0].ServerSideEncryptionByDefault.SSEAlgorithm).toBe('AES256');
+    }
+  });
+
+  it('blocks all public access and disables ACLs on every bucket', () => {
+    for (const [, bucket] of resourcesOfType(s.json, 'AWS::S3::Bucket')) {
+      expect(bucket.Properties.PublicAccessBlockConfiguration).toEqual({
+        BlockPublicAcls: true,
+        BlockPublicPolicy: true,
+        IgnorePublicAcls: true,
+        RestrictPublicBuckets: true,
+      });
+      expect(bucket.Properties.OwnershipControls.Rules).toEqual([{ ObjectOwnership: 'BucketOwnerEnforced' }]);
+      expect(bucket.Properties.AccessControl).toBeUndefined();
+    }
+  });
+
+  it('denies non-TLS requests in every bucket policy', () => {
+    const policies = resourcesOfType(s.json, 'AWS::S3::BucketPolicy');
+    const covered = policies
+      .filter(([, p]) =>
+        (p.Properties.PolicyDocument.Statement as any[]).some(
+          (st) => st.Effect === 'Deny' && st.Action === 's3:*' && st.Condition?.Bool?.['aws:SecureTransport'] === 'false',
+        ),
+      )
+      .map(([, p]) => p.Properties.Bucket.Ref)
+      .sort();
+    expect(covered).toEqual(Object.values(bucketIds()).sort());
+  });
+
+  it('versions the artifacts bucket only', () => {
+    const ids = bucketIds();
+    expect(s.json.Resources[ids.artifacts]!.Properties.VersioningConfiguration).toEqual({ Status: 'Enabled' });
+    expect(s.json.Resources[ids.inbox]!.Properties.VersioningConfiguration).toBeUndefined();
+  });
+
+  it('expires raw photos under teams/ after the configured retention', () => {
+    const rules = s.json.Resources[bucketIds().inbox]!.Properties.LifecycleConfiguration.Rules;
+    expect(rules).toContainEqual(expect.objectContaining({ Prefix: 'teams/', ExpirationInDays: 7, Status: 'Enabled' }));
+  });
+
+  it('aborts incomplete multipart uploads after one day on every bucket', () => {
+    for (const [, bucket] of resourcesOfType(s.json, 'AWS::S3::Bucket')) {
+      expect(bucket.Properties.LifecycleConfiguration.Rules).toContainEqual(
+        expect.objectContaining({ AbortIncompleteMultipartUpload: { DaysAfterInitiation: 1 } }),
+      );
+    }
+  });
+
+  it('expires noncurrent artifact versions and old logs', () => {
+    const ids = bucketIds();
+    expect(s.json.Resources[ids.artifacts]!.Properties.LifecycleConfiguration.Rules).toContainEqual(
+      expect.objectContaining({ NoncurrentVersionExpiration: { NoncurrentDays: 30 } }),
+    );
+    expect(s.json.Resources[ids.logs]!.Properties.LifecycleConfiguration.Rules).toContainEqual(
+      expect.objectContaining({ ExpirationInDays: 90 }),
+    );
+  });
+
+  it('sends server access logs of the data buckets to the logs bucket', () => {
+    const ids = bucketIds();
+    for (const id of [ids.inbox, ids.artifacts]) {
+      expect(s.json.Resources[id]!.Properties.LoggingConfiguration.DestinationBucketName).toEqual({ Ref: ids.logs });
+    }
+  });
+
+  it('lets S3 log delivery write to the logs bucket through its policy, not an ACL', () => {
+    s.template.hasResourceProperties('AWS::S3::BucketPolicy', {
+      Bucket: { Ref: bucketIds().logs },
+      PolicyDocument: {
+        Statement: Match.arrayWith([
+          Match.objectLike({ Effect: 'Allow', Principal: { Service: 'logging.s3.amazonaws.com' }, Action: 's3:PutObject' }),
+        ]),
+      },
+    });
+  });
+
+  it('enables EventBridge notifications on the inbox without a custom resource', () => {
+    expect(s.json.Resources[bucketIds().inbox]!.Properties.NotificationConfiguration).toEqual({
+      EventBridgeConfiguration: { EventBridgeEnabled: true },
+    });
+    expect(resourcesOfType(s.json, 'Custom::S3BucketNotifications')).toEqual([]);
+  });
+
+  it('retains the data buckets on stack deletion', () => {
+    const ids = bucketIds();
+    expect(s.json.Resources[ids.inbox]).toMatchObject({ DeletionPolicy: 'Retain', UpdateReplacePolicy: 'Retain' });
+    expect(s.json.Resources[ids.artifacts]).toMatchObject({ DeletionPolicy: 'Retain', UpdateReplacePolicy: 'Retain' });
+  });
+});
