@@ -1,5 +1,6 @@
 /**
  * `npm run local -- --photos <dir> --token <token> [--kind character] [--class-word man] [--out <dir>]`
+ * `npm run local` alone runs a demo: an `object` job on 12 generated photos, token `zwxdemo`.
  *
  * Runs the main job on this machine: starts the local AWS endpoint (moto), uploads the photos and a
  * job.json with the embedded defaults to the inbox, fires the real `start` handler, then executes the
@@ -19,8 +20,9 @@ import { keys, jobPrefix } from '../lambdas/shared/keys';
 import { getBytes, listAll, putBytes, putJson } from '../lambdas/shared/s3';
 import { readStatus } from '../lambdas/shared/status';
 import { start } from '../lambdas/start/handler';
-import { LOCAL_CREDENTIALS, LOCAL_REGION, startMoto } from '../test/helpers/moto';
+import { LOCAL_CREDENTIALS, LOCAL_REGION, startMoto } from './local/moto';
 import { stateMachineDefinition, synthesizeTemplate } from './local/definition';
+import { syntheticPhotos } from './local/demo-photos';
 import { checkGpu, dockerRunner, noGpuRunner } from './local/gpu';
 import { runWorkflow } from './local/workflow';
 
@@ -31,6 +33,11 @@ const INBOX = 'avatar-local-inbox';
 const ARTIFACTS = 'avatar-local-artifacts';
 
 class UsageError extends Error {}
+
+async function writeDemoPhotos(dir: string): Promise<void> {
+  mkdirSync(dir, { recursive: true });
+  for (const p of await syntheticPhotos(12)) writeFileSync(join(dir, p.name), p.bytes);
+}
 
 function parse() {
   const { values } = parseArgs({
@@ -49,25 +56,30 @@ function parse() {
     console.log(readFileSync(__filename, 'utf8').split('*/')[0].replace(/^\/\*\*?|^ \* ?/gm, ''));
     process.exit(0);
   }
-  if (!values.photos) throw new UsageError('--photos <dir> is required: a folder of 10-100 photos of the subject');
+  const demo = !values.photos;
+  if (demo) {
+    if (values.token || values['class-word']) throw new UsageError('--photos <dir> is required with --token or --class-word');
+    Object.assign(values, { photos: join('.local', 'demo-photos'), token: 'zwxdemo', kind: 'object', 'class-word': 'toy' });
+  }
   if (!values.token) throw new UsageError('--token <token> is required: a short rare lowercase word such as "ohwx"');
   if (!(KINDS as readonly string[]).includes(values.kind!)) throw new UsageError(`--kind must be one of ${KINDS.join(', ')}`);
   const kind = values.kind as Kind;
   const spec: JobSpecInput = { token: values.token, classWord: values['class-word'] ?? DEFAULT_CLASS_WORD[kind], kind };
   const parsed = JobSpecSchema.safeParse(spec);
   if (!parsed.success) throw new UsageError(describeIssues(parsed.error, 'the job spec from your arguments'));
-  const photosDir = resolve(values.photos);
+  const photosDir = resolve(values.photos!);
   if (!statSync(photosDir, { throwIfNoEntry: false })?.isDirectory()) throw new UsageError(`--photos ${values.photos} is not a folder`);
   const photos = readdirSync(photosDir).filter((f) => !f.startsWith('.') && statSync(join(photosDir, f)).isFile());
   if (photos.length === 0) throw new UsageError(`--photos ${values.photos} holds no files`);
   const jobId = values.job ?? `local-${new Date().toISOString().replace(/[^0-9]/g, '').slice(0, 14)}`;
   const out = resolve(values.out ?? join('.local', 'runs', values.team!, jobId));
-  return { spec, photosDir, photos, job: { teamId: values.team!, jobId }, out };
+  return { spec, photosDir, photos, job: { teamId: values.team!, jobId }, out, demo };
 }
 
 async function main(): Promise<number> {
   let args: ReturnType<typeof parse>;
   try {
+    if (!process.argv.includes('--photos')) await writeDemoPhotos(join('.local', 'demo-photos'));
     args = parse();
   } catch (error) {
     if (error instanceof UsageError || (error as { code?: string }).code?.startsWith('ERR_PARSE_ARGS')) {
@@ -76,8 +88,9 @@ async function main(): Promise<number> {
     }
     throw error;
   }
-  const { spec, photosDir, photos, job, out } = args;
+  const { spec, photosDir, photos, job, out, demo } = args;
   const log = (line: string) => console.log(line);
+  if (demo) log(`demo run: ${photos.length} generated photos in ${photosDir}, an object job with token "${spec.token}" (use --photos <dir> --token <t> for your own)`);
 
   const moto = await startMoto();
   try {
@@ -118,13 +131,16 @@ async function main(): Promise<number> {
     mkdirSync(cacheDir, { recursive: true });
     const batch = gpu.ok ? dockerRunner({ template, endpoint: moto.endpoint, inboxBucket: INBOX, artifactsBucket: ARTIFACTS, cacheDir, log }) : noGpuRunner(gpu);
 
+    const failedStates = new Set<string>(); // a caught failure still exits its state: print ✗ only
     const result = await runWorkflow(definition, started.job, {
       batch,
       onEvent: (e) => {
+        if (e.type === 'StateEntered') failedStates.delete(e.state!);
+        if (e.type === 'StateFailed') failedStates.add(e.state!);
         if (e.type === 'StateEntered') log(`▶ ${e.state}`);
-        else if (e.type === 'StateExited') log(`✓ ${e.state}`);
+        else if (e.type === 'StateExited' && !failedStates.has(e.state!)) log(`✓ ${e.state}`);
         else if (e.type === 'StateRetried') log(`↻ ${e.state} retried`);
-        else if (e.type === 'StateFailed' || e.type === 'StateCaught') log(`✗ ${e.state}: ${e.error}`);
+        else if (e.type === 'StateFailed') log(`✗ ${e.state}: ${e.error}: ${e.cause}`);
       },
     });
 

@@ -5,6 +5,7 @@
  * Step Functions records them, so Retry, Catch and MarkFailed behave as in AWS.
  */
 import { join } from 'node:path';
+import './polyfill';
 import { StateMachine } from 'aws-local-stepfunctions';
 import type { StateMachineDefinition } from './definition';
 

@@ -4,7 +4,7 @@ import { ManifestSchema, StatusSchema } from '../../lambdas/shared/contract';
 import { finalize } from '../../lambdas/finalize/handler';
 import type { StageContext } from '../../lambdas/shared/handler';
 import { getJson, putBytes } from '../../lambdas/shared/s3';
-import { type Moto, startMoto } from '../helpers/moto';
+import { type Moto, startMoto } from '../../scripts/local/moto';
 import { describeWithMoto } from '../helpers/suites';
 
 describeWithMoto('finalize', () => {

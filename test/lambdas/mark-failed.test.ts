@@ -3,7 +3,7 @@ import { describeFailure, markFailed, MarkFailedInputSchema } from '../../lambda
 import { InvalidInputError, toLambdaError } from '../../lambdas/shared/errors';
 import type { StageContext } from '../../lambdas/shared/handler';
 import { readStatus, writeStatus } from '../../lambdas/shared/status';
-import { type Moto, startMoto } from '../helpers/moto';
+import { type Moto, startMoto } from '../../scripts/local/moto';
 import { describeWithMoto } from '../helpers/suites';
 
 /** The Cause Step Functions records for an error thrown by one of our Lambda handlers. */

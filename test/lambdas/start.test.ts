@@ -3,7 +3,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { StatusSchema } from '../../lambdas/shared/contract';
 import { getJson } from '../../lambdas/shared/s3';
 import { executionName, start, type StartDeps } from '../../lambdas/start/handler';
-import { LOCAL_CREDENTIALS, LOCAL_REGION, type Moto, startMoto } from '../helpers/moto';
+import { LOCAL_CREDENTIALS, LOCAL_REGION, type Moto, startMoto } from '../../scripts/local/moto';
 import { describeWithMoto } from '../helpers/suites';
 
 // Runs against moto's S3 and Step Functions emulation: StartExecution with a reused name is refused

@@ -14,8 +14,8 @@ import { start } from '../../lambdas/start/handler';
 import { type StateMachineDefinition, stateMachineDefinition, synthesizeTemplate } from '../../scripts/local/definition';
 import { noGpuRunner } from '../../scripts/local/gpu';
 import { BatchJobFailed, type BatchRunner, inProcessLambda, type LambdaRunner, type RunResult, runWorkflow } from '../../scripts/local/workflow';
-import { LOCAL_CREDENTIALS, LOCAL_REGION, type Moto, startMoto } from '../helpers/moto';
-import { syntheticPhotos } from '../helpers/photos';
+import { LOCAL_CREDENTIALS, LOCAL_REGION, type Moto, startMoto } from '../../scripts/local/moto';
+import { syntheticPhotos } from '../../scripts/local/demo-photos';
 import { describeWithMoto } from '../helpers/suites';
 
 const INBOX = 'wf-inbox';

@@ -1,5 +1,5 @@
 /**
- * Distinct, sharp, well-exposed synthetic photos for pipeline tests of `object` jobs (no face rule):
+ * Distinct, sharp, well-exposed synthetic photos for the demo run and pipeline tests of `object` jobs (no face rule):
  * each is a different seeded arrangement of shapes over a textured background, so no two are
  * near-duplicates. The intake's own tests use real photos; these only need to pass it.
  */
