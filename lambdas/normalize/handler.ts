@@ -1,4 +1,5 @@
-/** Placeholder so the stack synthesizes while the normalize stage is written; replaced in the next commits. */
-export async function handler(): Promise<never> {
-  throw new Error('normalize: not implemented yet');
-}
+/** Lambda entry for the normalize stage; the work is in ./core.ts. */
+import { stageHandler } from '../shared/handler';
+import { normalize } from './core';
+
+export const handler = stageHandler((ctx) => normalize(ctx));

@@ -1,4 +1,5 @@
-/** Placeholder so the stack synthesizes while the validate stage is written; replaced in the next commits. */
-export async function handler(): Promise<never> {
-  throw new Error('validate: not implemented yet');
-}
+/** Lambda entry for the validate stage; the work is in ./core.ts. */
+import { stageHandler } from '../shared/handler';
+import { validate } from './core';
+
+export const handler = stageHandler((ctx) => validate(ctx));

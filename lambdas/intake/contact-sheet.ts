@@ -1,0 +1,70 @@
+/**
+ * The contact sheet: every accepted photo as the crop normalize will train on (green), every rejected
+ * one as a thumbnail labelled with its reason (red), so a person can review the intake at a glance.
+ * Labels are SVG text composited by sharp (librsvg with the system's DejaVu/sans fonts).
+ */
+import sharp from 'sharp';
+import type { PhotoEntry } from './report';
+
+const TILE = 180;
+const LABEL = 34;
+const GAP = 10;
+const COLUMNS = 6;
+const HEADER = 40;
+
+export interface SheetTile {
+  readonly entry: PhotoEntry;
+  /** JPEG thumbnail of the upright photo and its scale, when the photo could be decoded. */
+  readonly thumb?: { jpeg: Buffer; scale: number };
+}
+
+export async function renderContactSheet(tiles: readonly SheetTile[], title: string): Promise<Buffer> {
+  // Accepted first, in dataset order, so the sheet reads like the dataset.
+  const ordered = [...tiles].sort((a, b) => Number(b.entry.status === 'accepted') - Number(a.entry.status === 'accepted'));
+  const rows = Math.max(1, Math.ceil(ordered.length / COLUMNS));
+  const width = COLUMNS * (TILE + GAP) + GAP;
+  const height = HEADER + rows * (TILE + LABEL + GAP) + GAP;
+  const layers: sharp.OverlayOptions[] = [];
+  const texts: string[] = [`<text x="${GAP}" y="26" font-size="18" font-weight="bold" fill="#222">${escapeXml(title)}</text>`];
+  for (const [i, { entry, thumb }] of ordered.entries()) {
+    const x = GAP + (i % COLUMNS) * (TILE + GAP);
+    const y = HEADER + Math.floor(i / COLUMNS) * (TILE + LABEL + GAP);
+    const ok = entry.status === 'accepted';
+    const colour = ok ? '#1a7f37' : '#cf222e';
+    texts.push(`<rect x="${x - 2}" y="${y - 2}" width="${TILE + 4}" height="${TILE + 4}" fill="none" stroke="${colour}" stroke-width="3"/>`);
+    if (thumb) layers.push({ input: await tileImage(entry, thumb), left: x, top: y });
+    else texts.push(`<text x="${x + TILE / 2}" y="${y + TILE / 2}" font-size="14" text-anchor="middle" fill="#888">not an image</text>`);
+    const name = entry.file.length > 26 ? `${entry.file.slice(0, 24)}…` : entry.file;
+    texts.push(`<text x="${x}" y="${y + TILE + 15}" font-size="12" fill="#222">${escapeXml(name)}</text>`);
+    const label = ok ? `OK -> ${entry.output ?? ''}` : entry.code;
+    texts.push(`<text x="${x}" y="${y + TILE + 30}" font-size="12" font-weight="bold" fill="${colour}">${escapeXml(label)}</text>`);
+  }
+  const svg = `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" font-family="DejaVu Sans, sans-serif">${texts.join('')}</svg>`;
+  layers.push({ input: Buffer.from(svg), left: 0, top: 0 });
+  return sharp({ create: { width, height, channels: 3, background: '#f6f8fa' } })
+    .composite(layers)
+    .png({ compressionLevel: 9 })
+    .toBuffer();
+}
+
+async function tileImage(entry: PhotoEntry, thumb: { jpeg: Buffer; scale: number }): Promise<Buffer> {
+  let image = sharp(thumb.jpeg);
+  if (entry.status === 'accepted' && entry.crop) {
+    const meta = await sharp(thumb.jpeg).metadata();
+    const left = Math.min(Math.round(entry.crop.left * thumb.scale), meta.width! - 1);
+    const top = Math.min(Math.round(entry.crop.top * thumb.scale), meta.height! - 1);
+    image = image.extract({
+      left,
+      top,
+      width: Math.max(1, Math.min(Math.round(entry.crop.width * thumb.scale), meta.width! - left)),
+      height: Math.max(1, Math.min(Math.round(entry.crop.height * thumb.scale), meta.height! - top)),
+    });
+  }
+  return image
+    .resize(TILE, TILE, { fit: 'contain', background: '#dddddd' })
+    .toBuffer();
+}
+
+function escapeXml(text: string): string {
+  return text.replace(/[<>&"']/g, (c) => `&#${c.charCodeAt(0)};`);
+}
