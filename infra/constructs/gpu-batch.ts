@@ -253,20 +253,21 @@ export class GpuBatch extends Construct {
 
     const caption = newJob('caption', captionerImage, ['python', '-m', 'captioner', 'run'], Duration.hours(1));
     this.caption = caption.definition;
-    grantObjects(caption.jobRole, props.artifacts, ['s3:GetObject', 's3:PutObject'], [`${JOB_PREFIX}/dataset/*`], 'caption reads the dataset images and writes caption files beside them');
-    grantObjects(caption.jobRole, props.artifacts, ['s3:PutObject'], [`${JOB_PREFIX}/caption/*`], 'caption writes its captions.json under the job');
+    // Key layout from lambdas/shared/keys.ts: every stage writes only under its own prefix.
+    grantObjects(caption.jobRole, props.artifacts, ['s3:GetObject'], [`${JOB_PREFIX}/normalize/*`], 'caption reads the dataset images, user captions and plan normalize wrote');
+    grantObjects(caption.jobRole, props.artifacts, ['s3:PutObject'], [`${JOB_PREFIX}/caption/*`], 'caption writes caption files and captions.json under the job');
 
     const modelEnv = { AVATAR_BASE_MODEL_KEY: baseModelKey };
     const train = newJob('train', trainerImage, ['python', '-m', 'trainer', 'train'], Duration.hours(4), modelEnv);
     this.train = train.definition;
-    grantObjects(train.jobRole, props.artifacts, ['s3:GetObject'], [`${JOB_PREFIX}/dataset/*`], 'train reads the captioned dataset and plan of the job');
+    grantObjects(train.jobRole, props.artifacts, ['s3:GetObject'], [`${JOB_PREFIX}/normalize/*`, `${JOB_PREFIX}/caption/*`], 'train reads the dataset, plan and captions of the job');
     grantObjects(train.jobRole, props.artifacts, ['s3:GetObject'], ['models/*'], 'train reads the operator-uploaded base models');
     grantObjects(train.jobRole, props.artifacts, ['s3:GetObject', 's3:PutObject'], [`${JOB_PREFIX}/train/*`], 'train writes checkpoints and reads its own state back to resume after a Spot reclaim');
     grantList(train.jobRole, props.artifacts, [`teams/*`]);
 
     const evaluate = newJob('evaluate', trainerImage, ['python', '-m', 'trainer', 'evaluate'], Duration.hours(2), modelEnv);
     this.evaluate = evaluate.definition;
-    grantObjects(evaluate.jobRole, props.artifacts, ['s3:GetObject'], [`${JOB_PREFIX}/train/*`, `${JOB_PREFIX}/dataset/plan.json`], 'evaluate reads the checkpoints and plan of the job');
+    grantObjects(evaluate.jobRole, props.artifacts, ['s3:GetObject'], [`${JOB_PREFIX}/train/*`, `${JOB_PREFIX}/normalize/plan.json`], 'evaluate reads the checkpoints and plan of the job');
     grantObjects(evaluate.jobRole, props.artifacts, ['s3:GetObject'], ['models/*'], 'evaluate reads the operator-uploaded base models');
     grantObjects(evaluate.jobRole, props.artifacts, ['s3:PutObject'], [`${JOB_PREFIX}/evaluate/*`], 'evaluate writes its grid, image pack and scores under the job');
   }

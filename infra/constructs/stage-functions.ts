@@ -18,6 +18,13 @@ export interface StageFunctionsProps {
 }
 
 const STATUS = `${JOB_PREFIX}/status.json`;
+
+/**
+ * Packages shipped as files beside the bundle: sharp's linux-x64 native binary, and WASM modules
+ * whose .wasm files and model weights are read from disk at run time (lambdas/intake).
+ */
+const DECODE_MODULES = ['sharp', 'heic-decode'];
+const FACE_MODULES = ['@vladmandic/human', '@tensorflow/tfjs-backend-wasm'];
 const STATUS_REASON = 'Every stage rewrites the status.json of the job it runs; team and job ids are only known at run time';
 
 /**
@@ -27,7 +34,7 @@ const STATUS_REASON = 'Every stage rewrites the status.json of the job it runs; 
 export class StageFunctions extends Construct {
   /** Checks uploads and job.json; writes `validate/`. */
   public readonly validate: LambdaFunction;
-  /** Decodes, orients and crops photos; writes `dataset/`. */
+  /** Decodes, orients and crops photos; writes the dataset and plan under `normalize/`. */
   public readonly normalize: LambdaFunction;
   /** Writes `manifest.json` with presigned URLs of the results. */
   public readonly finalize: LambdaFunction;
@@ -44,7 +51,7 @@ export class StageFunctions extends Construct {
       memorySize: 2048,
       timeout: Duration.minutes(10),
       environment,
-      nodeModules: ['sharp'],
+      nodeModules: [...DECODE_MODULES, ...FACE_MODULES],
     });
     const validateRole = this.validate.executionRole;
     grantObjects(validateRole, inbox, ['s3:GetObject'], [`${JOB_PREFIX}/*`], 'validate reads the job.json and photos of the job it checks');
@@ -57,12 +64,13 @@ export class StageFunctions extends Construct {
       memorySize: 2048,
       timeout: Duration.minutes(15),
       environment,
-      nodeModules: ['sharp'],
+      nodeModules: DECODE_MODULES,
     });
     const normalizeRole = this.normalize.executionRole;
     grantObjects(normalizeRole, inbox, ['s3:GetObject'], [`${JOB_PREFIX}/*`], 'normalize reads the accepted photos of the job');
     grantObjects(normalizeRole, artifacts, ['s3:GetObject'], [`${JOB_PREFIX}/validate/*`], 'normalize reads the validate report of the job');
-    grantObjects(normalizeRole, artifacts, ['s3:PutObject'], [`${JOB_PREFIX}/dataset/*`], 'normalize writes the dataset and plan of the job');
+    // The dataset lives under the stage's own prefix (lambdas/shared/keys.ts): normalize/<repeats>_<token>/, normalize/plan.json.
+    grantObjects(normalizeRole, artifacts, ['s3:PutObject'], [`${JOB_PREFIX}/normalize/*`], 'normalize writes the dataset and plan of the job');
     grantObjects(normalizeRole, artifacts, ['s3:GetObject', 's3:PutObject'], [STATUS], STATUS_REASON);
 
     this.finalize = new LambdaFunction(this, 'Finalize', {

@@ -25,10 +25,10 @@ describe('least-privilege S3 access', () => {
     expect(list.Condition).toEqual({ StringLike: { 's3:prefix': ['teams/*'] } });
   });
 
-  it('normalize reads photos and the validate report, writes dataset/ and status.json', () => {
+  it('normalize reads photos and the validate report, writes normalize/ (dataset, plan) and status.json', () => {
     expect(s3Grants(s, s.stack.functions.normalize.executionRole)).toEqual({
       's3:GetObject': sorted([job(I, '*'), job(A, 'validate/*'), job(A, 'status.json')]),
-      's3:PutObject': sorted([job(A, 'dataset/*'), job(A, 'status.json')]),
+      's3:PutObject': sorted([job(A, 'normalize/*'), job(A, 'status.json')]),
     });
   });
 
@@ -50,16 +50,16 @@ describe('least-privilege S3 access', () => {
     });
   });
 
-  it('the caption job reads and writes the dataset, writes caption/ and status.json', () => {
+  it('the caption job reads the normalized dataset, writes only caption/ and status.json', () => {
     expect(s3Grants(s, s.stack.gpu.caption.container.jobRole!)).toEqual({
-      's3:GetObject': sorted([job(A, 'dataset/*'), job(A, 'status.json')]),
-      's3:PutObject': sorted([job(A, 'dataset/*'), job(A, 'caption/*'), job(A, 'status.json')]),
+      's3:GetObject': sorted([job(A, 'normalize/*'), job(A, 'status.json')]),
+      's3:PutObject': sorted([job(A, 'caption/*'), job(A, 'status.json')]),
     });
   });
 
-  it('the train job reads dataset and models, reads and writes train/ state', () => {
+  it('the train job reads dataset, captions and models, reads and writes train/ state', () => {
     expect(s3Grants(s, s.stack.gpu.train.container.jobRole!)).toEqual({
-      's3:GetObject': sorted([job(A, 'dataset/*'), `${A}/models/*`, job(A, 'train/*'), job(A, 'status.json')]),
+      's3:GetObject': sorted([job(A, 'normalize/*'), job(A, 'caption/*'), `${A}/models/*`, job(A, 'train/*'), job(A, 'status.json')]),
       's3:PutObject': sorted([job(A, 'train/*'), job(A, 'status.json')]),
       's3:ListBucket': [A],
     });
@@ -67,7 +67,7 @@ describe('least-privilege S3 access', () => {
 
   it('the evaluate job reads checkpoints, plan and models, writes evaluate/', () => {
     expect(s3Grants(s, s.stack.gpu.evaluate.container.jobRole!)).toEqual({
-      's3:GetObject': sorted([job(A, 'train/*'), job(A, 'dataset/plan.json'), `${A}/models/*`, job(A, 'status.json')]),
+      's3:GetObject': sorted([job(A, 'train/*'), job(A, 'normalize/plan.json'), `${A}/models/*`, job(A, 'status.json')]),
       's3:PutObject': sorted([job(A, 'evaluate/*'), job(A, 'status.json')]),
     });
   });
