@@ -117,6 +117,9 @@ export class GpuBatch extends Construct {
 
     const launchTemplate = new ec2.LaunchTemplate(this, 'LaunchTemplate', {
       requireImdsv2: true,
+      // One hop: the ECS agent (host network) reaches IMDS, bridged job containers cannot, so they
+      // only ever hold their own job role (AL2023 AMIs default to two hops).
+      httpPutResponseHopLimit: 1,
       blockDevices: [
         {
           // Root device of the ECS AL2023 AMIs; holds the images and the model cache.

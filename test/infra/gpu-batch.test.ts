@@ -42,7 +42,7 @@ describe('compute environments', () => {
     expect(lt.Properties.LaunchTemplateData.BlockDeviceMappings).toEqual([
       { DeviceName: '/dev/xvda', Ebs: { DeleteOnTermination: true, Encrypted: true, VolumeSize: 300, VolumeType: 'gp3' } },
     ]);
-    expect(lt.Properties.LaunchTemplateData.MetadataOptions.HttpTokens).toBe('required');
+    expect(lt.Properties.LaunchTemplateData.MetadataOptions).toMatchObject({ HttpTokens: 'required', HttpPutResponseHopLimit: 1 });
   });
 
   it('queues on Spot first, then on-demand', () => {
@@ -65,6 +65,12 @@ describe('network', () => {
     const subnets = resourcesOfType(s.json, 'AWS::EC2::Subnet');
     expect(subnets).toHaveLength(2);
     expect(subnets.every(([, sn]) => sn.Properties.MapPublicIpOnLaunch === true)).toBe(true);
+  });
+
+  it('picks availability zones at deploy time, so synth needs no account lookup', () => {
+    for (const [, subnet] of resourcesOfType(s.json, 'AWS::EC2::Subnet')) {
+      expect(subnet.Properties.AvailabilityZone['Fn::Select'][1]).toEqual({ 'Fn::GetAZs': '' });
+    }
   });
 
   it('reaches S3 through a gateway endpoint', () => {
