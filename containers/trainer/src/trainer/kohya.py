@@ -1,0 +1,180 @@
+"""kohya sd-scripts' interface (docs/kohya.md): the dataset and config TOML, and the launch command.
+
+Config keys are argparse dest names; kohya does not convert TOML values, so `resolution` is the
+string "512,512" and list flags are TOML arrays.
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+import shlex
+from pathlib import Path, PurePosixPath
+
+from .job import StageError
+
+IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}  # what kohya globs; others are skipped silently
+NETWORK_MODULES = {"lora": "networks.lora", "locon": "lycoris.kohya", "loha": "lycoris.kohya"}
+
+
+def toml_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        if not math.isfinite(v):
+            raise ValueError(f"{v} has no TOML form kohya accepts")
+        return repr(v)
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
+    raise TypeError(f"cannot write {type(v).__name__} to TOML")
+
+
+def toml_table(d: dict) -> str:
+    return "".join(f"{k} = {toml_value(v)}\n" for k, v in d.items())
+
+
+def check_plan(plan: dict) -> None:
+    """Rejects what would make kohya fail late or, worse, exit 0 having trained nothing."""
+    p, spec, images = plan["plan"], plan["spec"], plan["images"]
+    bad = lambda field, msg: StageError("PLAN_IMPOSSIBLE", msg + "; rerun normalize to rebuild plan.json", field)
+    if p["folder"] != f"{p['repeats']}_{spec['token']}":
+        raise bad("plan.folder", f"folder {p['folder']!r} must be '<repeats>_<token>' = '{p['repeats']}_{spec['token']}' (kohya reads repeats from it)")
+    if p["numImages"] != len(images):
+        raise bad("plan.numImages", f"numImages is {p['numImages']} but {len(images)} images are listed")
+    # recipe.md's formula; kohya's own count (per-bucket batches) can be slightly higher at batch 2,
+    # so progress uses the total kohya prints.
+    steps = math.ceil(p["numImages"] * p["repeats"] * p["epochs"] / p["batchSize"])
+    if p["totalSteps"] != steps:
+        raise bad("plan.totalSteps", f"totalSteps is {p['totalSteps']} but {p['numImages']} images x {p['repeats']} repeats x {p['epochs']} epochs / batch {p['batchSize']} = {steps}")
+    if p["batchSize"] != spec["training"]["batchSize"]:
+        raise bad("plan.batchSize", f"plan batch {p['batchSize']} differs from training.batchSize {spec['training']['batchSize']}")
+    stems: dict[str, str] = {}
+    for name in images:
+        path = PurePosixPath(name)
+        if path.suffix.lower() not in IMAGE_EXTENSIONS or path.name != name:
+            raise bad(name, f"{name!r} is not a plain {'/'.join(sorted(IMAGE_EXTENSIONS))} file name, which kohya would skip")
+        if path.stem in stems:
+            raise bad(name, f"{name!r} and {stems[path.stem]!r} share the caption file {path.stem}.txt")
+        stems[path.stem] = name
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", plan["outputName"]):
+        raise bad("outputName", f"outputName {plan['outputName']!r} is not a safe file name")
+
+
+def needs_gradient_checkpointing(resolution: int, batch: int, dim: int, gpu_gib: float | None) -> bool:
+    """Trades ~20% speed for memory only when the run would not fit otherwise.
+
+    Rough peak for SD1.5 LoRA with sdpa and 8-bit Adam: 7 GiB at 512px batch 1 dim 128, growing
+    with pixels x batch; unknown GPU memory (CPU test runs) means no checkpointing.
+    """
+    if gpu_gib is None:
+        return False
+    need = 5.0 + 2.0 * (resolution / 512) ** 2 * batch + dim / 128
+    return need > 0.9 * gpu_gib
+
+
+def dataset_config(plan: dict, dataset_dir: Path) -> dict:
+    p, t, spec = plan["plan"], plan["spec"]["training"], plan["spec"]
+    return {
+        "general": {"shuffle_caption": False, "caption_extension": ".txt", "keep_tokens": 0},
+        "datasets": [{
+            "resolution": p["resolution"],
+            "batch_size": p["batchSize"],
+            "enable_bucket": True,
+            "min_bucket_reso": 256,
+            "max_bucket_reso": 1024,
+            "bucket_reso_steps": 64,
+            "bucket_no_upscale": True,
+            "subsets": [{
+                "image_dir": str(dataset_dir / p["folder"]),
+                "num_repeats": p["repeats"],
+                # Used only for an image without a caption file (the captioner writes one for each).
+                "class_tokens": f"{spec['token']} {spec['classWord']}",
+                "caption_extension": ".txt",
+                "color_aug": t["colorAug"],
+                "flip_aug": t["flipAug"],
+            }],
+        }],
+    }
+
+
+def dataset_toml(cfg: dict) -> str:
+    out = "[general]\n" + toml_table(cfg["general"])
+    for ds in cfg["datasets"]:
+        out += "\n[[datasets]]\n" + toml_table({k: v for k, v in ds.items() if k != "subsets"})
+        for sub in ds["subsets"]:
+            out += "\n[[datasets.subsets]]\n" + toml_table(sub)
+    return out
+
+
+def training_config(plan: dict, *, base_model: Path, dataset_toml_path: Path, output_dir: Path,
+                    tokenizer_dir: Path, attention: str = "sdpa", gpu_gib: float | None = None,
+                    workers: int = 2) -> dict:
+    """The train_network.py arguments, by argparse dest name."""
+    p, t = plan["plan"], plan["spec"]["training"]
+    network = t["network"]
+    cfg: dict = {
+        "pretrained_model_name_or_path": str(base_model),
+        "tokenizer_cache_dir": str(tokenizer_dir),
+        "dataset_config": str(dataset_toml_path),
+        "resolution": f"{p['resolution']},{p['resolution']}",
+        "output_dir": str(output_dir),
+        "output_name": plan["outputName"],
+        "save_model_as": "safetensors",
+        "save_precision": "fp16",  # what AUTOMATIC1111 and diffusers load everywhere
+        "save_every_n_epochs": 1,
+        "save_state": True,
+        "max_train_epochs": p["epochs"],
+        "train_batch_size": p["batchSize"],
+        "optimizer_type": t["optimizer"],
+        "learning_rate": t["unetLr"],
+        "unet_lr": t["unetLr"],
+        "text_encoder_lr": t["textEncoderLr"],
+        "lr_scheduler": t["lrScheduler"],
+        "lr_warmup_steps": t["lrWarmupSteps"],
+        "network_module": NETWORK_MODULES[network],
+        "network_dim": t["networkDim"],
+        "network_alpha": float(t["networkAlpha"]),
+        "mixed_precision": t["mixedPrecision"],
+        "caption_extension": ".txt",
+        "cache_latents": t["cacheLatents"],
+        "cache_latents_to_disk": t["cacheLatents"],
+        "seed": t["seed"],
+        "max_data_loader_n_workers": workers,
+        "persistent_data_loader_workers": workers > 0,
+    }
+    if t["optimizerArgs"]:
+        cfg["optimizer_args"] = list(t["optimizerArgs"])
+    if network != "lora":
+        # LyCORIS takes its algorithm and conv rank through network_args.
+        cfg["network_args"] = [f"algo={network}", f"conv_dim={t['networkDim']}", f"conv_alpha={t['networkAlpha']:g}"]
+    if attention == "xformers":
+        cfg["xformers"] = True
+    elif attention == "sdpa":
+        cfg["sdpa"] = True
+    if needs_gradient_checkpointing(p["resolution"], p["batchSize"], t["networkDim"], gpu_gib):
+        cfg["gradient_checkpointing"] = True
+    return cfg
+
+
+def launch_command(config_toml: Path, resume: Path | None) -> tuple[list[str], Path | None]:
+    """`accelerate launch ... train_network.py --config_file X [--resume DIR]`, and its working dir.
+
+    AVATAR_KOHYA_CMD replaces everything before the arguments (tests run a stand-in process).
+    """
+    override = os.environ.get("AVATAR_KOHYA_CMD")
+    if override:
+        cmd, cwd = shlex.split(override), None
+    else:
+        sd = Path(os.environ.get("AVATAR_SD_SCRIPTS_DIR") or "/opt/sd-scripts")
+        if not (sd / "train_network.py").is_file():
+            raise StageError("KOHYA_MISSING", f"no train_network.py in {sd}; the trainer image must clone sd-scripts there (AVATAR_SD_SCRIPTS_DIR)", str(sd))
+        cmd = ["accelerate", "launch", "--num_cpu_threads_per_process", "1", str(sd / "train_network.py")]
+        cwd = sd
+    args = ["--config_file", str(config_toml)]
+    if resume:
+        args += ["--resume", str(resume)]
+    return cmd + args, cwd

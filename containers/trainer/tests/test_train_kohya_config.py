@@ -1,0 +1,136 @@
+"""The kohya TOML built from plan.json, read back the way kohya reads it (tomllib, no conversion)."""
+import json
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+from trainer import kohya
+from trainer.job import StageError
+
+FIXTURE = json.loads((REPO / "test/fixtures/contract/plan-recipe-25.json").read_text())
+WORK = Path("/work/job")
+
+
+def _plan(**training):
+    plan = json.loads(json.dumps(FIXTURE))
+    plan["spec"]["training"].update(training)
+    return plan
+
+
+def _config(plan, **kw):
+    cfg = kohya.training_config(plan, base_model=Path("/cache/base-models/sd15.safetensors"), dataset_toml_path=WORK / "dataset.toml",
+                                output_dir=WORK / "output", tokenizer_dir=Path("/opt/tokenizers"), **kw)
+    return tomllib.loads(kohya.toml_table(cfg))
+
+
+def test_recipe_25_photo_config_matches_recipe_table():
+    cfg = _config(FIXTURE)
+    expected = {
+        "train_batch_size": 1, "max_train_epochs": 5, "text_encoder_lr": 5e-5, "unet_lr": 1e-4,
+        "lr_scheduler": "polynomial", "optimizer_type": "AdamW8bit", "network_module": "networks.lora",
+        "network_dim": 128, "network_alpha": 128.0, "mixed_precision": "bf16", "resolution": "512,512",
+        "save_every_n_epochs": 1, "save_state": True, "output_name": "anantn", "caption_extension": ".txt",
+        "cache_latents": True, "cache_latents_to_disk": True, "sdpa": True, "seed": 42, "lr_warmup_steps": 0,
+        "pretrained_model_name_or_path": "/cache/base-models/sd15.safetensors", "tokenizer_cache_dir": "/opt/tokenizers",
+        "dataset_config": "/work/job/dataset.toml", "output_dir": "/work/job/output", "save_model_as": "safetensors",
+    }
+    assert {k: cfg[k] for k in expected} == expected
+    assert isinstance(cfg["resolution"], str)  # kohya does not convert TOML values
+    assert "optimizer_args" not in cfg and "network_args" not in cfg and "gradient_checkpointing" not in cfg
+
+
+def test_recipe_25_photo_dataset_toml_gives_15_repeats_of_15_anantn():
+    ds = tomllib.loads(kohya.dataset_toml(kohya.dataset_config(FIXTURE, WORK / "dataset")))
+    assert set(ds) == {"general", "datasets"}
+    (dataset,) = ds["datasets"]
+    (subset,) = dataset["subsets"]
+    assert dataset["batch_size"] == 1 and dataset["resolution"] == 512 and dataset["enable_bucket"] is True
+    assert subset["image_dir"] == "/work/job/dataset/15_anantn"
+    assert subset["num_repeats"] == 15 and subset["caption_extension"] == ".txt"
+    assert (subset["color_aug"], subset["flip_aug"]) == (False, False)
+    # 25 images x 15 repeats x 5 epochs / batch 1
+    assert 25 * subset["num_repeats"] * 5 // dataset["batch_size"] == FIXTURE["plan"]["totalSteps"] == 1875
+
+
+def test_dataset_toml_uses_only_keys_kohya_accepts_at_their_level():
+    # kohya validates with voluptuous: an unknown key is an error (docs/kohya.md section 3).
+    ds = tomllib.loads(kohya.dataset_toml(kohya.dataset_config(FIXTURE, WORK / "dataset")))
+    dataset_keys = {"batch_size", "resolution", "enable_bucket", "min_bucket_reso", "max_bucket_reso", "bucket_reso_steps",
+                    "bucket_no_upscale", "network_multiplier"}
+    subset_keys = {"num_repeats", "shuffle_caption", "keep_tokens", "caption_separator", "color_aug", "flip_aug", "random_crop",
+                   "caption_prefix", "caption_suffix", "caption_extension", "class_tokens", "image_dir", "is_reg"}
+    assert set(ds["general"]) <= subset_keys | dataset_keys
+    assert set(ds["datasets"][0]) - {"subsets"} <= dataset_keys
+    assert set(ds["datasets"][0]["subsets"][0]) <= subset_keys
+
+
+def test_dadaptation_preset():
+    cfg = _config(_plan(optimizer="DAdaptation", unetLr=1, textEncoderLr=0.5, lrScheduler="constant", optimizerArgs=["decouple=True", "weight_decay=0.05"]))
+    assert (cfg["optimizer_type"], cfg["learning_rate"], cfg["unet_lr"], cfg["text_encoder_lr"], cfg["lr_scheduler"]) == ("DAdaptation", 1, 1, 0.5, "constant")
+    assert cfg["optimizer_args"] == ["decouple=True", "weight_decay=0.05"]
+
+
+def test_adafactor_preset():
+    cfg = _config(_plan(optimizer="Adafactor", unetLr=1, textEncoderLr=0.5, lrScheduler="adafactor",
+                        optimizerArgs=["relative_step=True", "scale_parameter=True", "warmup_init=False"]))
+    assert (cfg["optimizer_type"], cfg["lr_scheduler"], cfg["text_encoder_lr"]) == ("Adafactor", "adafactor", 0.5)
+    assert cfg["optimizer_args"] == ["relative_step=True", "scale_parameter=True", "warmup_init=False"]
+
+
+def test_locon_goes_through_lycoris_with_its_algorithm():
+    cfg = _config(_plan(network="locon", networkDim=16, networkAlpha=1))
+    assert cfg["network_module"] == "lycoris.kohya"
+    assert cfg["network_args"] == ["algo=locon", "conv_dim=16", "conv_alpha=1"]
+    assert (cfg["network_dim"], cfg["network_alpha"]) == (16, 1.0)
+
+
+def test_xformers_replaces_sdpa_when_asked():
+    cfg = _config(FIXTURE, attention="xformers")
+    assert cfg.get("xformers") is True and "sdpa" not in cfg
+
+
+def test_gradient_checkpointing_only_when_memory_is_short():
+    assert "gradient_checkpointing" not in _config(FIXTURE, gpu_gib=24.0)
+    assert _config(FIXTURE, gpu_gib=8.0)["gradient_checkpointing"] is True
+    assert kohya.needs_gradient_checkpointing(768, 2, 128, 16.0) is True
+    assert kohya.needs_gradient_checkpointing(512, 1, 128, None) is False
+
+
+@pytest.mark.parametrize("change, field", [
+    (lambda p: p["plan"].update(folder="15_someone"), "plan.folder"),
+    (lambda p: p["plan"].update(totalSteps=1000), "plan.totalSteps"),
+    (lambda p: p["plan"].update(numImages=24), "plan.numImages"),
+    (lambda p: p["images"].__setitem__(4, "anantn-05.heic"), "anantn-05.heic"),
+    (lambda p: p["images"].__setitem__(4, "anantn-01.jpg"), "anantn-01.jpg"),
+    (lambda p: p["images"].__setitem__(4, "../escape.png"), "../escape.png"),
+])
+def test_impossible_plans_are_rejected_before_launch(change, field):
+    plan = _plan()
+    change(plan)
+    with pytest.raises(StageError) as e:
+        kohya.check_plan(plan)
+    assert e.value.code == "PLAN_IMPOSSIBLE" and e.value.input == field
+
+
+def test_the_recipe_plan_passes_the_checks():
+    kohya.check_plan(_plan())  # raises on failure; the values are asserted above
+
+
+def test_launch_command_uses_accelerate_and_resume(monkeypatch, tmp_path):
+    monkeypatch.delenv("AVATAR_KOHYA_CMD", raising=False)
+    (tmp_path / "train_network.py").write_text("")
+    monkeypatch.setenv("AVATAR_SD_SCRIPTS_DIR", str(tmp_path))
+    cmd, cwd = kohya.launch_command(Path("/w/config.toml"), Path("/w/output/anantn-000002-state"))
+    assert cmd == ["accelerate", "launch", "--num_cpu_threads_per_process", "1", str(tmp_path / "train_network.py"),
+                   "--config_file", "/w/config.toml", "--resume", "/w/output/anantn-000002-state"]
+    assert cwd == tmp_path
+
+
+def test_missing_sd_scripts_is_a_clear_error(monkeypatch, tmp_path):
+    monkeypatch.delenv("AVATAR_KOHYA_CMD", raising=False)
+    monkeypatch.setenv("AVATAR_SD_SCRIPTS_DIR", str(tmp_path / "nowhere"))
+    with pytest.raises(StageError) as e:
+        kohya.launch_command(Path("/w/config.toml"), None)
+    assert e.value.code == "KOHYA_MISSING"
