@@ -29,7 +29,7 @@ export interface PhotoSource {
 }
 
 /** Long side of the in-memory working copy every measure runs on (full-size decodes stay short-lived). */
-const WORKING_SIZE = 1024;
+const WORKING_SIZE = 640;
 /** Long side of the thumbnail kept for the contact sheet. */
 const THUMB_SIZE = 320;
 

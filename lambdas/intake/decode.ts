@@ -72,7 +72,8 @@ export async function openPhoto(bytes: Buffer, config: Pick<IntakeConfig, 'maxPi
   return {
     format: format === 'heif' && meta.compression === 'av1' ? 'avif' : format,
     ...upright,
-    pipeline: () => sharp(bytes, options).rotate().flatten({ background: '#ffffff' }),
+    // Flatten only when there is alpha: an extra step before resize would cost JPEG shrink-on-load.
+    pipeline: () => (meta.hasAlpha ? sharp(bytes, options).rotate().flatten({ background: '#ffffff' }) : sharp(bytes, options).rotate()),
   };
 }
 
