@@ -38,12 +38,21 @@ export async function getJson(s3: S3Client, bucket: string, key: string, maxByte
   }
 }
 
-/** Reads and validates a JSON document; a missing or invalid file is an InvalidInputError naming it. */
-export async function getValidJson<T extends z.ZodType>(s3: S3Client, bucket: string, key: string, schema: T): Promise<z.output<T>> {
+/**
+ * Reads and validates a JSON document; a missing or invalid file is an InvalidInputError naming it,
+ * with `codes` naming the document (e.g. MISSING_JOB_SPEC / INVALID_JOB_SPEC for job.json).
+ */
+export async function getValidJson<T extends z.ZodType>(
+  s3: S3Client,
+  bucket: string,
+  key: string,
+  schema: T,
+  codes: { missing: string; invalid: string } = { missing: 'MISSING_FILE', invalid: 'INVALID_JSON_DOCUMENT' },
+): Promise<z.output<T>> {
   const raw = await getJson(s3, bucket, key);
-  if (raw === undefined) throw new InvalidInputError('MISSING_FILE', `${key} does not exist`, key);
+  if (raw === undefined) throw new InvalidInputError(codes.missing, `${key} does not exist: upload it, or check the team and job ids`, key);
   const parsed = schema.safeParse(raw);
-  if (!parsed.success) throw new InvalidInputError('INVALID_JSON_DOCUMENT', describeIssues(parsed.error, key), key);
+  if (!parsed.success) throw new InvalidInputError(codes.invalid, describeIssues(parsed.error, key), key);
   return parsed.data;
 }
 

@@ -25,7 +25,7 @@ export interface ValidateResult {
 export async function validate(ctx: StageContext, config: IntakeConfig = configFromEnv()): Promise<ValidateResult> {
   const { s3, job } = ctx;
   await writeStatus(s3, ctx.artifactsBucket, job, { state: 'running', stage: 'validate', progress: { fraction: 0, message: 'checking photos' } }, ctx.now());
-  const spec = await getValidJson(s3, ctx.inboxBucket, keys.spec(job), JobSpecSchema);
+  const spec = await getValidJson(s3, ctx.inboxBucket, keys.spec(job), JobSpecSchema, { missing: 'MISSING_JOB_SPEC', invalid: 'INVALID_JOB_SPEC' });
 
   const prefix = keys.photosPrefix(job);
   // Captions and photos share the prefix; allow a caption per photo before calling the job too big.

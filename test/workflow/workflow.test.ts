@@ -158,8 +158,9 @@ describeWithMoto('state machine, executed locally', () => {
     expect(result.succeeded).toBe(false);
     expect(batchCalls).toEqual([]);
     const status = await statusOf(job);
-    expect(status).toMatchObject({ state: 'failed', stage: 'validate' });
+    expect(status).toMatchObject({ state: 'failed', stage: 'validate', error: { code: 'INVALID_JOB_SPEC', input: 'teams/team-a/jobs/bad-spec/job.json' } });
     expect(status?.error?.message).toContain('"learningRate"');
+    expect(retried(result)).toEqual([]);
   });
 
   it('stops before captioning on a machine without a GPU, saying so in status.json', async () => {
