@@ -1,6 +1,6 @@
 /**
  * The job contract: the single source of truth for what a client uploads (`job.json`), what the
- * intake stages hand to the GPU containers (`dataset/plan.json`), and what every stage reports
+ * intake stages hand to the GPU containers (`normalize/plan.json`), and what every stage reports
  * (`status.json`, `manifest.json`). The containers validate against the JSON Schema generated from
  * this file (`npm run schema`); a test fails when the generated file is stale.
  *
@@ -200,7 +200,7 @@ const specFields = {
   outputName: z.string().regex(/^[a-z0-9][a-z0-9_-]{0,47}$/, 'use lowercase letters, digits, "_" and "-"').optional(),
 };
 
-/** The job spec with every default applied: what `dataset/plan.json` carries to the containers. */
+/** The job spec with every default applied: what `normalize/plan.json` carries to the containers. */
 export const ResolvedJobSpecSchema = z
   .object({ ...specFields, kind: KindSchema, captioning: CaptioningSchema, evaluation: EvaluationSchema, training: TrainingResolvedSchema })
   .strict();
@@ -244,7 +244,7 @@ export const PlanSchema = z
   .strict();
 export type Plan = z.infer<typeof PlanSchema>;
 
-/** `dataset/plan.json`: what the GPU containers read. Carries the spec with every default applied. */
+/** `normalize/plan.json`: what the GPU containers read. Carries the spec with every default applied. */
 export const DatasetPlanSchema = z
   .object({
     teamId: IdSchema,
@@ -252,9 +252,9 @@ export const DatasetPlanSchema = z
     spec: ResolvedJobSpecSchema,
     plan: PlanSchema,
     outputName: z.string(),
-    /** Dataset image file names inside `dataset/<folder>/`. */
+    /** Dataset image file names inside `normalize/<folder>/`. */
     images: z.array(z.string()).min(1),
-    /** Images that arrived with a user caption (`dataset/<folder>/<name>.txt` written by normalize). */
+    /** Images that arrived with a user caption (`normalize/<folder>/<stem>.txt` written by normalize). */
     userCaptions: z.array(z.string()).default([]),
   })
   .strict();
