@@ -202,7 +202,7 @@ class Run:
         if ev.kind == "total" and ev.total:
             self.total = ev.total
         elif ev.kind == "epoch":
-            self.epoch = ev.epoch
+            self.epoch = max(self.epoch, ev.epoch)
             self.status.progress(self._fraction(), f"epoch {ev.epoch}/{ev.epochs}", force=True, **self._fields())
         elif ev.kind == "step":
             self.step, self.total, self.loss = ev.step, ev.total, ev.loss
@@ -210,6 +210,9 @@ class Run:
                 raise StageError("NAN_LOSS", f"the loss became {ev.loss} at step {ev.step}/{ev.total} (epoch {self.epoch}); "
                                  "lower training.unetLr/textEncoderLr, or use mixedPrecision bf16 instead of fp16, and retry",
                                  "spec.training")
+            # stdout ("epoch n/N") and stderr (tqdm) arrive unordered, so the step decides the epoch.
+            if ev.total:
+                self.epoch = max(self.epoch, math.ceil(ev.step * self.epochs / ev.total))
             if self.epoch:
                 self.diary["lossPerEpoch"][str(self.epoch)] = ev.loss
             self.status.progress(self._fraction(), f"step {ev.step}/{ev.total}", **self._fields())
