@@ -15,8 +15,12 @@ export interface GpuCheck {
   readonly reason: string;
 }
 
-/** Docker engine and an NVIDIA GPU, both required to run the caption/train/evaluate images. */
+/**
+ * Docker engine and an NVIDIA GPU, both required to run the caption/train/evaluate images.
+ * `AVATAR_LOCAL_GPU=off` skips them even where they exist (tests that must not build images).
+ */
 export function checkGpu(): GpuCheck {
+  if (process.env.AVATAR_LOCAL_GPU === 'off') return { ok: false, reason: 'the GPU stages are turned off (AVATAR_LOCAL_GPU=off)' };
   const docker = spawnSync('docker', ['info', '--format', '{{.ServerVersion}}'], { encoding: 'utf8' });
   if (docker.status !== 0) return { ok: false, reason: 'no Docker engine is running on this machine' };
   const smi = spawnSync('nvidia-smi', ['-L'], { encoding: 'utf8' });
