@@ -16,6 +16,8 @@ const CONTAINERS_DIR = path.join(__dirname, '..', '..', 'containers');
 export const MODEL_CACHE_HOST_PATH = '/var/cache/avatar';
 /** Where the containers see that cache (`AVATAR_CACHE_DIR`). */
 export const MODEL_CACHE_CONTAINER_PATH = '/cache';
+/** The user the container images run as (`useradd --uid 1000` in both Dockerfiles under containers). */
+export const CONTAINER_UID = 1000;
 
 /** Props of {@link GpuBatch}. */
 export interface GpuBatchProps {
@@ -115,7 +117,19 @@ export class GpuBatch extends Construct {
     });
     securityGroup.addEgressRule(ec2.Peer.anyIpv4(), ec2.Port.tcp(443), 'HTTPS to AWS APIs, ECR and S3');
 
+    // The images run as UID 1000 (see the Dockerfiles); the host cache the ECS agent would
+    // create as root must be theirs to write. Batch takes launch-template user data only as MIME multipart.
+    const userData = new ec2.MultipartUserData();
+    const prepareCache = ec2.UserData.forLinux();
+    prepareCache.addCommands(
+      `mkdir -p ${MODEL_CACHE_HOST_PATH}`,
+      `chown ${CONTAINER_UID}:${CONTAINER_UID} ${MODEL_CACHE_HOST_PATH}`,
+      `chmod 0750 ${MODEL_CACHE_HOST_PATH}`,
+    );
+    userData.addUserDataPart(prepareCache, ec2.MultipartBody.SHELL_SCRIPT, true);
+
     const launchTemplate = new ec2.LaunchTemplate(this, 'LaunchTemplate', {
+      userData,
       requireImdsv2: true,
       // One hop: the ECS agent (host network) reaches IMDS, bridged job containers cannot, so they
       // only ever hold their own job role (AL2023 AMIs default to two hops).

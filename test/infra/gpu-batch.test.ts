@@ -45,6 +45,13 @@ describe('compute environments', () => {
     expect(lt.Properties.LaunchTemplateData.MetadataOptions).toMatchObject({ HttpTokens: 'required', HttpPutResponseHopLimit: 1 });
   });
 
+  it('hands the host model cache to the containers\' user (UID 1000) in MIME multipart user data', () => {
+    const [[, lt]] = resourcesOfType(s.json, 'AWS::EC2::LaunchTemplate') as [[string, any]];
+    const userData = JSON.stringify(lt.Properties.LaunchTemplateData.UserData);
+    expect(userData).toContain('Content-Type: multipart/mixed');
+    expect(userData).toContain('chown 1000:1000 /var/cache/avatar');
+  });
+
   it('queues on Spot first, then on-demand', () => {
     const [[, queue]] = resourcesOfType(s.json, 'AWS::Batch::JobQueue') as [[string, any]];
     const typeOf = (ref: any) => s.json.Resources[ref['Fn::GetAtt'][0]]!.Properties.ComputeResources.Type;
