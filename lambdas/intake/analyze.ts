@@ -2,7 +2,9 @@
  * The intake core shared by the validate Lambda and `npm run inspect`: it works on in-memory bytes
  * behind a `PhotoSource`, so S3 and the file system are mere adapters. Per photo: byte limits, decode
  * by content, quality scores, faces (character jobs) and the crop; per job: near-duplicates, count
- * rules, training resolution and plan.
+ * rules, training resolution and plan, and the dataset images. Each photo is decoded once, to an
+ * upright copy just big enough for its crop (JPEG shrink-on-load); the analysis copy, thumbnail and
+ * crop all come from it, so normalize never decodes a photo again.
  */
 import { createHash } from 'node:crypto';
 import sharp from 'sharp';
@@ -11,10 +13,11 @@ import { planTraining, trainingResolution } from '../shared/plan';
 import type { IntakeConfig } from './config';
 import { renderContactSheet } from './contact-sheet';
 import { attentionCrop, contains, faceCrop, scaleBox } from './crop';
-import { decodeFailure, openPhoto } from './decode';
+import { decodeFailure, type OpenedPhoto, openPhoto, toRgb } from './decode';
 import { detectFaces } from './faces';
 import { mapLimit } from './pool';
 import { hammingDistance, measureQuality, type RawRgb } from './quality';
+import { cropPhoto, encodeDatasetImage, MAX_RESOLUTION } from './render';
 import { type PhotoEntry, PhotoRejection, type Report, type Scores } from './report';
 
 /** One uploaded file, wherever it lives. */
@@ -37,11 +40,15 @@ interface Analysed {
   entry: PhotoEntry;
   /** JPEG thumbnail of the upright photo and its scale relative to the photo, for the contact sheet. */
   thumb?: { jpeg: Buffer; scale: number };
+  /** Accepted photos: the crop as RGB at up to MAX_RESOLUTION px (<= 1.8 MB), until the job's resolution is known. */
+  crop?: RawRgb;
 }
 
 export interface IntakeResult {
   readonly report: Report;
   readonly contactSheet: Buffer;
+  /** The dataset PNG of each accepted photo by its output name; empty when the job has no plan. */
+  readonly images: ReadonlyMap<string, Buffer>;
 }
 
 export interface IntakeJob {
@@ -65,11 +72,19 @@ export async function runIntake(sources: readonly PhotoSource[], job: IntakeJob,
     return analysePhoto(source, job.spec.kind, config);
   });
   const report = assessJob(analysed, job, config);
+  const images = new Map<string, Buffer>();
+  if (report.plan) {
+    await mapLimit(report.photos, config.concurrency, async (entry, i) => {
+      const crop = analysed[i]!.crop;
+      if (entry.status === 'accepted' && crop) images.set(entry.output!, await encodeDatasetImage(crop, report.resolution));
+    });
+  }
+  for (const a of analysed) delete a.crop;
   const contactSheet = await renderContactSheet(
     report.photos.map((entry, i) => ({ entry, thumb: analysed[i]!.thumb })),
     `${job.spec.token} (${job.spec.kind}): ${report.summary.accepted} accepted, ${report.summary.rejected} rejected`,
   );
-  return { report, contactSheet };
+  return { report, contactSheet, images };
 }
 
 /** Checks one photo; every failure becomes a rejected entry, never an exception. */
@@ -97,7 +112,8 @@ export async function analysePhoto(source: PhotoSource, kind: Kind, config: Inta
   try {
     const photo = await openPhoto(bytes, config);
     Object.assign(base, { format: photo.format, width: photo.width, height: photo.height });
-    const working = await decodeWorking(photo.pipeline());
+    const upright = await decodeForCrop(photo);
+    const working = await shrinkRgb(upright, WORKING_SIZE);
     const scale = photo.width / working.width;
     thumb = await thumbnail(working, photo.width);
     const quality = await measureQuality(working);
@@ -122,7 +138,8 @@ export async function analysePhoto(source: PhotoSource, kind: Kind, config: Inta
     } else {
       base.crop = await attentionCrop(working, scale, photo.width, photo.height);
     }
-    return { entry: { ...base, status: 'accepted', code: 'ACCEPTED', message: 'accepted' }, thumb };
+    const crop = await cropPhoto(photo, base.crop, MAX_RESOLUTION, upright);
+    return { entry: { ...base, status: 'accepted', code: 'ACCEPTED', message: 'accepted' }, thumb, crop };
   } catch (error) {
     const rejection = decodeFailure(error);
     return { entry: { ...base, code: rejection.code, message: `${source.file}: ${rejection.message}` }, thumb };
@@ -156,22 +173,26 @@ async function characterCrop(working: RawRgb, scale: number, width: number, heig
   return crop;
 }
 
-async function decodeWorking(pipeline: sharp.Sharp): Promise<RawRgb> {
-  const { data, info } = await pipeline
-    .resize(WORKING_SIZE, WORKING_SIZE, { fit: 'inside', withoutEnlargement: true })
-    .toColourspace('srgb')
-    .removeAlpha()
+/**
+ * The one decode of a photo: upright, with its short side at MAX_RESOLUTION, so a crop of the whole
+ * short side (every object/style crop, many face crops) comes out at training size without
+ * upscaling. A 12 MP JPEG decodes at 1/2 scale (shrink-on-load); smaller face crops decode again
+ * in cropPhoto at the scale they need.
+ */
+async function decodeForCrop(photo: OpenedPhoto): Promise<RawRgb> {
+  const scale = Math.min(1, MAX_RESOLUTION / Math.min(photo.width, photo.height));
+  if (scale === 1) return toRgb(photo.pipeline());
+  return toRgb(photo.pipeline().resize(Math.max(1, Math.round(photo.width * scale)), Math.max(1, Math.round(photo.height * scale)), { fit: 'fill' }));
+}
+
+/** An RGB copy with its long side at most `size`. */
+async function shrinkRgb(img: RawRgb, size: number): Promise<RawRgb> {
+  if (Math.max(img.width, img.height) <= size) return img;
+  const { data, info } = await sharp(img.data, { raw: { width: img.width, height: img.height, channels: 3 } })
+    .resize(size, size, { fit: 'inside' })
     .raw()
     .toBuffer({ resolveWithObject: true });
-  if (info.channels === 3) return { data, width: info.width, height: info.height };
-  // Grey inputs can come back with one band; widen to RGB so every measure sees one layout.
-  const rgb = await sharp(data, { raw: { width: info.width, height: info.height, channels: info.channels } })
-    .toColourspace('srgb')
-    .removeAlpha()
-    .raw()
-    .toBuffer({ resolveWithObject: true });
-  if (rgb.info.channels !== 3) throw new Error(`unexpected ${rgb.info.channels}-band image`);
-  return { data: rgb.data, width: rgb.info.width, height: rgb.info.height };
+  return { data, width: info.width, height: info.height };
 }
 
 async function thumbnail(working: RawRgb, uprightWidth: number): Promise<{ jpeg: Buffer; scale: number }> {

@@ -7,6 +7,7 @@ import sharp from 'sharp';
 import type { IntakeConfig } from './config';
 import { Mutex } from './pool';
 import { PhotoRejection } from './report';
+import type { RawRgb } from './quality';
 import { DECODABLE, type SniffedFormat, sniffFormat } from './sniff';
 
 export interface OpenedPhoto {
@@ -93,6 +94,20 @@ function bomb(width: number, height: number, limit: number): PhotoRejection {
     'TOO_MANY_PIXELS',
     `the image declares ${width}x${height} pixels, over the ${(limit / 1e6).toFixed(0)} MP limit: upload a photo of at most ${(limit / 1e6).toFixed(0)} megapixels`,
   );
+}
+
+/** Runs `pipeline` to interleaved 8-bit sRGB, so every measure and crop sees one layout. */
+export async function toRgb(pipeline: sharp.Sharp): Promise<RawRgb> {
+  const { data, info } = await pipeline.toColourspace('srgb').removeAlpha().raw().toBuffer({ resolveWithObject: true });
+  if (info.channels === 3) return { data, width: info.width, height: info.height };
+  // Grey inputs can come back with one band; widen to RGB.
+  const rgb = await sharp(data, { raw: { width: info.width, height: info.height, channels: info.channels } })
+    .toColourspace('srgb')
+    .removeAlpha()
+    .raw()
+    .toBuffer({ resolveWithObject: true });
+  if (rgb.info.channels !== 3) throw new Error(`unexpected ${rgb.info.channels}-band image`);
+  return { data: rgb.data, width: rgb.info.width, height: rgb.info.height };
 }
 
 /** Maps a libvips failure to a rejection; a pixel-limit hit is a bomb, anything else a broken file. */

@@ -1,39 +1,62 @@
 /** Turns an accepted photo into its dataset image: upright, sRGB, cropped, resized, metadata-free PNG. */
 import sharp from 'sharp';
 import type { IntakeConfig } from './config';
-import { openPhoto } from './decode';
+import { type OpenedPhoto, openPhoto, toRgb } from './decode';
+import type { RawRgb } from './quality';
 import type { Box } from './report';
 
-/**
- * sharp writes no EXIF, XMP, GPS or ICC data unless asked (`withMetadata`/`keepMetadata` are never
- * called), so the output carries pixels only; `toColourspace('srgb')` converts CMYK, grey and 16-bit
- * inputs to 8-bit sRGB first.
- */
+/** The largest training resolution: validate keeps each crop at up to this side until the job's resolution is known. */
+export const MAX_RESOLUTION = 768;
+
+/** Renders one photo's dataset image from its bytes (inspect and tests; validate renders from its own decode). */
 export async function renderDatasetImage(bytes: Buffer, crop: Box, resolution: number, config: Pick<IntakeConfig, 'maxPixels'>): Promise<Buffer> {
   const photo = await openPhoto(bytes, config);
+  return encodeDatasetImage(await cropPhoto(photo, crop, resolution), resolution);
+}
+
+/**
+ * The crop as RGB at `side` px (or its own size when smaller: never upscaled here). Cut from
+ * `decoded`, an upright copy of the photo already in memory, when that copy holds the crop at `side`
+ * px or more; otherwise the photo is decoded again, shrunk first so the crop lands at about `side`
+ * (libvips then decodes a JPEG at 1/2-1/8 scale where it can).
+ */
+export async function cropPhoto(photo: OpenedPhoto, crop: Box, side: number, decoded?: RawRgb): Promise<RawRgb> {
   if (crop.left + crop.width > photo.width || crop.top + crop.height > photo.height) {
     throw new Error(`crop ${JSON.stringify(crop)} lies outside the ${photo.width}x${photo.height} photo`);
   }
-  // Shrink the whole photo first so the crop lands at about the training size: libvips then
-  // decodes a JPEG at 1/2-1/8 scale (shrink-on-load) instead of all 12 MP, a 3-5x saving.
-  const scale = Math.min(1, resolution / crop.width);
-  const width = Math.max(1, Math.round(photo.width * scale));
-  const height = Math.max(1, Math.round(photo.height * scale));
-  const { data, info } = await photo.pipeline().resize(width, height, { fit: 'fill' }).toColourspace('srgb').raw().toBuffer({ resolveWithObject: true });
-  const left = Math.min(Math.round(crop.left * scale), info.width - 1);
-  const top = Math.min(Math.round(crop.top * scale), info.height - 1);
-  return sharp(data, { raw: { width: info.width, height: info.height, channels: info.channels } })
-    .extract({
-      left,
-      top,
-      width: Math.max(1, Math.min(Math.round(crop.width * scale), info.width - left)),
-      height: Math.max(1, Math.min(Math.round(crop.height * scale), info.height - top)),
-    })
-    .resize(resolution, resolution, { fit: 'fill', kernel: sharp.kernel.lanczos3 })
-    .toColourspace('srgb')
-    .removeAlpha()
-    .png({ compressionLevel: 6 })
-    .toBuffer();
+  const target = Math.min(side, crop.width);
+  let source = decoded;
+  if (!source || crop.width * (source.width / photo.width) < target - 0.5) {
+    const scale = Math.min(1, target / crop.width);
+    const width = Math.max(1, Math.round(photo.width * scale));
+    const height = Math.max(1, Math.round(photo.height * scale));
+    source = await toRgb(photo.pipeline().resize(width, height, { fit: 'fill' }));
+  }
+  const sx = source.width / photo.width;
+  const sy = source.height / photo.height;
+  const left = Math.min(Math.round(crop.left * sx), source.width - 1);
+  const top = Math.min(Math.round(crop.top * sy), source.height - 1);
+  const region = {
+    left,
+    top,
+    width: Math.max(1, Math.min(Math.round(crop.width * sx), source.width - left)),
+    height: Math.max(1, Math.min(Math.round(crop.height * sy), source.height - top)),
+  };
+  let image = sharp(source.data, { raw: { width: source.width, height: source.height, channels: 3 } }).extract(region);
+  if (region.width !== target || region.height !== target) image = image.resize(target, target, { fit: 'fill', kernel: sharp.kernel.lanczos3 });
+  const { data, info } = await image.raw().toBuffer({ resolveWithObject: true });
+  return { data, width: info.width, height: info.height };
+}
+
+/**
+ * The dataset PNG at the training resolution. sharp writes no EXIF, XMP, GPS or ICC data unless asked
+ * (`withMetadata`/`keepMetadata` are never called), so the output carries pixels only; the input is
+ * already 8-bit sRGB (`toRgb` converted CMYK, grey and 16-bit photos).
+ */
+export async function encodeDatasetImage(img: RawRgb, resolution: number): Promise<Buffer> {
+  let image = sharp(img.data, { raw: { width: img.width, height: img.height, channels: 3 } });
+  if (img.width !== resolution || img.height !== resolution) image = image.resize(resolution, resolution, { fit: 'fill', kernel: sharp.kernel.lanczos3 });
+  return image.png({ compressionLevel: 6 }).toBuffer();
 }
 
 /** A user caption made safe for kohya: one line of plain text, bounded length. */

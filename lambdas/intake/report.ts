@@ -5,6 +5,12 @@
  */
 import { z } from 'zod';
 import { KindSchema, PlanSchema } from '../shared/contract';
+import { type JobRef, keys } from '../shared/keys';
+
+/** Where validate writes an accepted photo's dataset PNG (`output` name), for normalize to copy. */
+export function cropKey(job: JobRef, output: string): string {
+  return `${keys.stage(job, 'validate')}crops/${output}`;
+}
 
 /** Stable reason codes; clients may switch on them. */
 export const REJECT_CODES = [

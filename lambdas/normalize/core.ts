@@ -1,10 +1,11 @@
 /**
- * The normalize stage: turn every photo the validate report accepted into kohya's dataset layout,
- * `normalize/<repeats>_<token>/<token>-NN.png` (plus the user's caption as `<token>-NN.txt`), then
- * write `normalize/plan.json` last, so a plan on S3 always describes a complete dataset. Re-running
- * rewrites the same keys.
+ * The normalize stage: copy every dataset PNG that validate wrote for an accepted photo
+ * (`validate/crops/<token>-NN.png`) into kohya's layout, `normalize/<repeats>_<token>/<token>-NN.png`
+ * (plus the user's caption as `<token>-NN.txt`), then write `normalize/plan.json` last, so a plan on
+ * S3 always describes a complete dataset. No photo is read or decoded again: the crops are the
+ * pixels validate checked. Re-running rewrites the same keys.
  */
-import { createHash } from 'node:crypto';
+import { CopyObjectCommand, type S3Client } from '@aws-sdk/client-s3';
 import { type DatasetPlan, DatasetPlanSchema, JobSpecSchema, type Plan } from '../shared/contract';
 import { InvalidInputError } from '../shared/errors';
 import type { StageContext } from '../shared/handler';
@@ -13,8 +14,8 @@ import { getBytes, getValidJson, putBytes, putJson } from '../shared/s3';
 import { writeStatus } from '../shared/status';
 import { configFromEnv, type IntakeConfig } from '../intake/config';
 import { mapLimit } from '../intake/pool';
-import { cleanCaption, renderDatasetImage } from '../intake/render';
-import { ReportSchema } from '../intake/report';
+import { cleanCaption } from '../intake/render';
+import { cropKey, ReportSchema } from '../intake/report';
 
 /** What the state machine passes on to the caption stage. */
 export interface NormalizeResult {
@@ -24,10 +25,12 @@ export interface NormalizeResult {
 }
 
 const MAX_CAPTION_BYTES = 4096;
+/** Copies are server-side and small: many can run at once. */
+const COPIES_IN_FLIGHT = 8;
 
 export async function normalize(ctx: StageContext, config: IntakeConfig = configFromEnv()): Promise<NormalizeResult> {
   const { s3, job } = ctx;
-  await writeStatus(s3, ctx.artifactsBucket, job, { state: 'running', stage: 'normalize', progress: { fraction: 0, message: 'cropping photos' } }, ctx.now());
+  await writeStatus(s3, ctx.artifactsBucket, job, { state: 'running', stage: 'normalize', progress: { fraction: 0, message: 'assembling the dataset' } }, ctx.now());
   const spec = await getValidJson(s3, ctx.inboxBucket, keys.spec(job), JobSpecSchema);
   const report = await getValidJson(s3, ctx.artifactsBucket, keys.validateReport(job), ReportSchema);
   if (!report.plan) {
@@ -37,15 +40,8 @@ export async function normalize(ctx: StageContext, config: IntakeConfig = config
   const accepted = report.photos.filter((p) => p.status === 'accepted');
   const prefix = keys.photosPrefix(job);
 
-  const written = await mapLimit(accepted, config.concurrency, async (photo) => {
-    const key = `${prefix}${photo.file}`;
-    const bytes = Buffer.from(await getBytes(s3, ctx.inboxBucket, key, config.maxFileBytes));
-    // The crop was computed for the bytes validate saw; a replaced photo would be cut blindly.
-    if (createHash('sha256').update(bytes).digest('hex') !== photo.sha256) {
-      throw new InvalidInputError('PHOTO_CHANGED', `${key} changed after validation: do not modify photos while a job runs; submit the job again`, key);
-    }
-    const png = await renderDatasetImage(bytes, photo.crop!, plan.resolution, config);
-    await putBytes(s3, ctx.artifactsBucket, keys.datasetFile(job, plan.folder, photo.output!), png, 'image/png');
+  const written = await mapLimit(accepted, Math.max(config.concurrency, COPIES_IN_FLIGHT), async (photo) => {
+    await copyObject(s3, ctx.artifactsBucket, cropKey(job, photo.output!), keys.datasetFile(job, plan.folder, photo.output!));
     if (!photo.caption) return { image: photo.output!, captioned: false };
     const text = cleanCaption(await getBytes(s3, ctx.inboxBucket, `${prefix}${photo.caption}`, MAX_CAPTION_BYTES));
     if (!text) return { image: photo.output!, captioned: false };
@@ -65,4 +61,16 @@ export async function normalize(ctx: StageContext, config: IntakeConfig = config
   await putJson(s3, ctx.artifactsBucket, keys.plan(job), datasetPlan);
   await writeStatus(s3, ctx.artifactsBucket, job, { state: 'queued', stage: 'caption', progress: { fraction: 0, message: 'waiting for a GPU' } }, ctx.now());
   return { folder: plan.folder, images: written.length, plan };
+}
+
+/** A server-side copy within the bucket; a missing source means validate did not finish writing its crops. */
+async function copyObject(s3: S3Client, bucket: string, from: string, to: string): Promise<void> {
+  try {
+    await s3.send(new CopyObjectCommand({ Bucket: bucket, Key: to, CopySource: `${bucket}/${from.split('/').map(encodeURIComponent).join('/')}`, ContentType: 'image/png', MetadataDirective: 'REPLACE' }));
+  } catch (error) {
+    if ((error as Error).name === 'NoSuchKey' || (error as { $metadata?: { httpStatusCode?: number } }).$metadata?.httpStatusCode === 404) {
+      throw new InvalidInputError('NOT_VALIDATED', `${from} is missing although the validate report accepts the photo: run the job again so validate rewrites its crops`, from);
+    }
+    throw error;
+  }
 }

@@ -1,6 +1,7 @@
 /**
  * The validate stage: read the job's spec and photos from the inbox, run the intake checks, and write
- * `validate/report.json` and `validate/contact-sheet.png`. A job with too few usable photos fails
+ * each accepted photo's dataset PNG under `validate/crops/` (so normalize copies instead of decoding
+ * again), `validate/contact-sheet.png` and, last, `validate/report.json`. A job with too few usable photos fails
  * here, after the report is written so the client can read why each photo was dropped.
  */
 import type { Plan } from '../shared/contract';
@@ -12,7 +13,11 @@ import { getBytes, getValidJson, listAll, putBytes, putJson } from '../shared/s3
 import { writeStatus } from '../shared/status';
 import { type PhotoSource, runIntake, tooFewMessage } from '../intake/analyze';
 import { configFromEnv, type IntakeConfig } from '../intake/config';
-import { PhotoRejection, type PhotoEntry } from '../intake/report';
+import { mapLimit } from '../intake/pool';
+import { cropKey, PhotoRejection, type PhotoEntry } from '../intake/report';
+
+/** Small PNG uploads overlap well; S3 takes many parallel PUTs. */
+const UPLOADS_IN_FLIGHT = 8;
 
 /** What the state machine passes on to normalize. */
 export interface ValidateResult {
@@ -72,13 +77,15 @@ export async function validate(ctx: StageContext, config: IntakeConfig = configF
     });
   }
 
-  const { report, contactSheet } = await runIntake(sources, { ...job, spec, now: ctx.now() }, config);
+  const { report, contactSheet, images } = await runIntake(sources, { ...job, spec, now: ctx.now() }, config);
   if (badNames.length) {
     report.photos.push(...badNames);
     report.summary.files += badNames.length;
     report.summary.rejected += badNames.length;
     report.summary.reasons.BAD_PHOTO_NAME = badNames.length;
   }
+  // Before the report: a report that accepts a photo always has its crop on S3.
+  await mapLimit([...images], UPLOADS_IN_FLIGHT, ([output, png]) => putBytes(s3, ctx.artifactsBucket, cropKey(job, output), png, 'image/png'));
   await putBytes(s3, ctx.artifactsBucket, keys.contactSheet(job), contactSheet, 'image/png');
   await putJson(s3, ctx.artifactsBucket, keys.validateReport(job), report);
   if (!report.plan) throw new InvalidInputError('TOO_FEW_PHOTOS', tooFewMessage(report), keys.validateReport(job));
