@@ -1,0 +1,243 @@
+"""`python -m trainer evaluate` end to end against S3 on moto_server, with a tiny SD1.5-shaped pipeline.
+
+The checkpoints are real kohya-format LoRA files for that pipeline. The final epoch's file is the
+first epoch's with lora_up doubled, so (epoch 1, strength 1.0) and (final, strength 0.5) apply the
+same LoRA delta: their renders must match, which shows the strength is a multiplier on the LoRA.
+"""
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import boto3
+import jsonschema
+import numpy as np
+import pytest
+from PIL import Image
+from safetensors.torch import save_file
+
+from conftest import REPO
+from tiny_sd import build_pipeline, kohya_lora
+from trainer import evaluate, job as job_module, render
+from trainer.job import Job, StageError, run_stage
+
+FIXTURE = json.loads((REPO / "test/fixtures/contract/plan-recipe-25.json").read_text())
+SCHEMA = json.loads((REPO / "containers/trainer/src/trainer/contract.schema.json").read_text())
+PREFIX = "teams/team-a/jobs/recipe-25/"
+EPOCHS = 2
+STRENGTHS = [1.0, 0.5, 0.0]
+SIZE = 256  # the contract's smallest width/height
+NAMES = ["anantn-000001.safetensors", "anantn.safetensors"]
+
+
+def small_plan():
+    plan = json.loads(json.dumps(FIXTURE))
+    plan["plan"].update(epochs=EPOCHS, totalSteps=2 * 25 * 15)
+    plan["spec"]["evaluation"].update(strengths=STRENGTHS, steps=2, width=SIZE, height=SIZE, seed=7,
+                                      prompts=["a portrait of {token}, a {classWord}, red hair <lora:last:1.0>"])
+    return plan
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """The pipeline folder and one LoRA file per checkpoint (built once: it costs a few seconds)."""
+    root = tmp_path_factory.mktemp("tiny-sd")
+    folder = build_pipeline(root / "pipeline")
+    files = {}
+    for epoch, name in enumerate(NAMES, start=1):
+        files[name] = root / name
+        save_file(kohya_lora(folder, seed=1, up_scale=0.25 * epoch), str(files[name]),
+                  metadata={"ss_network_dim": "4", "ss_network_alpha": "2", "ss_epoch": str(epoch)})
+    return folder, files
+
+
+@pytest.fixture
+def seeded(job_env, tiny, tmp_path):
+    folder, files = tiny
+    s3, bucket = boto3.client("s3"), job_env["AVATAR_ARTIFACTS_BUCKET"]
+    s3.put_object(Bucket=bucket, Key=PREFIX + "normalize/plan.json", Body=json.dumps(small_plan()))
+    s3.put_object(Bucket=bucket, Key=PREFIX + "status.json", Body=json.dumps(
+        {"teamId": "team-a", "jobId": "recipe-25", "state": "running", "stage": "train",
+         "createdAt": "2026-01-01T00:00:00.000Z", "updatedAt": "2026-01-01T00:00:00.000Z"}))
+    for name, path in files.items():
+        s3.upload_file(str(path), bucket, PREFIX + f"train/{name}")
+    env = {**os.environ, **job_env, "AVATAR_EVAL_PIPELINE_DIR": str(folder), "AVATAR_WORK_DIR": str(tmp_path / "work")}
+    return s3, bucket, env
+
+
+def _evaluate(env):
+    return subprocess.run([sys.executable, "-m", "trainer", "evaluate"], capture_output=True, text=True, timeout=240, env=env)
+
+
+def _get(s3, bucket, rel):
+    return s3.get_object(Bucket=bucket, Key=PREFIX + rel)["Body"].read()
+
+
+def _keys(s3, bucket, sub):
+    return sorted(o["Key"][len(PREFIX):] for o in s3.list_objects_v2(Bucket=bucket, Prefix=PREFIX + sub).get("Contents", []))
+
+
+def _status(s3, bucket):
+    status = json.loads(_get(s3, bucket, "status.json"))
+    jsonschema.validate(status, {"$ref": "#/$defs/Status", "$defs": SCHEMA["$defs"]})
+    return status
+
+
+def _pixels(s3, bucket, rel):
+    return np.asarray(Image.open(io.BytesIO(_get(s3, bucket, rel))).convert("RGB")).astype(np.int16)
+
+
+def test_evaluate_renders_the_grid_pack_and_scores_then_reruns_identically(seeded, monkeypatch):
+    s3, bucket, env = seeded
+    result = _evaluate(env)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    # Only evaluate/ is written (plus status.json); train/ is untouched.
+    pack = [f"evaluate/pack/anantn-e{e}-s{s:.2f}.png" for e in (1, 2) for s in STRENGTHS]
+    assert _keys(s3, bucket, "evaluate/") == sorted(["evaluate/base.png", "evaluate/grid.png", "evaluate/scores.json", *pack])
+    assert _keys(s3, bucket, "train/") == sorted(f"train/{n}" for n in NAMES)
+
+    # The grid: checkpoints across (final last), strengths down, label margins left and top.
+    left, top = render.margins(SIZE)
+    grid = Image.open(io.BytesIO(_get(s3, bucket, "evaluate/grid.png")))
+    assert grid.size == (left + EPOCHS * SIZE, top + len(STRENGTHS) * SIZE)
+    g = np.asarray(grid.convert("RGB")).astype(np.int16)
+    for row, s in enumerate(STRENGTHS):
+        for col, epoch in enumerate((1, 2)):
+            cell = g[top + row * SIZE: top + (row + 1) * SIZE, left + col * SIZE: left + (col + 1) * SIZE]
+            assert np.array_equal(cell, _pixels(s3, bucket, f"evaluate/pack/anantn-e{epoch}-s{s:.2f}.png")), (row, col)
+    assert (g[:top, :left] == 255).all() and (g[:top, left:] < 128).any() and (g[top:, :left] < 128).any(), "labels are drawn"
+
+    scores = json.loads(_get(s3, bucket, "evaluate/scores.json"))
+    assert "0 means no effect" in scores["metrics"]["meanAbsDiffFromBase"]
+    assert scores["prompts"] == ["a portrait of anantn, a man, red hair"]
+    assert [c["name"] for c in scores["checkpoints"]] == NAMES
+    cells = {(c["checkpoint"], c["strength"]): c for c in scores["cells"]}
+    assert sorted(cells) == sorted((n, s) for n in NAMES for s in STRENGTHS) and len(scores["cells"]) == 6
+    for (name, s), c in cells.items():
+        assert c["seed"] == 7 and c["prompt"] == scores["prompts"][0]
+        assert c["image"] == f"evaluate/pack/anantn-e{NAMES.index(name) + 1}-s{s:.2f}.png"
+        assert c["epoch"] == NAMES.index(name) + 1 and c["final"] == (name == "anantn.safetensors")
+    diff = {k: c["meanAbsDiffFromBase"] for k, c in cells.items()}
+    base = _pixels(s3, bucket, "evaluate/base.png")
+    for name in NAMES:
+        # Strength 0 is the base model exactly; the effect grows with strength.
+        assert diff[name, 0.0] == 0.0
+        assert np.array_equal(_pixels(s3, bucket, cells[name, 0.0]["image"]), base)
+        assert diff[name, 1.0] > diff[name, 0.5] > 1.0, diff
+    # The later (stronger) checkpoint acts more at the same strength ...
+    assert diff["anantn.safetensors", 1.0] > diff["anantn-000001.safetensors", 1.0]
+    # ... and strength multiplies the LoRA delta: half of the doubled LoRA renders as the original.
+    same = np.abs(_pixels(s3, bucket, "evaluate/pack/anantn-e1-s1.00.png") - _pixels(s3, bucket, "evaluate/pack/anantn-e2-s0.50.png"))
+    assert same.mean() < 0.5, same.mean()
+    # The recorded number is the one the images give.
+    mine = np.abs(_pixels(s3, bucket, cells[NAMES[1], 1.0]["image"]) - base).mean()
+    assert diff[NAMES[1], 1.0] == pytest.approx(mine, abs=1e-3)
+
+    status = _status(s3, bucket)
+    assert (status["state"], status["stage"], status["progress"]["fraction"]) == ("running", "evaluate", 1.0)
+    assert status["createdAt"] == "2026-01-01T00:00:00.000Z" and "finishedAt" not in status
+
+    # A rerun in this process (same seed) renders identical images; every cell reports progress.
+    first = {rel: _get(s3, bucket, rel) for rel in pack + ["evaluate/grid.png", "evaluate/base.png"]}
+    for k in ("AVATAR_EVAL_PIPELINE_DIR", "AVATAR_WORK_DIR"):
+        monkeypatch.setenv(k, env[k])
+    writes = []
+    monkeypatch.setattr(job_module, "STATUS_THROTTLE_S", 0.0)
+    real_write = job_module.Status._write
+    monkeypatch.setattr(job_module.Status, "_write", lambda self, doc: (writes.append(doc), real_write(self, doc)))
+    assert run_stage("evaluate", evaluate.evaluate_stage) == 0
+    for rel, body in first.items():
+        assert np.array_equal(_pixels(s3, bucket, rel), np.asarray(Image.open(io.BytesIO(body)).convert("RGB"))), rel
+    assert all((w["state"], w["stage"]) == ("running", "evaluate") for w in writes)
+    rendered = [w["progress"] for w in writes if w["progress"]["message"].startswith("rendered ")]
+    assert [p["message"].split()[1] for p in rendered] == [f"{i}/7" for i in range(1, 8)]
+    fractions = [p["fraction"] for p in rendered]
+    assert fractions == sorted(fractions) and fractions[-1] < 1.0
+    assert [p.get("epoch") for p in rendered] == [None, 1, 1, 1, 2, 2, 2]
+
+
+def test_a_missing_checkpoint_fails_before_rendering(seeded):
+    s3, bucket, env = seeded
+    s3.delete_object(Bucket=bucket, Key=PREFIX + "train/anantn-000001.safetensors")
+    result = _evaluate(env)
+    assert result.returncode == 1
+    status = _status(s3, bucket)
+    assert (status["state"], status["stage"]) == ("failed", "evaluate")
+    assert status["error"]["code"] == "MISSING_CHECKPOINT"
+    assert status["error"]["input"] == "train/anantn-000001.safetensors"
+    assert "anantn-000001.safetensors" in result.stderr
+    assert _keys(s3, bucket, "evaluate/") == []
+
+
+def test_a_corrupt_checkpoint_fails_with_its_code(seeded):
+    s3, bucket, env = seeded
+    # The train stage records each file's sha256; a different body under that name is caught.
+    s3.put_object(Bucket=bucket, Key=PREFIX + "train/anantn.safetensors", Body=b"not a checkpoint",
+                  Metadata={"sha256": "0" * 64})
+    job = Job.from_env()
+    ckpt = evaluate.checkpoints(small_plan())[-1]
+    head = evaluate.head_checkpoints(job, [ckpt])[ckpt.name]
+    with pytest.raises(StageError) as e:
+        evaluate.download_checkpoint(job, ckpt, head, Path(env["AVATAR_WORK_DIR"]))
+    assert e.value.code == "CHECKPOINT_CORRUPT"
+    s3.put_object(Bucket=bucket, Key=PREFIX + "train/anantn.safetensors", Body=b"not a checkpoint")
+    head = evaluate.head_checkpoints(job, [ckpt])[ckpt.name]
+    with pytest.raises(StageError) as e:
+        evaluate.download_checkpoint(job, ckpt, head, Path(env["AVATAR_WORK_DIR"]))
+    assert e.value.code == "CHECKPOINT_INVALID"
+
+
+def test_checkpoint_names_prompts_and_file_names_come_from_the_plan():
+    plan = json.loads(json.dumps(FIXTURE))
+    names = [(c.name, c.epoch, c.final) for c in evaluate.checkpoints(plan)]
+    assert names == [(f"anantn-00000{e}.safetensors", e, False) for e in range(1, 5)] + [("anantn.safetensors", 5, True)]
+    plan["spec"]["evaluation"]["prompts"] = ["{token} the {classWord}, <lora:anantn:0.8>", "photo of {token}"]
+    assert evaluate.prompts(plan) == ["anantn the man", "photo of anantn"]
+    final = evaluate.checkpoints(plan)[-1]
+    assert evaluate.cell_rel("anantn", final, 0.7, 1, 2) == "evaluate/pack/anantn-e5-s0.70-p1.png"
+    assert evaluate.cell_rel("anantn", final, 1, 0, 1) == "evaluate/pack/anantn-e5-s1.00.png"
+    assert evaluate.numbered("evaluate/grid.png", 1, 2) == "evaluate/grid-1.png"
+    assert evaluate.numbered("evaluate/grid.png", 0, 1) == "evaluate/grid.png"
+
+
+def test_grid_layout_places_each_cell_under_its_labels():
+    colours = [[(10 * r + c, 100, 200) for c in range(3)] for r in range(2)]
+    cells = [[Image.new("RGB", (64, 48), colours[r][c]) for c in range(3)] for r in range(2)]
+    out = render.grid(cells, ["a-000001 (e1)", "a-000002 (e2)", "a (e3) with a label far too long to fit"], ["strength 1.00", "strength 0.50"])
+    left, top = render.margins(64)
+    assert out.size == (left + 3 * 64, top + 2 * 48)
+    for r in range(2):
+        for c in range(3):
+            assert out.getpixel((left + c * 64 + 32, top + r * 48 + 24)) == colours[r][c]
+
+
+def test_the_production_loader_reads_the_single_file_checkpoint_with_the_baked_config(job_env, tiny, tmp_path, monkeypatch):
+    from diffusers import StableDiffusionPipeline
+
+    folder, _ = tiny
+    monkeypatch.delenv("AVATAR_EVAL_PIPELINE_DIR", raising=False)
+    monkeypatch.setenv("AVATAR_SD_CONFIG_DIR", str(tmp_path / "nowhere"))
+    with pytest.raises(StageError) as e:
+        evaluate.load_pipeline(Job.from_env())
+    assert e.value.code == "SD_CONFIG_MISSING"
+
+    # With the config in place: the base model comes through train's verified cache, and
+    # from_single_file gets the baked config and may not reach the hub.
+    monkeypatch.setenv("AVATAR_SD_CONFIG_DIR", str(folder))
+    monkeypatch.setenv("AVATAR_BASE_MODEL_KEY", "models/sd15.safetensors")
+    boto3.client("s3").put_object(Bucket=job_env["AVATAR_ARTIFACTS_BUCKET"], Key="models/sd15.safetensors", Body=b"weights")
+    calls = []
+
+    def fake_single_file(path, **kwargs):
+        calls.append((path, kwargs))
+        return StableDiffusionPipeline.from_pretrained(folder, safety_checker=None, requires_safety_checker=False)
+
+    monkeypatch.setattr(StableDiffusionPipeline, "from_single_file", staticmethod(fake_single_file))
+    pipe, source = evaluate.load_pipeline(Job.from_env())
+    (path, kwargs), = calls
+    assert open(path, "rb").read() == b"weights" and path.startswith(job_env["AVATAR_CACHE_DIR"])
+    assert kwargs["config"] == str(folder) and kwargs["local_files_only"] is True and kwargs["safety_checker"] is None
+    assert source["key"] == "models/sd15.safetensors" and source["device"] == "cpu" and source["dtype"] == "float32"
