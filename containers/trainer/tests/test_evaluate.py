@@ -241,3 +241,13 @@ def test_the_production_loader_reads_the_single_file_checkpoint_with_the_baked_c
     assert open(path, "rb").read() == b"weights" and path.startswith(job_env["AVATAR_CACHE_DIR"])
     assert kwargs["config"] == str(folder) and kwargs["local_files_only"] is True and kwargs["safety_checker"] is None
     assert source["key"] == "models/sd15.safetensors" and source["device"] == "cpu" and source["dtype"] == "float32"
+
+
+def test_the_image_bakes_the_sd15_configs_without_weights():
+    text = (REPO / "containers/trainer/Dockerfile").read_text()
+    assert "ARG SD15_CONFIG_REVISION=451f4fe16113bff5a5d2269ed5ad43b0592e9a14" in text
+    assert "snapshot_download('stable-diffusion-v1-5/stable-diffusion-v1-5', revision='$SD15_CONFIG_REVISION'" in text
+    assert "allow_patterns=['*.json', 'tokenizer/merges.txt']" in text
+    assert f"AVATAR_SD_CONFIG_DIR={evaluate.DEFAULT_SD_CONFIG_DIR} " in text
+    # Baked before HF_HUB_OFFLINE applies, and before the code layer.
+    assert text.index("snapshot_download") < text.index("HF_HUB_OFFLINE=1") < text.index("COPY src")
