@@ -4,6 +4,7 @@
  * Labels are SVG text composited by sharp (librsvg with the system's DejaVu/sans fonts).
  */
 import sharp from 'sharp';
+import type { RawRgb } from './quality';
 import type { PhotoEntry } from './report';
 
 const TILE = 180;
@@ -14,8 +15,8 @@ const HEADER = 40;
 
 export interface SheetTile {
   readonly entry: PhotoEntry;
-  /** JPEG thumbnail of the upright photo and its scale, when the photo could be decoded. */
-  readonly thumb?: { jpeg: Buffer; scale: number };
+  /** Raw RGB thumbnail of the upright photo and its scale, when the photo could be decoded. */
+  readonly thumb?: { image: RawRgb; scale: number };
 }
 
 export async function renderContactSheet(tiles: readonly SheetTile[], title: string): Promise<Buffer> {
@@ -32,7 +33,7 @@ export async function renderContactSheet(tiles: readonly SheetTile[], title: str
     const ok = entry.status === 'accepted';
     const colour = ok ? '#1a7f37' : '#cf222e';
     texts.push(`<rect x="${x - 2}" y="${y - 2}" width="${TILE + 4}" height="${TILE + 4}" fill="none" stroke="${colour}" stroke-width="3"/>`);
-    if (thumb) layers.push({ input: await tileImage(entry, thumb), left: x, top: y });
+    if (thumb) layers.push({ ...(await tileImage(entry, thumb)), left: x, top: y });
     else texts.push(`<text x="${x + TILE / 2}" y="${y + TILE / 2}" font-size="14" text-anchor="middle" fill="#888">not an image</text>`);
     const name = entry.file.length > 26 ? `${entry.file.slice(0, 24)}…` : entry.file;
     texts.push(`<text x="${x}" y="${y + TILE + 15}" font-size="12" fill="#222">${escapeXml(name)}</text>`);
@@ -43,26 +44,25 @@ export async function renderContactSheet(tiles: readonly SheetTile[], title: str
   layers.push({ input: Buffer.from(svg), left: 0, top: 0 });
   return sharp({ create: { width, height, channels: 3, background: '#f6f8fa' } })
     .composite(layers)
-    .png({ compressionLevel: 9 })
+    .png({ compressionLevel: 6 })
     .toBuffer();
 }
 
-async function tileImage(entry: PhotoEntry, thumb: { jpeg: Buffer; scale: number }): Promise<Buffer> {
-  let image = sharp(thumb.jpeg);
+async function tileImage(entry: PhotoEntry, thumb: { image: RawRgb; scale: number }): Promise<sharp.OverlayOptions> {
+  const { width, height } = thumb.image;
+  let image = sharp(thumb.image.data, { raw: { width, height, channels: 3 } });
   if (entry.status === 'accepted' && entry.crop) {
-    const meta = await sharp(thumb.jpeg).metadata();
-    const left = Math.min(Math.round(entry.crop.left * thumb.scale), meta.width! - 1);
-    const top = Math.min(Math.round(entry.crop.top * thumb.scale), meta.height! - 1);
+    const left = Math.min(Math.round(entry.crop.left * thumb.scale), width - 1);
+    const top = Math.min(Math.round(entry.crop.top * thumb.scale), height - 1);
     image = image.extract({
       left,
       top,
-      width: Math.max(1, Math.min(Math.round(entry.crop.width * thumb.scale), meta.width! - left)),
-      height: Math.max(1, Math.min(Math.round(entry.crop.height * thumb.scale), meta.height! - top)),
+      width: Math.max(1, Math.min(Math.round(entry.crop.width * thumb.scale), width - left)),
+      height: Math.max(1, Math.min(Math.round(entry.crop.height * thumb.scale), height - top)),
     });
   }
-  return image
-    .resize(TILE, TILE, { fit: 'contain', background: '#dddddd' })
-    .toBuffer();
+  const { data, info } = await image.resize(TILE, TILE, { fit: 'contain', background: '#dddddd' }).raw().toBuffer({ resolveWithObject: true });
+  return { input: data, raw: { width: info.width, height: info.height, channels: info.channels } };
 }
 
 function escapeXml(text: string): string {

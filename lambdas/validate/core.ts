@@ -67,7 +67,8 @@ export async function validate(ctx: StageContext, config: IntakeConfig = configF
       ...(caption ? { caption } : {}),
       load: async () => {
         try {
-          return Buffer.from(await getBytes(s3, ctx.inboxBucket, object.key, config.maxFileBytes));
+          const bytes = await getBytes(s3, ctx.inboxBucket, object.key, config.maxFileBytes);
+          return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength); // a view, not a copy
         } catch (error) {
           // The object grew between listing and reading: the same limit, the same rejection.
           if (error instanceof InvalidInputError) throw new PhotoRejection('FILE_TOO_LARGE', error.message);

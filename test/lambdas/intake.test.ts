@@ -102,8 +102,14 @@ describe.skipIf(!!skip)('intake core on the real-photo corpus', () => {
     const files = ['no-face.png', 'two-people.jpg', 'subject-05.jpg'];
     const spec = JobSpecSchema.parse({ token: 'ohwx', classWord: 'painting', kind: 'style' });
     const config = { ...TEST_CONFIG, countRules: { ...TEST_CONFIG.countRules, style: { min: 3, max: 10, idealMin: 5, idealMax: 8 } } };
-    const { report, contactSheet } = await runIntake(files.map((f) => source(corpus, f)), { teamId: 't', jobId: 'j', spec, now: NOW }, config);
+    const { report, contactSheet, images } = await runIntake(files.map((f) => source(corpus, f)), { teamId: 't', jobId: 'j', spec, now: NOW }, config);
     expect(report.photos.map((p) => p.code)).toEqual(['ACCEPTED', 'ACCEPTED', 'ACCEPTED']);
+    // The dataset images come from validate's own decode, one per accepted photo, at the job's resolution.
+    expect([...images.keys()]).toEqual(report.photos.map((p) => p.output));
+    for (const png of images.values()) {
+      const meta = await sharp(png).metadata();
+      expect([meta.format, meta.width, meta.height, meta.channels, meta.exif]).toEqual(['png', report.resolution, report.resolution, 3, undefined]);
+    }
     expect(report.photos[0]!.crop).toEqual(expect.objectContaining({ width: 400, height: 400 }));
     expect(report.plan?.folder).toMatch(/^\d+_ohwx$/);
     expect(report.summary.warnings[0]).toContain('3 usable photos');

@@ -2,13 +2,14 @@
  * validate and normalize against a real local S3 (moto server) over the corpus built from real
  * photos. moto emulates S3 objects and listing; IAM is not enforced (asserted on the template instead).
  */
+import { GetObjectCommand, type S3Client } from '@aws-sdk/client-s3';
 import sharp from 'sharp';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DatasetPlanSchema, StatusSchema } from '../../lambdas/shared/contract';
 import { InvalidInputError } from '../../lambdas/shared/errors';
 import { keys } from '../../lambdas/shared/keys';
-import { getBytes, getJson, listAll } from '../../lambdas/shared/s3';
-import { ReportSchema } from '../../lambdas/intake/report';
+import { getBytes, getJson, listAll, putJson } from '../../lambdas/shared/s3';
+import { cropKey, ReportSchema } from '../../lambdas/intake/report';
 import { normalize } from '../../lambdas/normalize/core';
 import { validate } from '../../lambdas/validate/core';
 import { buildCorpus, corpusUnavailable } from '../fixtures/photos/build';
@@ -91,6 +92,28 @@ describe.skipIf(!!skip)('validate and normalize on S3', () => {
       expect([meta.format, meta.width, meta.height, meta.channels, meta.depth, meta.exif]).toEqual(['png', 512, 512, 3, 'uchar', undefined]);
     });
 
+    it('normalize copies the crops validate wrote, byte for byte, and reads no photo from the inbox', async () => {
+      const reads: string[] = [];
+      const s3 = moto.s3();
+      const spy = {
+        send: (command: Parameters<S3Client['send']>[0]) => {
+          if (command instanceof GetObjectCommand) reads.push(`${command.input.Bucket}/${command.input.Key}`);
+          return s3.send(command);
+        },
+      } as unknown as S3Client;
+      const out = await normalize({ ...ctx(), s3: spy }, TEST_CONFIG);
+      const photos = `${INBOX}/${keys.photosPrefix(ctx().job)}`;
+      expect(reads.filter((k) => k.startsWith(photos) && !k.endsWith('.txt'))).toEqual([]);
+      const report = ReportSchema.parse(await getJson(s3, ARTIFACTS, keys.validateReport(ctx().job)));
+      const accepted = report.photos.filter((p) => p.status === 'accepted');
+      expect(accepted).toHaveLength(GOOD.length);
+      for (const photo of accepted) {
+        const crop = Buffer.from(await getBytes(s3, ARTIFACTS, cropKey(ctx().job, photo.output!)));
+        const copied = Buffer.from(await getBytes(s3, ARTIFACTS, keys.datasetFile(ctx().job, out.folder, photo.output!)));
+        expect(copied.equals(crop), photo.output).toBe(true);
+      }
+    });
+
     it('leaves the job queued for captioning', async () => {
       const status = StatusSchema.parse(await getJson(moto.s3(), ARTIFACTS, keys.status(ctx().job)));
       expect(status).toMatchObject({ state: 'queued', stage: 'caption', progress: { fraction: 0, message: 'waiting for a GPU' } });
@@ -102,6 +125,18 @@ describe.skipIf(!!skip)('validate and normalize on S3', () => {
       const after = await listAll(moto.s3(), ARTIFACTS, keys.stage(ctx().job, 'normalize'));
       expect(after.map((o) => o.key)).toEqual(before.map((o) => o.key));
     });
+  });
+
+  it('fails normalize clearly when a crop the report accepts is missing', async () => {
+    const good = context(moto.s3(), 'job-good');
+    const ctx = context(moto.s3(), 'job-no-crops');
+    const report = ReportSchema.parse(await getJson(moto.s3(), ARTIFACTS, keys.validateReport(good.job)));
+    await putJson(moto.s3(), INBOX, keys.spec(ctx.job), { token: 'ohwx', classWord: 'man' });
+    await putJson(moto.s3(), ARTIFACTS, keys.validateReport(ctx.job), { ...report, jobId: 'job-no-crops' });
+    const error = await normalize(ctx, TEST_CONFIG).catch((e: unknown) => e);
+    expect((error as InvalidInputError).code).toBe('NOT_VALIDATED');
+    expect((error as Error).message).toMatch(/^teams\/team-a\/jobs\/job-no-crops\/validate\/crops\/ohwx-\d+\.png is missing/);
+    expect(await getJson(moto.s3(), ARTIFACTS, keys.plan(ctx.job))).toBeUndefined();
   });
 
   it('fails a job with too few usable photos after writing the report, naming each dropped file', async () => {
