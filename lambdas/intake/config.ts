@@ -32,7 +32,10 @@ export interface IntakeConfig {
   readonly minFaceFraction: number;
   /** A second face at least this big relative to the main one makes the subject ambiguous. */
   readonly rivalFaceRatio: number;
-  /** Photos decoded at once: bounds memory (a 12 MP decode is ~36 MB, HEIC far more). */
+  /**
+   * Photos decoded at once: bounds memory. A 12 MP JPEG is decoded to ~2.4 MB (short side 768), or
+   * up to ~36 MB when a small face crop needs full resolution; HEIC far more (one at a time).
+   */
   readonly concurrency: number;
   /** Photo count rules by kind (recipe.md: 20-50 for a character, 50-200 for a style). */
   readonly countRules: Record<Kind, { min: number; max: number; idealMin: number; idealMax: number }>;
