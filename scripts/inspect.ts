@@ -12,8 +12,7 @@ import { parseArgs } from 'node:util';
 import { describeIssues, JobSpecSchema } from '../lambdas/shared/contract';
 import { runIntake, tooFewMessage, type PhotoSource } from '../lambdas/intake/analyze';
 import { configFromEnv } from '../lambdas/intake/config';
-import { mapLimit } from '../lambdas/intake/pool';
-import { cleanCaption, renderDatasetImage } from '../lambdas/intake/render';
+import { cleanCaption } from '../lambdas/intake/render';
 
 const CLASS_WORD = { character: 'person', style: 'painting', object: 'thing' } as const;
 
@@ -44,7 +43,7 @@ async function main(): Promise<number> {
       return { file, bytes: statSync(join(dir, file)).size, ...(caption ? { caption } : {}), load: async () => readFileSync(join(dir, file)) };
     });
   const started = Date.now();
-  const { report, contactSheet } = await runIntake(sources, { teamId: 'local', jobId: 'inspect', spec, now: new Date() }, config);
+  const { report, contactSheet, images } = await runIntake(sources, { teamId: 'local', jobId: 'inspect', spec, now: new Date() }, config);
   const seconds = (Date.now() - started) / 1000;
 
   if (values.json) console.log(JSON.stringify(report, null, 2));
@@ -58,11 +57,11 @@ async function main(): Promise<number> {
     if (report.plan) {
       const folder = join(out, report.plan.folder);
       mkdirSync(folder, { recursive: true });
-      const plan = report.plan;
-      await mapLimit(report.photos.filter((p) => p.status === 'accepted'), config.concurrency, async (p) => {
-        writeFileSync(join(folder, p.output!), await renderDatasetImage(readFileSync(join(dir, p.file)), p.crop!, plan.resolution, config));
-        if (p.caption) writeFileSync(join(folder, p.output!.replace(/\.png$/, '.txt')), `${cleanCaption(readFileSync(join(dir, p.caption)))}\n`);
-      });
+      // The same PNGs validate writes for normalize to copy: no second decode.
+      for (const [name, png] of images) writeFileSync(join(folder, name), png);
+      for (const p of report.photos.filter((x) => x.status === 'accepted' && x.caption)) {
+        writeFileSync(join(folder, p.output!.replace(/\.png$/, '.txt')), `${cleanCaption(readFileSync(join(dir, p.caption!)))}\n`);
+      }
     }
     if (!values.json) console.log(`wrote ${out}/report.json, contact-sheet.png${report.plan ? ` and ${report.plan.folder}/` : ''}`);
   }
