@@ -21,6 +21,7 @@ from safetensors.torch import save_file
 from conftest import REPO
 from tiny_sd import build_pipeline, kohya_lora
 from trainer import evaluate, job as job_module, render
+from trainer.__main__ import main as trainer_main
 from trainer.job import Job, StageError, run_stage
 
 FIXTURE = json.loads((REPO / "test/fixtures/contract/plan-recipe-25.json").read_text())
@@ -91,8 +92,15 @@ def _pixels(s3, bucket, rel):
 
 def test_evaluate_renders_the_grid_pack_and_scores_then_reruns_identically(seeded, monkeypatch):
     s3, bucket, env = seeded
-    result = _evaluate(env)
-    assert result.returncode == 0, result.stderr[-3000:]
+    # In this process (`python -m trainer evaluate`'s main), so torch and diffusers are imported once
+    # per test session; the failure test below runs the real subprocess. Every status write is kept.
+    for k in ("AVATAR_EVAL_PIPELINE_DIR", "AVATAR_WORK_DIR"):
+        monkeypatch.setenv(k, env[k])
+    writes = []
+    monkeypatch.setattr(job_module, "STATUS_THROTTLE_S", 0.0)
+    real_write = job_module.Status._write
+    monkeypatch.setattr(job_module.Status, "_write", lambda self, doc: (writes.append(doc), real_write(self, doc)))
+    assert trainer_main(["evaluate"]) == 0
 
     # Only evaluate/ is written (plus status.json); train/ is untouched.
     pack = [f"evaluate/pack/anantn-e{e}-s{s:.2f}.png" for e in (1, 2) for s in STRENGTHS]
@@ -139,24 +147,19 @@ def test_evaluate_renders_the_grid_pack_and_scores_then_reruns_identically(seede
     status = _status(s3, bucket)
     assert (status["state"], status["stage"], status["progress"]["fraction"]) == ("running", "evaluate", 1.0)
     assert status["createdAt"] == "2026-01-01T00:00:00.000Z" and "finishedAt" not in status
-
-    # A rerun in this process (same seed) renders identical images; every cell reports progress.
-    first = {rel: _get(s3, bucket, rel) for rel in pack + ["evaluate/grid.png", "evaluate/base.png"]}
-    for k in ("AVATAR_EVAL_PIPELINE_DIR", "AVATAR_WORK_DIR"):
-        monkeypatch.setenv(k, env[k])
-    writes = []
-    monkeypatch.setattr(job_module, "STATUS_THROTTLE_S", 0.0)
-    real_write = job_module.Status._write
-    monkeypatch.setattr(job_module.Status, "_write", lambda self, doc: (writes.append(doc), real_write(self, doc)))
-    assert run_stage("evaluate", evaluate.evaluate_stage) == 0
-    for rel, body in first.items():
-        assert np.array_equal(_pixels(s3, bucket, rel), np.asarray(Image.open(io.BytesIO(body)).convert("RGB"))), rel
+    # Progress after every rendered image: the base render, then each cell.
     assert all((w["state"], w["stage"]) == ("running", "evaluate") for w in writes)
     rendered = [w["progress"] for w in writes if w["progress"]["message"].startswith("rendered ")]
     assert [p["message"].split()[1] for p in rendered] == [f"{i}/7" for i in range(1, 8)]
     fractions = [p["fraction"] for p in rendered]
     assert fractions == sorted(fractions) and fractions[-1] < 1.0
     assert [p.get("epoch") for p in rendered] == [None, 1, 1, 1, 2, 2, 2]
+
+    # A rerun with the same seed renders identical images.
+    first = {rel: _get(s3, bucket, rel) for rel in pack + ["evaluate/grid.png", "evaluate/base.png"]}
+    assert run_stage("evaluate", evaluate.evaluate_stage) == 0
+    for rel, body in first.items():
+        assert np.array_equal(_pixels(s3, bucket, rel), np.asarray(Image.open(io.BytesIO(body)).convert("RGB"))), rel
 
 
 def test_a_missing_checkpoint_fails_before_rendering(seeded):
