@@ -215,6 +215,15 @@ def test_grid_layout_places_each_cell_under_its_labels():
     for r in range(2):
         for c in range(3):
             assert out.getpixel((left + c * 64 + 32, top + r * 48 + 24)) == colours[r][c]
+    # Row labels fit their margin whole at every cell size; an over-long column label is shortened.
+    from PIL import ImageDraw, ImageFont
+
+    draw = ImageDraw.Draw(out)
+    for width in (256, 512, 1024):
+        size = render.font_size(width)
+        font = ImageFont.load_default(size=size)
+        assert render._fit(draw, "strength 0.75", font, render.margins(width)[0] - size // 2) == "strength 0.75"
+    assert render._fit(draw, "a (e3) with a label far too long to fit", ImageFont.load_default(size=12), 52).endswith("...")
 
 
 def test_the_production_loader_reads_the_single_file_checkpoint_with_the_baked_config(job_env, tiny, tmp_path, monkeypatch):

@@ -18,7 +18,7 @@ def font_size(cell_width: int) -> int:
 def margins(cell_width: int) -> tuple[int, int]:
     """(left, top) label margins in pixels: the grid is left + cols*width by top + rows*height."""
     size = font_size(cell_width)
-    return 6 * size, 2 * size
+    return 8 * size, 2 * size  # 8 font sizes fit "strength 1.00"
 
 
 def _fit(draw: ImageDraw.ImageDraw, text: str, font, max_width: int) -> str:
