@@ -177,11 +177,3 @@ def test_base_model_is_cached_and_verified(seeded, monkeypatch):
     third = fetch_base_model(job)
     assert third["cached"] is False and sha256(third["path"]) == first["sha256"]
 
-
-def test_evaluate_fails_clearly_instead_of_pretending(seeded):
-    s3, bucket, env, tmp = seeded
-    s3.put_object(Bucket=bucket, Key=PREFIX + "train/anantn.safetensors", Body=b"x")
-    result = subprocess.run([sys.executable, "-m", "trainer", "evaluate"], capture_output=True, text=True, timeout=60, env=env)
-    assert result.returncode == 1
-    status = _status(s3, bucket)
-    assert (status["state"], status["stage"], status["error"]["code"]) == ("failed", "evaluate", "EVALUATE_NOT_IMPLEMENTED")
