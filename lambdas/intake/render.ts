@@ -56,7 +56,9 @@ export async function cropPhoto(photo: OpenedPhoto, crop: Box, side: number, dec
 export async function encodeDatasetImage(img: RawRgb, resolution: number): Promise<Buffer> {
   let image = sharp(img.data, { raw: { width: img.width, height: img.height, channels: 3 } });
   if (img.width !== resolution || img.height !== resolution) image = image.resize(resolution, resolution, { fit: 'fill', kernel: sharp.kernel.lanczos3 });
-  return image.png({ compressionLevel: 6 }).toBuffer();
+  // zlib level 1: half the encode time of level 6 (~16 vs ~32 ms at 768 px here) for ~15% more bytes;
+  // the dataset is transient training input, read once by the trainer.
+  return image.png({ compressionLevel: 1 }).toBuffer();
 }
 
 /** A user caption made safe for kohya: one line of plain text, bounded length. */
