@@ -80,10 +80,8 @@ async function main(): Promise<void> {
       },
     });
     const seconds = ((performance.now() - started) / 1000).toFixed(1);
-    const report = ReportSchema.parse(await getJson(moto.s3(), ARTIFACTS, keys.validateReport(ctx.job)) ?? { photos: [] });
-    if (run.status !== 0) {
-      throw new Error(`the bundled handler failed (exit ${run.status ?? run.signal}): ${run.stderr}\n${report.photos.map((p) => p.message).join('\n')}`);
-    }
+    if (run.status !== 0) throw new Error(`the bundled handler failed (exit ${run.status ?? run.signal}): ${run.stderr}`);
+    const report = ReportSchema.parse(await getJson(moto.s3(), ARTIFACTS, keys.validateReport(ctx.job)));
     const codes = Object.fromEntries(report.photos.map((p) => [p.file, `${p.code} (${p.scores?.faceCount ?? '-'} faces)`]));
     console.log(`bundle: ${out}/index.js; handler result ${run.stdout.trim()}; exited by itself after ${seconds} s`);
     console.log(codes);

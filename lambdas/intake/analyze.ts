@@ -14,7 +14,7 @@ import type { IntakeConfig } from './config';
 import { renderContactSheet } from './contact-sheet';
 import { attentionCrop, contains, faceCrop, scaleBox } from './crop';
 import { decodeFailure, type OpenedPhoto, openPhoto, toRgb } from './decode';
-import { detectFaces } from './faces';
+import { detectFaces, FaceDetectorError } from './faces';
 import { mapLimit } from './pool';
 import { hammingDistance, measureQuality, type RawRgb } from './quality';
 import { cropPhoto, encodeDatasetImage, MAX_RESOLUTION } from './render';
@@ -149,6 +149,7 @@ export async function analysePhoto(source: PhotoSource, kind: Kind, config: Inta
     const crop = await cropPhoto(photo, base.crop, MAX_RESOLUTION, upright);
     return { entry: { ...base, status: 'accepted', code: 'ACCEPTED', message: 'accepted' }, thumb, crop };
   } catch (error) {
+    if (error instanceof FaceDetectorError) throw error;
     const rejection = decodeFailure(error);
     return { entry: { ...base, code: rejection.code, message: `${source.file}: ${rejection.message}` }, thumb };
   }

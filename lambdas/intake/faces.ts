@@ -29,6 +29,14 @@ interface HumanLike {
   tf: { tensor3d(data: Int32Array | Uint8Array, shape: [number, number, number], dtype: 'int32'): { dispose(): void } };
 }
 
+/**
+ * The detector itself failed (model files missing from the bundle, worker crashed): a deployment
+ * fault that must fail the job, not a photo to reject as damaged.
+ */
+export class FaceDetectorError extends Error {
+  override readonly name = 'FaceDetectorError';
+}
+
 /** Marks the worker's `workerData`, so only the detector thread serves requests. */
 const WORKER_ROLE = 'intakeFaceDetector';
 
@@ -78,7 +86,7 @@ function startWorker(): Worker {
     const waiter = pending.get(reply.id);
     pending.delete(reply.id);
     if (pending.size === 0) started.unref();
-    if ('error' in reply) waiter?.reject(new Error(`face detection failed: ${reply.error}`));
+    if ('error' in reply) waiter?.reject(new FaceDetectorError(`face detection failed: ${reply.error}`));
     else waiter?.resolve(reply.faces);
   });
   // A crashed worker fails what it held; the next call starts a fresh one.
@@ -87,8 +95,8 @@ function startWorker(): Worker {
     for (const waiter of pending.values()) waiter.reject(error);
     pending.clear();
   };
-  started.on('error', fail);
-  started.on('exit', (code) => fail(new Error(`the face detector worker exited (code ${code})`)));
+  started.on('error', (error) => fail(new FaceDetectorError(`the face detector worker failed: ${error.message}`)));
+  started.on('exit', (code) => fail(new FaceDetectorError(`the face detector worker exited (code ${code})`)));
   worker = started;
   return started;
 }
