@@ -34,11 +34,10 @@ export interface PhotoSource {
 /** Long side of the in-memory working copy every measure runs on (full-size decodes stay short-lived). */
 const WORKING_SIZE = 640;
 /**
- * Long side of the copy given to the face detector: BlazeFace resizes every input to 256x256, so a
- * bigger copy only costs tensor conversion and resize time (~15 ms a photo at 640), not detail.
+ * Long side of the thumbnail kept for the contact sheet, which is also the copy given to the face
+ * detector: BlazeFace resizes every input to 256x256, so a bigger copy only costs tensor conversion
+ * and resize time (~15 ms a photo at 640), not detail.
  */
-const FACE_INPUT_SIZE = 320;
-/** Long side of the thumbnail kept for the contact sheet. */
 const THUMB_SIZE = 320;
 
 interface Analysed {
@@ -142,7 +141,7 @@ export async function analysePhoto(source: PhotoSource, kind: Kind, config: Inta
       throw new PhotoRejection('BLURRY', `the photo is blurred or out of focus (sharpness ${quality.sharpness}, need ${config.minSharpness}): use a sharper shot`);
     }
     if (kind === 'character') {
-      base.crop = await characterCrop(working, photo.width, photo.height, scores, config);
+      base.crop = await characterCrop(small, photo.width, photo.height, scores, config);
     } else {
       base.crop = await attentionCrop(working, scale, photo.width, photo.height);
     }
@@ -156,8 +155,7 @@ export async function analysePhoto(source: PhotoSource, kind: Kind, config: Inta
 }
 
 /** The face rules of a character job (recipe.md): exactly one dominant face, big enough, alone in the crop. */
-async function characterCrop(working: RawRgb, width: number, height: number, scores: Scores, config: IntakeConfig) {
-  const input = await shrinkRgb(working, FACE_INPUT_SIZE);
+async function characterCrop(input: RawRgb, width: number, height: number, scores: Scores, config: IntakeConfig) {
   const inputScale = width / input.width;
   const faces = (await detectFaces(input))
     .filter((f) => f.score >= config.minFaceScore)
