@@ -8,7 +8,7 @@
  * Targets: intake keeps at least half the bare throughput; a 50-photo job fits a 2048 MB Lambda.
  */
 import { existsSync, mkdirSync, readFileSync, readdirSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { CopyObjectCommand, GetObjectCommand, ListObjectsV2Command, PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
@@ -102,6 +102,8 @@ function memoryS3(): { s3: S3Client; put(bucket: string, key: string, body: Buff
 }
 
 async function main(): Promise<void> {
+  // Before any of this run's own work, which adds up to 2 by the end of a run.
+  const startLoad = loadavg()[0]!;
   const { values } = parseArgs({ options: { photos: { type: 'string', default: '50' }, kind: { type: 'string', default: 'character' } } });
   const count = Number(values.photos);
   const kind = KindSchema.parse(values.kind);
@@ -143,6 +145,8 @@ async function main(): Promise<void> {
       `${validated.accepted} accepted, ${validated.rejected} rejected; ${normalized.images} dataset images at ${validated.resolution} px)`,
   );
   console.log(`ratio intake/bare: ${(intakeRate / bareRate).toFixed(2)} (target >= 0.5)`);
+  // Both sides compete with whatever else runs: from a start load above ~1.5 on this 2-core machine the figures are noise.
+  console.log(`load average (1 min) at start ${startLoad.toFixed(2)}, at end ${loadavg()[0]!.toFixed(2)}`);
   console.log(`peak RSS: ${intake.peakMb.toFixed(0)} MB for the ${files.length}-photo intake (bare: ${bare.peakMb.toFixed(0)} MB; target < 2048 MB)`);
 }
 
