@@ -5,7 +5,8 @@
 # The venv lives outside the checkout, keyed by a hash of the two image locks and
 # requirements-dev.txt, so a machine that built it once reuses it in seconds and a lock change
 # builds a fresh one beside it. The container packages are not installed: their tests put
-# containers/<name>/src on the path (tests/conftest.py), so one venv serves every checkout.
+# containers/common/src and containers/<name>/src on the path (containers/conftest.py), so one venv
+# serves every checkout.
 #
 # Env: AVATAR_CACHE (default ~/.cache/avatar-lora), PYTHON (default python3.11).
 set -euo pipefail

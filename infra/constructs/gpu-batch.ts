@@ -199,10 +199,14 @@ export class GpuBatch extends Construct {
     });
 
     const platform = ecrAssets.Platform.LINUX_AMD64;
-    const captionerImage = ecs.ContainerImage.fromAsset(path.join(CONTAINERS_DIR, 'captioner'), { platform });
+    // Both images build from containers/ (for the shared job runtime in common/src); each asset leaves
+    // out the other image's folder so a change to one does not rebuild the other.
+    const captionerImage = ecs.ContainerImage.fromAsset(CONTAINERS_DIR, { file: 'captioner/Dockerfile', exclude: ['trainer'], platform });
     // Built once: train and evaluate run the same image with different commands.
     const trainerAsset = new ecrAssets.DockerImageAsset(this, 'TrainerImage', {
-      directory: path.join(CONTAINERS_DIR, 'trainer'),
+      directory: CONTAINERS_DIR,
+      file: 'trainer/Dockerfile',
+      exclude: ['captioner'],
       platform,
     });
     const trainerImage = ecs.ContainerImage.fromDockerImageAsset(trainerAsset);

@@ -5,8 +5,8 @@
 import { z } from 'zod';
 import { DatasetPlanSchema, JobSpecSchema, ManifestSchema, StatusSchema } from './contract';
 
-/** Where the generated schema is committed: inside each image's build context. */
-export const SCHEMA_TARGETS = ['containers/captioner/src/captioner/contract.schema.json', 'containers/trainer/src/trainer/contract.schema.json'];
+/** Where the generated schema is committed: beside the containers' shared job runtime. */
+export const SCHEMA_TARGETS = ['containers/common/src/avatar_job/contract.schema.json'];
 
 export function contractJsonSchema(): string {
   const def = (schema: z.ZodType, io: 'input' | 'output') => {

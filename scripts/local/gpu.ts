@@ -70,7 +70,8 @@ export function dockerRunner(options: DockerRunnerOptions): BatchRunner {
     const tag = `avatar-${image}:local`;
     if (!built.has(tag)) {
       options.log(`building ${tag} from containers/${image}`);
-      const build = spawnSync('docker', ['build', '-t', tag, join(ROOT, 'containers', image)], { stdio: 'inherit' });
+      const context = join(ROOT, 'containers'); // shared by both images, for common/src
+      const build = spawnSync('docker', ['build', '-t', tag, '-f', join(context, image, 'Dockerfile'), context], { stdio: 'inherit' });
       if (build.status !== 0) throw new BatchJobFailed({ JobName: params.JobName, StatusReason: `docker build of ${tag} failed`, Attempts: [] });
       built.add(tag);
     }

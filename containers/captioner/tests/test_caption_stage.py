@@ -14,7 +14,7 @@ from conftest import REPO
 from tiny_blip import save_tiny_blip
 
 PLAN = json.loads((REPO / "test/fixtures/contract/plan-recipe-25.json").read_text())
-SCHEMA = json.loads((REPO / "containers/captioner/src/captioner/contract.schema.json").read_text())
+SCHEMA = json.loads((REPO / "containers/common/src/avatar_job/contract.schema.json").read_text())
 PREFIX = "teams/team-a/jobs/recipe-25/"
 CREATED = "2026-01-01T00:00:00.000Z"
 

@@ -20,12 +20,13 @@ from safetensors.torch import save_file
 
 from conftest import REPO
 from tiny_sd import build_pipeline, kohya_lora
-from trainer import evaluate, job as job_module, render
+import avatar_job as job_module
+from trainer import evaluate, render
 from trainer.__main__ import main as trainer_main
-from trainer.job import Job, StageError, run_stage
+from avatar_job import Job, StageError, run_stage
 
 FIXTURE = json.loads((REPO / "test/fixtures/contract/plan-recipe-25.json").read_text())
-SCHEMA = json.loads((REPO / "containers/trainer/src/trainer/contract.schema.json").read_text())
+SCHEMA = json.loads((REPO / "containers/common/src/avatar_job/contract.schema.json").read_text())
 PREFIX = "teams/team-a/jobs/recipe-25/"
 EPOCHS = 2
 STRENGTHS = [1.0, 0.5, 0.0]
@@ -262,4 +263,4 @@ def test_the_image_bakes_the_sd15_configs_without_weights():
     assert "allow_patterns=['*.json', 'tokenizer/merges.txt']" in text
     assert f"AVATAR_SD_CONFIG_DIR={evaluate.DEFAULT_SD_CONFIG_DIR} " in text
     # Baked before HF_HUB_OFFLINE applies, and before the code layer.
-    assert text.index("snapshot_download") < text.index("HF_HUB_OFFLINE=1") < text.index("COPY src")
+    assert text.index("snapshot_download") < text.index("HF_HUB_OFFLINE=1") < text.index("COPY trainer/src")

@@ -20,7 +20,7 @@ def test_dockerfile_installs_the_hashed_lock_then_code_then_self_test(name):
     text = (CONTAINERS / name / "Dockerfile").read_text()
     assert re.search(r"^FROM nvidia/cuda:\d+\.\d+\.\d+-[a-z-]+-ubuntu\d\d\.\d\d$", text, re.M)
     assert "--require-hashes -r /tmp/requirements.txt" in text
-    order = [text.index(s) for s in ("COPY requirements.txt", "--require-hashes", "COPY src", f"RUN python -m {name} self-test")]
+    order = [text.index(s) for s in (f"COPY {name}/requirements.txt", "--require-hashes", "COPY common/src", f"COPY {name}/src", f"RUN python -m {name} self-test")]
     assert order == sorted(order)
     assert re.search(r"^USER (?!root)\w+$", text, re.M)
     # Every "package version" named in the Dockerfile's comments is the locked version.

@@ -7,7 +7,7 @@ import pytest
 
 from conftest import REPO
 from trainer import kohya
-from trainer.job import StageError
+from avatar_job import StageError
 
 FIXTURE = json.loads((REPO / "test/fixtures/contract/plan-recipe-25.json").read_text())
 WORK = Path("/work/job")

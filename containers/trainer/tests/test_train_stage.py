@@ -14,13 +14,13 @@ import pytest
 from PIL import Image
 
 from conftest import REPO
-from trainer.job import Job
+from avatar_job import Job
 from trainer.train import fetch_base_model
 from trainer.verify import sha256
 
 HERE = Path(__file__).resolve().parent
 FIXTURE = json.loads((REPO / "test/fixtures/contract/plan-recipe-25.json").read_text())
-SCHEMA = json.loads((REPO / "containers/trainer/src/trainer/contract.schema.json").read_text())
+SCHEMA = json.loads((REPO / "containers/common/src/avatar_job/contract.schema.json").read_text())
 PREFIX = "teams/team-a/jobs/recipe-25/"
 BASE_KEY = "models/sd15-test.safetensors"
 EPOCHS = 4

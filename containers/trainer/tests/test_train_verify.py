@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from trainer.job import StageError
+from avatar_job import StageError
 from trainer.verify import read_header, verify_checkpoint
 
 UNET = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"

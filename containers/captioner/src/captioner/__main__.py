@@ -10,7 +10,7 @@ def self_test() -> int:
     import os
 
     from . import blip, run  # noqa: F401  (imports are the test)
-    from .job import SCHEMA_PATH
+    from avatar_job import SCHEMA_PATH
 
     assert SCHEMA_PATH.is_file(), f"missing {SCHEMA_PATH}"
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "self-test":
         return self_test()
-    from .job import run_stage
+    from avatar_job import run_stage
     from .run import caption_stage
 
     return run_stage("caption", caption_stage)

@@ -7,7 +7,7 @@ from pathlib import PurePosixPath
 from PIL import Image, UnidentifiedImageError
 
 from . import blip
-from .job import Job, StageError, Status
+from avatar_job import Job, StageError, Status
 from .text import ensure_prefix, remove_traits, render_prefix
 
 

@@ -13,7 +13,7 @@ def self_test() -> int:
     import accelerate, bitsandbytes, diffusers, lycoris, safetensors, torch, transformers, xformers  # noqa: F401,E401
 
     from . import evaluate, kohya, train  # noqa: F401
-    from .job import SCHEMA_PATH
+    from avatar_job import SCHEMA_PATH
 
     assert SCHEMA_PATH.is_file(), f"missing {SCHEMA_PATH}"
     sd = Path(os.environ.get("AVATAR_SD_SCRIPTS_DIR") or "/opt/sd-scripts")
@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "self-test":
         return self_test()
-    from .job import run_stage
+    from avatar_job import run_stage
 
     if args.command == "train":
         from .train import train_stage

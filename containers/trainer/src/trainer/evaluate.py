@@ -23,7 +23,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from .job import Job, StageError, Status, now
+from avatar_job import Job, StageError, Status, now
 from .render import grid
 from .verify import read_header, sha256
 

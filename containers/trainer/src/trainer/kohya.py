@@ -11,7 +11,7 @@ import re
 import shlex
 from pathlib import Path, PurePosixPath
 
-from .job import StageError
+from avatar_job import StageError
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}  # what kohya globs; others are skipped silently
 NETWORK_MODULES = {"lora": "networks.lora", "locon": "lycoris.kohya", "loha": "lycoris.kohya"}

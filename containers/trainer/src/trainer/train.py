@@ -20,7 +20,7 @@ from importlib import metadata
 from pathlib import Path, PurePosixPath
 
 from . import kohya
-from .job import Job, StageError, Status, now
+from avatar_job import Job, StageError, Status, now
 from .progress import Event, parse_line, split_lines
 from .verify import sha256, verify_checkpoint
 

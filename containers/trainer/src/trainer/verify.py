@@ -10,7 +10,7 @@ from pathlib import Path
 
 from safetensors import safe_open
 
-from .job import StageError
+from avatar_job import StageError
 
 # Tensor names per network type (kohya networks.lora and LyCORIS write these under each module).
 PARTS = {

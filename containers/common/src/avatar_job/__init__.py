@@ -1,7 +1,7 @@
 """The job's runtime contract, shared by the GPU containers: env, S3 layout, plan.json, status.json.
 
-This file is identical in containers/captioner and containers/trainer (a test checks it): each
-image is built from its own folder, so the two cannot import one shared package.
+One package for both images: their Docker build context is containers/, and each Dockerfile copies
+common/src beside its own src/. The JSON Schema beside it is generated from lambdas/shared/contract.ts.
 """
 from __future__ import annotations
 

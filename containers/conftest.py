@@ -1,4 +1,4 @@
-"""Shared fixtures: the package on the path, and S3 served by moto_server on 127.0.0.1.
+"""Shared by both containers' tests: the packages on the path, and S3 served by moto_server on 127.0.0.1.
 
 moto emulates S3's object API (put/get/list/multipart); it does not enforce IAM, so the tests
 say nothing about the job role's permissions.
@@ -13,11 +13,13 @@ from pathlib import Path
 import boto3
 import pytest
 
-SRC = str(Path(__file__).resolve().parents[1] / "src")
-sys.path.insert(0, SRC)
-# Subprocesses (`python -m trainer train`) find the package the same way.
-os.environ["PYTHONPATH"] = os.pathsep.join(p for p in [SRC, os.environ.get("PYTHONPATH")] if p)
-REPO = Path(__file__).resolve().parents[3]
+HERE = Path(__file__).resolve().parent
+# The images put common/src and their own src/ on PYTHONPATH; the tests do the same, and so do the
+# subprocesses they start (`python -m trainer train`).
+SRC = [str(HERE / "common/src"), str(HERE / "captioner/src"), str(HERE / "trainer/src")]
+sys.path[:0] = SRC
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in [*SRC, os.environ.get("PYTHONPATH")] if p)
+REPO = HERE.parent
 
 
 def _free_port() -> int:
