@@ -35,3 +35,35 @@ def test_stdout_epoch_checkpoint_and_summary_lines():
     assert (ev.kind, ev.total) == ("total", 1875)
     assert parse_line("  num epochs / epoch数: 5") is None
     assert parse_line("import network module: networks.lora") is None
+
+
+class _Progress:
+    """Collects what the run reports; status.json writing is tested end to end in test_train_stage."""
+
+    def __init__(self):
+        self.calls = []
+
+    def progress(self, fraction, message, **fields):
+        self.calls.append((fraction, message, fields))
+
+
+def test_losses_belong_to_the_epoch_of_their_step_even_when_stdout_runs_ahead(tmp_path):
+    import json
+
+    from conftest import REPO
+    from trainer.progress import Event
+    from trainer.train import Run
+
+    plan = json.loads((REPO / "test/fixtures/contract/plan-recipe-25.json").read_text())
+    plan["plan"].update(epochs=4, totalSteps=8)
+    run = Run(job=None, status=_Progress(), plan=plan, workdir=tmp_path)
+    run.diary = {"lossPerEpoch": {}}
+    # kohya's stdout (epoch lines) is read by another thread than its stderr (tqdm): here every
+    # epoch line arrives before the first step line, as happens when the pipes drain unevenly.
+    for epoch in range(1, 5):
+        run.on_event(Event("epoch", epoch=epoch, epochs=4))
+    for step, loss in enumerate([0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2], start=1):
+        run.on_event(Event("step", step=step, total=8, loss=loss))
+
+    assert run.diary["lossPerEpoch"] == {"1": 0.8, "2": 0.6, "3": 0.4, "4": 0.2}
+    assert run.epoch == 4

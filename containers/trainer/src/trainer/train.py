@@ -210,11 +210,12 @@ class Run:
                 raise StageError("NAN_LOSS", f"the loss became {ev.loss} at step {ev.step}/{ev.total} (epoch {self.epoch}); "
                                  "lower training.unetLr/textEncoderLr, or use mixedPrecision bf16 instead of fp16, and retry",
                                  "spec.training")
-            # stdout ("epoch n/N") and stderr (tqdm) arrive unordered, so the step decides the epoch.
-            if ev.total:
-                self.epoch = max(self.epoch, math.ceil(ev.step * self.epochs / ev.total))
-            if self.epoch:
-                self.diary["lossPerEpoch"][str(self.epoch)] = ev.loss
+            # stdout ("epoch n/N") and stderr (tqdm) arrive unordered, so the step, not the newest
+            # "epoch" line, decides which epoch a loss belongs to.
+            step_epoch = math.ceil(ev.step * self.epochs / ev.total) if ev.total else self.epoch
+            self.epoch = max(self.epoch, step_epoch)
+            if step_epoch:
+                self.diary["lossPerEpoch"][str(step_epoch)] = ev.loss
             self.status.progress(self._fraction(), f"step {ev.step}/{ev.total}", **self._fields())
         elif ev.kind == "checkpoint":
             self.status.progress(self._fraction(), f"saving {Path(ev.path).name}", force=True, **self._fields())
