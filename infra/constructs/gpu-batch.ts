@@ -284,6 +284,8 @@ export class GpuBatch extends Construct {
     grantObjects(train.jobRole, props.artifacts, ['s3:GetObject'], [`${JOB_PREFIX}/normalize/*`, `${JOB_PREFIX}/caption/*`], 'train reads the dataset, plan and captions of the job');
     grantObjects(train.jobRole, props.artifacts, ['s3:GetObject'], ['models/*'], 'train reads the operator-uploaded base models');
     grantObjects(train.jobRole, props.artifacts, ['s3:GetObject', 's3:PutObject'], [`${JOB_PREFIX}/train/*`], 'train writes checkpoints and reads its own state back to resume after a Spot reclaim');
+    // Only the newest training state is kept (train.py deletes the older ones after each upload).
+    grantObjects(train.jobRole, props.artifacts, ['s3:DeleteObject'], [`${JOB_PREFIX}/train/state/*`], 'train deletes its own superseded resume state');
     grantList(train.jobRole, props.artifacts, [`teams/*`]);
 
     const evaluate = newJob('evaluate', trainerImage, ['python', '-m', 'trainer', 'evaluate'], Duration.hours(2), modelEnv);

@@ -57,10 +57,11 @@ describe('least-privilege S3 access', () => {
     });
   });
 
-  it('the train job reads dataset, captions and models, reads and writes train/ state', () => {
+  it('the train job reads dataset, captions and models, reads and writes train/, prunes only its old state', () => {
     expect(s3Grants(s, s.stack.gpu.train.container.jobRole!)).toEqual({
       's3:GetObject': sorted([job(A, 'normalize/*'), job(A, 'caption/*'), `${A}/models/*`, job(A, 'train/*'), job(A, 'status.json')]),
       's3:PutObject': sorted([job(A, 'train/*'), job(A, 'status.json')]),
+      's3:DeleteObject': [job(A, 'train/state/*')],
       's3:ListBucket': [A],
     });
   });
