@@ -20,7 +20,7 @@ import { keys, jobPrefix } from '../lambdas/shared/keys';
 import { getBytes, listAll, putBytes, putJson } from '../lambdas/shared/s3';
 import { readStatus } from '../lambdas/shared/status';
 import { start } from '../lambdas/start/handler';
-import { LOCAL_CREDENTIALS, LOCAL_REGION, startMoto } from './local/moto';
+import { configureHandlers, LOCAL_CREDENTIALS, LOCAL_REGION, startMoto } from './local/moto';
 import { stateMachineDefinition, synthesizeTemplate } from './local/definition';
 import { syntheticPhotos } from './local/demo-photos';
 import { checkGpu, dockerRunner, noGpuRunner } from './local/gpu';
@@ -94,16 +94,7 @@ async function main(): Promise<number> {
 
   const moto = await startMoto();
   try {
-    // The handlers read their configuration from the environment, as in Lambda.
-    Object.assign(process.env, {
-      AWS_ENDPOINT_URL_S3: moto.endpoint,
-      AWS_ACCESS_KEY_ID: LOCAL_CREDENTIALS.accessKeyId,
-      AWS_SECRET_ACCESS_KEY: LOCAL_CREDENTIALS.secretAccessKey,
-      AWS_REGION: LOCAL_REGION,
-      INBOX_BUCKET: INBOX,
-      ARTIFACTS_BUCKET: ARTIFACTS,
-      URL_EXPIRY_SECONDS: '3600',
-    });
+    configureHandlers(moto.endpoint, { inboxBucket: INBOX, artifactsBucket: ARTIFACTS, urlExpirySeconds: 3600 });
     log(`local AWS endpoint (moto): ${moto.endpoint}`);
     await moto.createBucket(INBOX);
     await moto.createBucket(ARTIFACTS);

@@ -82,3 +82,19 @@ export async function startMoto(): Promise<Moto> {
     },
   };
 }
+
+/**
+ * Points the in-process Lambda handlers at a local endpoint: they read their buckets and settings
+ * from the environment, as the CDK stack sets them in Lambda.
+ */
+export function configureHandlers(endpoint: string, env: { inboxBucket: string; artifactsBucket: string; urlExpirySeconds: number }): void {
+  Object.assign(process.env, {
+    AWS_ENDPOINT_URL_S3: endpoint,
+    AWS_ACCESS_KEY_ID: LOCAL_CREDENTIALS.accessKeyId,
+    AWS_SECRET_ACCESS_KEY: LOCAL_CREDENTIALS.secretAccessKey,
+    AWS_REGION: LOCAL_REGION,
+    INBOX_BUCKET: env.inboxBucket,
+    ARTIFACTS_BUCKET: env.artifactsBucket,
+    URL_EXPIRY_SECONDS: String(env.urlExpirySeconds),
+  });
+}

@@ -14,7 +14,7 @@ import { start } from '../../lambdas/start/handler';
 import { type StateMachineDefinition, stateMachineDefinition, synthesizeTemplate } from '../../scripts/local/definition';
 import { noGpuRunner } from '../../scripts/local/gpu';
 import { BatchJobFailed, type BatchRunner, inProcessLambda, type LambdaRunner, type RunResult, runWorkflow } from '../../scripts/local/workflow';
-import { LOCAL_CREDENTIALS, LOCAL_REGION, type Moto, startMoto } from '../../scripts/local/moto';
+import { configureHandlers, LOCAL_CREDENTIALS, LOCAL_REGION, type Moto, startMoto } from '../../scripts/local/moto';
 import { syntheticPhotos } from '../../scripts/local/demo-photos';
 import { describeWithMoto } from '../helpers/suites';
 
@@ -30,15 +30,7 @@ describeWithMoto('state machine, executed locally', () => {
     moto = await startMoto();
     await moto.createBucket(INBOX);
     await moto.createBucket(ARTIFACTS);
-    Object.assign(process.env, {
-      AWS_ENDPOINT_URL_S3: moto.endpoint,
-      AWS_ACCESS_KEY_ID: LOCAL_CREDENTIALS.accessKeyId,
-      AWS_SECRET_ACCESS_KEY: LOCAL_CREDENTIALS.secretAccessKey,
-      AWS_REGION: LOCAL_REGION,
-      INBOX_BUCKET: INBOX,
-      ARTIFACTS_BUCKET: ARTIFACTS,
-      URL_EXPIRY_SECONDS: '600',
-    });
+    configureHandlers(moto.endpoint, { inboxBucket: INBOX, artifactsBucket: ARTIFACTS, urlExpirySeconds: 600 });
     definition = stateMachineDefinition(synthesizeTemplate());
     photos = await syntheticPhotos(12);
   });
