@@ -6,8 +6,9 @@ from pathlib import PurePosixPath
 
 from PIL import Image, UnidentifiedImageError
 
-from . import blip
 from avatar_job import Job, StageError, Status
+
+from . import blip
 from .text import ensure_prefix, remove_traits, render_prefix
 
 

@@ -19,8 +19,9 @@ import time
 from importlib import metadata
 from pathlib import Path, PurePosixPath
 
-from . import kohya
 from avatar_job import Job, StageError, Status, now
+
+from . import kohya
 from .progress import Event, parse_line, split_lines
 from .verify import sha256, verify_checkpoint
 
