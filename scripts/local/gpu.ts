@@ -48,14 +48,46 @@ export const noGpuRunner =
 
 type Template = { Resources: Record<string, { Type: string; Properties?: Record<string, unknown> }> };
 
-const IMAGE_OF: Record<string, string> = { caption: 'captioner', train: 'trainer', evaluate: 'trainer' };
-
-export interface DockerRunnerOptions {
+export interface LocalJobTarget {
   readonly template: Template;
-  /** Endpoint of the local S3, reachable from the container through the host network. */
+  /** Endpoint of the local S3. */
   readonly endpoint: string;
   readonly inboxBucket: string;
   readonly artifactsBucket: string;
+}
+
+/**
+ * What Batch would run for a submitted job: the job definition's command and environment from the
+ * synthesized template, the state's overrides (team and job ids), and the local endpoint and buckets
+ * in place of the deployed ones.
+ */
+export function submittedJob(target: LocalJobTarget, params: SubmitJobParameters): { command: string[]; env: Record<string, string> } {
+  const logicalId = params.JobDefinition.split(':').at(-1)!;
+  const props = target.template.Resources[logicalId]?.Properties as
+    | { ContainerProperties?: { Command?: string[]; Environment?: Array<{ Name: string; Value: unknown }> } }
+    | undefined;
+  const command = props?.ContainerProperties?.Command;
+  if (!command) throw new Error(`job definition ${logicalId} has no command in the template`);
+  const env: Record<string, string> = {};
+  for (const e of props?.ContainerProperties?.Environment ?? []) if (typeof e.Value === 'string') env[e.Name] = e.Value;
+  for (const e of params.ContainerOverrides?.Environment ?? []) env[e.Name] = e.Value;
+  return {
+    command,
+    env: {
+      ...env,
+      AVATAR_INBOX_BUCKET: target.inboxBucket,
+      AVATAR_ARTIFACTS_BUCKET: target.artifactsBucket,
+      AWS_ENDPOINT_URL_S3: target.endpoint,
+      AWS_ACCESS_KEY_ID: 'testing',
+      AWS_SECRET_ACCESS_KEY: 'testing',
+      AWS_DEFAULT_REGION: PLACEHOLDER_REGION,
+    },
+  };
+}
+
+const IMAGE_OF: Record<string, string> = { caption: 'captioner', train: 'trainer', evaluate: 'trainer' };
+
+export interface DockerRunnerOptions extends LocalJobTarget {
   /** Host folder mounted at /cache (base model cache across jobs, as on the Batch hosts). */
   readonly cacheDir: string;
   readonly log: (line: string) => void;
@@ -75,24 +107,8 @@ export function dockerRunner(options: DockerRunnerOptions): BatchRunner {
       if (build.status !== 0) throw new BatchJobFailed({ JobName: params.JobName, StatusReason: `docker build of ${tag} failed`, Attempts: [] });
       built.add(tag);
     }
-    const logicalId = params.JobDefinition.split(':').at(-1)!;
-    const props = options.template.Resources[logicalId]?.Properties as
-      | { ContainerProperties?: { Command?: string[]; Environment?: Array<{ Name: string; Value: unknown }> } }
-      | undefined;
-    const command = props?.ContainerProperties?.Command;
-    if (!command) throw new Error(`job definition ${logicalId} for ${stage} has no command in the template`);
-    const env: Record<string, string> = {};
-    for (const e of props?.ContainerProperties?.Environment ?? []) if (typeof e.Value === 'string') env[e.Name] = e.Value;
-    for (const e of params.ContainerOverrides?.Environment ?? []) env[e.Name] = e.Value;
-    Object.assign(env, {
-      AVATAR_INBOX_BUCKET: options.inboxBucket,
-      AVATAR_ARTIFACTS_BUCKET: options.artifactsBucket,
-      AVATAR_CACHE_DIR: '/cache',
-      AWS_ENDPOINT_URL_S3: options.endpoint,
-      AWS_ACCESS_KEY_ID: 'testing',
-      AWS_SECRET_ACCESS_KEY: 'testing',
-      AWS_DEFAULT_REGION: PLACEHOLDER_REGION,
-    });
+    const { command, env } = submittedJob(options, params);
+    env.AVATAR_CACHE_DIR = '/cache';
     const args = ['run', '--rm', '--gpus', 'all', '--network', 'host', '-v', `${options.cacheDir}:/cache`];
     for (const [k, v] of Object.entries(env)) args.push('-e', `${k}=${v}`);
     options.log(`running ${stage}: docker run ${tag} ${command.join(' ')}`);

@@ -1,0 +1,117 @@
+/**
+ * The whole pipeline with the real container code: the synthesized state machine runs locally, the
+ * Lambda stages run their handlers, and the Batch stages run the job definitions' own commands
+ * (`python -m captioner run`, `python -m trainer train`) as processes on CPU, with the environment
+ * Batch would give them, against the same local S3. Only the models are small: a tiny random BLIP,
+ * and the kohya stand-in the trainer's tests use (sd-scripts is not installable here). Evaluate
+ * needs a base model that matches the LoRA's layers, which the stand-in cannot give; it runs the
+ * S3-boundary stand-in, and its own tests render for real.
+ */
+import { spawnSync } from 'node:child_process';
+import { existsSync, mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, expect, it } from 'vitest';
+import { ManifestSchema, StatusSchema } from '../../lambdas/shared/contract';
+import { keys } from '../../lambdas/shared/keys';
+import { getJson, putBytes, putJson } from '../../lambdas/shared/s3';
+import { syntheticPhotos } from '../../scripts/local/demo-photos';
+import { stateMachineDefinition, synthesizeTemplate } from '../../scripts/local/definition';
+import { submittedJob } from '../../scripts/local/gpu';
+import { configureHandlers, type Moto, startMoto } from '../../scripts/local/moto';
+import { BatchJobFailed, type BatchRunner, runWorkflow } from '../../scripts/local/workflow';
+import { describeWithMoto } from '../helpers/suites';
+
+const ROOT = join(__dirname, '..', '..');
+const PYTHON = join(ROOT, '.venv', 'bin', 'python');
+const INBOX = 'ct-inbox';
+const ARTIFACTS = 'ct-artifacts';
+
+describeWithMoto(existsSync(PYTHON) ? 'pipeline with the container entrypoints' : 'pipeline with the container entrypoints (skipped: no .venv; run bash scripts/python-env.sh)', () => {
+  let moto: Moto;
+  let work: string;
+  let template: ReturnType<typeof synthesizeTemplate>;
+  const ran: Array<{ stage: string; command: string[]; status: number | null }> = [];
+
+  beforeAll(async () => {
+    if (!existsSync(PYTHON)) return;
+    moto = await startMoto();
+    await moto.createBucket(INBOX);
+    await moto.createBucket(ARTIFACTS);
+    configureHandlers(moto.endpoint, { inboxBucket: INBOX, artifactsBucket: ARTIFACTS, urlExpirySeconds: 600 });
+    template = synthesizeTemplate();
+    work = mkdtempSync(join(tmpdir(), 'avatar-containers-'));
+    const blip = spawnSync(PYTHON, ['-c', `import sys; from tiny_blip import save_tiny_blip; save_tiny_blip(__import__('pathlib').Path(sys.argv[1]))`, join(work, 'blip')], {
+      encoding: 'utf8',
+      env: { ...process.env, PYTHONPATH: join(ROOT, 'containers/captioner/tests') },
+    });
+    expect(blip.status, blip.stderr).toBe(0);
+  });
+  afterAll(() => moto?.stop());
+
+  /** Batch, locally: the job definition's command from the template, run as a process. */
+  const processes: BatchRunner = async (stage, params) => {
+    const { command, env } = submittedJob({ template, endpoint: moto.endpoint, inboxBucket: INBOX, artifactsBucket: ARTIFACTS }, params);
+    if (stage === 'evaluate') {
+      const job = { teamId: env.AVATAR_TEAM_ID!, jobId: env.AVATAR_JOB_ID! };
+      await putBytes(moto.s3(), ARTIFACTS, `${keys.stage(job, 'evaluate')}grid.png`, 'grid', 'image/png');
+      return { JobId: 'evaluate-stand-in' };
+    }
+    const [program, ...args] = command;
+    expect(program).toBe('python');
+    const pkg = args[1]!;
+    const result = spawnSync(PYTHON, args, {
+      encoding: 'utf8',
+      timeout: 300_000,
+      env: {
+        ...process.env,
+        ...env,
+        PYTHONPATH: [join(ROOT, 'containers/common/src'), join(ROOT, 'containers', pkg, 'src')].join(':'),
+        AVATAR_CACHE_DIR: join(work, 'cache'),
+        AVATAR_WORK_DIR: join(work, stage),
+        AVATAR_BLIP_MODEL_DIR: join(work, 'blip'),
+        AVATAR_KOHYA_CMD: `${PYTHON} ${join(ROOT, 'containers/trainer/tests/fake_kohya.py')}`,
+      },
+    });
+    ran.push({ stage, command, status: result.status });
+    if (result.status !== 0) {
+      throw new BatchJobFailed({ JobName: params.JobName, StatusReason: result.stderr.slice(-500), Attempts: [{ Container: { ExitCode: result.status ?? undefined } }] });
+    }
+    return { JobId: `${stage}-process` };
+  };
+
+  it('captions and trains through the real entrypoints and finalizes a manifest with the LoRA', async () => {
+    const job = { teamId: 'team-a', jobId: 'containers' };
+    const s3 = moto.s3();
+    for (const p of await syntheticPhotos(12, 640)) await putBytes(s3, INBOX, `${keys.photosPrefix(job)}${p.name}`, p.bytes, 'image/jpeg');
+    // The trainer hashes and caches the base model; the kohya stand-in never reads it.
+    await putBytes(s3, ARTIFACTS, 'models/sd15/v1-5-pruned-emaonly.safetensors', Buffer.alloc(4096, 7), 'application/octet-stream');
+    await putJson(s3, INBOX, keys.spec(job), {
+      token: 'zwxmug',
+      classWord: 'mug',
+      kind: 'object',
+      captioning: { numBeams: 2, minLength: 3, maxLength: 8, commonTraits: [] },
+      training: { network: 'lora', networkDim: 8, networkAlpha: 8, repeats: 1, epochs: 3 },
+    });
+
+    const result = await runWorkflow(stateMachineDefinition(template), job, { batch: processes });
+
+    expect(ran.map((r) => [r.stage, r.command.join(' '), r.status])).toEqual([
+      ['caption', 'python -m captioner run', 0],
+      ['train', 'python -m trainer train', 0],
+    ]);
+    expect(result.cause).toBeUndefined();
+    expect(StatusSchema.parse(await getJson(s3, ARTIFACTS, keys.status(job)))).toMatchObject({ state: 'succeeded', stage: 'finalize' });
+    const manifest = ManifestSchema.parse(await getJson(s3, ARTIFACTS, keys.manifest(job)));
+    const names = manifest.artifacts.map((a) => a.name);
+    expect(names.filter((n) => /^caption\/1_zwxmug\/zwxmug-\d\d\.txt$/.test(n))).toHaveLength(12);
+    expect(names).toEqual(expect.arrayContaining([
+      'caption/captions.json', 'train/zwxmug-000001.safetensors', 'train/zwxmug-000002.safetensors', 'train/zwxmug.safetensors', 'train/diary.json',
+    ]));
+    const captions = (await getJson(s3, ARTIFACTS, `${keys.stage(job, 'caption')}captions.json`)) as { captions: Array<{ caption: string }> };
+    for (const c of captions.captions) expect(c.caption.startsWith('photo of zwxmug, ')).toBe(true);
+    const diary = (await getJson(s3, ARTIFACTS, `${keys.stage(job, 'train')}diary.json`)) as { plan: { totalSteps: number }; config: { network_dim: number } };
+    expect(diary.plan.totalSteps).toBe(36);
+    expect(diary.config.network_dim).toBe(8);
+  });
+});
