@@ -17,7 +17,8 @@ import { parseArgs } from 'node:util';
 import { CreateStateMachineCommand, SFNClient } from '@aws-sdk/client-sfn';
 import { type JobSpecInput, JobSpecSchema, KINDS, type Kind, describeIssues } from '../lambdas/shared/contract';
 import { keys, jobPrefix } from '../lambdas/shared/keys';
-import { getBytes, listAll, putBytes, putJson } from '../lambdas/shared/s3';
+import { getBytes, getJson, listAll, putBytes, putJson } from '../lambdas/shared/s3';
+import { ReportSchema } from '../lambdas/intake/report';
 import { readStatus } from '../lambdas/shared/status';
 import { start } from '../lambdas/start/handler';
 import { configureHandlers, LOCAL_CREDENTIALS, LOCAL_REGION, startMoto } from './local/moto';
@@ -146,6 +147,14 @@ async function main(): Promise<number> {
     const status = await readStatus(s3, ARTIFACTS, job);
     log(`\nartifacts (s3://${ARTIFACTS}/${prefix} copied to ${out}):`);
     for (const o of objects) log(`  ${o.key.slice(prefix.length).padEnd(48)} ${String(o.size).padStart(10)} bytes`);
+    const report = ReportSchema.safeParse(await getJson(s3, ARTIFACTS, keys.validateReport(job)));
+    if (report.success) {
+      const { summary, plan } = report.data;
+      const reasons = Object.entries(summary.reasons).map(([code, n]) => `${code} ${n}`).join(', ');
+      log(`\nvalidate: ${summary.accepted} of ${summary.files} photos accepted${reasons ? ` (rejected: ${reasons})` : ''}; details in validate/report.json and validate/contact-sheet.png`);
+      if (plan) log(`plan: ${plan.arithmetic}`);
+      for (const warning of summary.warnings) log(`warning: ${warning}`);
+    }
     log(`\nstatus.json: ${JSON.stringify(status, null, 2)}`);
 
     if (result.succeeded && status?.state === 'succeeded') {
