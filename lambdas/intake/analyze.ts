@@ -76,20 +76,28 @@ export async function runIntake(sources: readonly PhotoSource[], job: IntakeJob,
     return analysePhoto(source, job.spec.kind, config);
   });
   const report = assessJob(analysed, job, config);
-  const images = new Map<string, Buffer>();
-  if (report.plan) {
-    const pngs = await mapLimit(report.photos, config.concurrency, async (entry, i) => {
-      const crop = analysed[i]!.crop;
-      return entry.status === 'accepted' && crop ? encodeDatasetImage(crop, report.resolution) : undefined;
-    });
-    // In dataset order, whatever order the encodes finished in.
-    report.photos.forEach((entry, i) => pngs[i] && images.set(entry.output!, pngs[i]));
-  }
-  for (const a of analysed) delete a.crop;
-  const contactSheet = await renderContactSheet(
-    report.photos.map((entry, i) => ({ entry, thumb: analysed[i]!.thumb })),
-    `${job.spec.token} (${job.spec.kind}): ${report.summary.accepted} accepted, ${report.summary.rejected} rejected`,
-  );
+  const encodeDataset = async () => {
+    const images = new Map<string, Buffer>();
+    if (report.plan) {
+      const pngs = await mapLimit(report.photos, config.concurrency, async (entry, i) => {
+        const crop = analysed[i]!.crop;
+        return entry.status === 'accepted' && crop ? encodeDatasetImage(crop, report.resolution) : undefined;
+      });
+      // In dataset order, whatever order the encodes finished in.
+      report.photos.forEach((entry, i) => pngs[i] && images.set(entry.output!, pngs[i]));
+    }
+    for (const a of analysed) delete a.crop;
+    return images;
+  };
+  // The sheet needs only the report and the thumbnails: it renders while the dataset PNGs encode,
+  // so its mostly one-threaded composite and encode fill the cores instead of running after them.
+  const [images, contactSheet] = await Promise.all([
+    encodeDataset(),
+    renderContactSheet(
+      report.photos.map((entry, i) => ({ entry, thumb: analysed[i]!.thumb })),
+      `${job.spec.token} (${job.spec.kind}): ${report.summary.accepted} accepted, ${report.summary.rejected} rejected`,
+    ),
+  ]);
   return { report, contactSheet, images };
 }
 

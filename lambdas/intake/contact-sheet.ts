@@ -4,6 +4,7 @@
  * Labels are SVG text composited by sharp (librsvg with the system's DejaVu/sans fonts).
  */
 import sharp from 'sharp';
+import { mapLimit } from './pool';
 import type { RawRgb } from './quality';
 import type { PhotoEntry } from './report';
 
@@ -12,6 +13,7 @@ const LABEL = 34;
 const GAP = 10;
 const COLUMNS = 6;
 const HEADER = 40;
+const TILES_IN_FLIGHT = 4;
 
 export interface SheetTile {
   readonly entry: PhotoEntry;
@@ -25,15 +27,18 @@ export async function renderContactSheet(tiles: readonly SheetTile[], title: str
   const rows = Math.max(1, Math.ceil(ordered.length / COLUMNS));
   const width = COLUMNS * (TILE + GAP) + GAP;
   const height = HEADER + rows * (TILE + LABEL + GAP) + GAP;
+  // The tiles are small independent resizes: a few at a time, like the photos themselves.
+  const tileImages = await mapLimit(ordered, TILES_IN_FLIGHT, async ({ entry, thumb }) => (thumb ? tileImage(entry, thumb) : undefined));
   const layers: sharp.OverlayOptions[] = [];
   const texts: string[] = [`<text x="${GAP}" y="26" font-size="18" font-weight="bold" fill="#222">${escapeXml(title)}</text>`];
-  for (const [i, { entry, thumb }] of ordered.entries()) {
+  for (const [i, { entry }] of ordered.entries()) {
     const x = GAP + (i % COLUMNS) * (TILE + GAP);
     const y = HEADER + Math.floor(i / COLUMNS) * (TILE + LABEL + GAP);
     const ok = entry.status === 'accepted';
     const colour = ok ? '#1a7f37' : '#cf222e';
+    const tile = tileImages[i];
     texts.push(`<rect x="${x - 2}" y="${y - 2}" width="${TILE + 4}" height="${TILE + 4}" fill="none" stroke="${colour}" stroke-width="3"/>`);
-    if (thumb) layers.push({ ...(await tileImage(entry, thumb)), left: x, top: y });
+    if (tile) layers.push({ ...tile, left: x, top: y });
     else texts.push(`<text x="${x + TILE / 2}" y="${y + TILE / 2}" font-size="14" text-anchor="middle" fill="#888">not an image</text>`);
     const name = entry.file.length > 26 ? `${entry.file.slice(0, 24)}…` : entry.file;
     texts.push(`<text x="${x}" y="${y + TILE + 15}" font-size="12" fill="#222">${escapeXml(name)}</text>`);

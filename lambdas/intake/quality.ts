@@ -20,14 +20,37 @@ export interface QualityScores {
 
 const rawInput = (img: RawRgb) => sharp(img.data, { raw: { width: img.width, height: img.height, channels: 3 } });
 
+/** An 8-bit single-band image. */
+interface Grey {
+  readonly data: Buffer;
+  readonly width: number;
+  readonly height: number;
+}
+
+/**
+ * A pipeline over a grey image that stays grey: without `b-w` as the pipeline colour space, sharp
+ * widens one band to sRGB on input and converts back (in float) on output, which costs more than the
+ * resize itself.
+ */
+const greyInput = (img: Grey) => sharp(img.data, { raw: { width: img.width, height: img.height, channels: 1 } }).pipelineColourspace('b-w');
+
+/** libvips' sRGB -> B_W conversion of an RGB image (sharp's `greyscale()`), done once per photo. */
+async function toGrey(img: RawRgb): Promise<Grey> {
+  const { data, info } = await rawInput(img).greyscale().raw().toBuffer({ resolveWithObject: true });
+  if (info.channels !== 1) throw new Error(`greyscale gave ${info.channels} bands`);
+  return { data, width: info.width, height: info.height };
+}
+
 export async function measureQuality(img: RawRgb): Promise<QualityScores> {
-  // A fixed scale makes sharpness comparable between a 12 MP photo and a 600 px one.
-  const grey = await rawInput(img)
-    .resize(512, 512, { fit: 'inside', withoutEnlargement: true })
-    .greyscale()
-    .raw()
-    .toBuffer({ resolveWithObject: true });
-  const { data, info } = grey;
+  // sharp converts to grey before it resizes: the 512 px copy and the hash both start from this one
+  // grey image, which gives the same pixels as two separate `greyscale().resize()` pipelines.
+  const grey = await toGrey(img);
+  const [{ data, info }, dhash] = await Promise.all([
+    // A fixed scale makes sharpness comparable between a 12 MP photo and a 600 px one.
+    greyInput(grey).resize(512, 512, { fit: 'inside', withoutEnlargement: true }).toColourspace('b-w').raw().toBuffer({ resolveWithObject: true }),
+    hashGrey(grey),
+  ]);
+  if (info.channels !== 1) throw new Error(`the grey copy has ${info.channels} bands`);
   let sum = 0;
   let clipped = 0;
   for (let i = 0; i < data.length; i++) {
@@ -38,7 +61,7 @@ export async function measureQuality(img: RawRgb): Promise<QualityScores> {
     sharpness: round(laplacianVariance(data, info.width, info.height), 1),
     brightness: round(sum / data.length / 255, 3),
     clipped: round(clipped / data.length, 3),
-    dhash: await differenceHash(img),
+    dhash,
   };
 }
 
@@ -63,7 +86,12 @@ export function laplacianVariance(grey: Uint8Array, width: number, height: numbe
 
 /** dHash: shrink to 9x8 grey and record whether each pixel is brighter than its right neighbour. */
 export async function differenceHash(img: RawRgb): Promise<string> {
-  const small = await rawInput(img).greyscale().resize(9, 8, { fit: 'fill' }).raw().toBuffer();
+  return hashGrey(await toGrey(img));
+}
+
+async function hashGrey(grey: Grey): Promise<string> {
+  const small = await greyInput(grey).resize(9, 8, { fit: 'fill' }).toColourspace('b-w').raw().toBuffer();
+  if (small.length !== 72) throw new Error(`the hash image has ${small.length} bytes, not 9x8`);
   let bits = 0n;
   for (let y = 0; y < 8; y++) {
     for (let x = 0; x < 8; x++) bits = (bits << 1n) | (small[y * 9 + x]! > small[y * 9 + x + 1]! ? 1n : 0n);
