@@ -24,8 +24,8 @@ const STATUS = `${JOB_PREFIX}/status.json`;
  * whose .wasm files and model weights are read from disk at run time (lambdas/intake).
  */
 const DECODE_MODULES = ['sharp', 'heic-decode'];
-// human.node-wasm.js requires tfjs-core and tfjs-converter at load, and neither is a declared
-// dependency of @vladmandic/human, so they are listed here (bench/bundled-validate.ts shows the crash).
+// Face detection runs BlazeFace with tfjs-core, tfjs-converter and the WASM backend, loaded from disk
+// beside the bundle; @vladmandic/human ships the model weights (bench/bundled-validate.ts runs the bundle).
 const FACE_MODULES = ['@vladmandic/human', '@tensorflow/tfjs-core', '@tensorflow/tfjs-converter', '@tensorflow/tfjs-backend-wasm'];
 const STATUS_REASON = 'Every stage rewrites the status.json of the job it runs; team and job ids are only known at run time';
 
