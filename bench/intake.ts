@@ -17,7 +17,7 @@ import { KindSchema } from '../lambdas/shared/contract';
 import type { StageContext } from '../lambdas/shared/handler';
 import { keys } from '../lambdas/shared/keys';
 import { DEFAULT_CONFIG } from '../lambdas/intake/config';
-import { mapLimit } from '../lambdas/intake/pool';
+import { mapLimit } from '../lambdas/shared/pool';
 import { normalize } from '../lambdas/normalize/core';
 import { validate } from '../lambdas/validate/core';
 import { corpusUnavailable, sampleDir, subject } from '../test/fixtures/photos/build';

@@ -10,6 +10,7 @@ import { type Manifest, ManifestSchema, STAGES } from '../shared/contract';
 import { requireEnv } from '../shared/env';
 import { type StageContext, stageHandler } from '../shared/handler';
 import { jobPrefix, keys } from '../shared/keys';
+import { mapLimit } from '../shared/pool';
 import { listAll, putJson } from '../shared/s3';
 import { writeStatus } from '../shared/status';
 
@@ -31,19 +32,6 @@ async function sha256(ctx: StageContext, key: string): Promise<string> {
   const hash = createHash('sha256');
   for await (const chunk of out.Body as Readable) hash.update(chunk as Buffer);
   return hash.digest('hex');
-}
-
-async function mapLimit<T, R>(items: readonly T[], limit: number, fn: (item: T) => Promise<R>): Promise<R[]> {
-  const results: R[] = new Array(items.length);
-  let next = 0;
-  const worker = async () => {
-    while (next < items.length) {
-      const i = next++;
-      results[i] = await fn(items[i]);
-    }
-  };
-  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
-  return results;
 }
 
 export async function finalize(ctx: StageContext, options: FinalizeOptions): Promise<FinalizeResult> {

@@ -15,7 +15,7 @@ import { renderContactSheet } from './contact-sheet';
 import { attentionCrop, contains, faceCrop, scaleBox } from './crop';
 import { decodeFailure, type OpenedPhoto, openPhoto, toRgb } from './decode';
 import { detectFaces, FaceDetectorError } from './faces';
-import { mapLimit } from './pool';
+import { mapLimit } from '../shared/pool';
 import { hammingDistance, measureQuality, type RawRgb } from './quality';
 import { cropPhoto, encodeDatasetImage, MAX_RESOLUTION } from './render';
 import { type PhotoEntry, PhotoRejection, type Report, type Scores } from './report';

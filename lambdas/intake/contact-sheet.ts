@@ -4,7 +4,7 @@
  * Labels are SVG text composited by sharp (librsvg with the system's DejaVu/sans fonts).
  */
 import sharp from 'sharp';
-import { mapLimit } from './pool';
+import { mapLimit } from '../shared/pool';
 import type { RawRgb } from './quality';
 import type { PhotoEntry } from './report';
 

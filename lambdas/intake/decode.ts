@@ -5,7 +5,7 @@
  */
 import sharp from 'sharp';
 import type { IntakeConfig } from './config';
-import { Mutex } from './pool';
+import { Mutex } from '../shared/pool';
 import { PhotoRejection } from './report';
 import type { RawRgb } from './quality';
 import { DECODABLE, type SniffedFormat, sniffFormat } from './sniff';

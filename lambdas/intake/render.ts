@@ -8,7 +8,7 @@ import type { Box } from './report';
 /** The largest training resolution: validate keeps each crop at up to this side until the job's resolution is known. */
 export const MAX_RESOLUTION = 768;
 
-/** Renders one photo's dataset image from its bytes (inspect and tests; validate renders from its own decode). */
+/** Renders one photo's dataset image from its bytes (tests check single photos through it; validate renders from its own decode). */
 export async function renderDatasetImage(bytes: Buffer, crop: Box, resolution: number, config: Pick<IntakeConfig, 'maxPixels'>): Promise<Buffer> {
   const photo = await openPhoto(bytes, config);
   return encodeDatasetImage(await cropPhoto(photo, crop, resolution), resolution);

@@ -13,7 +13,7 @@ import { keys } from '../shared/keys';
 import { getBytes, getValidJson, putBytes, putJson } from '../shared/s3';
 import { writeStatus } from '../shared/status';
 import { configFromEnv, type IntakeConfig } from '../intake/config';
-import { mapLimit } from '../intake/pool';
+import { mapLimit } from '../shared/pool';
 import { cleanCaption } from '../intake/render';
 import { cropKey, ReportSchema } from '../intake/report';
 

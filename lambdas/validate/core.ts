@@ -13,7 +13,7 @@ import { getBytes, getValidJson, listAll, putBytes, putJson } from '../shared/s3
 import { writeStatus } from '../shared/status';
 import { type PhotoSource, runIntake, tooFewMessage } from '../intake/analyze';
 import { configFromEnv, type IntakeConfig } from '../intake/config';
-import { mapLimit } from '../intake/pool';
+import { mapLimit } from '../shared/pool';
 import { cropKey, PhotoRejection, type PhotoEntry } from '../intake/report';
 
 /** Small PNG uploads overlap well; S3 takes many parallel PUTs. */

@@ -1,5 +1,5 @@
 /**
- * Maps with at most `limit` calls in flight, keeping input order. Bounds memory: a 2048 MB Lambda
+ * Maps with at most `limit` calls in flight, keeping input order. Bounds memory and connections: a 2048 MB Lambda
  * must never hold every decoded photo of a 50-photo job at once.
  */
 export async function mapLimit<T, R>(items: readonly T[], limit: number, fn: (item: T, index: number) => Promise<R>): Promise<R[]> {
