@@ -9,12 +9,10 @@
 import { mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
-import { describeIssues, JobSpecSchema } from '../lambdas/shared/contract';
+import { DEFAULT_CLASS_WORDS, describeIssues, JobSpecSchema, type Kind } from '../lambdas/shared/contract';
 import { runIntake, tooFewMessage, type PhotoSource } from '../lambdas/intake/analyze';
 import { configFromEnv } from '../lambdas/intake/config';
 import { cleanCaption } from '../lambdas/intake/render';
-
-const CLASS_WORD = { character: 'person', style: 'painting', object: 'thing' } as const;
 
 async function main(): Promise<number> {
   const { values, positionals } = parseArgs({
@@ -26,8 +24,9 @@ async function main(): Promise<number> {
     console.error('usage: npm run inspect -- <dir> [--kind character|style|object] [--token <t>] [--out <dir>] [--json]');
     return 2;
   }
-  const kind = values.kind as keyof typeof CLASS_WORD;
-  const parsed = JobSpecSchema.safeParse({ token: values.token, classWord: CLASS_WORD[kind] ?? 'thing', kind });
+  const kind = values.kind as Kind;
+  // An unknown kind gets a placeholder class word so the spec's own error names the kind.
+  const parsed = JobSpecSchema.safeParse({ token: values.token, classWord: DEFAULT_CLASS_WORDS[kind] ?? 'object', kind });
   if (!parsed.success) {
     console.error(describeIssues(parsed.error, 'arguments'));
     return 2;

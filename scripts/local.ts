@@ -15,7 +15,7 @@ import { mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'n
 import { basename, dirname, join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { CreateStateMachineCommand, SFNClient } from '@aws-sdk/client-sfn';
-import { type JobSpecInput, JobSpecSchema, KINDS, type Kind, describeIssues } from '../lambdas/shared/contract';
+import { DEFAULT_CLASS_WORDS, type JobSpecInput, JobSpecSchema, KINDS, type Kind, describeIssues } from '../lambdas/shared/contract';
 import { keys, jobPrefix } from '../lambdas/shared/keys';
 import { getBytes, getJson, listAll, putBytes, putJson } from '../lambdas/shared/s3';
 import { ReportSchema } from '../lambdas/intake/report';
@@ -29,7 +29,6 @@ import { runWorkflow } from './local/workflow';
 
 export const EXIT = { succeeded: 0, failed: 1, usage: 2, noGpu: 3 } as const;
 
-const DEFAULT_CLASS_WORD: Record<Kind, string> = { character: 'person', object: 'object', style: 'artwork' };
 const INBOX = 'avatar-local-inbox';
 const ARTIFACTS = 'avatar-local-artifacts';
 
@@ -65,7 +64,7 @@ function parse() {
   if (!values.token) throw new UsageError('--token <token> is required: a short rare lowercase word such as "ohwx"');
   if (!(KINDS as readonly string[]).includes(values.kind!)) throw new UsageError(`--kind must be one of ${KINDS.join(', ')}`);
   const kind = values.kind as Kind;
-  const spec: JobSpecInput = { token: values.token, classWord: values['class-word'] ?? DEFAULT_CLASS_WORD[kind], kind };
+  const spec: JobSpecInput = { token: values.token, classWord: values['class-word'] ?? DEFAULT_CLASS_WORDS[kind], kind };
   const parsed = JobSpecSchema.safeParse(spec);
   if (!parsed.success) throw new UsageError(describeIssues(parsed.error, 'the job spec from your arguments'));
   const photosDir = resolve(values.photos!);

@@ -22,6 +22,9 @@ export const KINDS = ['character', 'style', 'object'] as const;
 export const KindSchema = z.enum(KINDS);
 export type Kind = z.infer<typeof KindSchema>;
 
+/** The class word the command-line tools use when none is given. */
+export const DEFAULT_CLASS_WORDS: Record<Kind, string> = { character: 'person', object: 'object', style: 'artwork' };
+
 /**
  * Words a trigger token must not be: the token has to be rare so that it binds to the subject
  * instead of dragging in what the base model already knows.
