@@ -16,7 +16,7 @@ import { attentionCrop, contains, faceCrop, scaleBox } from './crop';
 import { decodeFailure, type OpenedPhoto, openPhoto, toRgb } from './decode';
 import { detectFaces, FaceDetectorError } from './faces';
 import { mapLimit } from '../shared/pool';
-import { hammingDistance, measureQuality, type RawRgb } from './quality';
+import { hammingDistance, measureQuality, QUALITY_SIZE, type RawRgb } from './quality';
 import { cropPhoto, encodeDatasetImage, MAX_RESOLUTION } from './render';
 import { type PhotoEntry, PhotoRejection, type Report, type Scores } from './report';
 
@@ -31,8 +31,11 @@ export interface PhotoSource {
   load(): Promise<Buffer>;
 }
 
-/** Long side of the in-memory working copy every measure runs on (full-size decodes stay short-lived). */
-const WORKING_SIZE = 640;
+/**
+ * Long side of the in-memory working copy every measure runs on (full-size decodes stay short-lived):
+ * the scale quality is measured at, so the measure needs no resize of its own.
+ */
+const WORKING_SIZE = QUALITY_SIZE;
 /**
  * Long side of the thumbnail kept for the contact sheet, which is also the copy given to the face
  * detector: BlazeFace resizes every input to 256x256, so a bigger copy only costs tensor conversion

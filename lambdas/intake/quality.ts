@@ -41,16 +41,23 @@ async function toGrey(img: RawRgb): Promise<Grey> {
   return { data, width: info.width, height: info.height };
 }
 
+/**
+ * Long side the sharpness and exposure are measured at: a fixed scale makes sharpness comparable
+ * between a 12 MP photo and a 600 px one. An image given at this size or smaller is measured as is.
+ */
+export const QUALITY_SIZE = 512;
+
 export async function measureQuality(img: RawRgb): Promise<QualityScores> {
-  // sharp converts to grey before it resizes: the 512 px copy and the hash both start from this one
+  // sharp converts to grey before it resizes: the measured copy and the hash both start from this one
   // grey image, which gives the same pixels as two separate `greyscale().resize()` pipelines.
   const grey = await toGrey(img);
-  const [{ data, info }, dhash] = await Promise.all([
-    // A fixed scale makes sharpness comparable between a 12 MP photo and a 600 px one.
-    greyInput(grey).resize(512, 512, { fit: 'inside', withoutEnlargement: true }).toColourspace('b-w').raw().toBuffer({ resolveWithObject: true }),
-    hashGrey(grey),
-  ]);
-  if (info.channels !== 1) throw new Error(`the grey copy has ${info.channels} bands`);
+  const atScale = async (): Promise<Grey> => {
+    if (Math.max(grey.width, grey.height) <= QUALITY_SIZE) return grey;
+    const { data, info } = await greyInput(grey).resize(QUALITY_SIZE, QUALITY_SIZE, { fit: 'inside' }).toColourspace('b-w').raw().toBuffer({ resolveWithObject: true });
+    if (info.channels !== 1) throw new Error(`the grey copy has ${info.channels} bands`);
+    return { data, width: info.width, height: info.height };
+  };
+  const [{ data, ...info }, dhash] = await Promise.all([atScale(), hashGrey(grey)]);
   let sum = 0;
   let clipped = 0;
   for (let i = 0; i < data.length; i++) {
