@@ -11,7 +11,9 @@ stamp=node_modules/.avatar-lock-sha256
 want="$(sha256sum package-lock.json | cut -d' ' -f1)"
 if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
   echo "setup: installing Node packages (npm ci)" >&2
-  npm ci --no-audit --no-fund --loglevel=error
+  # onnxruntime-node's postinstall would fetch optional CUDA libraries from nuget.org; the CPU
+  # runtime the face detector uses ships inside the npm package.
+  ONNXRUNTIME_NODE_INSTALL=skip npm ci --no-audit --no-fund --loglevel=error
   echo "$want" > "$stamp"
 fi
 bash scripts/python-env.sh

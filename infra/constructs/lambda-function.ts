@@ -8,6 +8,23 @@ import { Construct } from 'constructs';
 
 const REPO_ROOT = path.join(__dirname, '..', '..');
 
+/**
+ * onnxruntime-node's npm package holds its native runtime for every OS and CPU (~290 MB, over
+ * Lambda's 250 MB unzipped limit), and its postinstall would fetch optional CUDA libraries from
+ * nuget.org. Shipped, it installs with that step skipped and keeps only the linux-x64 binaries.
+ */
+const ONNX_RUNTIME = 'onnxruntime-node';
+const ONNX_RUNTIME_HOOKS: nodejs.ICommandHooks = {
+  beforeBundling: () => [],
+  // The install runs in the output folder, where npm reads a project .npmrc; it is removed after.
+  beforeInstall: (_input, output) => [`echo onnxruntime-node-install=skip > "${output}/.npmrc"`],
+  afterBundling: (_input, output) => [
+    `find "${output}/node_modules/${ONNX_RUNTIME}/bin" -mindepth 2 -maxdepth 2 ! -name linux -exec rm -rf {} +`,
+    `find "${output}/node_modules/${ONNX_RUNTIME}/bin" -mindepth 3 -maxdepth 3 ! -name x64 -exec rm -rf {} +`,
+    `rm -f "${output}/.npmrc"`,
+  ],
+};
+
 /** Props of {@link LambdaFunction}. */
 export interface LambdaFunctionProps {
   /** Stage name; the handler is `lambdas/<stage>/handler.ts`, exporting `handler`. */
@@ -30,6 +47,7 @@ export interface LambdaFunctionProps {
   /**
    * Packages installed into the bundle instead of inlined by esbuild: native or wasm modules such
    * as `sharp`, whose platform binary (linux x64, the architecture below) must ship as files.
+   * `onnxruntime-node` is installed without its postinstall and pruned to linux x64.
    * @default []
    */
   readonly nodeModules?: string[];
@@ -110,6 +128,7 @@ export class LambdaFunction extends nodejs.NodejsFunction {
         bundleAwsSDK: true,
         // Leave undefined when empty so no needless npm install runs in the bundle folder.
         nodeModules: props.nodeModules?.length ? props.nodeModules : undefined,
+        commandHooks: props.nodeModules?.includes(ONNX_RUNTIME) ? ONNX_RUNTIME_HOOKS : undefined,
       },
     });
     this.executionRole = role;
