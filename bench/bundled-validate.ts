@@ -21,7 +21,7 @@ import { ARTIFACTS, INBOX, context, uploadJob } from '../test/lambdas/intake-fix
 
 const ROOT = join(__dirname, '..');
 /** The validate function's nodeModules (infra/constructs/stage-functions.ts: DECODE_MODULES + FACE_MODULES). */
-const NODE_MODULES = ['sharp', 'heic-decode', '@vladmandic/human', '@tensorflow/tfjs-backend-wasm'];
+const NODE_MODULES = ['sharp', 'heic-decode', '@vladmandic/human', 'onnxruntime-node'];
 
 /**
  * Copies `names` with their dependencies and peer dependencies (npm >= 7 installs peers too), hoisted

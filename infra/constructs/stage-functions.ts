@@ -24,9 +24,9 @@ const STATUS = `${JOB_PREFIX}/status.json`;
  * whose .wasm files and model weights are read from disk at run time (lambdas/intake).
  */
 const DECODE_MODULES = ['sharp', 'heic-decode'];
-// Face detection runs BlazeFace with tfjs-core, tfjs-converter and the WASM backend, loaded from disk
-// beside the bundle; @vladmandic/human ships the model weights (bench/bundled-validate.ts runs the bundle).
-const FACE_MODULES = ['@vladmandic/human', '@tensorflow/tfjs-core', '@tensorflow/tfjs-converter', '@tensorflow/tfjs-backend-wasm'];
+// Face detection runs BlazeFace on ONNX Runtime's native CPU runtime; @vladmandic/human ships the
+// model's graph and weights, read from disk (bench/bundled-validate.ts runs the bundle).
+const FACE_MODULES = ['@vladmandic/human', 'onnxruntime-node'];
 const STATUS_REASON = 'Every stage rewrites the status.json of the job it runs; team and job ids are only known at run time';
 
 /**

@@ -1,8 +1,8 @@
 /**
- * Offline face detection: the BlazeFace graph that `@vladmandic/human` ships (MIT; its weights sit in
- * the npm package's models/ folder, read from disk) run directly with TensorFlow.js's converter on
- * the WASM backend; human's own JS is not loaded. Nothing is downloaded at run time. About 23 ms per
- * photo on one CPU core (human's detect() took ~30 ms for the same boxes and scores).
+ * Offline face detection: the BlazeFace model that `@vladmandic/human` ships (MIT; graph and weights
+ * sit in the npm package's models/ folder, read from disk), rebuilt as an ONNX graph (blazeface.ts)
+ * and run by ONNX Runtime's native CPU kernels; human's own JS is not loaded. Nothing is downloaded at
+ * run time. About 7 ms of CPU a photo (TensorFlow.js' WASM backend took ~25 ms for the same graph).
  *
  * Detection runs in one worker thread, so it overlaps the decoding and encoding of other photos on
  * the main thread (libvips) instead of queueing behind them. The worker is this same module: in the
@@ -10,9 +10,9 @@
  * `workerData`, turns that copy into the detector. Started on first use, it loads the model once and
  * keeps it across warm invocations; it is unref'd while idle, so it never keeps a process alive.
  */
-import { readFile } from 'node:fs/promises';
-import { dirname, join } from 'node:path';
 import { isMainThread, parentPort, Worker, workerData } from 'node:worker_threads';
+import { blazeFaceGraph, INPUT_NAME, INPUT_SIZE, modelInput } from './blazeface';
+import { encodeModel } from './onnx';
 import type { RawRgb } from './quality';
 
 export interface DetectedFace {
@@ -116,12 +116,8 @@ function serveDetections(): void {
   });
 }
 
-type Tf = typeof import('@tensorflow/tfjs-core');
-type Tensor = import('@tensorflow/tfjs-core').Tensor;
-type GraphModel = import('@tensorflow/tfjs-converter').GraphModel;
+type Ort = typeof import('onnxruntime-node');
 
-/** BlazeFace's fixed input side; every photo is resized to it (smaller inputs miss second faces). */
-const INPUT_SIZE = 256;
 /** The detector settings the intake has always used (human's face.detector config before). */
 const MAX_FACES = 10;
 const MIN_CONFIDENCE = 0.2;
@@ -140,8 +136,8 @@ const HEADS = [
 const ANCHORS = HEADS.reduce((n, h) => n + h.count, 0);
 
 interface Detector {
-  readonly tf: Tf;
-  readonly model: GraphModel;
+  readonly ort: Ort;
+  readonly session: import('onnxruntime-node').InferenceSession;
   /** Anchor centres, x then y, in model input pixels. */
   readonly anchors: Float32Array;
 }
@@ -150,48 +146,39 @@ let detector: Promise<Detector> | undefined;
 
 /**
  * Faces in an RGB image, best first, detected on the calling thread (the worker's job; also lets
- * tests compare against the worker). Loads the model on first call (~50 ms), then reuses it.
+ * tests compare against the worker). Builds the model on first call (~100 ms), then reuses it.
  *
- * BlazeFace (the front-camera model shipped by `@vladmandic/human`) run directly: the image is
+ * BlazeFace (the front-camera model shipped by `@vladmandic/human`, see blazeface.ts): the image is
  * resized to 256x256 (aspect not kept, as human does), scaled to [-1, 1] and run through the graph;
  * each anchor's regression gives a box centre offset and size; the boxes go through non-maximum
  * suppression, then are mapped back to the image, widened 1.4x around their centre and squared, and
- * clamped to the image, with the score rounded to 2 decimals: the same arithmetic, in the same
- * float32/float64 steps, as human 3.3's detector-only face path, so results match it exactly.
+ * clamped to the image, with the score rounded to 2 decimals: the arithmetic of human 3.3's
+ * detector-only face path.
  */
 export async function detectFacesHere(img: { data: Uint8Array; width: number; height: number }): Promise<DetectedFace[]> {
   detector ??= loadDetector();
-  const { tf, model, anchors } = await detector;
+  const { ort, session, anchors } = await detector;
   const { width, height } = img;
-  const [scoresT, ...regressorsT] = tf.tidy(() => {
-    const pixels = tf.cast(tf.expandDims(tf.tensor3d(img.data, [height, width, 3], 'int32'), 0), 'float32');
-    const input = tf.sub(tf.div(tf.image.resizeBilinear(pixels as import('@tensorflow/tfjs-core').Tensor4D, [INPUT_SIZE, INPUT_SIZE]), 127.5), 1);
-    const outputs = model.execute(input) as Tensor[];
-    // Each head has a [1, anchors, 1] logit output and a [1, anchors, 16] regression output.
-    const output = (count: number, depth: number) => {
-      const found = outputs.find((t) => t.shape[1] === count && t.shape[2] === depth);
-      if (!found) throw new Error(`BlazeFace has no [1, ${count}, ${depth}] output (got ${outputs.map((t) => `[${t.shape}]`).join(' ')})`);
-      return found;
-    };
-    const logits = tf.concat(HEADS.map((h) => output(h.count, 1)), 1);
-    return [tf.reshape(tf.sigmoid(logits), [ANCHORS]), ...HEADS.map((h) => output(h.count, 16))];
-  });
-  let scores: Float32Array;
-  let regressors: Float32Array[];
-  try {
-    scores = scoresT!.dataSync() as Float32Array;
-    regressors = regressorsT.map((t) => t.dataSync() as Float32Array);
-  } finally {
-    tf.dispose([scoresT!, ...regressorsT]);
-  }
-  // Corners [x1, y1, x2, y2] in input pixels, in float32 like the tensors human computes them in.
-  const corners = new Float32Array(ANCHORS * 4);
+  const results = await session.run({ [INPUT_NAME]: new ort.Tensor('float32', modelInput(img.data, width, height), [1, 3, INPUT_SIZE, INPUT_SIZE]) });
+  // Each head has a [1, anchors, 1] logit output and a [1, anchors, 16] regression output.
+  const output = (count: number, depth: number) => {
+    const found = Object.values(results).find((t) => t.dims[1] === count && t.dims[2] === depth);
+    if (!found) throw new Error(`BlazeFace has no [1, ${count}, ${depth}] output (got ${Object.values(results).map((t) => `[${t.dims}]`).join(' ')})`);
+    return found.data as Float32Array;
+  };
+  const scores = new Float32Array(ANCHORS);
   let a = 0;
-  HEADS.forEach((head, h) => {
-    const reg = regressors[h]!;
+  for (const head of HEADS) {
+    for (const logit of output(head.count, 1)) scores[a++] = 1 / (1 + Math.exp(-logit));
+  }
+  // Corners [x1, y1, x2, y2] in input pixels.
+  const corners = new Float32Array(ANCHORS * 4);
+  a = 0;
+  for (const head of HEADS) {
+    const reg = output(head.count, 16);
     for (let i = 0; i < head.count; i++, a++) {
-      const cx = Math.fround(reg[i * 16]! + anchors[a * 2]!);
-      const cy = Math.fround(reg[i * 16 + 1]! + anchors[a * 2 + 1]!);
+      const cx = reg[i * 16]! + anchors[a * 2]!;
+      const cy = reg[i * 16 + 1]! + anchors[a * 2 + 1]!;
       const halfW = reg[i * 16 + 2]! / 2;
       const halfH = reg[i * 16 + 3]! / 2;
       corners[a * 4] = cx - halfW;
@@ -199,14 +186,11 @@ export async function detectFacesHere(img: { data: Uint8Array; width: number; he
       corners[a * 4 + 2] = cx + halfW;
       corners[a * 4 + 3] = cy + halfH;
     }
-  });
-  const { selectedIndices } = tf.kernel_impls.nonMaxSuppressionV3Impl(corners, scores, MAX_FACES, IOU_THRESHOLD, MIN_CONFIDENCE);
+  }
   const fx = width / INPUT_SIZE;
   const fy = height / INPUT_SIZE;
   const faces: DetectedFace[] = [];
-  for (const i of selectedIndices) {
-    const confidence = scores[i]!;
-    if (!(confidence > MIN_CONFIDENCE)) continue;
+  for (const i of nonMaxSuppression(corners, scores, MAX_FACES, IOU_THRESHOLD, MIN_CONFIDENCE)) {
     // To image pixels, widened around the centre, then squared on the longer side.
     const x1 = corners[i * 4]! * fx;
     const y1 = corners[i * 4 + 1]! * fy;
@@ -221,7 +205,7 @@ export async function detectFacesHere(img: { data: Uint8Array; width: number; he
     const half = Math.max(sizeW, sizeH) / 2;
     const [left, top, right, bottom] = [Math.round(sx - half), Math.round(sy - half), Math.round(sx + half), Math.round(sy + half)];
     // The reported score has 2 decimals, and must itself pass the threshold (0.2049 does not).
-    const score = Math.round(100 * confidence) / 100;
+    const score = Math.round(100 * scores[i]!) / 100;
     if (!(score > MIN_CONFIDENCE)) continue;
     // Clamped to the image (a face at the edge keeps its visible part).
     faces.push({
@@ -236,21 +220,42 @@ export async function detectFacesHere(img: { data: Uint8Array; width: number; he
   return faces.sort((p, q) => q.score - p.score);
 }
 
-/** Both packages' `exports` maps hide package.json; their main entries sit in `dist/`, so climb one level. */
-function packageDir(name: string): string {
-  return join(dirname(require.resolve(name)), '..');
+/**
+ * Greedy non-maximum suppression over [x1, y1, x2, y2] boxes: candidates above `minScore`, best
+ * first (equal scores in index order), each kept unless it overlaps a kept box by IoU >= `maxIou`.
+ */
+export function nonMaxSuppression(boxes: Float32Array, scores: Float32Array, maxOutput: number, maxIou: number, minScore: number): number[] {
+  const order: number[] = [];
+  for (let i = 0; i < scores.length; i++) if (scores[i]! > minScore) order.push(i);
+  order.sort((p, q) => scores[q]! - scores[p]! || p - q);
+  const kept: number[] = [];
+  for (const i of order) {
+    if (kept.length >= maxOutput) break;
+    if (kept.every((j) => iou(boxes, i, j) < maxIou)) kept.push(i);
+  }
+  return kept;
+}
+
+function iou(boxes: Float32Array, i: number, j: number): number {
+  const [ax1, ay1, ax2, ay2] = [Math.min(boxes[i * 4]!, boxes[i * 4 + 2]!), Math.min(boxes[i * 4 + 1]!, boxes[i * 4 + 3]!), Math.max(boxes[i * 4]!, boxes[i * 4 + 2]!), Math.max(boxes[i * 4 + 1]!, boxes[i * 4 + 3]!)];
+  const [bx1, by1, bx2, by2] = [Math.min(boxes[j * 4]!, boxes[j * 4 + 2]!), Math.min(boxes[j * 4 + 1]!, boxes[j * 4 + 3]!), Math.max(boxes[j * 4]!, boxes[j * 4 + 2]!), Math.max(boxes[j * 4 + 1]!, boxes[j * 4 + 3]!)];
+  const areaA = (ax2 - ax1) * (ay2 - ay1);
+  const areaB = (bx2 - bx1) * (by2 - by1);
+  if (areaA <= 0 || areaB <= 0) return 0;
+  const inter = Math.max(Math.min(ax2, bx2) - Math.max(ax1, bx1), 0) * Math.max(Math.min(ay2, by2) - Math.max(ay1, by1), 0);
+  return inter / (areaA + areaB - inter);
 }
 
 async function loadDetector(): Promise<Detector> {
-  // Loaded here, in the worker only: the main thread never pays for TensorFlow.js.
-  const tf = require('@tensorflow/tfjs-core') as Tf;
-  const { setWasmPaths } = require('@tensorflow/tfjs-backend-wasm') as typeof import('@tensorflow/tfjs-backend-wasm');
-  const { loadGraphModel } = require('@tensorflow/tfjs-converter') as typeof import('@tensorflow/tfjs-converter');
-  // The backend reads its .wasm binary from this directory with fs (no fetch in Node).
-  setWasmPaths(`${join(packageDir('@tensorflow/tfjs-backend-wasm'), 'dist')}/`);
-  if (!(await tf.setBackend('wasm'))) throw new Error('the TensorFlow.js WASM backend failed to initialise');
-  await tf.ready();
-  const model = await loadGraphModel(await modelFromDisk(join(packageDir('@vladmandic/human'), 'models', 'blazeface.json')));
+  // Loaded here, in the worker only: the main thread never pays for ONNX Runtime.
+  const ort = require('onnxruntime-node') as Ort;
+  // One thread: the other cores are decoding photos, and per-photo CPU time is what counts.
+  const session = await ort.InferenceSession.create(encodeModel(await blazeFaceGraph()), {
+    intraOpNumThreads: 1,
+    interOpNumThreads: 1,
+    executionMode: 'sequential',
+    graphOptimizationLevel: 'all',
+  });
   const anchors = new Float32Array(ANCHORS * 2);
   let a = 0;
   for (const { stride, perCell, grid } of HEADS) {
@@ -263,18 +268,5 @@ async function loadDetector(): Promise<Detector> {
       }
     }
   }
-  return { tf, model, anchors };
-}
-
-/** A tf.io handler for a TensorFlow.js graph model (model.json and its weight shards) on disk. */
-async function modelFromDisk(jsonPath: string): Promise<import('@tensorflow/tfjs-core').io.IOHandler> {
-  const json = JSON.parse(await readFile(jsonPath, 'utf8')) as {
-    modelTopology: object;
-    weightsManifest: Array<{ paths: string[]; weights: import('@tensorflow/tfjs-core').io.WeightsManifestEntry[] }>;
-  };
-  const shards = await Promise.all(json.weightsManifest.flatMap((group) => group.paths.map((p) => readFile(join(dirname(jsonPath), p)))));
-  const weightData = new Uint8Array(Buffer.concat(shards)).buffer;
-  return {
-    load: async () => ({ modelTopology: json.modelTopology, weightSpecs: json.weightsManifest.flatMap((group) => group.weights), weightData }),
-  };
+  return { ort, session, anchors };
 }

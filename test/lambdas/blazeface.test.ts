@@ -1,0 +1,149 @@
+/**
+ * The face detector's model is converted at load time from human's TensorFlow.js graph to ONNX
+ * (lambdas/intake/blazeface.ts). TensorFlow.js (a dev dependency, WASM backend) runs the original
+ * graph as the reference: the converted model must give the same outputs on real photos, and the
+ * input preparation and non-maximum suppression must match TensorFlow.js' own.
+ */
+import { readFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import * as ort from 'onnxruntime-node';
+import sharp from 'sharp';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type * as TfCore from '@tensorflow/tfjs-core';
+import type { GraphModel } from '@tensorflow/tfjs-converter';
+import { blazeFaceGraph, blazeFacePath, INPUT_NAME, INPUT_SIZE, modelInput } from '../../lambdas/intake/blazeface';
+import { detectFacesHere, nonMaxSuppression } from '../../lambdas/intake/faces';
+import { encodeModel } from '../../lambdas/intake/onnx';
+import { buildCorpus, corpusUnavailable } from '../fixtures/photos/build';
+
+const PHOTOS = ['subject-01.jpg', 'subject-03.jpg', 'subject-05.jpg', 'two-people.jpg', 'no-face.png', 'exif-rotated.jpg'];
+
+const skip = corpusUnavailable();
+if (skip) console.warn(`BlazeFace conversion tests skipped: ${skip}`);
+
+describe.skipIf(!!skip)('BlazeFace converted to ONNX', () => {
+  let tf: typeof TfCore;
+  let reference: GraphModel;
+  let session: ort.InferenceSession;
+  const images: Array<{ file: string; data: Buffer; width: number; height: number }> = [];
+
+  beforeAll(async () => {
+    tf = require('@tensorflow/tfjs-core') as typeof TfCore;
+    const wasm = require('@tensorflow/tfjs-backend-wasm') as typeof import('@tensorflow/tfjs-backend-wasm');
+    wasm.setWasmPaths(`${join(dirname(require.resolve('@tensorflow/tfjs-backend-wasm')), '..', 'dist')}/`);
+    expect(await tf.setBackend('wasm')).toBe(true);
+    const { loadGraphModel } = require('@tensorflow/tfjs-converter') as typeof import('@tensorflow/tfjs-converter');
+    const json = JSON.parse(readFileSync(blazeFacePath(), 'utf8')) as { modelTopology: object; weightsManifest: Array<{ paths: string[]; weights: TfCore.io.WeightsManifestEntry[] }> };
+    const weightData = new Uint8Array(Buffer.concat(json.weightsManifest.flatMap((g) => g.paths.map((p) => readFileSync(join(dirname(blazeFacePath()), p)))))).buffer;
+    reference = await loadGraphModel({ load: async () => ({ modelTopology: json.modelTopology, weightSpecs: json.weightsManifest.flatMap((g) => g.weights), weightData }) });
+    session = await ort.InferenceSession.create(encodeModel(await blazeFaceGraph()));
+    const corpus = await buildCorpus();
+    for (const file of PHOTOS) {
+      // The size the intake gives the detector (a 320 px thumbnail), upright.
+      const { data, info } = await sharp(readFileSync(join(corpus, file))).rotate().resize(320, 320, { fit: 'inside' }).removeAlpha().raw().toBuffer({ resolveWithObject: true });
+      images.push({ file, data, width: info.width, height: info.height });
+    }
+  }, 60_000);
+  afterAll(async () => session?.release());
+
+  /** The model input as TensorFlow.js prepares it: bilinear resize to 256x256, then [-1, 1], NHWC. */
+  const tfInput = (img: (typeof images)[number]) =>
+    tf.tidy(() => {
+      const pixels = tf.cast(tf.expandDims(tf.tensor3d(img.data, [img.height, img.width, 3], 'int32'), 0), 'float32') as TfCore.Tensor4D;
+      return tf.sub(tf.div(tf.image.resizeBilinear(pixels, [INPUT_SIZE, INPUT_SIZE]), 127.5), 1) as TfCore.Tensor4D;
+    });
+
+  it('prepares the same input as tf.image.resizeBilinear, laid out NCHW', () => {
+    for (const img of images) {
+      const ours = modelInput(img.data, img.width, img.height);
+      const nhwc = tfInput(img);
+      const theirs = nhwc.dataSync();
+      nhwc.dispose();
+      let worst = 0;
+      for (let i = 0; i < theirs.length; i++) {
+        const [y, x, c] = [Math.floor(i / (INPUT_SIZE * 3)), Math.floor(i / 3) % INPUT_SIZE, i % 3];
+        worst = Math.max(worst, Math.abs(theirs[i]! - ours[c * INPUT_SIZE * INPUT_SIZE + y * INPUT_SIZE + x]!));
+      }
+      expect(worst, img.file).toBeLessThan(1e-5);
+    }
+  });
+
+  it('gives the outputs of the original TensorFlow.js graph on real photos', async () => {
+    for (const img of images) {
+      const input = tfInput(img);
+      const expected = reference.execute(input) as TfCore.Tensor[];
+      input.dispose();
+      const got = await session.run({ [INPUT_NAME]: new ort.Tensor('float32', modelInput(img.data, img.width, img.height), [1, 3, INPUT_SIZE, INPUT_SIZE]) });
+      expect(Object.keys(got)).toHaveLength(expected.length);
+      for (const tensor of expected) {
+        const match = Object.values(got).find((t) => t.dims.join() === tensor.shape.join());
+        expect(match, `${img.file}: an output of shape [${tensor.shape}]`).toBeDefined();
+        const want = tensor.dataSync();
+        const have = match!.data as Float32Array;
+        // Logits and box regressions (in input pixels, up to ~300): float32 reordering noise only.
+        let worst = 0;
+        for (let i = 0; i < want.length; i++) worst = Math.max(worst, Math.abs(want[i]! - have[i]!) / Math.max(1, Math.abs(want[i]!)));
+        expect(worst, `${img.file} [${tensor.shape}]`).toBeLessThan(1e-3);
+      }
+      tf.dispose(expected);
+    }
+  });
+
+  it('finds one face per subject photo and two in two-people.jpg', async () => {
+    const counts = Object.fromEntries(
+      await Promise.all(images.map(async (img) => [img.file, (await detectFacesHere(img)).filter((f) => f.score >= 0.6).length] as const)),
+    );
+    expect(counts).toEqual({ 'subject-01.jpg': 1, 'subject-03.jpg': 1, 'subject-05.jpg': 1, 'two-people.jpg': 2, 'no-face.png': 0, 'exif-rotated.jpg': 1 });
+  });
+
+  it('suppresses overlapping boxes exactly as TensorFlow.js does', () => {
+    let seed = 7;
+    const random = () => (seed = (seed * 1103515245 + 12345) % 2147483648) / 2147483648;
+    for (let round = 0; round < 20; round++) {
+      const n = 200;
+      const boxes = new Float32Array(n * 4);
+      const scores = new Float32Array(n);
+      for (let i = 0; i < n; i++) {
+        const [x, y, w, h] = [random() * 200, random() * 200, 5 + random() * 60, 5 + random() * 60];
+        boxes.set([x, y, x + w, y + h], i * 4);
+        // Some exact ties, to check the order between equal scores.
+        scores[i] = round % 2 ? Math.round(random() * 10) / 10 : random();
+      }
+      const theirs = tf.kernel_impls.nonMaxSuppressionV3Impl(boxes, scores, 10, 0.3, 0.2).selectedIndices;
+      expect(nonMaxSuppression(boxes, scores, 10, 0.3, 0.2)).toEqual(theirs);
+    }
+  });
+});
+
+describe('the ONNX graph writer', () => {
+  it('names the TensorFlow op it cannot convert', async () => {
+    const { mkdtempSync, writeFileSync } = await import('node:fs');
+    const dir = mkdtempSync(join(require('node:os').tmpdir(), 'avatar-blazeface-'));
+    const model = {
+      modelTopology: { node: [{ name: 'input', op: 'Placeholder' }, { name: 'odd', op: 'Softmax', input: ['input'] }] },
+      weightsManifest: [{ paths: ['w.bin'], weights: [] }],
+    };
+    writeFileSync(join(dir, 'model.json'), JSON.stringify(model));
+    writeFileSync(join(dir, 'w.bin'), Buffer.alloc(0));
+    await expect(blazeFaceGraph(join(dir, 'model.json'))).rejects.toThrow('odd: TensorFlow op Softmax is not supported by this converter');
+  });
+
+  it('writes a model ONNX Runtime loads and runs, with the attribute values given', async () => {
+    // y = MaxPool(Relu(x + b)) on a 1x1x2x2 input, with a float initializer.
+    const bytes = encodeModel({
+      name: 'tiny',
+      nodes: [
+        { op: 'Add', inputs: ['x', 'b'], outputs: ['sum'] },
+        { op: 'Relu', inputs: ['sum'], outputs: ['relu'] },
+        { op: 'MaxPool', inputs: ['relu'], outputs: ['y'], attrs: { kernel_shape: [2, 2], strides: [2, 2], auto_pad: 'VALID' } },
+      ],
+      initializers: [{ name: 'b', dims: [1, 1, 2, 2], data: Float32Array.from([1, -10, 0.5, 300]) }],
+      inputs: [{ name: 'x', dims: [1, 1, 2, 2] }],
+      outputs: [{ name: 'y', dims: [1, 1, 1, 1] }],
+    });
+    const tiny = await ort.InferenceSession.create(bytes);
+    const out = await tiny.run({ x: new ort.Tensor('float32', Float32Array.from([2, 3, -4, -299.5]), [1, 1, 2, 2]) });
+    expect(Array.from(out.y!.data as Float32Array)).toEqual([3]); // max(relu(3), relu(-7), relu(-3.5), relu(0.5))
+    await tiny.release();
+  });
+});
