@@ -14,7 +14,7 @@ import type { IntakeConfig } from './config';
 import { renderContactSheet } from './contact-sheet';
 import { attentionCrop, contains, faceCrop, scaleBox } from './crop';
 import { decodeFailure, type OpenedPhoto, openPhoto, toRgb } from './decode';
-import { detectFaces, FaceDetectorError } from './faces';
+import { type DetectedFace, detectFaces, detectFacesTiled, FaceDetectorError } from './faces';
 import { mapLimit } from '../shared/pool';
 import { hammingDistance, measureQuality, QUALITY_SIZE, type RawRgb } from './quality';
 import { cropPhoto, encodeDatasetImage, MAX_RESOLUTION } from './render';
@@ -152,7 +152,7 @@ export async function analysePhoto(source: PhotoSource, kind: Kind, config: Inta
       throw new PhotoRejection('BLURRY', `the photo is blurred or out of focus (sharpness ${quality.sharpness}, need ${config.minSharpness}): use a sharper shot`);
     }
     if (kind === 'character') {
-      base.crop = await characterCrop(small, photo.width, photo.height, scores, config);
+      base.crop = await characterCrop(small, working, photo.width, photo.height, scores, config);
     } else {
       base.crop = await attentionCrop(working, scale, photo.width, photo.height);
     }
@@ -166,15 +166,21 @@ export async function analysePhoto(source: PhotoSource, kind: Kind, config: Inta
 }
 
 /** The face rules of a character job (recipe.md): exactly one dominant face, big enough, alone in the crop. */
-async function characterCrop(input: RawRgb, width: number, height: number, scores: Scores, config: IntakeConfig) {
-  const inputScale = width / input.width;
-  const faces = (await detectFaces(input))
-    .filter((f) => f.score >= config.minFaceScore)
-    .map((f) => scaleBox(f, inputScale, width, height))
-    .sort((a, b) => b.width * b.height - a.width * a.height);
+async function characterCrop(thumb: RawRgb, working: RawRgb, width: number, height: number, scores: Scores, config: IntakeConfig) {
+  const found = async (detect: (img: RawRgb) => Promise<DetectedFace[]>, input: RawRgb, minScore: number) =>
+    (await detect(input)).filter((f) => f.score >= minScore).map((f) => scaleBox(f, width / input.width, width, height));
+  // The whole photo first; when that finds no face, tiles of the larger working copy look for a small one.
+  let faces = await found(detectFaces, thumb, config.minFaceScore);
+  if (faces.length === 0) faces = await found(detectFacesTiled, working, config.minTiledFaceScore);
+  faces.sort((a, b) => b.width * b.height - a.width * a.height);
   scores.faceCount = faces.length;
   const [main, ...others] = faces;
-  if (!main) throw new PhotoRejection('NO_FACE', 'no face was found: a character job needs photos where the subject\'s face is visible');
+  if (!main) {
+    throw new PhotoRejection(
+      'NO_FACE',
+      `no face was found: a character job needs photos where the subject's face is visible and not tiny (at least ${Math.round(config.minFaceFraction * 100)}% of the photo's short side)`,
+    );
+  }
   scores.face = main;
   const mainSize = Math.max(main.width, main.height);
   const rival = others.find((f) => Math.max(f.width, f.height) >= mainSize * config.rivalFaceRatio);

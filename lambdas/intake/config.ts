@@ -28,6 +28,12 @@ export interface IntakeConfig {
   readonly duplicateDistance: number;
   /** Face detector score that counts as a face. */
   readonly minFaceScore: number;
+  /**
+   * The same for a face found only by the tiled second pass (small faces): four more looks at a
+   * faceless photo give four more chances of a false hit (a motorcycle part scored 0.64 there, real
+   * distant faces 0.70-0.82), so it takes a higher score.
+   */
+  readonly minTiledFaceScore: number;
   /** Smallest face side, as a fraction of the photo's short side (recipe: avoid far-away subjects). */
   readonly minFaceFraction: number;
   /** A second face at least this big relative to the main one makes the subject ambiguous. */
@@ -53,6 +59,7 @@ export const DEFAULT_CONFIG: IntakeConfig = {
   maxClipped: 0.3,
   duplicateDistance: 6,
   minFaceScore: 0.6,
+  minTiledFaceScore: 0.7,
   minFaceFraction: 0.08,
   rivalFaceRatio: 0.6,
   concurrency: 4,
@@ -61,7 +68,7 @@ export const DEFAULT_CONFIG: IntakeConfig = {
 
 const NUMERIC: ReadonlyArray<Exclude<keyof IntakeConfig, 'countRules'>> = [
   'maxFileBytes', 'maxJobBytes', 'maxPixels', 'maxFiles', 'minShortSide', 'minSharpness', 'minBrightness',
-  'maxBrightness', 'maxClipped', 'duplicateDistance', 'minFaceScore', 'minFaceFraction', 'rivalFaceRatio', 'concurrency',
+  'maxBrightness', 'maxClipped', 'duplicateDistance', 'minFaceScore', 'minTiledFaceScore', 'minFaceFraction', 'rivalFaceRatio', 'concurrency',
 ];
 
 /**

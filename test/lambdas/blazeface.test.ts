@@ -12,7 +12,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type * as TfCore from '@tensorflow/tfjs-core';
 import type { GraphModel } from '@tensorflow/tfjs-converter';
 import { blazeFaceGraph, blazeFacePath, INPUT_NAME, INPUT_SIZE, modelInput } from '../../lambdas/intake/blazeface';
-import { detectFacesHere, nonMaxSuppression } from '../../lambdas/intake/faces';
+import { detectFacesHere, detectFacesTiled, nonMaxSuppression } from '../../lambdas/intake/faces';
 import { encodeModel } from '../../lambdas/intake/onnx';
 import { buildCorpus, corpusUnavailable } from '../fixtures/photos/build';
 
@@ -94,6 +94,19 @@ describe.skipIf(!!skip)('BlazeFace converted to ONNX', () => {
       await Promise.all(images.map(async (img) => [img.file, (await detectFacesHere(img)).filter((f) => f.score >= 0.6).length] as const)),
     );
     expect(counts).toEqual({ 'subject-01.jpg': 1, 'subject-03.jpg': 1, 'subject-05.jpg': 1, 'two-people.jpg': 2, 'no-face.png': 0, 'exif-rotated.jpg': 1 });
+  });
+
+  it('finds a distant face only in the tiled pass, once although two tiles see it', async () => {
+    const { data, info } = await sharp(readFileSync(join(await buildCorpus(), 'far-subject.jpg'))).resize(512, 512, { fit: 'inside' }).raw().toBuffer({ resolveWithObject: true });
+    const working = { data, width: info.width, height: info.height };
+    const thumb = await sharp(data, { raw: { width: info.width, height: info.height, channels: 3 } }).resize(320).raw().toBuffer({ resolveWithObject: true });
+    expect((await detectFacesHere({ data: thumb.data, width: thumb.info.width, height: thumb.info.height })).filter((f) => f.score >= 0.6)).toEqual([]);
+    const tiled = (await detectFacesTiled(working)).filter((f) => f.score >= 0.7);
+    expect(tiled).toHaveLength(1);
+    // The astronaut's face sits at x 700-930 of 1600 (44-58%): inside both the left and right tiles.
+    const centre = (tiled[0]!.left + tiled[0]!.width / 2) / working.width;
+    expect(centre).toBeGreaterThan(0.44);
+    expect(centre).toBeLessThan(0.58);
   });
 
   it('suppresses overlapping boxes exactly as TensorFlow.js does', () => {

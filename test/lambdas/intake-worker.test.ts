@@ -11,6 +11,7 @@ import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { keys } from '../../lambdas/shared/keys';
 import { getJson } from '../../lambdas/shared/s3';
 import { faceWorkerThreadId } from '../../lambdas/intake/faces';
+import type { RawRgb } from '../../lambdas/intake/quality';
 import { type Report, ReportSchema } from '../../lambdas/intake/report';
 import { validate } from '../../lambdas/validate/core';
 import { buildCorpus, corpusUnavailable, EXPECTED } from '../fixtures/photos/build';
@@ -51,7 +52,7 @@ describe.skipIf(!!skip)('face detection in a worker thread', () => {
     vi.resetModules();
     vi.doMock('../../lambdas/intake/faces', async (original) => {
       const faces = await original<typeof import('../../lambdas/intake/faces')>();
-      return { ...faces, detectFaces: faces.detectFacesHere };
+      return { ...faces, detectFaces: faces.detectFacesHere, detectFacesTiled: (img: RawRgb) => faces.detectFacesTiled(img, faces.detectFacesHere) };
     });
     // (.js: tsc's rule for dynamic imports; vite resolves it to the .ts file)
     const inThread = await import('../../lambdas/validate/core.js');
