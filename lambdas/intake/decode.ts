@@ -3,6 +3,7 @@
  * guard against decompression bombs, and hand back an upright (EXIF-rotated), alpha-free pipeline.
  * sharp decodes everything except HEVC-coded HEIC from phones, which goes to WASM libheif.
  */
+import { crc32, deflateSync } from 'node:zlib';
 import sharp from 'sharp';
 import type { IntakeConfig } from './config';
 import { Mutex } from '../shared/pool';
@@ -60,7 +61,8 @@ export async function openPhoto(bytes: Buffer, config: Pick<IntakeConfig, 'maxPi
   const upright = { width: swap ? height : width, height: swap ? width : height };
 
   if (meta.format === 'heif' && meta.compression === 'hevc') {
-    const decoded = await heifLock.run(() => decodeHevc(bytes));
+    // libheif applies no colour profile: a phone's Display P3 photo would pass as sRGB, duller.
+    const decoded = await heifLock.run(async () => withProfileApplied(await decodeHevc(bytes), meta.icc));
     const raw = { width: decoded.width, height: decoded.height, channels: 4 as const };
     // libheif applies the container's rotation itself; the decoded pixels are already upright.
     return {
@@ -87,6 +89,32 @@ async function decodeHevc(bytes: Buffer): Promise<{ width: number; height: numbe
   } catch (error) {
     throw new PhotoRejection('CORRUPT', `the HEIC photo could not be decoded (${(error as Error).message}): export it again from the phone, or as JPEG`);
   }
+}
+
+/**
+ * Decoded RGBA pixels converted from the colour space their ICC profile describes to sRGB. sharp
+ * takes no profile with raw input, so the pixels go through a PNG that carries the profile in an
+ * iCCP chunk (stored uncompressed, so cheap), which sharp decodes and converts like any tagged photo.
+ */
+async function withProfileApplied(img: { width: number; height: number; data: Buffer }, icc: Buffer | undefined): Promise<{ width: number; height: number; data: Buffer }> {
+  if (!icc?.length) return img;
+  const png = await sharp(img.data, { raw: { width: img.width, height: img.height, channels: 4 } }).png({ compressionLevel: 0 }).toBuffer();
+  const { data, info } = await sharp(withIccChunk(png, icc), { limitInputPixels: false }).ensureAlpha().raw().toBuffer({ resolveWithObject: true });
+  if (info.channels !== 4 || info.width !== img.width || info.height !== img.height) throw new Error(`profile conversion gave ${info.width}x${info.height}x${info.channels}`);
+  return { width: info.width, height: info.height, data };
+}
+
+/** `png` with an iCCP chunk (PNG spec 11.3.3.3) holding `icc`, placed right after IHDR as the spec requires. */
+export function withIccChunk(png: Buffer, icc: Buffer): Buffer {
+  const IHDR_END = 8 + 8 + 13 + 4; // signature, IHDR length+type, IHDR data, CRC
+  if (png.toString('latin1', 12, 16) !== 'IHDR') throw new Error('not a PNG: IHDR is not the first chunk');
+  const body = Buffer.concat([Buffer.from('icc\0', 'latin1'), Buffer.from([0]), deflateSync(icc)]); // name, NUL, method 0 (zlib)
+  const chunk = Buffer.alloc(12 + body.length);
+  chunk.writeUInt32BE(body.length, 0);
+  chunk.write('iCCP', 4, 'latin1');
+  body.copy(chunk, 8);
+  chunk.writeUInt32BE(crc32(chunk.subarray(4, 8 + body.length)), 8 + body.length);
+  return Buffer.concat([png.subarray(0, IHDR_END), chunk, png.subarray(IHDR_END)]);
 }
 
 function bomb(width: number, height: number, limit: number): PhotoRejection {

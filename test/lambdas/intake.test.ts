@@ -9,10 +9,11 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import { JobSpecSchema } from '../../lambdas/shared/contract';
 import { analysePhoto, assessJob, type PhotoSource, runIntake } from '../../lambdas/intake/analyze';
 import { configFromEnv, DEFAULT_CONFIG } from '../../lambdas/intake/config';
+import { openPhoto, toRgb } from '../../lambdas/intake/decode';
 import { renderDatasetImage } from '../../lambdas/intake/render';
 import { sniffFormat } from '../../lambdas/intake/sniff';
 import { hammingDistance } from '../../lambdas/intake/quality';
-import { buildCorpus, corpusUnavailable, EXPECTED, EXPECTED_HEIC, heifEncAvailable } from '../fixtures/photos/build';
+import { buildCorpus, corpusUnavailable, EXPECTED, EXPECTED_HEIC, heifEncAvailable, p3Original, sampleDir } from '../fixtures/photos/build';
 import { NOW, TEST_CONFIG } from './intake-fixtures';
 
 const skip = corpusUnavailable();
@@ -46,6 +47,19 @@ describe.skipIf(!!skip)('intake core on the real-photo corpus', () => {
     expect([entry.code, entry.format, entry.width, entry.height]).toEqual([EXPECTED_HEIC['phone.heic'], 'heif', 900, 760]);
     const png = await renderDatasetImage(readFileSync(join(corpus, 'phone.heic')), entry.crop!, 512, TEST_CONFIG);
     expect((await sharp(png).metadata()).width).toBe(512);
+  });
+
+  it.skipIf(!heifEncAvailable())(heifEncAvailable() ? 'a Display P3 HEIC is converted to sRGB' : `HEIC colour (skipped: ${HEIC_SKIP})`, async () => {
+    const bytes = readFileSync(join(corpus, 'phone-p3.heic'));
+    expect((await sharp(bytes).metadata()).icc?.length).toBeGreaterThan(0);
+    const original = await p3Original(sampleDir()!);
+    const reference = await sharp(original).removeAlpha().raw().toBuffer();
+    const meanDiff = (a: Buffer) => a.reduce((sum, v, i) => sum + Math.abs(v - reference[i]!), 0) / a.length;
+    const decoded = await toRgb((await openPhoto(bytes, TEST_CONFIG)).pipeline());
+    // The stored P3 values read as if they were sRGB: what the photo looked like before the conversion.
+    const asStored = await toRgb(sharp(await sharp(original).withIccProfile('p3').png().toBuffer(), { ignoreIcc: true }));
+    expect(meanDiff(asStored.data)).toBeGreaterThan(4);
+    expect(meanDiff(decoded.data)).toBeLessThan(2.5); // HEVC at quality 90 plus one 8-bit colour conversion
   });
 
   it('finds the one face of an accepted photo and keeps it inside the crop', async () => {
