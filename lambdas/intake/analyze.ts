@@ -254,6 +254,12 @@ export function assessJob(analysed: readonly Analysed[], job: IntakeJob, config:
   if (accepted.length >= rule.min && accepted.length < rule.idealMin) {
     warnings.push(`${accepted.length} usable photos: a ${job.spec.kind} trains best from ${rule.idealMin}-${rule.idealMax}; add more varied shots for better likeness`);
   }
+  // Captions pair with photos by name without the extension, so a.txt captions a.jpg and a.png alike.
+  const byCaption = new Map<string, string[]>();
+  for (const e of accepted) if (e.caption) byCaption.set(e.caption, [...(byCaption.get(e.caption) ?? []), e.file]);
+  for (const [caption, files] of byCaption) {
+    if (files.length > 1) warnings.push(`${caption} captions ${files.length} photos (${files.join(', ')}): rename the photos or give each its own caption if they differ`);
+  }
   if (accepted.length > rule.idealMax) warnings.push(`${accepted.length} usable photos is above the ideal ${rule.idealMin}-${rule.idealMax}: training takes longer for little gain`);
   return {
     teamId: job.teamId,
