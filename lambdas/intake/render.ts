@@ -42,10 +42,24 @@ export async function cropPhoto(photo: OpenedPhoto, crop: Box, side: number, dec
     width: Math.max(1, Math.min(Math.round(crop.width * sx), source.width - left)),
     height: Math.max(1, Math.min(Math.round(crop.height * sy), source.height - top)),
   };
-  let image = sharp(source.data, { raw: { width: source.width, height: source.height, channels: 3 } }).extract(region);
-  if (region.width !== target || region.height !== target) image = image.resize(target, target, { fit: 'fill', kernel: sharp.kernel.lanczos3 });
-  const { data, info } = await image.raw().toBuffer({ resolveWithObject: true });
+  // Already at size (every crop of the whole short side): a row copy, without a libvips pipeline.
+  if (region.width === target && region.height === target) return extractRgb(source, region);
+  const { data, info } = await sharp(source.data, { raw: { width: source.width, height: source.height, channels: 3 } })
+    .extract(region)
+    .resize(target, target, { fit: 'fill', kernel: sharp.kernel.lanczos3 })
+    .raw()
+    .toBuffer({ resolveWithObject: true });
   return { data, width: info.width, height: info.height };
+}
+
+/** The `region` of an RGB image, copied row by row. */
+function extractRgb(img: RawRgb, region: Box): RawRgb {
+  const data = Buffer.allocUnsafe(region.width * region.height * 3);
+  for (let y = 0; y < region.height; y++) {
+    const from = ((region.top + y) * img.width + region.left) * 3;
+    img.data.copy(data, y * region.width * 3, from, from + region.width * 3);
+  }
+  return { data, width: region.width, height: region.height };
 }
 
 /**
