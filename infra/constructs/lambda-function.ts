@@ -14,15 +14,17 @@ const REPO_ROOT = path.join(__dirname, '..', '..');
  * nuget.org. Shipped, it installs with that step skipped and keeps only the linux-x64 binaries.
  */
 const ONNX_RUNTIME = 'onnxruntime-node';
-const ONNX_RUNTIME_HOOKS: nodejs.ICommandHooks = {
-  beforeBundling: () => [],
-  // The install runs in the output folder, where npm reads a project .npmrc; it is removed after.
-  beforeInstall: (_input, output) => [`echo onnxruntime-node-install=skip > "${output}/.npmrc"`],
-  afterBundling: (_input, output) => [
-    `find "${output}/node_modules/${ONNX_RUNTIME}/bin" -mindepth 2 -maxdepth 2 ! -name linux -exec rm -rf {} +`,
-    `find "${output}/node_modules/${ONNX_RUNTIME}/bin" -mindepth 3 -maxdepth 3 ! -name x64 -exec rm -rf {} +`,
-    `rm -f "${output}/.npmrc"`,
-  ],
+const ONNX_RUNTIME_BUNDLING = {
+  // Read by its postinstall; local bundling passes these variables to the npm install it runs.
+  environment: { ONNXRUNTIME_NODE_INSTALL: 'skip' },
+  commandHooks: {
+    beforeBundling: () => [],
+    beforeInstall: () => [],
+    afterBundling: (_input: string, output: string) => [
+      `find "${output}/node_modules/${ONNX_RUNTIME}/bin" -mindepth 2 -maxdepth 2 ! -name linux -exec rm -rf {} +`,
+      `find "${output}/node_modules/${ONNX_RUNTIME}/bin" -mindepth 3 -maxdepth 3 ! -name x64 -exec rm -rf {} +`,
+    ],
+  } satisfies nodejs.ICommandHooks,
 };
 
 /** Props of {@link LambdaFunction}. */
@@ -128,7 +130,7 @@ export class LambdaFunction extends nodejs.NodejsFunction {
         bundleAwsSDK: true,
         // Leave undefined when empty so no needless npm install runs in the bundle folder.
         nodeModules: props.nodeModules?.length ? props.nodeModules : undefined,
-        commandHooks: props.nodeModules?.includes(ONNX_RUNTIME) ? ONNX_RUNTIME_HOOKS : undefined,
+        ...(props.nodeModules?.includes(ONNX_RUNTIME) ? ONNX_RUNTIME_BUNDLING : {}),
       },
     });
     this.executionRole = role;
