@@ -239,7 +239,7 @@ export function assessJob(analysed: readonly Analysed[], job: IntakeJob, config:
   // Over the ceiling: the sharpest photos stay.
   if (kept.length > rule.max) {
     for (const entry of [...kept].sort((a, b) => b.scores!.sharpness - a.scores!.sharpness).slice(rule.max)) {
-      reject(entry, 'OVER_LIMIT', `${entry.file}: a ${job.spec.kind} job uses at most ${rule.max} photos and this one is among the least sharp: nothing to do, or upload fewer`);
+      reject(entry, 'OVER_LIMIT', `${entry.file}: ${aJob(job.spec.kind)} uses at most ${rule.max} photos and this one is among the least sharp: nothing to do, or upload fewer`);
     }
   }
   const accepted = entries.filter((e) => e.status === 'accepted');
@@ -252,7 +252,7 @@ export function assessJob(analysed: readonly Analysed[], job: IntakeJob, config:
   for (const e of entries) if (e.status === 'rejected') reasons[e.code] = (reasons[e.code] ?? 0) + 1;
   const warnings: string[] = [];
   if (accepted.length >= rule.min && accepted.length < rule.idealMin) {
-    warnings.push(`${accepted.length} usable photos: a ${job.spec.kind} trains best from ${rule.idealMin}-${rule.idealMax}; add more varied shots for better likeness`);
+    warnings.push(`${accepted.length} usable photos: ${aJob(job.spec.kind)} trains best from ${rule.idealMin}-${rule.idealMax}; add more varied shots for better likeness`);
   }
   // Captions pair with photos by name without the extension, so a.txt captions a.jpg and a.png alike.
   const byCaption = new Map<string, string[]>();
@@ -279,7 +279,7 @@ export function tooFewMessage(report: Report): string {
   const { accepted, files, countRule } = report.summary;
   const dropped = report.photos.filter((p) => p.status === 'rejected').map((p) => `${p.file}: ${p.code}`);
   return (
-    `only ${accepted} of ${files} photos are usable; a ${report.kind} job needs at least ${countRule.min} ` +
+    `only ${accepted} of ${files} photos are usable; ${aJob(report.kind)} needs at least ${countRule.min} ` +
     `(${countRule.idealMin}-${countRule.idealMax} is ideal). Dropped: ${dropped.join('; ') || 'none'}. ` +
     'Upload more sharp, well-lit photos (see validate/report.json for each reason) and submit the job again.'
   );
@@ -294,6 +294,11 @@ function rejected(source: PhotoSource, code: PhotoEntry['code'], message: string
   return {
     entry: { file: source.file, bytes: source.bytes, status: 'rejected', code, message: `${source.file}: ${message}`, ...(source.caption ? { caption: source.caption } : {}) },
   };
+}
+
+/** "a character job", "an object job". */
+function aJob(kind: Kind): string {
+  return `${/^[aeiou]/.test(kind) ? 'an' : 'a'} ${kind} job`;
 }
 
 function mb(bytes: number): string {
