@@ -105,7 +105,7 @@ async function withProfileApplied(img: { width: number; height: number; data: Bu
 }
 
 /** `png` with an iCCP chunk (PNG spec 11.3.3.3) holding `icc`, placed right after IHDR as the spec requires. */
-export function withIccChunk(png: Buffer, icc: Buffer): Buffer {
+function withIccChunk(png: Buffer, icc: Buffer): Buffer {
   const IHDR_END = 8 + 8 + 13 + 4; // signature, IHDR length+type, IHDR data, CRC
   if (png.toString('latin1', 12, 16) !== 'IHDR') throw new Error('not a PNG: IHDR is not the first chunk');
   const body = Buffer.concat([Buffer.from('icc\0', 'latin1'), Buffer.from([0]), deflateSync(icc)]); // name, NUL, method 0 (zlib)

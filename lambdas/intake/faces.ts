@@ -14,6 +14,7 @@ import { isMainThread, parentPort, Worker, workerData } from 'node:worker_thread
 import { blazeFaceGraph, INPUT_NAME, INPUT_SIZE, modelInput } from './blazeface';
 import { encodeModel } from './onnx';
 import type { RawRgb } from './quality';
+import { extractRgb } from './raw-rgb';
 
 export interface DetectedFace {
   /** Box in the pixels of the image given to `detectFaces`. */
@@ -79,11 +80,9 @@ export async function detectFacesTiled(img: RawRgb, detect: (tile: RawRgb) => Pr
   const th = Math.max(1, Math.round(img.height * TILE_FRACTION));
   const tiles = [0, img.width - tw].flatMap((left) => [0, img.height - th].map((top) => ({ left, top })));
   const found = await Promise.all(
-    tiles.map(async ({ left, top }) => {
-      const data = Buffer.allocUnsafe(tw * th * 3);
-      for (let y = 0; y < th; y++) img.data.copy(data, y * tw * 3, ((top + y) * img.width + left) * 3, ((top + y) * img.width + left + tw) * 3);
-      return (await detect({ data, width: tw, height: th })).map((f) => ({ ...f, left: f.left + left, top: f.top + top }));
-    }),
+    tiles.map(async ({ left, top }) =>
+      (await detect(extractRgb(img, { left, top, width: tw, height: th }))).map((f) => ({ ...f, left: f.left + left, top: f.top + top })),
+    ),
   );
   const faces = found.flat();
   const corners = Float32Array.from(faces.flatMap((f) => [f.left, f.top, f.left + f.width, f.top + f.height]));

@@ -3,6 +3,7 @@ import sharp from 'sharp';
 import type { IntakeConfig } from './config';
 import { type OpenedPhoto, openPhoto, toRgb } from './decode';
 import type { RawRgb } from './quality';
+import { extractRgb } from './raw-rgb';
 import type { Box } from './report';
 
 /** The largest training resolution: validate keeps each crop at up to this side until the job's resolution is known. */
@@ -50,16 +51,6 @@ export async function cropPhoto(photo: OpenedPhoto, crop: Box, side: number, dec
     .raw()
     .toBuffer({ resolveWithObject: true });
   return { data, width: info.width, height: info.height };
-}
-
-/** The `region` of an RGB image, copied row by row. */
-function extractRgb(img: RawRgb, region: Box): RawRgb {
-  const data = Buffer.allocUnsafe(region.width * region.height * 3);
-  for (let y = 0; y < region.height; y++) {
-    const from = ((region.top + y) * img.width + region.left) * 3;
-    img.data.copy(data, y * region.width * 3, from, from + region.width * 3);
-  }
-  return { data, width: region.width, height: region.height };
 }
 
 /**
