@@ -6,14 +6,15 @@
  * checks both find the same number of faces.
  */
 import { readFileSync } from 'node:fs';
-import { dirname, join } from 'node:path';
+import { join } from 'node:path';
 import * as ort from 'onnxruntime-node';
 import sharp from 'sharp';
 import type * as TfCore from '@tensorflow/tfjs-core';
-import { blazeFaceGraph, blazeFacePath, INPUT_NAME, INPUT_SIZE, modelInput } from '../lambdas/intake/blazeface';
+import { blazeFaceGraph, INPUT_NAME, INPUT_SIZE, modelInput } from '../lambdas/intake/blazeface';
 import { detectFacesHere } from '../lambdas/intake/faces';
 import { encodeModel } from '../lambdas/intake/onnx';
 import { buildCorpus } from '../test/fixtures/photos/build';
+import { loadTfjsBlazeFace } from '../test/helpers/tfjs-blazeface';
 
 const ROUNDS = 50;
 const FILES = ['subject-01.jpg', 'subject-02.jpg', 'subject-03.jpg', 'subject-04.jpg', 'subject-05.jpg', 'subject-06.jpg', 'two-people.jpg', 'no-face.png'];
@@ -41,22 +42,12 @@ async function main(): Promise<void> {
     return session.run({ [INPUT_NAME]: new ort.Tensor('float32', modelInput(t.data, t.width, t.height), [1, 3, INPUT_SIZE, INPUT_SIZE]) });
   };
 
-  const tf = require('@tensorflow/tfjs-core') as typeof TfCore;
-  const wasm = require('@tensorflow/tfjs-backend-wasm') as typeof import('@tensorflow/tfjs-backend-wasm');
-  wasm.setWasmPaths(`${join(dirname(require.resolve('@tensorflow/tfjs-backend-wasm')), '..', 'dist')}/`);
-  await tf.setBackend('wasm');
-  const { loadGraphModel } = require('@tensorflow/tfjs-converter') as typeof import('@tensorflow/tfjs-converter');
-  const json = JSON.parse(readFileSync(blazeFacePath(), 'utf8')) as { modelTopology: object; weightsManifest: Array<{ paths: string[]; weights: TfCore.io.WeightsManifestEntry[] }> };
-  const weightData = new Uint8Array(Buffer.concat(json.weightsManifest.flatMap((g) => g.paths.map((p) => readFileSync(join(dirname(blazeFacePath()), p)))))).buffer;
-  const model = await loadGraphModel({ load: async () => ({ modelTopology: json.modelTopology, weightSpecs: json.weightsManifest.flatMap((g) => g.weights), weightData }) });
+  const reference = await loadTfjsBlazeFace();
   const tfjs = async (i: number) => {
-    const t = thumbs[i % thumbs.length]!;
-    const outputs = tf.tidy(() => {
-      const pixels = tf.cast(tf.expandDims(tf.tensor3d(t.data, [t.height, t.width, 3], 'int32'), 0), 'float32') as TfCore.Tensor4D;
-      return model.execute(tf.sub(tf.div(tf.image.resizeBilinear(pixels, [INPUT_SIZE, INPUT_SIZE]), 127.5), 1)) as TfCore.Tensor[];
-    });
+    const input = reference.input(thumbs[i % thumbs.length]!);
+    const outputs = reference.model.execute(input) as TfCore.Tensor[];
     outputs.forEach((o) => o.dataSync());
-    tf.dispose(outputs);
+    reference.tf.dispose([input, ...outputs]);
   };
 
   // Warm both (kernels, allocations), then measure them alternately, twice.

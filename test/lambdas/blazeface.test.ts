@@ -5,16 +5,17 @@
  * input preparation and non-maximum suppression must match TensorFlow.js' own.
  */
 import { readFileSync } from 'node:fs';
-import { dirname, join } from 'node:path';
+import { join } from 'node:path';
 import * as ort from 'onnxruntime-node';
 import sharp from 'sharp';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type * as TfCore from '@tensorflow/tfjs-core';
 import type { GraphModel } from '@tensorflow/tfjs-converter';
-import { blazeFaceGraph, blazeFacePath, INPUT_NAME, INPUT_SIZE, modelInput } from '../../lambdas/intake/blazeface';
+import { blazeFaceGraph, INPUT_NAME, INPUT_SIZE, modelInput } from '../../lambdas/intake/blazeface';
 import { detectFacesHere, detectFacesTiled, nonMaxSuppression } from '../../lambdas/intake/faces';
 import { encodeModel } from '../../lambdas/intake/onnx';
 import { buildCorpus, corpusUnavailable } from '../fixtures/photos/build';
+import { loadTfjsBlazeFace, type TfjsBlazeFace } from '../helpers/tfjs-blazeface';
 
 const PHOTOS = ['subject-01.jpg', 'subject-03.jpg', 'subject-05.jpg', 'two-people.jpg', 'no-face.png', 'exif-rotated.jpg'];
 
@@ -24,18 +25,12 @@ if (skip) console.warn(`BlazeFace conversion tests skipped: ${skip}`);
 describe.skipIf(!!skip)('BlazeFace converted to ONNX', () => {
   let tf: typeof TfCore;
   let reference: GraphModel;
+  let tfInput: TfjsBlazeFace['input'];
   let session: ort.InferenceSession;
   const images: Array<{ file: string; data: Buffer; width: number; height: number }> = [];
 
   beforeAll(async () => {
-    tf = require('@tensorflow/tfjs-core') as typeof TfCore;
-    const wasm = require('@tensorflow/tfjs-backend-wasm') as typeof import('@tensorflow/tfjs-backend-wasm');
-    wasm.setWasmPaths(`${join(dirname(require.resolve('@tensorflow/tfjs-backend-wasm')), '..', 'dist')}/`);
-    expect(await tf.setBackend('wasm')).toBe(true);
-    const { loadGraphModel } = require('@tensorflow/tfjs-converter') as typeof import('@tensorflow/tfjs-converter');
-    const json = JSON.parse(readFileSync(blazeFacePath(), 'utf8')) as { modelTopology: object; weightsManifest: Array<{ paths: string[]; weights: TfCore.io.WeightsManifestEntry[] }> };
-    const weightData = new Uint8Array(Buffer.concat(json.weightsManifest.flatMap((g) => g.paths.map((p) => readFileSync(join(dirname(blazeFacePath()), p)))))).buffer;
-    reference = await loadGraphModel({ load: async () => ({ modelTopology: json.modelTopology, weightSpecs: json.weightsManifest.flatMap((g) => g.weights), weightData }) });
+    ({ tf, model: reference, input: tfInput } = await loadTfjsBlazeFace());
     session = await ort.InferenceSession.create(encodeModel(await blazeFaceGraph()));
     const corpus = await buildCorpus();
     for (const file of PHOTOS) {
@@ -45,13 +40,6 @@ describe.skipIf(!!skip)('BlazeFace converted to ONNX', () => {
     }
   }, 60_000);
   afterAll(async () => session?.release());
-
-  /** The model input as TensorFlow.js prepares it: bilinear resize to 256x256, then [-1, 1], NHWC. */
-  const tfInput = (img: (typeof images)[number]) =>
-    tf.tidy(() => {
-      const pixels = tf.cast(tf.expandDims(tf.tensor3d(img.data, [img.height, img.width, 3], 'int32'), 0), 'float32') as TfCore.Tensor4D;
-      return tf.sub(tf.div(tf.image.resizeBilinear(pixels, [INPUT_SIZE, INPUT_SIZE]), 127.5), 1) as TfCore.Tensor4D;
-    });
 
   it('prepares the same input as tf.image.resizeBilinear, laid out NCHW', () => {
     for (const img of images) {
