@@ -47,6 +47,8 @@ describe('compute environments', () => {
         LaunchTemplateId: { Ref: ltId },
         Version: { 'Fn::GetAtt': [ltId, 'LatestVersionNumber'] },
       });
+      // A new version number is then an in-place infrastructure update, not a replacement.
+      expect(env.ReplaceComputeEnvironment).toBe(false);
     }
   });
 

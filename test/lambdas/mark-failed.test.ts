@@ -40,8 +40,9 @@ describe('describeFailure', () => {
     'MISCONFIGURATION:COMPUTE_ENVIRONMENT_MAX_RESOURCE',
     'MISCONFIGURATION:JOB_RESOURCE_REQUIREMENT',
   ])('maps a GPU job the queue cancelled in RUNNABLE (%s) to GPU_CAPACITY_UNAVAILABLE, saying what to do', (reason) => {
-    // The Cause .sync records for a failed job: the job description, with the queue's reason.
-    const cause = JSON.stringify({ JobName: 'job-1-abc-train', Status: 'FAILED', StatusReason: reason, Attempts: [] });
+    // The Cause .sync records for a failed job is the job description; the StatusReason of a job the
+    // queue cancelled, as the AWS Batch user guide gives it ("Jobs stuck in RUNNABLE due to capacity").
+    const cause = JSON.stringify({ JobName: 'job-1-abc-train', Status: 'FAILED', StatusReason: `Canceled by JobStateTimeLimit action due to reason: ${reason}`, Attempts: [] });
     const info = describeFailure('train', 'States.TaskFailed', cause);
     expect(info.code).toBe('GPU_CAPACITY_UNAVAILABLE');
     expect(info.message).toContain(`no GPU instance became available for the train stage (AWS Batch: ${reason})`);
