@@ -16,7 +16,7 @@ import sharp from 'sharp';
 import { KindSchema } from '../lambdas/shared/contract';
 import type { StageContext } from '../lambdas/shared/handler';
 import { keys } from '../lambdas/shared/keys';
-import { DEFAULT_CONFIG } from '../lambdas/intake/config';
+import { DEFAULT_CONFIG } from '../lambdas/validate/config';
 import { mapLimit } from '../lambdas/shared/pool';
 import { normalize } from '../lambdas/normalize/core';
 import { validate } from '../lambdas/validate/core';
@@ -121,7 +121,7 @@ async function main(): Promise<void> {
     const started = performance.now();
     const validated = await validate(ctx, config);
     const validateSeconds = (performance.now() - started) / 1000;
-    const normalized = await normalize(ctx, config);
+    const normalized = await normalize(ctx);
     return { validated, normalized, validateSeconds };
   };
 

@@ -17,7 +17,7 @@ function inspect(args: string[]) {
   return spawnSync(join(ROOT, 'node_modules', '.bin', 'tsx'), [join(ROOT, 'scripts', 'inspect.ts'), ...args], {
     encoding: 'utf8',
     // The corpus's oversized file is built to pass this per-file limit, as in the intake tests.
-    env: { ...process.env, INTAKE_MAX_FILE_BYTES: String(CORPUS_MAX_FILE_BYTES) },
+    env: { ...process.env, VALIDATE_MAX_FILE_BYTES: String(CORPUS_MAX_FILE_BYTES) },
     timeout: 180_000,
   });
 }

@@ -5,7 +5,7 @@
  */
 import { crc32, deflateSync } from 'node:zlib';
 import sharp from 'sharp';
-import type { IntakeConfig } from './config';
+import type { ValidateConfig } from './config';
 import { Mutex } from '../shared/pool';
 import { PhotoRejection } from './report';
 import type { RawRgb } from './quality';
@@ -34,7 +34,7 @@ const REFUSED: Partial<Record<SniffedFormat, string>> = {
 const heifLock = new Mutex();
 
 /** Decodes `bytes` far enough to know it is a usable still photo; throws PhotoRejection otherwise. */
-export async function openPhoto(bytes: Buffer, config: Pick<IntakeConfig, 'maxPixels'>): Promise<OpenedPhoto> {
+export async function openPhoto(bytes: Buffer, config: Pick<ValidateConfig, 'maxPixels'>): Promise<OpenedPhoto> {
   if (bytes.length === 0) throw new PhotoRejection('EMPTY_FILE', 'the file is empty (0 bytes): upload it again');
   const format = sniffFormat(bytes);
   if (!DECODABLE.has(format)) {

@@ -1,6 +1,6 @@
 /**
- * The contact sheet: every accepted photo as the crop normalize will train on (green), every rejected
- * one as a thumbnail labelled with its reason (red), so a person can review the intake at a glance.
+ * The contact sheet: every accepted photo as the dataset crop it trains on (green), every rejected
+ * one as a thumbnail labelled with its reason (red), so a person can review the checks at a glance.
  * Labels are SVG text composited by sharp (librsvg with the system's DejaVu/sans fonts).
  */
 import sharp from 'sharp';
