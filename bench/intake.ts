@@ -17,7 +17,7 @@ import { KindSchema } from '../lambdas/shared/contract';
 import type { StageContext } from '../lambdas/shared/handler';
 import { keys } from '../lambdas/shared/keys';
 import { DEFAULT_CONFIG } from '../lambdas/validate/config';
-import { mapLimit } from '../lambdas/shared/pool';
+import pMap from 'p-map';
 import { normalize } from '../lambdas/normalize/core';
 import { validate } from '../lambdas/validate/core';
 import { corpusUnavailable, sampleDir, subject } from '../test/fixtures/photos/build';
@@ -32,7 +32,7 @@ async function phonePhotos(count: number): Promise<string> {
   if (!src) throw new Error(corpusUnavailable());
   const work = `${dir}.tmp-${process.pid}`;
   mkdirSync(work, { recursive: true });
-  await mapLimit(Array.from({ length: count }, (_, i) => i), 2, async (i) => {
+  await pMap(Array.from({ length: count }, (_, i) => i), async (i) => {
     const { data, info } = await (await subject(src, i + 1, 1000, 750)).resize(4000, 3000).raw().toBuffer({ resolveWithObject: true });
     for (let p = 0, x = i + 1; p < data.length; p++) {
       x = (x * 1664525 + 1013904223) % 4294967296;
@@ -40,7 +40,7 @@ async function phonePhotos(count: number): Promise<string> {
     }
     const jpeg = await sharp(data, { raw: { width: info.width, height: info.height, channels: info.channels } }).jpeg({ quality: 90 }).toBuffer();
     writeFileSync(join(work, `phone-${String(i + 1).padStart(2, '0')}.jpg`), jpeg);
-  });
+  }, { concurrency: 2, stopOnError: true });
   writeFileSync(join(work, '.complete'), '');
   rmSync(dir, { recursive: true, force: true });
   renameSync(work, dir);
@@ -132,7 +132,7 @@ async function main(): Promise<void> {
   // Two bare baselines over the same files: platform.md's reference (512 px cover crop, default PNG),
   // and the same output the intake hands to training here (the plan's resolution, PNG level 1).
   const bareTo = (size: number, png: sharp.PngOptions) =>
-    withPeakRss(() => mapLimit(files, config.concurrency, async (f) => sharp(readFileSync(join(dir, f))).rotate().resize(size, size, { fit: 'cover' }).png(png).toBuffer()));
+    withPeakRss(() => pMap(files, async (f) => sharp(readFileSync(join(dir, f))).rotate().resize(size, size, { fit: 'cover' }).png(png).toBuffer(), { concurrency: config.concurrency, stopOnError: true }));
   const bare = await bareTo(512, {});
   const intake = await withPeakRss(() => intakeJob('bench', files));
   const resolution = intake.result.validated.resolution;

@@ -12,7 +12,7 @@ import type { StageContext } from '../shared/handler';
 import { keys } from '../shared/keys';
 import { getBytes, getValidJson, putBytes, putJson } from '../shared/s3';
 import { writeStatus } from '../shared/status';
-import { mapLimit } from '../shared/pool';
+import pMap from 'p-map';
 import { cleanCaption } from './caption';
 import { cropKey, ReportSchema } from '../validate/report';
 
@@ -39,14 +39,14 @@ export async function normalize(ctx: StageContext): Promise<NormalizeResult> {
   const accepted = report.photos.filter((p) => p.status === 'accepted');
   const prefix = keys.photosPrefix(job);
 
-  const written = await mapLimit(accepted, COPIES_IN_FLIGHT, async (photo) => {
+  const written = await pMap(accepted, async (photo) => {
     await copyObject(s3, ctx.artifactsBucket, cropKey(job, photo.output!), keys.datasetFile(job, plan.folder, photo.output!));
     if (!photo.caption) return { image: photo.output!, captioned: false };
     const text = cleanCaption(await getBytes(s3, ctx.inboxBucket, `${prefix}${photo.caption}`, MAX_CAPTION_BYTES));
     if (!text) return { image: photo.output!, captioned: false };
     await putBytes(s3, ctx.artifactsBucket, keys.datasetFile(job, plan.folder, photo.output!.replace(/\.png$/, '.txt')), `${text}\n`, 'text/plain; charset=utf-8');
     return { image: photo.output!, captioned: true };
-  });
+  }, { concurrency: COPIES_IN_FLIGHT, stopOnError: true });
 
   const datasetPlan: DatasetPlan = DatasetPlanSchema.parse({
     teamId: job.teamId,

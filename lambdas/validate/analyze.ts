@@ -15,7 +15,7 @@ import { renderContactSheet } from './contact-sheet';
 import { attentionCrop, contains, faceCrop, scaleBox } from './crop';
 import { decodeFailure, type OpenedPhoto, openPhoto, toRgb } from './decode';
 import { type DetectedFace, detectFaces, detectFacesTiled, FaceDetectorError } from './faces';
-import { mapLimit } from '../shared/pool';
+import pMap from 'p-map';
 import { hammingDistance, measureQuality, QUALITY_SIZE, type RawRgb } from './quality';
 import { cropPhoto, encodeDatasetImage, MAX_RESOLUTION } from './render';
 import { type PhotoEntry, PhotoRejection, type Report, type Scores } from './report';
@@ -72,20 +72,20 @@ export async function checkPhotos(sources: readonly PhotoSource[], job: PhotoJob
     jobBytes += source.bytes;
     return { source, overBudget: jobBytes > config.maxJobBytes };
   });
-  const analysed = await mapLimit(budgeted, config.concurrency, async ({ source, overBudget }) => {
+  const analysed = await pMap(budgeted, async ({ source, overBudget }) => {
     if (overBudget) {
       return rejected(source, 'JOB_TOO_LARGE', `the job's photos pass the ${mb(config.maxJobBytes)} limit for one job at this file: upload fewer or smaller photos`);
     }
     return analysePhoto(source, job.spec.kind, config);
-  });
+  }, { concurrency: config.concurrency, stopOnError: true });
   const report = assessJob(analysed, job, config);
   const encodeDataset = async () => {
     const images = new Map<string, Buffer>();
     if (report.plan) {
-      const pngs = await mapLimit(report.photos, config.concurrency, async (entry, i) => {
+      const pngs = await pMap(report.photos, async (entry, i) => {
         const crop = analysed[i]!.crop;
         return entry.status === 'accepted' && crop ? encodeDatasetImage(crop, report.resolution) : undefined;
-      });
+      }, { concurrency: config.concurrency, stopOnError: true });
       // In dataset order, whatever order the encodes finished in.
       report.photos.forEach((entry, i) => pngs[i] && images.set(entry.output!, pngs[i]));
     }

@@ -13,7 +13,7 @@ import { getBytes, getValidJson, listAll, putBytes, putJson } from '../shared/s3
 import { writeStatus } from '../shared/status';
 import { type PhotoSource, checkPhotos, tooFewMessage } from './analyze';
 import { configFromEnv, type ValidateConfig } from './config';
-import { mapLimit } from '../shared/pool';
+import pMap from 'p-map';
 import { cropKey, PhotoRejection, type PhotoEntry } from './report';
 
 /** Small PNG uploads overlap well; S3 takes many parallel PUTs. */
@@ -86,7 +86,7 @@ export async function validate(ctx: StageContext, config: ValidateConfig = confi
     report.summary.reasons.BAD_PHOTO_NAME = badNames.length;
   }
   // Before the report: a report that accepts a photo always has its crop on S3.
-  await mapLimit([...images], UPLOADS_IN_FLIGHT, ([output, png]) => putBytes(s3, ctx.artifactsBucket, cropKey(job, output), png, 'image/png'));
+  await pMap([...images], ([output, png]) => putBytes(s3, ctx.artifactsBucket, cropKey(job, output), png, 'image/png'), { concurrency: UPLOADS_IN_FLIGHT, stopOnError: true });
   await putBytes(s3, ctx.artifactsBucket, keys.contactSheet(job), contactSheet, 'image/png');
   await putJson(s3, ctx.artifactsBucket, keys.validateReport(job), report);
   if (!report.plan) throw new InvalidInputError('TOO_FEW_PHOTOS', tooFewMessage(report), keys.validateReport(job));
