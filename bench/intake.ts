@@ -11,7 +11,7 @@ import { existsSync, mkdirSync, readFileSync, readdirSync, renameSync, rmSync, s
 import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { CopyObjectCommand, GetObjectCommand, ListObjectsV2Command, PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
+import { CopyObjectCommand, GetObjectCommand, ListObjectsV2Command, PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
 import sharp from 'sharp';
 import { KindSchema } from '../lambdas/shared/contract';
 import type { StageContext } from '../lambdas/shared/handler';
@@ -98,7 +98,10 @@ function memoryS3(): { s3: S3Client; put(bucket: string, key: string, body: Buff
     }
     throw new Error(`memoryS3: ${(command as object).constructor.name} is not emulated`);
   };
-  return { s3: { send } as unknown as S3Client, put: (bucket, key, body) => objects.set(`${bucket}/${key}`, body) };
+  // A real client (the SDK's paginators check for one) whose requests never leave the process.
+  const s3 = new S3Client({ region: 'us-east-1' });
+  s3.send = send as S3Client['send'];
+  return { s3, put: (bucket, key, body) => objects.set(`${bucket}/${key}`, body) };
 }
 
 async function main(): Promise<void> {
