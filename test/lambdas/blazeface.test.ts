@@ -15,6 +15,7 @@ import { blazeFaceGraph, INPUT_NAME, INPUT_SIZE, modelInput } from '../../lambda
 import { detectFacesHere, detectFacesTiled, nonMaxSuppression } from '../../lambdas/validate/faces';
 import { encodeModel } from '../../lambdas/validate/onnx';
 import { buildCorpus, corpusUnavailable } from '../fixtures/photos/build';
+import { describeNeeding } from '../helpers/suites';
 import { loadTfjsBlazeFace, type TfjsBlazeFace } from '../helpers/tfjs-blazeface';
 
 const PHOTOS = ['subject-01.jpg', 'subject-03.jpg', 'subject-05.jpg', 'two-people.jpg', 'no-face.png', 'exif-rotated.jpg'];
@@ -22,7 +23,7 @@ const PHOTOS = ['subject-01.jpg', 'subject-03.jpg', 'subject-05.jpg', 'two-peopl
 const skip = corpusUnavailable();
 if (skip) console.warn(`BlazeFace conversion tests skipped: ${skip}`);
 
-describe.skipIf(!!skip)('BlazeFace converted to ONNX', () => {
+describeNeeding('BlazeFace converted to ONNX', skip, () => {
   let tf: typeof TfCore;
   let reference: GraphModel;
   let tfInput: TfjsBlazeFace['input'];

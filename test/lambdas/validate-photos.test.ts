@@ -14,18 +14,19 @@ import { renderDatasetImage } from '../../lambdas/validate/render';
 import { sniffFormat } from '../../lambdas/validate/sniff';
 import { hammingDistance } from '../../lambdas/validate/quality';
 import { buildCorpus, corpusUnavailable, EXPECTED, EXPECTED_HEIC, heifEncAvailable, p3Original, sampleDir } from '../fixtures/photos/build';
+import { describeNeeding, itNeeding } from '../helpers/suites';
 import { NOW, TEST_CONFIG } from './validate-fixtures';
 
 const skip = corpusUnavailable();
 if (skip) console.warn(`validate corpus tests skipped: ${skip}`);
-const HEIC_SKIP = 'heif-enc not installed (Debian package libheif-examples): the real-HEIC case is skipped';
+const HEIC_MISSING = heifEncAvailable() ? undefined : 'heif-enc not installed (Debian package libheif-examples), so there is no real HEIC file to test';
 
 function source(dir: string, file: string): PhotoSource {
   const path = join(dir, file);
   return { file, bytes: statSync(path).size, load: async () => readFileSync(path) };
 }
 
-describe.skipIf(!!skip)('photo checks on the real-photo corpus', () => {
+describeNeeding('photo checks on the real-photo corpus', skip, () => {
   let corpus: string;
   beforeAll(async () => {
     corpus = await buildCorpus();
@@ -42,14 +43,14 @@ describe.skipIf(!!skip)('photo checks on the real-photo corpus', () => {
     }
   });
 
-  it.skipIf(!heifEncAvailable())(heifEncAvailable() ? 'a real HEIC phone photo is decoded and accepted' : `real HEIC (skipped: ${HEIC_SKIP})`, async () => {
+  itNeeding('a real HEIC phone photo is decoded and accepted', HEIC_MISSING, async () => {
     const { entry } = await analysePhoto(source(corpus, 'phone.heic'), 'character', TEST_CONFIG);
     expect([entry.code, entry.format, entry.width, entry.height]).toEqual([EXPECTED_HEIC['phone.heic'], 'heif', 900, 760]);
     const png = await renderDatasetImage(readFileSync(join(corpus, 'phone.heic')), entry.crop!, 512, TEST_CONFIG);
     expect((await sharp(png).metadata()).width).toBe(512);
   });
 
-  it.skipIf(!heifEncAvailable())(heifEncAvailable() ? 'a Display P3 HEIC is converted to sRGB' : `HEIC colour (skipped: ${HEIC_SKIP})`, async () => {
+  itNeeding('a Display P3 HEIC is converted to sRGB', HEIC_MISSING, async () => {
     const bytes = readFileSync(join(corpus, 'phone-p3.heic'));
     expect((await sharp(bytes).metadata()).icc?.length).toBeGreaterThan(0);
     const original = await p3Original(sampleDir()!);

@@ -7,7 +7,7 @@ import { spawnSync } from 'node:child_process';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { afterAll, beforeAll, expect, it, vi } from 'vitest';
 import { keys } from '../../lambdas/shared/keys';
 import { getJson } from '../../lambdas/shared/s3';
 import { faceWorkerThreadId } from '../../lambdas/validate/faces';
@@ -15,17 +15,18 @@ import type { RawRgb } from '../../lambdas/validate/quality';
 import { type Report, ReportSchema } from '../../lambdas/validate/report';
 import { validate } from '../../lambdas/validate/core';
 import { buildCorpus, corpusUnavailable, EXPECTED } from '../fixtures/photos/build';
-import { type Moto, motoBinary, MOTO_MISSING, startMoto } from '../../scripts/local/moto';
+import { type Moto, startMoto } from '../../scripts/local/moto';
+import { describeNeeding, motoMissing } from '../helpers/suites';
 import { ARTIFACTS, TEST_CONFIG, context, uploadJob } from './validate-fixtures';
 
 // Listed by key, an exact copy would sort before its original and be the one kept: leave it out.
 const FILES = Object.keys(EXPECTED).filter((f) => f !== 'copy-of-subject-01.jpg');
 const CODES = Object.fromEntries(FILES.map((f) => [f, EXPECTED[f]]));
 
-const skip = corpusUnavailable() ?? (motoBinary() ? undefined : MOTO_MISSING);
+const skip = corpusUnavailable() ?? motoMissing();
 if (skip) console.warn(`face worker tests skipped: ${skip}`);
 
-describe.skipIf(!!skip)('face detection in a worker thread', () => {
+describeNeeding('face detection in a worker thread', skip, () => {
   let moto: Moto;
   let corpus: string;
 

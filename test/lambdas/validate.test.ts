@@ -13,10 +13,11 @@ import { cropKey, ReportSchema } from '../../lambdas/validate/report';
 import { normalize } from '../../lambdas/normalize/core';
 import { validate } from '../../lambdas/validate/core';
 import { buildCorpus, corpusUnavailable } from '../fixtures/photos/build';
-import { type Moto, motoBinary, MOTO_MISSING, startMoto } from '../../scripts/local/moto';
+import { type Moto, startMoto } from '../../scripts/local/moto';
+import { describeNeeding, motoMissing } from '../helpers/suites';
 import { ARTIFACTS, INBOX, TEST_CONFIG, context, uploadJob } from './validate-fixtures';
 
-const skip = corpusUnavailable() ?? (motoBinary() ? undefined : MOTO_MISSING);
+const skip = corpusUnavailable() ?? motoMissing();
 if (skip) console.warn(`validate tests skipped: ${skip}`);
 
 const GOOD = [
@@ -24,7 +25,7 @@ const GOOD = [
   'subject-07.webp', 'subject-08.tiff', 'subject-09.avif', 'png-renamed.jpg', 'exif-rotated.jpg', 'cmyk.jpg',
 ];
 
-describe.skipIf(!!skip)('validate and normalize on S3', () => {
+describeNeeding('validate and normalize on S3', skip, () => {
   let moto: Moto;
   let corpus: string;
 

@@ -7,7 +7,8 @@ import { existsSync, mkdtempSync, readdirSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import sharp from 'sharp';
-import { beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, expect, it } from 'vitest';
+import { describeNeeding } from '../helpers/suites';
 import { buildCorpus, corpusUnavailable, EXPECTED, heifEncAvailable, EXPECTED_HEIC, CORPUS_MAX_FILE_BYTES } from '../fixtures/photos/build';
 
 const ROOT = join(__dirname, '..', '..');
@@ -22,7 +23,7 @@ function inspect(args: string[]) {
   });
 }
 
-describe.skipIf(!!unavailable)(unavailable ? `npm run inspect (skipped: ${unavailable})` : 'npm run inspect', () => {
+describeNeeding('npm run inspect', unavailable, () => {
   let corpus: string;
   let out: string;
   let json: { photos: Array<{ file: string; code: string; status: string; output?: string }>; plan?: { folder: string; resolution: number } };
