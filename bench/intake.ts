@@ -132,7 +132,7 @@ async function main(): Promise<void> {
   await sharp(readFileSync(join(dir, files[0]!))).rotate().resize(512, 512, { fit: 'cover' }).png().toBuffer();
   await intakeJob('warm-up', files.slice(0, 10));
 
-  // Two bare baselines over the same files: platform.md's reference (512 px cover crop, default PNG),
+  // Two bare baselines over the same files: the plain reference (512 px cover crop, default PNG),
   // and the same output the intake hands to training here (the plan's resolution, PNG level 1).
   const bareTo = (size: number, png: sharp.PngOptions) =>
     withPeakRss(() => pMap(files, async (f) => sharp(readFileSync(join(dir, f))).rotate().resize(size, size, { fit: 'cover' }).png(png).toBuffer(), { concurrency: config.concurrency, stopOnError: true }));

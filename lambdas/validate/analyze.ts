@@ -165,7 +165,7 @@ export async function analysePhoto(source: PhotoSource, kind: Kind, config: Vali
   }
 }
 
-/** The face rules of a character job (recipe.md): exactly one dominant face, big enough, alone in the crop. */
+/** The face rules of a character job (docs/training.md, Photos): exactly one dominant face, big enough, alone in the crop. */
 async function characterCrop(thumb: RawRgb, working: RawRgb, width: number, height: number, scores: Scores, config: ValidateConfig) {
   const found = async (detect: (img: RawRgb) => Promise<DetectedFace[]>, input: RawRgb, minScore: number) =>
     (await detect(input)).filter((f) => f.score >= minScore).map((f) => scaleBox(f, width / input.width, width, height));

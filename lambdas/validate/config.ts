@@ -34,7 +34,7 @@ export interface ValidateConfig {
    * distant faces 0.70-0.82), so it takes a higher score.
    */
   readonly minTiledFaceScore: number;
-  /** Smallest face side, as a fraction of the photo's short side (recipe: avoid far-away subjects). */
+  /** Smallest face side, as a fraction of the photo's short side (a far-away subject is too small to learn from). */
   readonly minFaceFraction: number;
   /** A second face at least this big relative to the main one makes the subject ambiguous. */
   readonly rivalFaceRatio: number;
@@ -43,7 +43,7 @@ export interface ValidateConfig {
    * up to ~36 MB when a small face crop needs full resolution; HEIC far more (one at a time).
    */
   readonly concurrency: number;
-  /** Photo count rules by kind (recipe.md: 20-50 for a character, 50-200 for a style). */
+  /** Photo count rules by kind (docs/training.md: 20-50 for a character, 50-200 for a style). */
   readonly countRules: Record<Kind, { min: number; max: number; idealMin: number; idealMax: number }>;
 }
 

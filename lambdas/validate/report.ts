@@ -93,7 +93,7 @@ export const ReportSchema = z
         rejected: z.number().int(),
         /** Rejections per code. */
         reasons: z.record(z.string(), z.number().int()),
-        /** Count bounds that applied (recipe.md ideal range plus hard limits). */
+        /** Count bounds that applied (the ideal range of docs/training.md plus hard limits). */
         countRule: z.object({ min: z.number(), max: z.number(), idealMin: z.number(), idealMax: z.number() }).strict(),
         /** Advice that does not block the job (e.g. fewer photos than ideal). */
         warnings: z.array(z.string()),
