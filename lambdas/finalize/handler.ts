@@ -71,4 +71,4 @@ export async function finalize(ctx: StageContext, options: FinalizeOptions): Pro
   return { manifestKey, artifacts: artifacts.length };
 }
 
-export const handler = stageHandler((ctx) => finalize(ctx, { urlExpirySeconds: Number(requireEnv('URL_EXPIRY_SECONDS')) }));
+export const handler = stageHandler('finalize', (ctx) => finalize(ctx, { urlExpirySeconds: Number(requireEnv('URL_EXPIRY_SECONDS')) }));
