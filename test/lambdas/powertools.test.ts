@@ -7,8 +7,12 @@ import { InvalidInputError } from '../../lambdas/shared/errors';
 import { stageHandler } from '../../lambdas/shared/handler';
 import { METRICS_NAMESPACE } from '../../lambdas/shared/powertools';
 
-type Json = Record<string, any>;
-let lines: Json[];
+/** A line the handler wrote: a log entry, or an EMF document when `_aws` is set. */
+interface Line {
+  _aws?: { CloudWatchMetrics: Array<{ Namespace: string; Dimensions: string[][]; Metrics: Array<{ Name: string }> }> };
+  [key: string]: unknown;
+}
+let lines: Line[];
 
 beforeEach(() => {
   vi.stubEnv('INBOX_BUCKET', 'inbox');
@@ -17,7 +21,7 @@ beforeEach(() => {
   // Powertools writes through its own Console on process.stdout and process.stderr.
   for (const stream of [process.stdout, process.stderr]) {
     vi.spyOn(stream, 'write').mockImplementation((chunk: string | Uint8Array) => {
-      for (const line of String(chunk).split('\n').filter((l) => l.startsWith('{'))) lines.push(JSON.parse(line));
+      for (const line of String(chunk).split('\n').filter((l) => l.startsWith('{'))) lines.push(JSON.parse(line) as Line);
       return true;
     });
   }
@@ -39,8 +43,8 @@ describe('stageHandler', () => {
     expect(logs()).toEqual([expect.objectContaining({ level: 'INFO', message: 'stage succeeded', service: 'avatar', stage: 'normalize', teamId: 'acme', jobId: 'anna-1' })]);
     expect(emf()).toHaveLength(1);
     const [doc] = emf();
-    expect(doc!._aws.CloudWatchMetrics[0]).toMatchObject({ Namespace: METRICS_NAMESPACE, Dimensions: [['service', 'stage']] });
-    expect(doc!._aws.CloudWatchMetrics[0].Metrics.map((m: Json) => m.Name).sort()).toEqual(['StageDuration', 'StageSucceeded']);
+    expect(doc!._aws!.CloudWatchMetrics[0]).toMatchObject({ Namespace: METRICS_NAMESPACE, Dimensions: [['service', 'stage']] });
+    expect(doc!._aws!.CloudWatchMetrics[0]!.Metrics.map((m) => m.Name).sort()).toEqual(['StageDuration', 'StageSucceeded']);
     expect(doc).toMatchObject({ service: 'avatar', stage: 'normalize', StageSucceeded: 1 });
     expect(doc!.StageDuration).toBeGreaterThanOrEqual(0);
   });
