@@ -6,6 +6,7 @@ import * as sfn from 'aws-cdk-lib/aws-stepfunctions';
 import * as tasks from 'aws-cdk-lib/aws-stepfunctions-tasks';
 import { Construct } from 'constructs';
 import { iam5ResourceFinding } from './nag';
+import { TeamBatchSubmitJob } from './team-batch-job';
 
 /** Lambda stages of the workflow. */
 export interface WorkflowFunctions {
@@ -188,6 +189,10 @@ export class Workflow extends Construct {
       reason: 'BatchSubmitJob grants batch:SubmitJob on job-definition/* because a job definition ARN changes with every revision; the job queue is still limited to ours.',
     });
     Validations.of(role).acknowledge({
+      id: 'AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:batch:<AWS::Region>:<AWS::AccountId>:job/*]',
+      reason: 'Tags (team, job, stage) are set at SubmitJob, which needs batch:TagResource on the job being created: its id is unknown until then.',
+    });
+    Validations.of(role).acknowledge({
       id: 'AwsSolutions-IAM5[Resource::*]',
       reason: 'Execution logging (logs:*LogDelivery, PutResourcePolicy, Describe*) and X-Ray tracing actions support no resource-level permissions.',
     });
@@ -230,9 +235,11 @@ function batchStep(
   name: string,
   jobQueue: batch.IJobQueue,
   jobDefinition: batch.IJobDefinition,
-  stage: string,
+  stage: 'caption' | 'train' | 'evaluate',
 ): tasks.BatchSubmitJob {
-  const task = new tasks.BatchSubmitJob(scope, name, {
+  // The team's share identifier, stage priority and team/job/stage tags (see TeamBatchSubmitJob).
+  const task = new TeamBatchSubmitJob(scope, name, {
+    stage,
     jobName: sfn.JsonPath.format(`{}-{}-${stage}`, sfn.JsonPath.stringAt('$.teamId'), sfn.JsonPath.stringAt('$.jobId')),
     jobQueueArn: jobQueue.jobQueueArn,
     jobDefinitionArn: jobDefinition.jobDefinitionArn,
