@@ -105,5 +105,6 @@ export class AvatarStack extends Stack {
     new CfnOutput(this, 'DeadLetterQueueUrl', { value: trigger.deadLetterQueue.queueUrl });
     new CfnOutput(this, 'JobQueueArn', { value: gpu.jobQueue.jobQueueArn });
     new CfnOutput(this, 'TeamsTableName', { value: teams.table.tableName, description: 'AVATAR_TEAMS_TABLE of npm run team' });
+    new CfnOutput(this, 'SchedulingPolicyArn', { value: teams.schedulingPolicy.schedulingPolicyArn, description: 'AVATAR_SCHEDULING_POLICY_ARN of npm run team' });
   }
 }

@@ -15,12 +15,16 @@
  *   --alert-email a@b (repeat or comma-separate)  --weight N (Batch fair-share weight factor: lower = more share)
  *
  * Where: --table NAME (or AVATAR_TEAMS_TABLE), --endpoint URL (or AWS_ENDPOINT_URL_DYNAMODB), --json.
+ * Fair share: --scheduling-policy ARN (or AVATAR_SCHEDULING_POLICY_ARN, the stack output SchedulingPolicyArn):
+ *   add/update/suspend/resume then push every team's weight into the Batch policy (no deploy).
  */
 import { parseArgs } from 'node:util';
+import { BatchClient } from '@aws-sdk/client-batch';
 import { DynamoDBClient } from '@aws-sdk/client-dynamodb';
 import { z } from 'zod';
 import { admitWaiting } from '../lambdas/shared/admission';
 import { IdSchema } from '../lambdas/shared/contract';
+import { syncFairShareWeights } from '../lambdas/shared/fair-share';
 import {
   createTeamsTable,
   fromMicroUsd,
@@ -106,7 +110,7 @@ export async function main(argv: string[]): Promise<number> {
   const { values, positionals } = parseArgs({
     args: argv,
     allowPositionals: true,
-    options: { ...options, table: { type: 'string' }, endpoint: { type: 'string' }, json: { type: 'boolean' } },
+    options: { ...options, table: { type: 'string' }, endpoint: { type: 'string' }, 'scheduling-policy': { type: 'string' }, json: { type: 'boolean' } },
   });
   const [command, teamArg, ...extra] = positionals;
   if (!command) throw new UsageError('give a command: add, update, suspend, resume, list, show or create-table');
@@ -116,7 +120,14 @@ export async function main(argv: string[]): Promise<number> {
   const endpoint = (values.endpoint as string | undefined) ?? process.env.AWS_ENDPOINT_URL_DYNAMODB;
   const clientConfig = endpoint ? { endpoint } : {};
   const registry = new TeamRegistry(teamsDocumentClient(clientConfig), tableName);
+  const policyArn = (values['scheduling-policy'] as string | undefined) ?? process.env.AVATAR_SCHEDULING_POLICY_ARN;
   const print = (human: string, json: unknown) => console.log(values.json ? JSON.stringify(json, null, 2) : human);
+  /** After a change: every team's weight into the Batch policy, when one is named. */
+  const syncShares = async () => {
+    if (!policyArn) return;
+    const shares = await syncFairShareWeights(new BatchClient(clientConfig), policyArn, (await registry.list()).map((t) => t.config));
+    if (!values.json) console.log(`fair-share weights of ${shares.length} team(s) pushed to ${policyArn}`);
+  };
   const teamId = () => {
     const parsed = IdSchema.safeParse(teamArg);
     if (!parsed.success) throw new UsageError(`<team>: ${teamArg === undefined ? 'give the team id' : `"${teamArg}": ${parsed.error.issues[0]!.message}`}`);
@@ -132,6 +143,7 @@ export async function main(argv: string[]): Promise<number> {
       if (!parsed.success) throw new UsageError(describe(parsed.error));
       const team = await registry.add(parsed.data);
       print(`added ${line(team)}`, summary(team));
+      await syncShares();
       return 0;
     }
     case 'update': {
@@ -143,6 +155,7 @@ export async function main(argv: string[]): Promise<number> {
       const woken = await admitWaiting(registry, id);
       const admitted = woken.admitted.map((a) => a.jobId);
       print(`updated ${line(team)}${admitted.length ? `\nadmitted waiting jobs: ${admitted.join(', ')}` : ''}`, { ...summary(team), admitted, rejected: woken.rejected });
+      await syncShares();
       return 0;
     }
     case 'suspend':
@@ -154,6 +167,7 @@ export async function main(argv: string[]): Promise<number> {
       const woken = command === 'resume' ? await admitWaiting(registry, id) : { admitted: [], rejected: [] };
       const admitted = woken.admitted.map((a) => a.jobId);
       print(`${command === 'suspend' ? 'suspended' : 'resumed'} ${line(team)}${admitted.length ? `\nadmitted waiting jobs: ${admitted.join(', ')}` : ''}`, { ...summary(team), admitted, rejected: woken.rejected });
+      await syncShares();
       return 0;
     }
     case 'list': {

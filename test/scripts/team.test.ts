@@ -4,6 +4,7 @@
  */
 import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
+import { BatchClient, CreateSchedulingPolicyCommand, DescribeSchedulingPoliciesCommand } from '@aws-sdk/client-batch';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { admit } from '../../lambdas/shared/admission';
 import { teamsDocumentClient, TeamRegistry } from '../../lambdas/shared/teams';
@@ -119,6 +120,22 @@ describeWithMoto('npm run team', () => {
     const ids = run.stdout.trim().split('\n').map((l) => l.split(/\s+/)[0]);
     expect(ids).toEqual(['acme', 'delta', 'gamma', 'twice']);
     expect(run.stdout).toMatch(/delta\s+active\s+jobs 2\/2/);
+  });
+
+  it('pushes every team\'s fair-share weight into the Batch scheduling policy when one is named', async () => {
+    const batch = new BatchClient({ endpoint: moto.endpoint, region: LOCAL_REGION, credentials: LOCAL_CREDENTIALS });
+    const { arn } = await batch.send(new CreateSchedulingPolicyCommand({ name: 'fair', fairsharePolicy: { shareDecaySeconds: 3600, computeReservation: 25 } }));
+
+    const out = ok(['update', 'gamma', '--weight', '0.25', '--scheduling-policy', arn!]);
+
+    expect(out).toContain(`fair-share weights of 4 team(s) pushed to ${arn}`);
+    const [policy] = (await batch.send(new DescribeSchedulingPoliciesCommand({ arns: [arn!] }))).schedulingPolicies!;
+    expect(policy!.fairsharePolicy!.shareDistribution).toEqual([
+      { shareIdentifier: 'acme', weightFactor: 0.5 },
+      { shareIdentifier: 'delta', weightFactor: 1 },
+      { shareIdentifier: 'gamma', weightFactor: 0.25 },
+      { shareIdentifier: 'twice', weightFactor: 1 },
+    ]);
   });
 
   it('says which table to use when none is named', () => {
