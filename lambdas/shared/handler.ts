@@ -33,7 +33,7 @@ export function contextFromEnv(job: JobRef): StageContext {
  * invocation carries the stage, team and job; each invocation publishes its stage's outcome and
  * duration as metrics.
  */
-export function stageHandler<T>(stage: Stage, core: (ctx: StageContext) => Promise<T>): (event: unknown) => Promise<T> {
+export function stageHandler<T>(stage: Stage | 'admit', core: (ctx: StageContext) => Promise<T>): (event: unknown) => Promise<T> {
   return async (event) => {
     const started = performance.now();
     logger.appendKeys({ stage });
