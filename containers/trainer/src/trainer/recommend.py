@@ -81,7 +81,8 @@ def recommend(table: list[dict], epochs: int) -> dict:
     if tie:
         reason += f"; likeness tied within {LIKENESS_TIE}, decided by the tie-breaks (strength {PREFERRED_STRENGTHS[0]}-{PREFERRED_STRENGTHS[1]}, middle epoch)"
     if len(usable) < len(table):
-        reason += f"; {len(table) - len(usable)} pairs excluded as broken"
+        n = len(table) - len(usable)
+        reason += f"; {n} pair{'s' if n > 1 else ''} excluded as broken"
 
     def brief(p: dict) -> dict:
         return {"checkpoint": p["checkpoint"], "epoch": p["epoch"], "strength": p["strength"], "tag": tag(p["checkpoint"], p["strength"]),

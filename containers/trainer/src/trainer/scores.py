@@ -34,10 +34,10 @@ NEAR_COPY_PIXELS = 0.85  # correlation of 32x32 greyscale thumbnails of the cent
 SUBJECT_CROP = 0.6      # characters: the central square of this fraction of the shorter side
 
 DEFINITIONS = {
-    "adherence": (f"prompt adherence: cosine similarity between the {CLIP_MODEL} ({CLIP_LICENCE} licence) embeddings of the "
+    "adherence": (f"prompt adherence, the cosine similarity between the {CLIP_MODEL} ({CLIP_LICENCE} licence) embeddings of the "
                   "image and of its prompt (A1111 tag removed; CLIP reads the first 77 tokens). Higher means the prompt shows "
                   "(does 'red hair' appear). Typical values are 0.2-0.35; compare cells, not absolute numbers."),
-    "likeness": (f"likeness: mean cosine similarity between the {CLIP_MODEL} image embedding of the image and those of the "
+    "likeness": (f"mean cosine similarity between the {CLIP_MODEL} image embedding of the image and those of the "
                  f"training photos. Characters: the central square of {SUBJECT_CROP:.0%} of the shorter side of both (where a portrait's "
                  "face sits; a proxy, as no face-recognition model with a licence that allows commercial use was found); objects "
                  "and styles: the whole images. Higher means closer to the subject."),
