@@ -7,6 +7,7 @@ same LoRA delta: their renders must match, which shows the strength is a multipl
 Two grid cells are planted (the renderer's output replaced, as a tiny model cannot be made to render
 them on purpose): a black image and a near-copy of a training photo; both must be flagged broken.
 """
+import html
 import io
 import json
 import os
@@ -97,6 +98,15 @@ def seeded(job_env, tiny, tmp_path):
         buf = io.BytesIO()
         photo(i).save(buf, "PNG")
         s3.put_object(Bucket=bucket, Key=PREFIX + f"normalize/{FOLDER}/{name}", Body=buf.getvalue())
+    # What the report shows from earlier stages.
+    buf = io.BytesIO()
+    render.contact_sheet([photo(i) for i in range(len(PHOTOS))], PHOTOS, 4, 128).save(buf, "PNG")
+    s3.put_object(Bucket=bucket, Key=PREFIX + "validate/contact-sheet.png", Body=buf.getvalue())
+    s3.put_object(Bucket=bucket, Key=PREFIX + "caption/captions.json", Body=json.dumps(
+        {"captions": [{"image": n, "caption": f"photo of anantn, a man <b>{n}</b>", "source": "blip"} for n in PHOTOS]}))
+    s3.put_object(Bucket=bucket, Key=PREFIX + "train/diary.json", Body=json.dumps(
+        {"startedAt": "2026-01-01T00:05:00.000Z", "finishedAt": "2026-01-01T00:35:00.000Z", "attempts": [{"startedAt": "2026-01-01T00:05:00.000Z"}],
+         "lossPerEpoch": {"1": 0.12, "2": 0.1}}))
     env = {**os.environ, **job_env, "AVATAR_EVAL_PIPELINE_DIR": str(folder), "AVATAR_WORK_DIR": str(tmp_path / "work"),
            "AVATAR_CLIP_MODEL_DIR": str(folder.parent / "clip")}
     return s3, bucket, env
@@ -154,7 +164,7 @@ def test_evaluate_renders_the_grid_scores_every_cell_recommends_and_renders_the_
     pack_png = [f"evaluate/pack/anantn-{n:02d}-seed7.png" for n in range(1, 9)]
     assert _keys(s3, bucket, "evaluate/") == sorted(["evaluate/base.png", "evaluate/grid.png", "evaluate/scores.json", "evaluate/pack.png",
                                                      "evaluate/report.html", *cells_png, *pack_png])
-    assert _keys(s3, bucket, "train/") == sorted(f"train/{n}" for n in NAMES)
+    assert _keys(s3, bucket, "train/") == sorted(f"train/{n}" for n in NAMES + ["diary.json"])
 
     scores = json.loads(_get(s3, bucket, "evaluate/scores.json"))
     assert "0 means no effect" in scores["metrics"]["meanAbsDiffFromBase"]
@@ -233,6 +243,13 @@ def test_evaluate_renders_the_grid_scores_every_cell_recommends_and_renders_the_
     first = np.asarray(sheet.convert("RGB"))[:256, :256].astype(np.int16)
     assert np.abs(first - np.asarray(Image.fromarray(renders[0].astype(np.uint8)).resize((256, 256))).astype(np.int16)).mean() < 1
 
+    # The report: the pack, the grid and the intake sheet inline; captions escaped; the loss plot; stage times.
+    page = _get(s3, bucket, "evaluate/report.html").decode()
+    assert page.count('src="data:image/png;base64,') == 3 and "<svg" in page and 'aria-label="loss per epoch"' in page
+    assert html.escape(rec["tag"]) in page and "photo of anantn, a man &lt;b&gt;p01.png&lt;/b&gt;" in page
+    assert "30m 00s" in page  # train, from the diary
+    assert s3.head_object(Bucket=bucket, Key=PREFIX + "evaluate/report.html")["ContentType"].startswith("text/html")
+
     status = _status(s3, bucket)
     assert (status["state"], status["stage"], status["progress"]["fraction"]) == ("running", "evaluate", 1.0)
     assert rec["tag"] in status["progress"]["message"]
@@ -252,6 +269,22 @@ def test_evaluate_renders_the_grid_scores_every_cell_recommends_and_renders_the_
     for rel, body in first.items():
         assert np.array_equal(_pixels(s3, bucket, rel), np.asarray(Image.open(io.BytesIO(body)).convert("RGB"))), rel
     assert json.loads(_get(s3, bucket, "evaluate/scores.json"))["recommendation"] == rec
+
+
+def test_an_all_broken_grid_fails_with_no_usable_checkpoint_and_keeps_its_scores(seeded, monkeypatch):
+    s3, bucket, env = seeded
+    for k in ("AVATAR_EVAL_PIPELINE_DIR", "AVATAR_WORK_DIR", "AVATAR_CLIP_MODEL_DIR"):
+        monkeypatch.setenv(k, env[k])
+    # Every render black, as a diverged LoRA renders them (planted: the tiny model cannot be made to).
+    monkeypatch.setattr(evaluate.Renderer, "__call__", lambda self, prompt, seed=None: (np.zeros((SIZE, SIZE, 3), np.uint8), False))
+    assert trainer_main(["evaluate"]) == 1
+    status = _status(s3, bucket)
+    assert (status["state"], status["error"]["code"]) == ("failed", "NO_USABLE_CHECKPOINT")
+    assert "black, uniform" in status["error"]["message"] and status["error"]["input"] == "evaluate/scores.json"
+    scores = json.loads(_get(s3, bucket, "evaluate/scores.json"))
+    assert scores["recommendation"] is None and len(scores["pairs"]) == 8 and all(p["broken"] for p in scores["pairs"])
+    # Nothing is recommended, so no grid outline, pack or report is written.
+    assert not [k for k in _keys(s3, bucket, "evaluate/") if k.startswith(("evaluate/pack", "evaluate/grid", "evaluate/report"))]
 
 
 def test_a_missing_checkpoint_fails_before_rendering(seeded):
@@ -355,3 +388,16 @@ def test_the_image_bakes_the_sd15_configs_without_weights():
     assert f"AVATAR_SD_CONFIG_DIR={evaluate.DEFAULT_SD_CONFIG_DIR} " in text
     # Baked before HF_HUB_OFFLINE applies, and before the code layer.
     assert text.index("snapshot_download") < text.index("HF_HUB_OFFLINE=1") < text.index("COPY trainer/src")
+
+
+def test_the_image_bakes_the_clip_scoring_model_at_a_pinned_revision():
+    from trainer import scores
+
+    text = (REPO / "containers/trainer/Dockerfile").read_text()
+    assert "ARG CLIP_REVISION=3d74acf9a28c67741b2f4f2ea7635f0aaf6f0268" in text
+    assert f"get('{scores.CLIP_MODEL}', revision=r" in text and "r = '$CLIP_REVISION'" in text
+    assert f"AVATAR_CLIP_MODEL_DIR={scores.DEFAULT_CLIP_DIR} " in text and f"local_dir='{scores.DEFAULT_CLIP_DIR}'" not in text
+    assert f"d = '{scores.DEFAULT_CLIP_DIR}'" in text
+    # Baked before HF_HUB_OFFLINE applies, and before the code layer; the build loads it offline once.
+    assert text.index("CLIP_REVISION") < text.index("HF_HUB_OFFLINE=1") < text.index("COPY trainer/src")
+    assert "CLIPModel.from_pretrained(d, local_files_only=True)" in text
