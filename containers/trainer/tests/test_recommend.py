@@ -69,6 +69,14 @@ def test_broken_pairs_are_never_recommended_and_all_broken_fails_with_a_code():
     assert "black, nan, nearCopy, uniform" in e.value.message and e.value.input == "evaluate/scores.json"
 
 
+def test_strength_0_is_the_base_model_and_never_recommended():
+    rec = recommend.recommend([pair(2, 0.0, 0.35, 0.95), pair(2, 0.5, 0.3, 0.6)], 2)
+    assert picked(rec) == (2, 0.5) and rec["runnerUp"] is None
+    with pytest.raises(StageError) as e:
+        recommend.recommend([pair(1, 0.0, 0.3, 0.6), pair(2, 0.0, 0.3, 0.6)], 2)
+    assert e.value.code == "NO_USABLE_CHECKPOINT" and e.value.input == "spec.evaluation.strengths"
+
+
 def test_negative_adherence_keeps_the_best_pair_eligible():
     # A tiny random CLIP can give negative cosines; the floor stays below the best.
     rec = recommend.recommend([pair(1, 1.0, -0.2, 0.1), pair(2, 1.0, -0.5, 0.9)], 2)

@@ -13,12 +13,12 @@ PREFERRED_STRENGTHS = (0.8, 1.0)
 
 RULE = (
     "Scores are averaged over the grid's prompts for each checkpoint and strength; a pair with any broken image is "
-    f"out. Of the rest, keep the pairs whose prompt adherence is at least the best pair's minus {ADHERENCE_MARGIN:.0%} "
+    f"out, and so is strength 0 (the base model, no LoRA). Of the rest, keep the pairs whose prompt adherence is at least the best pair's minus {ADHERENCE_MARGIN:.0%} "
     "of its magnitude (the prompt still wins), and recommend the one with the highest likeness. Likeness within "
     f"{LIKENESS_TIE} of the highest is a tie, broken in this order: strength within {PREFERRED_STRENGTHS[0]}-"
     f"{PREFERRED_STRENGTHS[1]} (recipe.md), the epoch nearest the middle of training, the strength nearest 0.9, the higher "
     "adherence, the earlier epoch, the higher strength. The runner-up is the same rule applied to the remaining pairs. "
-    "When every pair is broken the stage fails with NO_USABLE_CHECKPOINT."
+    "When no pair is left the stage fails with NO_USABLE_CHECKPOINT."
 )
 
 
@@ -62,10 +62,14 @@ def _pick(candidates: list[dict], middle: float) -> tuple[dict, bool]:
 
 def recommend(table: list[dict], epochs: int) -> dict:
     """table: pairs() rows. Returns the recommendation (without file-specific fields) or raises NO_USABLE_CHECKPOINT."""
-    usable = [p for p in table if not p["broken"]]
+    with_lora = [p for p in table if p["strength"] > 0]
+    usable = [p for p in with_lora if not p["broken"]]
     if not usable:
-        why = sorted({b for p in table for b in p["broken"]})
-        raise StageError("NO_USABLE_CHECKPOINT", f"every one of the {len(table)} checkpoint/strength pairs rendered a broken image "
+        why = sorted({b for p in with_lora for b in p["broken"]})
+        if not with_lora:
+            raise StageError("NO_USABLE_CHECKPOINT", "spec.evaluation.strengths has no strength above 0, so no LoRA was tested; "
+                             "use the recipe's 1.0-0.5", "spec.evaluation.strengths")
+        raise StageError("NO_USABLE_CHECKPOINT", f"every one of the {len(with_lora)} checkpoint/strength pairs rendered a broken image "
                          f"({', '.join(why)}; see evaluate/scores.json and grid.png): retrain with a lower learning rate or fewer "
                          "epochs, or check the photos", "evaluate/scores.json")
     best_adherence = max(p["adherence"] for p in usable)
@@ -80,8 +84,8 @@ def recommend(table: list[dict], epochs: int) -> dict:
               f"{best_adherence:.4f}); its adherence {winner['adherence']:.4f}")
     if tie:
         reason += f"; likeness tied within {LIKENESS_TIE}, decided by the tie-breaks (strength {PREFERRED_STRENGTHS[0]}-{PREFERRED_STRENGTHS[1]}, middle epoch)"
-    if len(usable) < len(table):
-        n = len(table) - len(usable)
+    if len(usable) < len(with_lora):
+        n = len(with_lora) - len(usable)
         reason += f"; {n} pair{'s' if n > 1 else ''} excluded as broken"
 
     def brief(p: dict) -> dict:
