@@ -191,6 +191,13 @@ export const EvaluationSchema = z
     seed: z.number().int().min(0).max(2 ** 31 - 1).default(1234),
     width: z.number().int().min(256).max(1024).multipleOf(64).default(512),
     height: z.number().int().min(256).max(1024).multipleOf(64).default(512),
+    /**
+     * The avatar pack's prompts, rendered at the recommended checkpoint and strength; `{token}` and
+     * `{classWord}` are substituted. Absent: the job kind's default set (containers/trainer prompt_sets.py).
+     */
+    packPrompts: z.array(z.string().min(3).max(300)).min(1).max(16).optional(),
+    /** Seeds per pack prompt (seed, seed+1, ...). Absent: 2. */
+    packSeeds: z.number().int().min(1).max(4).optional(),
   })
   .strict();
 

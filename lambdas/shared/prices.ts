@@ -1,6 +1,6 @@
 /**
  * Prices and throughput figures the cost estimate and the cost ledger use. Defaults are us-east-1
- * list prices (2026) and A10G-class speeds from platform.md; a deployment overrides any of them
+ * list prices (2026) and A10G-class speeds (the README's time and cost model); a deployment overrides any of them
  * (the stack passes them to the functions as `AVATAR_PRICES` JSON).
  */
 import { z } from 'zod';
