@@ -1,6 +1,7 @@
 /**
  * finalize: lists every artifact the stages wrote, hashes each (sha256, streamed), signs a short-lived
- * download URL for it, writes manifest.json, and marks the job succeeded.
+ * download URL for it, writes manifest.json (with evaluate's recommended checkpoint and strength), and
+ * marks the job succeeded.
  */
 import { createHash } from 'node:crypto';
 import type { Readable } from 'node:stream';
@@ -11,7 +12,7 @@ import { requireEnv } from '../shared/env';
 import { type StageContext, stageHandler } from '../shared/handler';
 import { jobPrefix, keys } from '../shared/keys';
 import pMap from 'p-map';
-import { listAll, putJson } from '../shared/s3';
+import { getJson, listAll, putJson } from '../shared/s3';
 import { writeStatus } from '../shared/status';
 
 /** Stage outputs handed out; training state is internal (resume after Spot) and stays private. */
@@ -25,6 +26,17 @@ export interface FinalizeOptions {
 export interface FinalizeResult {
   readonly manifestKey: string;
   readonly artifacts: number;
+}
+
+/** The evaluate stage's recommendation (evaluate/scores.json), trimmed to what a client acts on. */
+async function recommendation(ctx: StageContext): Promise<Manifest['recommendation']> {
+  const scores = (await getJson(ctx.s3, ctx.artifactsBucket, `${keys.stage(ctx.job, 'evaluate')}scores.json`, 20_000_000)) as
+    | { recommendation?: Record<string, unknown> & { runnerUp?: Record<string, unknown> | null } }
+    | undefined;
+  const r = scores?.recommendation;
+  if (!r) return undefined;
+  const brief = (c: Record<string, unknown>) => ({ checkpoint: c.checkpoint, epoch: c.epoch, strength: c.strength, tag: c.tag });
+  return { ...brief(r), reason: r.reason, runnerUp: r.runnerUp ? brief(r.runnerUp) : null } as Manifest['recommendation'];
 }
 
 async function sha256(ctx: StageContext, key: string): Promise<string> {
@@ -59,6 +71,7 @@ export async function finalize(ctx: StageContext, options: FinalizeOptions): Pro
     createdAt: created.toISOString(),
     urlExpiresAt: new Date(created.getTime() + options.urlExpirySeconds * 1000).toISOString(),
     artifacts,
+    recommendation: await recommendation(ctx),
   });
   const manifestKey = keys.manifest(ctx.job);
   await putJson(ctx.s3, ctx.artifactsBucket, manifestKey, manifest);

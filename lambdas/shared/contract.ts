@@ -173,12 +173,26 @@ export function resolveTraining(kind: Kind, given: z.infer<typeof TrainingInputS
   };
 }
 
+const GridPromptsSchema = z.array(z.string().min(3).max(300)).min(1).max(8);
+
+/**
+ * The evaluation grid's default prompt per kind. A character job gets docs/training.md's test prompt
+ * (a trait to override, red hair, and a medium); objects and styles are asked the same of their kind:
+ * the subject somewhere new, the style on a new subject.
+ */
+export const GRID_PROMPTS: Record<Kind, string[]> = {
+  character: ['a portrait of {token}, red hair, handsome face, oil painting, artstation'],
+  object: ['a photo of {token}, a {classWord}, on a wooden table in a sunny garden, detailed'],
+  style: ['a lighthouse on a cliff at sunset, in the style of {token} {classWord}'],
+};
+
 export const EvaluationSchema = z
   .object({
-    /** Prompts rendered with every checkpoint; `{token}` and `{classWord}` are substituted. */
-    prompts: z.array(z.string().min(3).max(300)).min(1).max(8).default([
-      'a portrait of {token}, red hair, handsome face, oil painting, artstation',
-    ]),
+    /**
+     * Prompts rendered with every checkpoint; `{token}` and `{classWord}` are substituted.
+     * Absent: the job kind's grid prompt ({@link GRID_PROMPTS}).
+     */
+    prompts: GridPromptsSchema.optional(),
     negativePrompt: z
       .string()
       .max(500)
@@ -212,7 +226,13 @@ const specFields = {
 
 /** The job spec with every default applied: what `normalize/plan.json` carries to the containers. */
 export const ResolvedJobSpecSchema = z
-  .object({ ...specFields, kind: KindSchema, captioning: CaptioningSchema, evaluation: EvaluationSchema, training: TrainingResolvedSchema })
+  .object({
+    ...specFields,
+    kind: KindSchema,
+    captioning: CaptioningSchema,
+    evaluation: EvaluationSchema.extend({ prompts: GridPromptsSchema }),
+    training: TrainingResolvedSchema,
+  })
   .strict();
 export type JobSpec = z.infer<typeof ResolvedJobSpecSchema>;
 
@@ -226,7 +246,11 @@ export const JobSpecSchema = z
     training: TrainingInputSchema.default({}),
   })
   .strict()
-  .transform((spec) => ({ ...spec, training: resolveTraining(spec.kind, spec.training) }))
+  .transform((spec) => ({
+    ...spec,
+    evaluation: { ...spec.evaluation, prompts: spec.evaluation.prompts ?? GRID_PROMPTS[spec.kind] },
+    training: resolveTraining(spec.kind, spec.training),
+  }))
   // zod types a pipe's input against the previous output exactly; defaults make them differ only in optionality.
   .pipe(ResolvedJobSpecSchema as unknown as z.ZodType<JobSpec, JobSpec>);
 export type JobSpecInput = z.input<typeof JobSpecSchema>;
@@ -334,6 +358,20 @@ export const ManifestSchema = z
         })
         .strict(),
     ),
+    /**
+     * The checkpoint and strength the evaluate stage recommends (its `scores.json`), with the
+     * AUTOMATIC1111 prompt tag `<lora:NAME:STRENGTH>`; absent when the job has no scores.
+     */
+    recommendation: z
+      .object({
+        checkpoint: z.string(),
+        epoch: z.number().int(),
+        strength: z.number(),
+        tag: z.string().regex(/^<lora:[^:>]+:[0-9.]+>$/),
+        reason: z.string(),
+        runnerUp: z.object({ checkpoint: z.string(), epoch: z.number().int(), strength: z.number(), tag: z.string() }).nullable(),
+      })
+      .optional(),
   })
   .strict();
 export type Manifest = z.infer<typeof ManifestSchema>;

@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { DatasetPlanSchema, JobSpecSchema, describeIssues } from '../../lambdas/shared/contract';
+import { DatasetPlanSchema, GRID_PROMPTS, JobSpecSchema, describeIssues } from '../../lambdas/shared/contract';
 import { parseSpecKey, photoName } from '../../lambdas/shared/keys';
 import { planTraining, trainingResolution } from '../../lambdas/shared/plan';
 
@@ -21,6 +21,15 @@ describe('job.json', () => {
       networkDim: 128, networkAlpha: 128, mixedPrecision: 'bf16', batchSize: 1,
     });
     expect(spec.evaluation.strengths).toEqual([1, 0.9, 0.8, 0.7, 0.6, 0.5]);
+  });
+
+  it('evaluates each kind with its own grid prompt unless the job gives prompts', () => {
+    const grid = (kind: string, evaluation?: object) => JobSpecSchema.parse({ token: 'ohwx', classWord: 'thing', kind, evaluation }).evaluation.prompts;
+    expect(grid('character')).toEqual(['a portrait of {token}, red hair, handsome face, oil painting, artstation']);
+    expect(grid('object')).toEqual(GRID_PROMPTS.object);
+    expect(grid('style')).toEqual(GRID_PROMPTS.style);
+    expect(grid('object')).not.toEqual(grid('character'));
+    expect(grid('style', { prompts: ['a {classWord} by {token}'] })).toEqual(['a {classWord} by {token}']);
   });
 
   it('rejects unknown fields, naming each', () => {
