@@ -8,7 +8,7 @@
  * - inbox `teams/<t>/jobs/<j>/photos/<name>` and `job.json`: exactly what the inbox path expects, so
  *   start (and admission) treat API jobs and inbox uploads alike.
  */
-import { createHash, randomUUID } from 'node:crypto';
+import { createHash, randomBytes, randomUUID } from 'node:crypto';
 import {
   DeleteObjectsCommand,
   GetObjectCommand,
@@ -73,11 +73,13 @@ const RequestRecordSchema = z.object({
   idempotencyKey: z.string().optional(),
   spec: z.unknown(),
   photos: z.array(z.object({ name: z.string(), contentType: z.string() })),
-  webhook: z.object({ url: z.string() }).optional(),
+  /** The per-job signing secret is handed to the caller at creation and kept here for the sender. */
+  webhook: z.object({ url: z.string(), secret: z.string() }).optional(),
 });
+export { RequestRecordSchema };
 type RequestRecord = z.infer<typeof RequestRecordSchema>;
 
-const requestKey = (job: JobRef) => `${jobPrefix(job)}request.json`;
+export const requestKey = (job: JobRef) => `${jobPrefix(job)}request.json`;
 const idempotencyKey = (teamId: string, key: string) => `teams/${teamId}/idempotency/${sha256(key)}.json`;
 const tombstoneKey = (job: JobRef) => `teams/${job.teamId}/tombstones/${job.jobId}.json`;
 
@@ -162,13 +164,13 @@ export async function createJob(deps: ApiDeps, teamId: string, body: CreateJobRe
     ...(idemKey !== undefined ? { idempotencyKey: idemKey } : {}),
     spec: body.spec,
     photos: body.photos,
-    ...(body.webhook ? { webhook: body.webhook } : {}),
+    ...(body.webhook ? { webhook: { url: body.webhook.url, secret: randomBytes(32).toString('hex') } } : {}),
   };
   // A replay whose first attempt died between the two writes still ends with the record written.
   await putOnce(deps.s3, deps.artifactsBucket, requestKey(job), record);
   const stored = await readRecord(deps, job);
   if (!stored) throw notFound(jobId); // erased since: the key's job is gone
-  return { jobId, replayed, ...(await uploadTargets(deps, job, stored.photos as CreateJobRequest['photos'])) };
+  return { jobId, replayed, ...(stored.webhook ? { webhook: stored.webhook } : {}), ...(await uploadTargets(deps, job, stored.photos as CreateJobRequest['photos'])) };
 }
 
 async function view(deps: ApiDeps, job: JobRef, record: RequestRecord): Promise<Job> {

@@ -64,6 +64,8 @@ export const CreateJobResponseSchema = z
     uploads: z.array(UploadTargetSchema),
     /** The upload targets stop working at this time (never later than the signing credentials). */
     uploadsExpireAt: z.string(),
+    /** With a webhook: the secret its `X-Avatar-Signature` HMACs are keyed with (keep it). */
+    webhook: z.object({ url: z.string(), secret: z.string() }).optional(),
   })
   .openapi('CreateJobResponse');
 

@@ -166,6 +166,13 @@ describeWithMoto('job API over the local AWS endpoint', () => {
     const traversal = await call('alpha', 'POST', '/jobs', { spec, photos: [{ name: '../x.jpg', contentType: 'image/jpeg' }] });
     expect(traversal.status).toBe(400);
     expect(traversal.body.error.message).toMatch(/photos\.0\.name/);
+    const http = await call('alpha', 'POST', '/jobs', { spec, photos: declared(), webhook: { url: 'http://example.com/hook' } });
+    expect(http.status).toBe(400);
+    expect(http.body.error.message).toMatch(/webhook\.url: the webhook url must use https/);
+    const hooked = await call('alpha', 'POST', '/jobs', { spec, photos: declared().slice(0, 1), webhook: { url: 'https://hooks.example.com/avatar' } });
+    expect(hooked.status).toBe(201);
+    expect(hooked.body.webhook.url).toBe('https://hooks.example.com/avatar');
+    expect(hooked.body.webhook.secret).toMatch(/^[0-9a-f]{64}$/);
   });
 
   it('lists the team\'s jobs a page at a time and filters by state', async () => {
