@@ -195,7 +195,10 @@ describeWithMoto('job API over the local AWS endpoint', () => {
     const failed = await call('alpha', 'GET', '/jobs?state=failed&limit=100');
     expect((failed.body.jobs as Json[]).map((j) => j.jobId)).toEqual([mainJob]);
     const created = await call('alpha', 'GET', '/jobs?state=created&limit=100');
-    expect((created.body.jobs as Json[]).map((j) => j.jobId).sort()).toEqual([...extra].sort());
+    const createdIds = (created.body.jobs as Json[]).map((j) => j.jobId);
+    expect(createdIds).toEqual(expect.arrayContaining(extra));
+    expect(createdIds).not.toContain(mainJob);
+    expect((created.body.jobs as Json[]).every((j) => j.state === 'created')).toBe(true);
     const beta = await call('beta', 'GET', '/jobs?limit=100');
     expect((beta.body.jobs as Json[]).map((j) => j.jobId)).not.toContain(mainJob);
   });
