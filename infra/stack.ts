@@ -2,6 +2,7 @@ import { CfnOutput, Duration, Stack, type StackProps } from 'aws-cdk-lib';
 import { Construct } from 'constructs';
 import type { AvatarConfig } from './config';
 import { Alarms } from './constructs/alarms';
+import { JobApi } from './constructs/api';
 import { GpuBatch } from './constructs/gpu-batch';
 import { Reconcile } from './constructs/reconcile';
 import { StageFunctions } from './constructs/stage-functions';
@@ -48,6 +49,8 @@ export class AvatarStack extends Stack {
   public readonly alarms: Alarms;
   /** Team registry table and the GPU fair-share policy. */
   public readonly teams: Teams;
+  /** The job API (HTTP API, Cognito clients, webhooks). */
+  public readonly api: JobApi;
 
   constructor(scope: Construct, id: string, props: AvatarStackProps) {
     super(scope, id, props);
@@ -104,6 +107,13 @@ export class AvatarStack extends Stack {
       alarmEmail: config.alarmEmail,
     });
 
+    const api = new JobApi(this, 'JobApi', {
+      inbox: storage.inbox,
+      artifacts: storage.artifacts,
+      stateMachine: workflow.stateMachine,
+      urlExpirySeconds: config.urlExpirySeconds,
+    });
+
     this.storage = storage;
     this.gpu = gpu;
     this.functions = functions;
@@ -112,6 +122,7 @@ export class AvatarStack extends Stack {
     this.reconcile = reconcile;
     this.alarms = alarms;
     this.teams = teams;
+    this.api = api;
 
     new CfnOutput(this, 'InboxBucketName', { value: storage.inbox.bucketName, description: 'Upload photos and job.json here' });
     new CfnOutput(this, 'ArtifactsBucketName', { value: storage.artifacts.bucketName, description: 'Results; upload base models under models/' });

@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { requestKey } from '../../lambdas/api/jobs';
-import { deliveryKey, notify } from '../../lambdas/api/notify';
+import { deliveryKey, notify } from '../../lambdas/notify/handler';
 import { stateChange } from '../../lambdas/shared/events';
 import { getJson, putJson } from '../../lambdas/shared/s3';
 import { ALLOW_LOOPBACK_FOR_TESTS, verifyWebhookSignature } from '../../lambdas/shared/webhook';
