@@ -28,6 +28,7 @@ import { getJson, listAll } from '../shared/s3';
 import { readStatus } from '../shared/status';
 import { executionName } from '../start/handler';
 import type { CreateJobRequest, Job, Results } from './schemas';
+import { type RequestRecord, RequestRecordSchema, requestKey } from './records';
 import { linkLifetime } from './signing';
 
 export interface ApiDeps {
@@ -65,21 +66,6 @@ export class ApiError extends AppError {
 /** One body for "missing" and "another team's": a caller never learns that someone else's job exists. */
 export const notFound = (jobId: string) => new ApiError(404, 'JOB_NOT_FOUND', `no job "${jobId}" for your team: check the job id`, jobId);
 
-const RequestRecordSchema = z.object({
-  teamId: z.string(),
-  jobId: z.string(),
-  createdAt: z.string(),
-  requestHash: z.string(),
-  idempotencyKey: z.string().optional(),
-  spec: z.unknown(),
-  photos: z.array(z.object({ name: z.string(), contentType: z.string() })),
-  /** The per-job signing secret is handed to the caller at creation and kept here for the sender. */
-  webhook: z.object({ url: z.string(), secret: z.string() }).optional(),
-});
-export { RequestRecordSchema };
-type RequestRecord = z.infer<typeof RequestRecordSchema>;
-
-export const requestKey = (job: JobRef) => `${jobPrefix(job)}request.json`;
 const idempotencyKey = (teamId: string, key: string) => `teams/${teamId}/idempotency/${sha256(key)}.json`;
 const tombstoneKey = (job: JobRef) => `teams/${job.teamId}/tombstones/${job.jobId}.json`;
 

@@ -12,7 +12,7 @@ import { JobStateChangeSchema } from '../shared/events';
 import { jobPrefix } from '../shared/keys';
 import { getJson, putJson, s3Client } from '../shared/s3';
 import { type DeliveryResult, type WebhookOptions, deliverWebhook } from '../shared/webhook';
-import { RequestRecordSchema, requestKey } from '../api/jobs';
+import { RequestRecordSchema, requestKey } from '../api/records';
 
 const EventSchema = z.object({ detail: JobStateChangeSchema });
 

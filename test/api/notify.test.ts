@@ -5,7 +5,7 @@ import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, expect, it } from 'vitest';
-import { requestKey } from '../../lambdas/api/jobs';
+import { requestKey } from '../../lambdas/api/records';
 import { deliveryKey, notify } from '../../lambdas/notify/handler';
 import { stateChange } from '../../lambdas/shared/events';
 import { getJson, putJson } from '../../lambdas/shared/s3';
