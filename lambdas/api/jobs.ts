@@ -93,7 +93,7 @@ async function readRecord(deps: ApiDeps, job: JobRef): Promise<RequestRecord | u
   return parsed.success ? parsed.data : undefined;
 }
 
-/** The caller's job, or 404 (also for a job id that is not even well-formed). */
+/** The caller's job, or 404: a missing job and another team's job answer alike. */
 async function ownJob(deps: ApiDeps, teamId: string, jobId: string): Promise<{ job: JobRef; record: RequestRecord }> {
   const job = { teamId, jobId };
   const record = await readRecord(deps, job);

@@ -16,10 +16,15 @@ export const PhotoNameSchema = z
 
 export const ErrorResponseSchema = z.object({ error: ErrorInfoSchema }).openapi('Error');
 
-/** A job spec exactly as job.json takes it; the server validates it with the contract's JobSpecSchema. */
+/**
+ * A job spec exactly as job.json takes it. Requests carry it as an object and the server validates it
+ * with the contract's JobSpecSchema (messages name each field); the document describes it with the
+ * JSON Schema of that same schema's input.
+ */
+const { $schema: _dialect, ...jobSpecJsonSchema } = z.toJSONSchema(JobSpecSchema, { io: 'input', unrepresentable: 'any' }) as Record<string, unknown>;
 export const JobSpecInputSchema = z
   .record(z.string(), z.unknown())
-  .openapi('JobSpecInput', { description: 'The job spec as job.json takes it (token, classWord, kind, captioning, evaluation, training); validated against the job contract.' });
+  .openapi('JobSpecInput', { ...(jobSpecJsonSchema as object), description: 'The job spec as job.json takes it; validated against the job contract.' });
 
 export const WebhookSchema = z
   .object({

@@ -31,6 +31,11 @@ describe('OpenAPI document', () => {
   it('describes the status document from the job contract', () => {
     const schemas = (doc.components as { schemas: Record<string, { properties?: Record<string, { enum?: string[] }> }> }).schemas;
     expect(schemas.Job.properties?.state.enum).toEqual(['created', 'queued', 'running', 'succeeded', 'failed', 'cancelled']);
+    // The request's spec is described by the job contract's own input schema.
+    const spec = schemas.JobSpecInput as { required?: string[]; properties?: Record<string, { enum?: string[] }>; additionalProperties?: unknown };
+    expect(spec.required).toEqual(['token', 'classWord']);
+    expect(spec.properties?.kind.enum).toEqual(['character', 'style', 'object']);
+    expect(spec.additionalProperties).toBe(false);
   });
 
   it('is what `npm run -s openapi` prints', () => {
