@@ -94,16 +94,21 @@ export async function startLocalApi(options: LocalApiOptions = {}): Promise<Loca
           }
         }, 200);
       });
+      // Asked before every task too, so a stop never depends on the poll's timing.
+      const isAborted = async () => {
+        if (!aborted) aborted = (await sfn.send(new DescribeExecutionCommand({ executionArn }))).status === 'ABORTED';
+        return aborted;
+      };
       log(`job ${job.teamId}/${job.jobId}: execution ${started.executionName} running locally`);
       const run = runWorkflow(definition, started.job, {
         lambda: async (stage, payload) => {
-          if (aborted) throw new Aborted();
+          if (await isAborted()) throw new Aborted();
           return inProcessLambda(stage, payload);
         },
         batch: async () => {
-          if (aborted) throw new Aborted();
+          if (await isAborted()) throw new Aborted();
           await Promise.race([stopped, new Promise((r) => setTimeout(r, options.gpuWaitMs ?? 0))]);
-          if (aborted) throw new Aborted();
+          if (await isAborted()) throw new Aborted();
           throw new GpuUnavailable(gpu.ok ? 'the local API does not run GPU containers' : gpu.reason);
         },
       }).then((result) => {
