@@ -112,6 +112,7 @@ export class AvatarStack extends Stack {
       artifacts: storage.artifacts,
       stateMachine: workflow.stateMachine,
       urlExpirySeconds: config.urlExpirySeconds,
+      teamsTable: teams.table,
     });
 
     this.storage = storage;

@@ -2,6 +2,7 @@ import { ArnFormat, Aws, CfnOutput, Duration, Stack, Validations } from 'aws-cdk
 import * as apigw from 'aws-cdk-lib/aws-apigatewayv2';
 import { HttpLambdaIntegration } from 'aws-cdk-lib/aws-apigatewayv2-integrations';
 import * as cognito from 'aws-cdk-lib/aws-cognito';
+import type * as dynamodb from 'aws-cdk-lib/aws-dynamodb';
 import * as events from 'aws-cdk-lib/aws-events';
 import * as targets from 'aws-cdk-lib/aws-events-targets';
 import * as iam from 'aws-cdk-lib/aws-iam';
@@ -21,6 +22,8 @@ export interface JobApiProps {
   readonly stateMachine: sfn.StateMachine;
   /** Lifetime asked for result links (capped by the signing credentials). */
   readonly urlExpirySeconds: number;
+  /** The team registry: unknown teams are refused; /usage reads the counters. */
+  readonly teamsTable: dynamodb.ITable;
   /**
    * Another OIDC issuer instead of the stack's Cognito user pool; it must issue access tokens with
    * one `avatar/team:<teamId>` scope.
@@ -92,9 +95,14 @@ export class JobApi extends Construct {
         URL_EXPIRY_SECONDS: String(props.urlExpirySeconds),
         AUTH_ISSUER: issuer!,
         AUTH_JWKS_URL: jwksUrl,
+        TEAMS_TABLE: props.teamsTable.tableName,
       },
     });
     const role = this.function.executionRole;
+    // Team lookups and /usage read the team item; erasure rewrites the job's ledger rows under an anonymous id.
+    role.addToPrincipalPolicy(
+      new iam.PolicyStatement({ actions: ['dynamodb:GetItem', 'dynamodb:Query', 'dynamodb:PutItem', 'dynamodb:DeleteItem'], resources: [props.teamsTable.tableArn] }),
+    );
     const why = 'the job API acts on jobs of the calling team, whose ids are only known per request (the team comes from the verified token)';
     // Photos are uploaded by the caller through POST policies this role signs; job.json starts the job.
     grantObjects(role, props.inbox, ['s3:PutObject'], [`${JOB_PREFIX}/photos/*`, `${JOB_PREFIX}/job.json`], why);

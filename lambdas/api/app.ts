@@ -6,6 +6,8 @@
 import { OpenAPIHono, createRoute, type RouteConfig, z } from '@hono/zod-openapi';
 import type { Context } from 'hono';
 import { describeIssues } from '../shared/contract';
+import { monthToDate } from '../shared/cost';
+import type { TeamRegistry } from '../shared/teams';
 import { type AuthConfig, AuthError, type Caller, authenticate } from './auth';
 import { type ApiDeps, ApiError, cancelJob, createJob, deleteJob, getJob, listJobs, results, startJob } from './jobs';
 import { type RateLimit, TokenBuckets } from './rate-limit';
@@ -19,14 +21,18 @@ import {
   JobSchema,
   ListQuerySchema,
   ResultsSchema,
+  UsageSchema,
 } from './schemas';
 
 export interface AppOptions {
   readonly deps: ApiDeps;
   readonly auth: AuthConfig;
   readonly rateLimit: RateLimit;
-  /** Teams that may use the API; unknown teams get 403 TEAM_UNKNOWN. Absent: any team with a valid token. */
-  readonly teamExists?: (teamId: string) => Promise<boolean>;
+  /**
+   * The team registry: a team it does not know gets 403 TEAM_UNKNOWN, and /usage reads its counters.
+   * Absent (only to print the OpenAPI document): any team with a valid token, no usage.
+   */
+  readonly teams?: Pick<TeamRegistry, 'get'>;
 }
 
 type Env = { Variables: { caller: Caller } };
@@ -102,6 +108,13 @@ export const routes = {
     request: { params: JobIdParamSchema },
     responses: { 200: json(DeleteResponseSchema, 'Erased'), ...errors },
   }),
+  usage: createRoute({
+    method: 'get',
+    path: '/usage',
+    summary: "The team's month-to-date cost and GPU hours against its budget",
+    security,
+    responses: { 200: json(UsageSchema, 'Month to date'), ...errors },
+  }),
 } satisfies Record<string, RouteConfig>;
 
 function errorBody(code: string, message: string, input?: string) {
@@ -129,7 +142,7 @@ export function createApp(options: AppOptions): OpenAPIHono<Env> {
   app.use('*', async (c, next) => {
     if (c.req.path === '/openapi.json') return next();
     const caller = await authenticate(c.req.header('authorization'), options.auth);
-    if (options.teamExists && !(await options.teamExists(caller.teamId))) {
+    if (options.teams && !(await options.teams.get(caller.teamId))) {
       throw new ApiError(403, 'TEAM_UNKNOWN', `team "${caller.teamId}" is not registered: ask the operator to add it`);
     }
     const wait = buckets.take(caller.teamId);
@@ -153,6 +166,12 @@ export function createApp(options: AppOptions): OpenAPIHono<Env> {
   app.openapi(routes.cancelJob, async (c) => c.json(await cancelJob(deps, team(c), c.req.valid('param').id), 200));
   app.openapi(routes.results, async (c) => c.json(await results(deps, team(c), c.req.valid('param').id), 200));
   app.openapi(routes.deleteJob, async (c) => c.json(await deleteJob(deps, team(c), c.req.valid('param').id), 200));
+
+  app.openapi(routes.usage, async (c) => {
+    const usage = options.teams ? await monthToDate(options.teams as TeamRegistry, team(c)) : undefined;
+    if (!usage) throw new ApiError(404, 'TEAM_UNKNOWN', 'no usage for your team: it is not in the team registry');
+    return c.json({ teamId: team(c), ...usage }, 200);
+  });
 
   app.doc31('/openapi.json', openApiInfo);
 

@@ -18,6 +18,7 @@ import {
   type S3Client,
 } from '@aws-sdk/client-s3';
 import { type SFNClient, StopExecutionCommand } from '@aws-sdk/client-sfn';
+import { TransactWriteCommand } from '@aws-sdk/lib-dynamodb';
 import { createPresignedPost } from '@aws-sdk/s3-presigned-post';
 import { getSignedUrl } from '@aws-sdk/s3-request-presigner';
 import { z } from 'zod';
@@ -26,6 +27,7 @@ import { AppError } from '../shared/errors';
 import { type JobRef, jobPrefix, keys } from '../shared/keys';
 import { getJson, listAll } from '../shared/s3';
 import { readStatus } from '../shared/status';
+import type { TeamRegistry } from '../shared/teams';
 import { executionName } from '../start/handler';
 import type { CreateJobRequest, Job, Results } from './schemas';
 import { type RequestRecord, RequestRecordSchema, requestKey } from './records';
@@ -49,6 +51,8 @@ export interface ApiDeps {
    * needed; the local server starts the local state machine here.
    */
   readonly onSpecWritten?: (job: JobRef) => Promise<void>;
+  /** The team registry, whose cost ledger rows erasure anonymises. */
+  readonly registry?: TeamRegistry;
 }
 
 /** An API error: HTTP status plus the stable code and message clients see. */
@@ -335,7 +339,35 @@ export async function deleteJob(deps: ApiDeps, teamId: string, jobId: string) {
   if (record.idempotencyKey !== undefined) {
     removed[deps.artifactsBucket] += await eraseVersions(deps.s3, deps.artifactsBucket, idempotencyKey(teamId, record.idempotencyKey));
   }
+  const ledgerRows = deps.registry ? await anonymiseLedger(deps.registry, job) : 0;
   const deletedAt = deps.now().toISOString();
-  await deps.s3.send(new PutObjectCommand({ Bucket: deps.artifactsBucket, Key: tombstoneKey(job), Body: JSON.stringify({ teamId, jobId, deletedAt, removed }), ContentType: 'application/json' }));
+  await deps.s3.send(new PutObjectCommand({ Bucket: deps.artifactsBucket, Key: tombstoneKey(job), Body: JSON.stringify({ teamId, jobId, deletedAt, removed, ledgerRows }), ContentType: 'application/json' }));
   return { jobId, deletedAt, removed };
+}
+
+/** The id a job's ledger rows carry once it is erased: the team's totals stay right, the job id goes. */
+export function erasedJobId(job: JobRef): string {
+  return `erased-${sha256(`${job.teamId}/${job.jobId}`).slice(0, 24)}`;
+}
+
+/**
+ * Moves each cost ledger row `COST#<job>#<stage>` to `COST#<erased id>#<stage>` with the job id
+ * replaced, in one transaction per row (the copy and the delete land together).
+ */
+async function anonymiseLedger(registry: TeamRegistry, job: JobRef): Promise<number> {
+  const rows = await registry.items(job.teamId, `COST#${job.jobId}#`);
+  const anonymous = erasedJobId(job);
+  for (const row of rows) {
+    const sk = String(row.sk);
+    const stage = sk.slice(`COST#${job.jobId}#`.length);
+    await registry.doc.send(
+      new TransactWriteCommand({
+        TransactItems: [
+          { Put: { TableName: registry.tableName, Item: { ...row, sk: `COST#${anonymous}#${stage}`, jobId: anonymous } } },
+          { Delete: { TableName: registry.tableName, Key: { pk: row.pk, sk } } },
+        ],
+      }),
+    );
+  }
+  return rows.length;
 }

@@ -130,6 +130,21 @@ export const DeleteResponseSchema = z
   })
   .openapi('DeleteResult');
 
+export const UsageSchema = z
+  .object({
+    teamId: IdSchema,
+    /** The UTC month (YYYY-MM) the figures cover. */
+    month: z.string(),
+    /** Charged cost of jobs that ended this month. */
+    spentUsd: z.number(),
+    /** Estimates held by jobs still running. */
+    reservedUsd: z.number(),
+    budgetUsd: z.number(),
+    spentGpuHours: z.number(),
+    gpuHoursBudget: z.number(),
+  })
+  .openapi('Usage');
+
 export const JobIdParamSchema = z.object({ id: IdSchema.openapi({ param: { name: 'id', in: 'path' } }) });
 
 export const ListQuerySchema = z.object({

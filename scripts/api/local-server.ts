@@ -7,6 +7,7 @@
  *   (StartExecution against moto) and the synthesized state machine runs locally.
  * - StopExecution goes to moto; the local run watches moto's execution status and, once ABORTED,
  *   refuses every further task, as Step Functions runs no state after a stop.
+ * - The team registry: a DynamoDB table in moto holding the demo teams alpha and beta.
  * - Batch stages without Docker and a GPU: the job waits `gpuWaitMs` (a Batch job RUNNABLE with no
  *   capacity) and then fails with GPU_UNAVAILABLE, as `npm run local` does; a stop ends the wait.
  */
@@ -14,7 +15,9 @@ import type { AddressInfo } from 'node:net';
 import { serve } from '@hono/node-server';
 import { PutBucketVersioningCommand, type S3Client } from '@aws-sdk/client-s3';
 import { CreateStateMachineCommand, DescribeExecutionCommand, SFNClient } from '@aws-sdk/client-sfn';
+import { DynamoDBClient } from '@aws-sdk/client-dynamodb';
 import { createApp } from '../../lambdas/api/app';
+import { TEAM_DEFAULTS, TeamRegistry, createTeamsTable, teamsDocumentClient } from '../../lambdas/shared/teams';
 import { localKeys } from '../../lambdas/api/auth';
 import type { JobRef } from '../../lambdas/shared/keys';
 import { start } from '../../lambdas/start/handler';
@@ -26,6 +29,7 @@ import { DEMO_TEAMS, LOCAL_ISSUER, TEAM_SCOPE_PREFIX, localKeyPair } from './loc
 
 export const LOCAL_INBOX = 'avatar-local-inbox';
 export const LOCAL_ARTIFACTS = 'avatar-local-artifacts';
+export const LOCAL_TEAMS_TABLE = 'avatar-local-teams';
 
 export interface LocalApiOptions {
   readonly port?: number;
@@ -119,6 +123,12 @@ export async function startLocalApi(options: LocalApiOptions = {}): Promise<Loca
       runs.set(`${job.teamId}/${job.jobId}`, run);
     };
 
+    // The team registry in moto's DynamoDB, with the demo teams at the registry's default limits.
+    const dynamo = { endpoint: moto.endpoint, region: LOCAL_REGION, credentials: LOCAL_CREDENTIALS };
+    await createTeamsTable(new DynamoDBClient(dynamo), LOCAL_TEAMS_TABLE);
+    const registry = new TeamRegistry(teamsDocumentClient(dynamo), LOCAL_TEAMS_TABLE);
+    for (const teamId of DEMO_TEAMS) await registry.add({ teamId, ...TEAM_DEFAULTS });
+
     const { jwks } = await localKeyPair();
     const app = createApp({
       deps: {
@@ -132,10 +142,11 @@ export async function startLocalApi(options: LocalApiOptions = {}): Promise<Loca
         maxPhotoBytes: options.maxPhotoBytes ?? 25 * 1024 * 1024,
         now: () => new Date(),
         onSpecWritten: runLocally,
+        registry,
       },
       auth: { issuer: LOCAL_ISSUER, keys: localKeys(jwks), teamScopePrefix: TEAM_SCOPE_PREFIX },
       rateLimit: { burst: 200, perSecond: 50 },
-      teamExists: async (teamId) => (DEMO_TEAMS as readonly string[]).includes(teamId),
+      teams: registry,
     });
     const listening = new Promise<AddressInfo>((resolve) => {
       server = serve({ fetch: app.fetch, port: options.port ?? 0, hostname: '127.0.0.1' }, (info) => resolve(info));

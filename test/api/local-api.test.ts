@@ -19,9 +19,12 @@ import { DescribeExecutionCommand, SFNClient } from '@aws-sdk/client-sfn';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { createApp } from '../../lambdas/api/app';
 import { localKeys } from '../../lambdas/api/auth';
+import { erasedJobId } from '../../lambdas/api/jobs';
+import { writeLedgerRow } from '../../lambdas/shared/cost';
+import { TeamRegistry, teamsDocumentClient } from '../../lambdas/shared/teams';
 import { executionName } from '../../lambdas/start/handler';
 import { LOCAL_ISSUER, TEAM_SCOPE_PREFIX, localKeyPair, localToken } from '../../scripts/api/local-auth';
-import { LOCAL_ARTIFACTS, LOCAL_INBOX, type LocalApi, startLocalApi } from '../../scripts/api/local-server';
+import { LOCAL_ARTIFACTS, LOCAL_INBOX, LOCAL_TEAMS_TABLE, type LocalApi, startLocalApi } from '../../scripts/api/local-server';
 import { syntheticPhotos } from '../../scripts/local/demo-photos';
 import { LOCAL_CREDENTIALS, LOCAL_REGION } from '../../scripts/local/moto';
 import { describeWithMoto } from '../helpers/suites';
@@ -238,6 +241,13 @@ describeWithMoto('job API over the local AWS endpoint', () => {
     }
   });
 
+  it('usage: month to date against the budget from the team registry', async () => {
+    const res = await call('alpha', 'GET', '/usage');
+    expect(res.status).toBe(200);
+    // No job reached a GPU here, so nothing is charged or reserved; the budget is the registry's default.
+    expect(res.body).toEqual({ teamId: 'alpha', month: new Date().toISOString().slice(0, 7), spentUsd: 0, reservedUsd: 0, budgetUsd: 100, spentGpuHours: 0, gpuHoursBudget: 50 });
+  });
+
   it('start refuses a job whose declared photos are not all uploaded', async () => {
     const created = await call('alpha', 'POST', '/jobs', { spec, photos: declared().slice(0, 2) });
     const res = await call('alpha', 'POST', `/jobs/${created.body.jobId}/start`);
@@ -301,6 +311,9 @@ describeWithMoto('job API over the local AWS endpoint', () => {
 
   it('delete erases every object and every version of the job in both buckets; 404 afterwards', async () => {
     const prefix = `teams/alpha/jobs/${mainJob}/`;
+    // A cost ledger row for the job, as the cost stage writes it (nothing here reaches a GPU to write one).
+    const registry = new TeamRegistry(teamsDocumentClient({ endpoint: api.moto.endpoint, region: LOCAL_REGION, credentials: LOCAL_CREDENTIALS }), LOCAL_TEAMS_TABLE);
+    await writeLedgerRow(registry, { teamId: 'alpha', jobId: mainJob, stage: 'train', usd: 0.42, gpuSeconds: 1500, lambdaUsd: 0, storageUsd: 0 });
     // The job has several versions of status.json in the versioned artifacts bucket.
     expect(await versionsUnder(LOCAL_ARTIFACTS, `${prefix}status.json`)).toBeGreaterThan(1);
     expect(await versionsUnder(LOCAL_INBOX, prefix)).toBe(21);
@@ -314,7 +327,13 @@ describeWithMoto('job API over the local AWS endpoint', () => {
       expect((await call('alpha', method, `/jobs/${mainJob}${path}`)).status).toBe(404);
     }
     const tombstone = JSON.parse(await (await api.s3.send(new GetObjectCommand({ Bucket: LOCAL_ARTIFACTS, Key: `teams/alpha/tombstones/${mainJob}.json` }))).Body!.transformToString());
-    expect(Object.keys(tombstone).sort()).toEqual(['deletedAt', 'jobId', 'removed', 'teamId']);
+    expect(Object.keys(tombstone).sort()).toEqual(['deletedAt', 'jobId', 'ledgerRows', 'removed', 'teamId']);
+    expect(tombstone.ledgerRows).toBe(1);
+    // The ledger keeps the figures under an anonymous id; nothing in it names the job any more.
+    expect(await registry.items('alpha', `COST#${mainJob}#`)).toEqual([]);
+    const anonymous = await registry.items('alpha', `COST#${erasedJobId({ teamId: 'alpha', jobId: mainJob })}#`);
+    expect(anonymous).toEqual([expect.objectContaining({ jobId: erasedJobId({ teamId: 'alpha', jobId: mainJob }), stage: 'train', usd: 0.42, gpuSeconds: 1500 })]);
+    expect(JSON.stringify(await registry.items('alpha', 'COST#'))).not.toContain(mainJob);
   });
 
   it('the avatar CLI as a process: submit, status --watch, results --out, cancel, delete, errors with the API code', async () => {
@@ -373,6 +392,10 @@ describeWithMoto('job API over the local AWS endpoint', () => {
     const gone = await avatar(['status', jobId]);
     expect(gone.code).toBe(1);
     expect(gone.stderr).toContain('error: JOB_NOT_FOUND:');
+
+    const usage = await avatar(['usage', '--json']);
+    expect(usage.code).toBe(0);
+    expect(JSON.parse(usage.stdout)).toMatchObject({ teamId: 'beta', budgetUsd: 100 });
 
     const noUrl = await avatar(['status', jobId], { PATH: process.env.PATH, AVATAR_API_TOKEN: 'x' });
     expect(noUrl.code).toBe(2);

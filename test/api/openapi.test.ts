@@ -19,7 +19,7 @@ describe('OpenAPI document', () => {
     const declared = Object.values(routes).map((r) => `${r.method.toUpperCase()} ${r.path}`).sort();
     const documented = Object.entries(paths).flatMap(([path, ops]) => Object.keys(ops).map((m) => `${m.toUpperCase()} ${path}`)).sort();
     expect(documented).toEqual(declared);
-    expect(declared).toEqual(['DELETE /jobs/{id}', 'GET /jobs', 'GET /jobs/{id}', 'GET /jobs/{id}/results', 'POST /jobs', 'POST /jobs/{id}/cancel', 'POST /jobs/{id}/start']);
+    expect(declared).toEqual(['DELETE /jobs/{id}', 'GET /jobs', 'GET /jobs/{id}', 'GET /jobs/{id}/results', 'GET /usage', 'POST /jobs', 'POST /jobs/{id}/cancel', 'POST /jobs/{id}/start']);
     for (const ops of Object.values(paths)) {
       for (const op of Object.values(ops)) {
         expect(op.security).toEqual([{ bearer: [] }]);
