@@ -308,7 +308,8 @@ export async function results(deps: ApiDeps, teamId: string, jobId: string): Pro
       url: await getSignedUrl(deps.s3, new GetObjectCommand({ Bucket: deps.artifactsBucket, Key: a.key }), { expiresIn: lifetime.seconds }),
     })),
   );
-  return { teamId, jobId, state: current.state, urlExpiresAt: lifetime.expiresAt.toISOString(), artifacts };
+  const recommendation = manifest.success ? manifest.data.recommendation : undefined;
+  return { teamId, jobId, state: current.state, urlExpiresAt: lifetime.expiresAt.toISOString(), artifacts, ...(recommendation ? { recommendation } : {}) };
 }
 
 /** Removes every version and delete marker under a prefix; returns how many. */

@@ -3,7 +3,7 @@
  * manifest.json) so the API, the OpenAPI document and the pipeline share one definition.
  */
 import { z } from '@hono/zod-openapi';
-import { ErrorInfoSchema, IdSchema, JOB_STATES, JobSpecSchema, StageSchema, StatusSchema } from '../shared/contract';
+import { ErrorInfoSchema, IdSchema, JOB_STATES, JobSpecSchema, ManifestSchema, StageSchema, StatusSchema } from '../shared/contract';
 
 /** Content types a photo upload target accepts (S3 refuses any other Content-Type). */
 export const PHOTO_CONTENT_TYPES = ['image/jpeg', 'image/png', 'image/webp', 'image/heic', 'image/heif', 'image/avif', 'image/tiff', 'image/gif'] as const;
@@ -117,6 +117,8 @@ export const ResultsSchema = z
         url: z.string().url(),
       }),
     ),
+    /** From manifest.json: the checkpoint and strength evaluate recommends, with its `<lora:NAME:STRENGTH>` tag. */
+    recommendation: ManifestSchema.shape.recommendation,
   })
   .openapi('Results');
 export type Results = z.infer<typeof ResultsSchema>;

@@ -164,6 +164,7 @@ async function status(jobId: string, opts: Common & { watch?: boolean; interval:
 
 interface ResultsView {
   state: string;
+  recommendation?: { tag: string; reason: string };
   urlExpiresAt: string;
   artifacts: Array<{ name: string; size: number; sha256?: string; url: string }>;
 }
@@ -191,7 +192,8 @@ async function results(jobId: string, opts: Common & { out?: string }) {
     lines.push(`downloaded ${manifest.artifacts.length} files to ${out}`);
   }
   const lora = manifest.artifacts.find((a) => a.name.startsWith('train/') && a.name.endsWith('.safetensors') && !/-\d+\.safetensors$/.test(a.name));
-  if (lora) lines.push(`prompt tag: <lora:${lora.name.slice('train/'.length, -'.safetensors'.length)}:1>`);
+  if (manifest.recommendation) lines.push(`prompt tag: ${manifest.recommendation.tag} (${manifest.recommendation.reason})`);
+  else if (lora) lines.push(`prompt tag: <lora:${lora.name.slice('train/'.length, -'.safetensors'.length)}:1>`);
   else lines.push(`no LoRA yet (job ${manifest.state}); links expire at ${manifest.urlExpiresAt}`);
   print(opts, manifest, lines.join('\n'));
 }

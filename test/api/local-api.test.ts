@@ -25,6 +25,7 @@ import { TeamRegistry, teamsDocumentClient } from '../../lambdas/shared/teams';
 import { executionName } from '../../lambdas/start/handler';
 import { LOCAL_ISSUER, TEAM_SCOPE_PREFIX, localKeyPair, localToken } from '../../scripts/api/local-auth';
 import { LOCAL_ARTIFACTS, LOCAL_INBOX, LOCAL_TEAMS_TABLE, type LocalApi, startLocalApi } from '../../scripts/api/local-server';
+import { putBytes } from '../../lambdas/shared/s3';
 import { syntheticPhotos } from '../../scripts/local/demo-photos';
 import { LOCAL_CREDENTIALS, LOCAL_REGION } from '../../scripts/local/moto';
 import { describeWithMoto } from '../helpers/suites';
@@ -145,6 +146,34 @@ describeWithMoto('job API over the local AWS endpoint', () => {
       const hash = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');
       expect(hash(bytes)).toBe(hash(await stored.Body!.transformToByteArray()));
     }
+  });
+
+  it("results of a finished job: manifest.json's list with sha256 and the recommendation, links signed again now", async () => {
+    const created = await call('alpha', 'POST', '/jobs', { spec, photos: declared().slice(0, 1) });
+    const jobId = created.body.jobId as string;
+    const prefix = `teams/alpha/jobs/${jobId}/`;
+    // What finalize leaves: an artifact, manifest.json (its links long dead) and a succeeded status.
+    const lora = Buffer.from(Array.from({ length: 4096 }, (_, i) => (i * 31) % 256));
+    const sha = createHash('sha256').update(lora).digest('hex');
+    const put = (key: string, body: string | Buffer) => putBytes(api.s3, LOCAL_ARTIFACTS, `${prefix}${key}`, body, 'application/octet-stream');
+    await put('train/zwxapi.safetensors', lora);
+    const recommendation = { checkpoint: 'zwxapi.safetensors', epoch: 5, strength: 0.8, tag: '<lora:zwxapi:0.8>', reason: 'highest likeness at 0.8', runnerUp: null };
+    await put('manifest.json', JSON.stringify({
+      teamId: 'alpha', jobId, createdAt: '2026-01-01T00:00:00.000Z', urlExpiresAt: '2026-01-01T01:00:00.000Z',
+      artifacts: [{ key: `${prefix}train/zwxapi.safetensors`, name: 'train/zwxapi.safetensors', stage: 'train', size: lora.length, sha256: sha, url: 'https://expired.example/old' }],
+      recommendation,
+    }));
+    await put('status.json', JSON.stringify({ teamId: 'alpha', jobId, state: 'succeeded', stage: 'finalize', createdAt: '2026-01-01T00:00:00.000Z', updatedAt: '2026-01-01T00:30:00.000Z', finishedAt: '2026-01-01T00:30:00.000Z' }));
+    const { status, body } = await call('alpha', 'GET', `/jobs/${jobId}/results`);
+    expect(status).toBe(200);
+    expect(body.state).toBe('succeeded');
+    expect(body.recommendation).toEqual(recommendation);
+    expect(body.artifacts).toHaveLength(1);
+    const [artifact] = body.artifacts as Json[];
+    expect(artifact).toMatchObject({ name: 'train/zwxapi.safetensors', size: lora.length, sha256: sha });
+    expect(artifact.url).not.toBe('https://expired.example/old');
+    const fetched = Buffer.from(await (await fetch(artifact.url)).arrayBuffer());
+    expect(createHash('sha256').update(fetched).digest('hex')).toBe(sha);
   });
 
   it('Idempotency-Key: a replay returns the same job; the key with another body is refused', async () => {
