@@ -18,7 +18,10 @@ async function main(): Promise<void> {
   console.log(`job API listening on ${api.url} (local AWS endpoint ${api.moto.endpoint}); teams alpha and beta`);
   console.log(`token: npm run -s api:token -- --team alpha   then: AVATAR_API_URL=${api.url} AVATAR_API_TOKEN=<token> npx avatar --help`);
   const shutdown = () => {
-    api.stop().then(() => process.exit(0), () => process.exit(1));
+    api.stop().then(
+      () => process.exit(0),
+      () => process.exit(1),
+    );
   };
   process.once('SIGINT', shutdown);
   process.once('SIGTERM', shutdown);

@@ -74,12 +74,16 @@ export class JobApi extends Construct {
       for (const rule of ['AwsSolutions-COG2', 'AwsSolutions-COG3', 'AwsSolutions-COG8']) {
         Validations.of(pool).acknowledge({
           id: rule,
-          reason: 'The pool holds no users: only machine-to-machine app clients using the client-credentials flow, so MFA, user threat protection and the Plus tier have nothing to protect.',
+          reason:
+            'The pool holds no users: only machine-to-machine app clients using the client-credentials flow, so MFA, user threat protection and the Plus tier have nothing to protect.',
         });
       }
       this.userPool = pool;
       issuer = `https://cognito-idp.${Stack.of(this).region}.amazonaws.com/${pool.userPoolId}`;
-      new CfnOutput(Stack.of(this), 'ApiUserPoolId', { value: pool.userPoolId, description: 'Add one app client per team (client credentials, scope avatar/team:<id>)' });
+      new CfnOutput(Stack.of(this), 'ApiUserPoolId', {
+        value: pool.userPoolId,
+        description: 'Add one app client per team (client credentials, scope avatar/team:<id>)',
+      });
     }
     jwksUrl ??= `${issuer}/.well-known/jwks.json`;
 
@@ -101,19 +105,36 @@ export class JobApi extends Construct {
     const role = this.function.executionRole;
     // Team lookups and /usage read the team item; erasure rewrites the job's ledger rows under an anonymous id.
     role.addToPrincipalPolicy(
-      new iam.PolicyStatement({ actions: ['dynamodb:GetItem', 'dynamodb:Query', 'dynamodb:PutItem', 'dynamodb:DeleteItem'], resources: [props.teamsTable.tableArn] }),
+      new iam.PolicyStatement({
+        actions: ['dynamodb:GetItem', 'dynamodb:Query', 'dynamodb:PutItem', 'dynamodb:DeleteItem'],
+        resources: [props.teamsTable.tableArn],
+      }),
     );
     const why = 'the job API acts on jobs of the calling team, whose ids are only known per request (the team comes from the verified token)';
     // Photos are uploaded by the caller through POST policies this role signs; job.json starts the job.
     grantObjects(role, props.inbox, ['s3:PutObject'], [`${JOB_PREFIX}/photos/*`, `${JOB_PREFIX}/job.json`], why);
     grantObjects(role, props.artifacts, ['s3:GetObject'], ['teams/*'], `${why}; results are signed with this role`);
-    grantObjects(role, props.artifacts, ['s3:PutObject'], [`${JOB_PREFIX}/request.json`, `${JOB_PREFIX}/status.json`, 'teams/*/idempotency/*', 'teams/*/tombstones/*'], why);
+    grantObjects(
+      role,
+      props.artifacts,
+      ['s3:PutObject'],
+      [`${JOB_PREFIX}/request.json`, `${JOB_PREFIX}/status.json`, 'teams/*/idempotency/*', 'teams/*/tombstones/*'],
+      why,
+    );
     grantList(role, props.inbox, ['teams/*']);
     grantList(role, props.artifacts, ['teams/*']);
     // Erasure: every version and delete marker of a job in both buckets.
     for (const bucket of [props.inbox, props.artifacts]) {
-      role.addToPrincipalPolicy(new iam.PolicyStatement({ actions: ['s3:ListBucketVersions'], resources: [bucket.bucketArn], conditions: { StringLike: { 's3:prefix': ['teams/*'] } } }));
-      role.addToPrincipalPolicy(new iam.PolicyStatement({ actions: ['s3:DeleteObject', 's3:DeleteObjectVersion'], resources: [bucket.arnForObjects('teams/*')] }));
+      role.addToPrincipalPolicy(
+        new iam.PolicyStatement({
+          actions: ['s3:ListBucketVersions'],
+          resources: [bucket.bucketArn],
+          conditions: { StringLike: { 's3:prefix': ['teams/*'] } },
+        }),
+      );
+      role.addToPrincipalPolicy(
+        new iam.PolicyStatement({ actions: ['s3:DeleteObject', 's3:DeleteObjectVersion'], resources: [bucket.arnForObjects('teams/*')] }),
+      );
       Validations.of(role).acknowledge({
         id: `AwsSolutions-IAM5[Resource::<${Stack.of(this).resolve(bucket.bucketArn)['Fn::GetAtt'][0]}.Arn>/teams/*]`,
         reason: `${why}: erasure deletes every version under the job's prefix (and its idempotency key)`,
@@ -122,12 +143,19 @@ export class JobApi extends Construct {
     role.addToPrincipalPolicy(
       new iam.PolicyStatement({
         actions: ['states:StopExecution'],
-        resources: [Stack.of(this).formatArn({ service: 'states', resource: 'execution', resourceName: `${props.stateMachine.stateMachineName}:*`, arnFormat: ArnFormat.COLON_RESOURCE_NAME })],
+        resources: [
+          Stack.of(this).formatArn({
+            service: 'states',
+            resource: 'execution',
+            resourceName: `${props.stateMachine.stateMachineName}:*`,
+            arnFormat: ArnFormat.COLON_RESOURCE_NAME,
+          }),
+        ],
       }),
     );
     Validations.of(role).acknowledge({
       id: `AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:states:<AWS::Region>:<AWS::AccountId>:execution:<${Stack.of(this).resolve(props.stateMachine.stateMachineArn).Ref}.Name>:*]`,
-      reason: 'cancel stops the execution of the calling team\'s job; execution names are only known per request',
+      reason: "cancel stops the execution of the calling team's job; execution names are only known per request",
     });
 
     const accessLogs = new logs.LogGroup(this, 'AccessLogs', { retention: logs.RetentionDays.ONE_MONTH });
@@ -144,7 +172,8 @@ export class JobApi extends Construct {
     });
     Validations.of(this.httpApi).acknowledge({
       id: 'AwsSolutions-APIG4',
-      reason: 'The function verifies every bearer token itself (jose against the issuer JWKS) and takes the team from its scope; a gateway JWT authorizer needs the audiences (app clients), which the admin adds after deploy.',
+      reason:
+        'The function verifies every bearer token itself (jose against the issuer JWKS) and takes the team from its scope; a gateway JWT authorizer needs the audiences (app clients), which the admin adds after deploy.',
     });
     new CfnOutput(Stack.of(this), 'ApiUrl', { value: stage.url, description: 'The job API (AVATAR_API_URL)' });
 
@@ -155,8 +184,20 @@ export class JobApi extends Construct {
       description: 'Avatar job webhooks',
       environment: { ARTIFACTS_BUCKET: props.artifacts.bucketName },
     });
-    grantObjects(this.notifyFunction.executionRole, props.artifacts, ['s3:GetObject'], [`${JOB_PREFIX}/request.json`], 'notify reads the webhook of the job an event names');
-    grantObjects(this.notifyFunction.executionRole, props.artifacts, ['s3:PutObject'], [`${JOB_PREFIX}/notify/*`], 'notify records delivery attempts next to the job');
+    grantObjects(
+      this.notifyFunction.executionRole,
+      props.artifacts,
+      ['s3:GetObject'],
+      [`${JOB_PREFIX}/request.json`],
+      'notify reads the webhook of the job an event names',
+    );
+    grantObjects(
+      this.notifyFunction.executionRole,
+      props.artifacts,
+      ['s3:PutObject'],
+      [`${JOB_PREFIX}/notify/*`],
+      'notify records delivery attempts next to the job',
+    );
     new events.Rule(this, 'JobStateChanged', {
       description: 'Sends job webhooks',
       eventPattern: { source: [EVENT_SOURCE], detailType: [JOB_STATE_CHANGE] },

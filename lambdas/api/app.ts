@@ -3,12 +3,12 @@
  * the same declarations), bearer auth and a per-team rate limit in front of every /jobs route. It runs
  * in Lambda (handler.ts) and locally (scripts/api.ts).
  */
-import { OpenAPIHono, createRoute, type RouteConfig, z } from '@hono/zod-openapi';
+import { createRoute, OpenAPIHono, type RouteConfig, z } from '@hono/zod-openapi';
 import type { Context } from 'hono';
 import { describeIssues } from '../shared/contract';
 import { monthToDate } from '../shared/cost';
 import type { TeamRegistry } from '../shared/teams';
-import { type AuthConfig, AuthError, type Caller, authenticate } from './auth';
+import { type AuthConfig, AuthError, authenticate, type Caller } from './auth';
 import { type ApiDeps, ApiError, cancelJob, createJob, deleteJob, getJob, listJobs, results, startJob } from './jobs';
 import { type RateLimit, TokenBuckets } from './rate-limit';
 import {
@@ -41,7 +41,7 @@ const json = <T extends z.ZodType>(schema: T, description: string) => ({ content
 const errors = {
   400: json(ErrorResponseSchema, 'Invalid request: the message names the field and what to do'),
   401: json(ErrorResponseSchema, 'Missing or invalid bearer token'),
-  404: json(ErrorResponseSchema, 'No such job for your team (also for another team\'s job)'),
+  404: json(ErrorResponseSchema, "No such job for your team (also for another team's job)"),
   409: json(ErrorResponseSchema, 'The job is not in a state that allows this'),
   429: json(ErrorResponseSchema, 'Rate limit: retry after the Retry-After seconds'),
 };
@@ -187,5 +187,9 @@ export function createApp(options: AppOptions): OpenAPIHono<Env> {
 
 export const openApiInfo = {
   openapi: '3.1.0',
-  info: { title: 'avatar-lora job API', version: '1.0.0', description: 'Create photo-to-LoRA training jobs, upload photos, watch, fetch results, cancel and erase.' },
+  info: {
+    title: 'avatar-lora job API',
+    version: '1.0.0',
+    description: 'Create photo-to-LoRA training jobs, upload photos, watch, fetch results, cancel and erase.',
+  },
 };

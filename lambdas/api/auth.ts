@@ -4,7 +4,7 @@
  * client-credentials flow puts the app client's allowed scopes there; one app client per team, made
  * by the admin). Another issuer works if it issues the same scope.
  */
-import { type JWTVerifyGetKey, createLocalJWKSet, createRemoteJWKSet, jwtVerify, type JSONWebKeySet } from 'jose';
+import { createLocalJWKSet, createRemoteJWKSet, type JSONWebKeySet, type JWTPayload, type JWTVerifyGetKey, jwtVerify } from 'jose';
 import { IdSchema } from '../shared/contract';
 
 export interface AuthConfig {
@@ -42,7 +42,7 @@ export function localKeys(jwks: JSONWebKeySet): JWTVerifyGetKey {
 export async function authenticate(header: string | undefined, config: AuthConfig): Promise<Caller> {
   const match = /^Bearer\s+([A-Za-z0-9._~+/=-]+)$/.exec(header ?? '');
   if (!match) throw new AuthError('send "Authorization: Bearer <access token>"');
-  let payload;
+  let payload: JWTPayload;
   try {
     ({ payload } = await jwtVerify(match[1], config.keys, {
       issuer: config.issuer,

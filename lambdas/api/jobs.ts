@@ -9,28 +9,21 @@
  *   start (and admission) treat API jobs and inbox uploads alike.
  */
 import { createHash, randomBytes, randomUUID } from 'node:crypto';
-import {
-  DeleteObjectsCommand,
-  GetObjectCommand,
-  ListObjectVersionsCommand,
-  ListObjectsV2Command,
-  PutObjectCommand,
-  type S3Client,
-} from '@aws-sdk/client-s3';
+import { DeleteObjectsCommand, GetObjectCommand, ListObjectsV2Command, ListObjectVersionsCommand, PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
 import { type SFNClient, StopExecutionCommand } from '@aws-sdk/client-sfn';
 import { TransactWriteCommand } from '@aws-sdk/lib-dynamodb';
 import { createPresignedPost } from '@aws-sdk/s3-presigned-post';
 import { getSignedUrl } from '@aws-sdk/s3-request-presigner';
 import { z } from 'zod';
-import { type ErrorInfo, JobSpecSchema, ManifestSchema, STAGES, type Status, StatusSchema, describeIssues } from '../shared/contract';
+import { describeIssues, type ErrorInfo, JobSpecSchema, ManifestSchema, STAGES, type Status, StatusSchema } from '../shared/contract';
 import { AppError } from '../shared/errors';
 import { type JobRef, jobPrefix, keys } from '../shared/keys';
 import { getJson, listAll } from '../shared/s3';
 import { readStatus } from '../shared/status';
 import type { TeamRegistry } from '../shared/teams';
 import { executionName } from '../start/handler';
-import type { CreateJobRequest, Job, Results } from './schemas';
 import { type RequestRecord, RequestRecordSchema, requestKey } from './records';
+import type { CreateJobRequest, Job, Results } from './schemas';
 import { linkLifetime } from './signing';
 
 export interface ApiDeps {
@@ -134,12 +127,18 @@ export async function createJob(deps: ApiDeps, teamId: string, body: CreateJobRe
   let jobId: string = randomUUID();
   let replayed = false;
   if (idemKey !== undefined) {
-    if (!/^[\x21-\x7e]{1,255}$/.test(idemKey)) throw new ApiError(400, 'BAD_IDEMPOTENCY_KEY', 'Idempotency-Key must be 1-255 printable ASCII characters', 'Idempotency-Key');
+    if (!/^[\x21-\x7e]{1,255}$/.test(idemKey))
+      throw new ApiError(400, 'BAD_IDEMPOTENCY_KEY', 'Idempotency-Key must be 1-255 printable ASCII characters', 'Idempotency-Key');
     const claimKey = idempotencyKey(teamId, idemKey);
     if (!(await putOnce(deps.s3, deps.artifactsBucket, claimKey, { jobId, requestHash }))) {
       const claim = z.object({ jobId: z.string(), requestHash: z.string() }).parse(await getJson(deps.s3, deps.artifactsBucket, claimKey));
       if (claim.requestHash !== requestHash) {
-        throw new ApiError(409, 'IDEMPOTENCY_KEY_REUSED', 'this Idempotency-Key was used for a different request: use a new key for a new job', 'Idempotency-Key');
+        throw new ApiError(
+          409,
+          'IDEMPOTENCY_KEY_REUSED',
+          'this Idempotency-Key was used for a different request: use a new key for a new job',
+          'Idempotency-Key',
+        );
       }
       jobId = claim.jobId;
       replayed = true;
@@ -160,7 +159,12 @@ export async function createJob(deps: ApiDeps, teamId: string, body: CreateJobRe
   await putOnce(deps.s3, deps.artifactsBucket, requestKey(job), record);
   const stored = await readRecord(deps, job);
   if (!stored) throw notFound(jobId); // erased since: the key's job is gone
-  return { jobId, replayed, ...(stored.webhook ? { webhook: stored.webhook } : {}), ...(await uploadTargets(deps, job, stored.photos as CreateJobRequest['photos'])) };
+  return {
+    jobId,
+    replayed,
+    ...(stored.webhook ? { webhook: stored.webhook } : {}),
+    ...(await uploadTargets(deps, job, stored.photos as CreateJobRequest['photos'])),
+  };
 }
 
 async function view(deps: ApiDeps, job: JobRef, record: RequestRecord): Promise<Job> {
@@ -186,18 +190,20 @@ export async function getJob(deps: ApiDeps, teamId: string, jobId: string): Prom
  * following nextCursor.
  */
 export async function listJobs(deps: ApiDeps, teamId: string, query: { state?: Job['state']; limit: number; cursor?: string }) {
-  const page = await deps.s3.send(
-    new ListObjectsV2Command({
-      Bucket: deps.artifactsBucket,
-      Prefix: `teams/${teamId}/jobs/`,
-      Delimiter: '/',
-      MaxKeys: query.limit,
-      ContinuationToken: query.cursor,
-    }),
-  ).catch((error) => {
-    if (query.cursor && httpStatus(error) === 400) throw new ApiError(400, 'BAD_CURSOR', 'the cursor is not valid: start again without it', 'cursor');
-    throw error;
-  });
+  const page = await deps.s3
+    .send(
+      new ListObjectsV2Command({
+        Bucket: deps.artifactsBucket,
+        Prefix: `teams/${teamId}/jobs/`,
+        Delimiter: '/',
+        MaxKeys: query.limit,
+        ContinuationToken: query.cursor,
+      }),
+    )
+    .catch((error) => {
+      if (query.cursor && httpStatus(error) === 400) throw new ApiError(400, 'BAD_CURSOR', 'the cursor is not valid: start again without it', 'cursor');
+      throw error;
+    });
   const ids = (page.CommonPrefixes ?? []).map((p) => p.Prefix!.split('/')[3]).filter(Boolean);
   const jobs = (
     await Promise.all(
@@ -213,16 +219,28 @@ export async function listJobs(deps: ApiDeps, teamId: string, query: { state?: J
 /** Checks the uploads against the declaration, then writes job.json where the inbox path expects it. */
 export async function startJob(deps: ApiDeps, teamId: string, jobId: string): Promise<Job> {
   const { job, record } = await ownJob(deps, teamId, jobId);
-  const uploaded = new Map((await listAll(deps.s3, deps.inboxBucket, keys.photosPrefix(job), 1000)).map((o) => [o.key.slice(keys.photosPrefix(job).length), o.size]));
+  const uploaded = new Map(
+    (await listAll(deps.s3, deps.inboxBucket, keys.photosPrefix(job), 1000)).map((o) => [o.key.slice(keys.photosPrefix(job).length), o.size]),
+  );
   const missing = record.photos.filter((p) => !uploaded.has(p.name)).map((p) => p.name);
   if (missing.length) {
-    throw new ApiError(409, 'UPLOADS_INCOMPLETE', `${missing.length} declared photo(s) not uploaded yet (${missing.slice(0, 5).join(', ')}${missing.length > 5 ? ', ...' : ''}): upload them through their targets, then start again`, missing[0]);
+    throw new ApiError(
+      409,
+      'UPLOADS_INCOMPLETE',
+      `${missing.length} declared photo(s) not uploaded yet (${missing.slice(0, 5).join(', ')}${missing.length > 5 ? ', ...' : ''}): upload them through their targets, then start again`,
+      missing[0],
+    );
   }
   // S3 enforces the size in the upload policy; checked again here because an emulator (or a
   // policy changed later) may not have.
   for (const [name, size] of uploaded) {
     if (size > deps.maxPhotoBytes) {
-      throw new ApiError(413, 'PHOTO_TOO_LARGE', `photo "${name}" is ${size} bytes, over the ${deps.maxPhotoBytes}-byte limit: delete the job and upload a smaller file`, name);
+      throw new ApiError(
+        413,
+        'PHOTO_TOO_LARGE',
+        `photo "${name}" is ${size} bytes, over the ${deps.maxPhotoBytes}-byte limit: delete the job and upload a smaller file`,
+        name,
+      );
     }
   }
   const status = await readStatus(deps.s3, deps.artifactsBucket, job);
@@ -254,9 +272,11 @@ export async function cancelJob(deps: ApiDeps, teamId: string, jobId: string): P
       throw new ApiError(409, 'JOB_FINISHED', `the job already ended (${status.state}): nothing to cancel`);
     }
     if (status) {
-      await deps.sfn.send(new StopExecutionCommand({ executionArn: executionArn(deps.stateMachineArn, job), error: 'Cancelled', cause: 'cancelled through the job API' })).catch((error) => {
-        if ((error as Error).name !== 'ExecutionDoesNotExist') throw error;
-      });
+      await deps.sfn
+        .send(new StopExecutionCommand({ executionArn: executionArn(deps.stateMachineArn, job), error: 'Cancelled', cause: 'cancelled through the job API' }))
+        .catch((error) => {
+          if ((error as Error).name !== 'ExecutionDoesNotExist') throw error;
+        });
     }
     const at = deps.now().toISOString();
     const cancelled = StatusSchema.parse({
@@ -321,7 +341,8 @@ async function eraseVersions(s3: S3Client, bucket: string, prefix: string): Prom
     const objects = [...(page.Versions ?? []), ...(page.DeleteMarkers ?? [])].map((v) => ({ Key: v.Key!, VersionId: v.VersionId }));
     if (objects.length === 0) return removed;
     const out = await s3.send(new DeleteObjectsCommand({ Bucket: bucket, Delete: { Objects: objects, Quiet: true } }));
-    if (out.Errors?.length) throw new Error(`erasure of s3://${bucket}/${prefix} failed for ${out.Errors.length} object(s): ${out.Errors[0].Code} ${out.Errors[0].Message}`);
+    if (out.Errors?.length)
+      throw new Error(`erasure of s3://${bucket}/${prefix} failed for ${out.Errors.length} object(s): ${out.Errors[0].Code} ${out.Errors[0].Message}`);
     removed += objects.length;
   }
 }
@@ -342,7 +363,14 @@ export async function deleteJob(deps: ApiDeps, teamId: string, jobId: string) {
   }
   const ledgerRows = deps.registry ? await anonymiseLedger(deps.registry, job) : 0;
   const deletedAt = deps.now().toISOString();
-  await deps.s3.send(new PutObjectCommand({ Bucket: deps.artifactsBucket, Key: tombstoneKey(job), Body: JSON.stringify({ teamId, jobId, deletedAt, removed, ledgerRows }), ContentType: 'application/json' }));
+  await deps.s3.send(
+    new PutObjectCommand({
+      Bucket: deps.artifactsBucket,
+      Key: tombstoneKey(job),
+      Body: JSON.stringify({ teamId, jobId, deletedAt, removed, ledgerRows }),
+      ContentType: 'application/json',
+    }),
+  );
   return { jobId, deletedAt, removed };
 }
 

@@ -29,7 +29,10 @@ export const JobSpecInputSchema = z
 export const WebhookSchema = z
   .object({
     /** https only; the address it resolves to must be public. */
-    url: z.string().url().refine((u) => u.startsWith('https://'), 'the webhook url must use https'),
+    url: z
+      .string()
+      .url()
+      .refine((u) => u.startsWith('https://'), 'the webhook url must use https'),
   })
   .strict();
 
@@ -150,9 +153,22 @@ export const UsageSchema = z
 export const JobIdParamSchema = z.object({ id: IdSchema.openapi({ param: { name: 'id', in: 'path' } }) });
 
 export const ListQuerySchema = z.object({
-  state: z.enum(API_JOB_STATES).optional().openapi({ param: { name: 'state', in: 'query' } }),
-  limit: z.coerce.number().int().min(1).max(100).default(20).openapi({ param: { name: 'limit', in: 'query' } }),
-  cursor: z.string().max(2048).optional().openapi({ param: { name: 'cursor', in: 'query' } }),
+  state: z
+    .enum(API_JOB_STATES)
+    .optional()
+    .openapi({ param: { name: 'state', in: 'query' } }),
+  limit: z.coerce
+    .number()
+    .int()
+    .min(1)
+    .max(100)
+    .default(20)
+    .openapi({ param: { name: 'limit', in: 'query' } }),
+  cursor: z
+    .string()
+    .max(2048)
+    .optional()
+    .openapi({ param: { name: 'cursor', in: 'query' } }),
 });
 
 export { JobSpecSchema };

@@ -5,14 +5,14 @@
  */
 import type { S3Client } from '@aws-sdk/client-s3';
 import { z } from 'zod';
+import { RequestRecordSchema, requestKey } from '../api/records';
 import { describeIssues } from '../shared/contract';
 import { requireEnv } from '../shared/env';
 import { InvalidInputError, toLambdaError } from '../shared/errors';
 import { JobStateChangeSchema } from '../shared/events';
 import { jobPrefix } from '../shared/keys';
 import { getJson, putJson, s3Client } from '../shared/s3';
-import { type DeliveryResult, type WebhookOptions, deliverWebhook } from '../shared/webhook';
-import { RequestRecordSchema, requestKey } from '../api/records';
+import { type DeliveryResult, deliverWebhook, type WebhookOptions } from '../shared/webhook';
 
 const EventSchema = z.object({ detail: JobStateChangeSchema });
 

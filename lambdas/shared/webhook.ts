@@ -23,14 +23,38 @@ import { BlockList, isIP, type LookupFunction } from 'node:net';
 const REFUSED_V4 = new BlockList();
 const REFUSED_V6 = new BlockList();
 for (const [net, bits] of [
-  ['0.0.0.0', 8], ['10.0.0.0', 8], ['100.64.0.0', 10], ['127.0.0.0', 8], ['169.254.0.0', 16], ['172.16.0.0', 12],
-  ['192.0.0.0', 24], ['192.0.2.0', 24], ['192.88.99.0', 24], ['192.168.0.0', 16], ['198.18.0.0', 15], ['198.51.100.0', 24],
-  ['203.0.113.0', 24], ['224.0.0.0', 4], ['240.0.0.0', 4],
-] as const) REFUSED_V4.addSubnet(net, bits, 'ipv4');
+  ['0.0.0.0', 8],
+  ['10.0.0.0', 8],
+  ['100.64.0.0', 10],
+  ['127.0.0.0', 8],
+  ['169.254.0.0', 16],
+  ['172.16.0.0', 12],
+  ['192.0.0.0', 24],
+  ['192.0.2.0', 24],
+  ['192.88.99.0', 24],
+  ['192.168.0.0', 16],
+  ['198.18.0.0', 15],
+  ['198.51.100.0', 24],
+  ['203.0.113.0', 24],
+  ['224.0.0.0', 4],
+  ['240.0.0.0', 4],
+] as const)
+  REFUSED_V4.addSubnet(net, bits, 'ipv4');
 for (const [net, bits] of [
-  ['::', 96], ['::ffff:0:0', 96], ['64:ff9b::', 96], ['64:ff9b:1::', 48], ['100::', 64], ['2001::', 23],
-  ['2001:db8::', 32], ['2002::', 16], ['fc00::', 7], ['fe80::', 10], ['fec0::', 10], ['ff00::', 8],
-] as const) REFUSED_V6.addSubnet(net, bits, 'ipv6');
+  ['::', 96],
+  ['::ffff:0:0', 96],
+  ['64:ff9b::', 96],
+  ['64:ff9b:1::', 48],
+  ['100::', 64],
+  ['2001::', 23],
+  ['2001:db8::', 32],
+  ['2002::', 16],
+  ['fc00::', 7],
+  ['fe80::', 10],
+  ['fec0::', 10],
+  ['ff00::', 8],
+] as const)
+  REFUSED_V6.addSubnet(net, bits, 'ipv6');
 
 /** True when `ip` is a public unicast address a webhook may connect to. */
 export function isPublicAddress(ip: string): boolean {
@@ -67,7 +91,13 @@ export function guardedLookup(resolve: LookupFunction = dnsLookup as LookupFunct
       const list = addresses as unknown as LookupAddress[];
       const refused = list.find((a) => !allowed(a.address, loopbackForTests));
       if (refused || list.length === 0) {
-        return callback(Object.assign(new WebhookRefused(`webhook host ${hostname} resolves to ${refused?.address ?? 'nothing'}, which is not a public address`), { code: 'EWEBHOOKREFUSED' }), '', 0);
+        return callback(
+          Object.assign(new WebhookRefused(`webhook host ${hostname} resolves to ${refused?.address ?? 'nothing'}, which is not a public address`), {
+            code: 'EWEBHOOKREFUSED',
+          }),
+          '',
+          0,
+        );
       }
       if (options.all) return (callback as unknown as (e: null, a: LookupAddress[]) => void)(null, list);
       callback(null, list[0].address, list[0].family);
@@ -124,11 +154,20 @@ export interface WebhookOptions {
 
 function post(url: URL, body: string, headers: Record<string, string>, agent: Agent, timeoutMs: number): Promise<number> {
   return new Promise((resolve, reject) => {
-    const req = request(url, { method: 'POST', agent, headers: { 'content-type': 'application/json', 'content-length': String(Buffer.byteLength(body)), ...headers }, timeout: timeoutMs }, (res) => {
-      res.resume(); // the body is not read: only the status counts
-      res.on('end', () => resolve(res.statusCode ?? 0));
-      res.on('error', reject);
-    });
+    const req = request(
+      url,
+      {
+        method: 'POST',
+        agent,
+        headers: { 'content-type': 'application/json', 'content-length': String(Buffer.byteLength(body)), ...headers },
+        timeout: timeoutMs,
+      },
+      (res) => {
+        res.resume(); // the body is not read: only the status counts
+        res.on('end', () => resolve(res.statusCode ?? 0));
+        res.on('error', reject);
+      },
+    );
     req.on('timeout', () => req.destroy(new Error(`no answer within ${timeoutMs} ms`)));
     req.on('error', reject);
     req.end(body);
@@ -173,7 +212,13 @@ export async function deliverWebhook(target: string, payload: unknown, options: 
       let status: number | undefined;
       let error: string | undefined;
       try {
-        status = await post(url, body, { 'x-avatar-signature': `t=${timestamp},v1=${signature(options.secret, timestamp, body)}` }, agent, options.timeoutMs ?? 10_000);
+        status = await post(
+          url,
+          body,
+          { 'x-avatar-signature': `t=${timestamp},v1=${signature(options.secret, timestamp, body)}` },
+          agent,
+          options.timeoutMs ?? 10_000,
+        );
       } catch (e) {
         if ((e as { code?: string }).code === 'EWEBHOOKREFUSED' || e instanceof WebhookRefused) {
           return await finish({ attempt, at, error: (e as Error).message }, false);

@@ -12,20 +12,20 @@
  *   capacity) and then fails with GPU_UNAVAILABLE, as `npm run local` does; a stop ends the wait.
  */
 import type { AddressInfo } from 'node:net';
-import { serve } from '@hono/node-server';
+import { DynamoDBClient } from '@aws-sdk/client-dynamodb';
 import { PutBucketVersioningCommand, type S3Client } from '@aws-sdk/client-s3';
 import { CreateStateMachineCommand, DescribeExecutionCommand, SFNClient } from '@aws-sdk/client-sfn';
-import { DynamoDBClient } from '@aws-sdk/client-dynamodb';
+import { serve } from '@hono/node-server';
 import { createApp } from '../../lambdas/api/app';
-import { TEAM_DEFAULTS, TeamRegistry, createTeamsTable, teamsDocumentClient } from '../../lambdas/shared/teams';
 import { localKeys } from '../../lambdas/api/auth';
 import type { JobRef } from '../../lambdas/shared/keys';
+import { createTeamsTable, TEAM_DEFAULTS, TeamRegistry, teamsDocumentClient } from '../../lambdas/shared/teams';
 import { start } from '../../lambdas/start/handler';
 import { stateMachineDefinition, synthesizeTemplate } from '../local/definition';
-import { GpuUnavailable, checkGpu } from '../local/gpu';
-import { LOCAL_CREDENTIALS, LOCAL_REGION, type Moto, configureHandlers, startMoto } from '../local/moto';
+import { checkGpu, GpuUnavailable } from '../local/gpu';
+import { configureHandlers, LOCAL_CREDENTIALS, LOCAL_REGION, type Moto, startMoto } from '../local/moto';
 import { inProcessLambda, runWorkflow } from '../local/workflow';
-import { DEMO_TEAMS, LOCAL_ISSUER, TEAM_SCOPE_PREFIX, localKeyPair } from './local-auth';
+import { DEMO_TEAMS, LOCAL_ISSUER, localKeyPair, TEAM_SCOPE_PREFIX } from './local-auth';
 
 export const LOCAL_INBOX = 'avatar-local-inbox';
 export const LOCAL_ARTIFACTS = 'avatar-local-artifacts';
@@ -81,7 +81,11 @@ export async function startLocalApi(options: LocalApiOptions = {}): Promise<Loca
 
     const runLocally = async (job: JobRef) => {
       const started = await start(
-        { 'detail-type': 'Object Created', source: 'aws.s3', detail: { bucket: { name: LOCAL_INBOX }, object: { key: `teams/${job.teamId}/jobs/${job.jobId}/job.json` } } },
+        {
+          'detail-type': 'Object Created',
+          source: 'aws.s3',
+          detail: { bucket: { name: LOCAL_INBOX }, object: { key: `teams/${job.teamId}/jobs/${job.jobId}/job.json` } },
+        },
         { s3, sfn, inboxBucket: LOCAL_INBOX, artifactsBucket: LOCAL_ARTIFACTS, stateMachineArn, now: () => new Date() },
       );
       if (started.duplicate) return;

@@ -5,18 +5,26 @@
  * Exit codes: 0 done; 1 the API (or an upload) refused, with its code; 2 bad arguments.
  */
 import { createHash, randomUUID } from 'node:crypto';
-import { createWriteStream, mkdirSync, readFileSync, readdirSync, statSync } from 'node:fs';
+import { createWriteStream, mkdirSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import { dirname, extname, join, resolve } from 'node:path';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { type ReadableStream as WebReadableStream } from 'node:stream/web';
-import { Command, Option } from 'commander';
+import type { ReadableStream as WebReadableStream } from 'node:stream/web';
 import { SingleBar } from 'cli-progress';
+import { Command, Option } from 'commander';
 import { DEFAULT_CLASS_WORDS, KINDS, type Kind } from '../../lambdas/shared/contract';
 
 const CONTENT_TYPES: Record<string, string> = {
-  '.jpg': 'image/jpeg', '.jpeg': 'image/jpeg', '.png': 'image/png', '.webp': 'image/webp', '.heic': 'image/heic',
-  '.heif': 'image/heif', '.avif': 'image/avif', '.tif': 'image/tiff', '.tiff': 'image/tiff', '.gif': 'image/gif',
+  '.jpg': 'image/jpeg',
+  '.jpeg': 'image/jpeg',
+  '.png': 'image/png',
+  '.webp': 'image/webp',
+  '.heic': 'image/heic',
+  '.heif': 'image/heif',
+  '.avif': 'image/avif',
+  '.tif': 'image/tiff',
+  '.tiff': 'image/tiff',
+  '.gif': 'image/gif',
 };
 const TERMINAL = new Set(['succeeded', 'failed', 'cancelled']);
 
@@ -40,7 +48,12 @@ function connection(opts: Common) {
   const url = opts.apiUrl ?? process.env.AVATAR_API_URL;
   const token = opts.apiToken ?? process.env.AVATAR_API_TOKEN;
   if (!url) throw new CliError('NO_API_URL', 'the API address is missing: pass --api-url <url> or set AVATAR_API_URL', 2);
-  if (!token) throw new CliError('NO_API_TOKEN', 'the API token is missing: pass --api-token <token> or set AVATAR_API_TOKEN (locally: npm run -s api:token -- --team alpha)', 2);
+  if (!token)
+    throw new CliError(
+      'NO_API_TOKEN',
+      'the API token is missing: pass --api-token <token> or set AVATAR_API_TOKEN (locally: npm run -s api:token -- --team alpha)',
+      2,
+    );
   return { url: url.replace(/\/+$/, ''), token };
 }
 
@@ -99,14 +112,19 @@ async function submit(dir: string, opts: Common & { token: string; kind: string;
   if (!(KINDS as readonly string[]).includes(opts.kind)) throw new CliError('BAD_ARGUMENT', `--kind must be one of ${KINDS.join(', ')}`, 2);
   const folder = resolve(dir);
   if (!statSync(folder, { throwIfNoEntry: false })?.isDirectory()) throw new CliError('BAD_ARGUMENT', `${dir} is not a folder of photos`, 2);
-  const files = readdirSync(folder).filter((f) => CONTENT_TYPES[extname(f).toLowerCase()] && statSync(join(folder, f)).isFile()).sort();
+  const files = readdirSync(folder)
+    .filter((f) => CONTENT_TYPES[extname(f).toLowerCase()] && statSync(join(folder, f)).isFile())
+    .sort();
   if (files.length === 0) throw new CliError('BAD_ARGUMENT', `${dir} holds no photos (${Object.keys(CONTENT_TYPES).join(' ')})`, 2);
   const kind = opts.kind as Kind;
   const created = await call<{ jobId: string; uploads: UploadTarget[] }>(
     opts,
     'POST',
     '/jobs',
-    { spec: { token: opts.token, classWord: opts.classWord ?? DEFAULT_CLASS_WORDS[kind], kind }, photos: files.map((name) => ({ name, contentType: CONTENT_TYPES[extname(name).toLowerCase()] })) },
+    {
+      spec: { token: opts.token, classWord: opts.classWord ?? DEFAULT_CLASS_WORDS[kind], kind },
+      photos: files.map((name) => ({ name, contentType: CONTENT_TYPES[extname(name).toLowerCase()] })),
+    },
     { 'idempotency-key': opts.idempotencyKey ?? randomUUID() },
   );
   const progress = bar(opts, 'uploading [{bar}] {value}/{total} photos');
@@ -151,7 +169,9 @@ async function status(jobId: string, opts: Common & { watch?: boolean; interval:
     progress?.start(100, 0, { stage: job.stage ?? job.state, message: '' });
     while (!TERMINAL.has(job.state)) {
       const p = job.status?.progress;
-      const extra = [p?.message, p?.epoch !== undefined ? `epoch ${p.epoch}/${p.epochs ?? '?'}` : '', p?.loss !== undefined ? `loss ${p.loss.toFixed(4)}` : ''].filter(Boolean).join(', ');
+      const extra = [p?.message, p?.epoch !== undefined ? `epoch ${p.epoch}/${p.epochs ?? '?'}` : '', p?.loss !== undefined ? `loss ${p.loss.toFixed(4)}` : '']
+        .filter(Boolean)
+        .join(', ');
       progress?.update(Math.round((p?.fraction ?? 0) * 100), { stage: job.stage ?? job.state, message: extra });
       await new Promise((r) => setTimeout(r, Number(opts.interval) * 1000));
       job = await call<JobView>(opts, 'GET', `/jobs/${encodeURIComponent(jobId)}`);
@@ -181,11 +201,13 @@ async function results(jobId: string, opts: Common & { out?: string }) {
       if (!target.startsWith(`${out}/`)) throw new CliError('BAD_ARTIFACT_NAME', `the API listed an artifact outside the output folder: ${a.name}`);
       mkdirSync(dirname(target), { recursive: true });
       const res = await fetch(a.url);
-      if (!res.ok || !res.body) throw new CliError(`HTTP_${res.status}`, `download of ${a.name} failed (${res.status}); links expire at ${manifest.urlExpiresAt}: run results again`);
+      if (!res.ok || !res.body)
+        throw new CliError(`HTTP_${res.status}`, `download of ${a.name} failed (${res.status}); links expire at ${manifest.urlExpiresAt}: run results again`);
       await pipeline(Readable.fromWeb(res.body as WebReadableStream), createWriteStream(target));
       const bytes = readFileSync(target);
       if (bytes.length !== a.size) throw new CliError('SIZE_MISMATCH', `${a.name}: ${bytes.length} bytes downloaded, ${a.size} listed`);
-      if (a.sha256 && createHash('sha256').update(bytes).digest('hex') !== a.sha256) throw new CliError('CHECKSUM_MISMATCH', `${a.name}: sha256 differs from the manifest`);
+      if (a.sha256 && createHash('sha256').update(bytes).digest('hex') !== a.sha256)
+        throw new CliError('CHECKSUM_MISMATCH', `${a.name}: sha256 differs from the manifest`);
       progress?.increment();
     }
     progress?.stop();
@@ -214,21 +236,18 @@ export function program(): Command {
   withCommon(cli.command('results <job>').description('result links; --out downloads them'))
     .option('--out <dir>', 'download every artifact here')
     .action((job, opts) => results(job, opts));
-  withCommon(cli.command('cancel <job>').description('stop a job'))
-    .action(async (job, opts) => {
-      const out = await call<JobView>(opts, 'POST', `/jobs/${encodeURIComponent(job)}/cancel`);
-      print(opts, out, describe(out));
-    });
-  withCommon(cli.command('delete <job>').description("erase a job's photos and results (every version)"))
-    .action(async (job, opts) => {
-      const out = await call<{ jobId: string; removed: Record<string, number> }>(opts, 'DELETE', `/jobs/${encodeURIComponent(job)}`);
-      print(opts, out, `${out.jobId}: erased (${Object.values(out.removed).reduce((a, b) => a + b, 0)} object versions)`);
-    });
-  withCommon(cli.command('usage').description("your team's month-to-date usage against its budget"))
-    .action(async (opts) => {
-      const out = await call<unknown>(opts, 'GET', '/usage');
-      print(opts, out, JSON.stringify(out, null, 2));
-    });
+  withCommon(cli.command('cancel <job>').description('stop a job')).action(async (job, opts) => {
+    const out = await call<JobView>(opts, 'POST', `/jobs/${encodeURIComponent(job)}/cancel`);
+    print(opts, out, describe(out));
+  });
+  withCommon(cli.command('delete <job>').description("erase a job's photos and results (every version)")).action(async (job, opts) => {
+    const out = await call<{ jobId: string; removed: Record<string, number> }>(opts, 'DELETE', `/jobs/${encodeURIComponent(job)}`);
+    print(opts, out, `${out.jobId}: erased (${Object.values(out.removed).reduce((a, b) => a + b, 0)} object versions)`);
+  });
+  withCommon(cli.command('usage').description("your team's month-to-date usage against its budget")).action(async (opts) => {
+    const out = await call<unknown>(opts, 'GET', '/usage');
+    print(opts, out, JSON.stringify(out, null, 2));
+  });
   return cli;
 }
 

@@ -1,4 +1,4 @@
-import { type CryptoKey, SignJWT, exportJWK, generateKeyPair } from 'jose';
+import { type CryptoKey, exportJWK, generateKeyPair, SignJWT } from 'jose';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { type AuthConfig, AuthError, authenticate, localKeys } from '../../lambdas/api/auth';
 

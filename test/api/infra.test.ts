@@ -30,10 +30,14 @@ describe('job API infrastructure', () => {
 
   it('the function verifies tokens of the pool and reaches only team prefixes and its executions', () => {
     const fn = s.json.Resources[logicalId(s.stack, s.stack.api.function.functionArn)]!;
-    expect(Object.keys(fn.Properties.Environment.Variables)).toEqual(expect.arrayContaining(['AUTH_ISSUER', 'AUTH_JWKS_URL', 'INBOX_BUCKET', 'ARTIFACTS_BUCKET', 'STATE_MACHINE_ARN', 'URL_EXPIRY_SECONDS']));
+    expect(Object.keys(fn.Properties.Environment.Variables)).toEqual(
+      expect.arrayContaining(['AUTH_ISSUER', 'AUTH_JWKS_URL', 'INBOX_BUCKET', 'ARTIFACTS_BUCKET', 'STATE_MACHINE_ARN', 'URL_EXPIRY_SECONDS']),
+    );
     const all = statements(role(s.stack.api.function));
     const actions = all.flatMap((st) => [st.Action].flat()).filter((a) => a.startsWith('s3:') || a.startsWith('states:'));
-    expect(new Set(actions)).toEqual(new Set(['s3:PutObject', 's3:GetObject', 's3:ListBucket', 's3:ListBucketVersions', 's3:DeleteObject', 's3:DeleteObjectVersion', 'states:StopExecution']));
+    expect(new Set(actions)).toEqual(
+      new Set(['s3:PutObject', 's3:GetObject', 's3:ListBucket', 's3:ListBucketVersions', 's3:DeleteObject', 's3:DeleteObjectVersion', 'states:StopExecution']),
+    );
     for (const st of all.filter((x) => [x.Action].flat().some((a) => a.startsWith('s3:')))) {
       const text = JSON.stringify(st.Resource) + JSON.stringify(st.Condition ?? '');
       expect(text).toMatch(/teams\//); // never a whole bucket's objects

@@ -21,11 +21,11 @@ import { createApp } from '../../lambdas/api/app';
 import { localKeys } from '../../lambdas/api/auth';
 import { erasedJobId } from '../../lambdas/api/jobs';
 import { writeLedgerRow } from '../../lambdas/shared/cost';
+import { putBytes } from '../../lambdas/shared/s3';
 import { TeamRegistry, teamsDocumentClient } from '../../lambdas/shared/teams';
 import { executionName } from '../../lambdas/start/handler';
-import { LOCAL_ISSUER, TEAM_SCOPE_PREFIX, localKeyPair, localToken } from '../../scripts/api/local-auth';
+import { LOCAL_ISSUER, localKeyPair, localToken, TEAM_SCOPE_PREFIX } from '../../scripts/api/local-auth';
 import { LOCAL_ARTIFACTS, LOCAL_INBOX, LOCAL_TEAMS_TABLE, type LocalApi, startLocalApi } from '../../scripts/api/local-server';
-import { putBytes } from '../../lambdas/shared/s3';
 import { syntheticPhotos } from '../../scripts/local/demo-photos';
 import { LOCAL_CREDENTIALS, LOCAL_REGION } from '../../scripts/local/moto';
 import { describeWithMoto } from '../helpers/suites';
@@ -41,7 +41,8 @@ let tokens: Record<'alpha' | 'beta' | 'gamma', string>;
 let photos: Array<{ name: string; bytes: Buffer }>;
 let mainJob: string;
 
-type Json = Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
+// biome-ignore lint/suspicious/noExplicitAny: response bodies are read loosely; the assertions check their values
+type Json = Record<string, any>;
 
 async function call(team: keyof typeof tokens | null, method: string, path: string, body?: unknown, headers: Record<string, string> = {}) {
   const res = await fetch(`${api.url}${path}`, {
@@ -105,7 +106,11 @@ describeWithMoto('job API over the local AWS endpoint', () => {
       // The signed policy names this key, this content type and the size range; S3 would accept this photo.
       const policy = JSON.parse(Buffer.from(target.fields.Policy, 'base64').toString('utf8'));
       expect(policy.conditions).toEqual(
-        expect.arrayContaining([{ key: `teams/alpha/jobs/${mainJob}/photos/${photos[i].name}` }, ['content-length-range', 1, MAX_PHOTO_BYTES], ['eq', '$Content-Type', 'image/jpeg']]),
+        expect.arrayContaining([
+          { key: `teams/alpha/jobs/${mainJob}/photos/${photos[i].name}` },
+          ['content-length-range', 1, MAX_PHOTO_BYTES],
+          ['eq', '$Content-Type', 'image/jpeg'],
+        ]),
       );
       expect(Date.parse(policy.expiration)).toBeLessThanOrEqual(expiresAt);
       expect(policyViolations({ fields: target.fields, fileBytes: photos[i].bytes.length, now: new Date() })).toEqual([]);
@@ -157,13 +162,46 @@ describeWithMoto('job API over the local AWS endpoint', () => {
     const sha = createHash('sha256').update(lora).digest('hex');
     const put = (key: string, body: string | Buffer) => putBytes(api.s3, LOCAL_ARTIFACTS, `${prefix}${key}`, body, 'application/octet-stream');
     await put('train/zwxapi.safetensors', lora);
-    const recommendation = { checkpoint: 'zwxapi.safetensors', epoch: 5, strength: 0.8, tag: '<lora:zwxapi:0.8>', reason: 'highest likeness at 0.8', runnerUp: null };
-    await put('manifest.json', JSON.stringify({
-      teamId: 'alpha', jobId, createdAt: '2026-01-01T00:00:00.000Z', urlExpiresAt: '2026-01-01T01:00:00.000Z',
-      artifacts: [{ key: `${prefix}train/zwxapi.safetensors`, name: 'train/zwxapi.safetensors', stage: 'train', size: lora.length, sha256: sha, url: 'https://expired.example/old' }],
-      recommendation,
-    }));
-    await put('status.json', JSON.stringify({ teamId: 'alpha', jobId, state: 'succeeded', stage: 'finalize', createdAt: '2026-01-01T00:00:00.000Z', updatedAt: '2026-01-01T00:30:00.000Z', finishedAt: '2026-01-01T00:30:00.000Z' }));
+    const recommendation = {
+      checkpoint: 'zwxapi.safetensors',
+      epoch: 5,
+      strength: 0.8,
+      tag: '<lora:zwxapi:0.8>',
+      reason: 'highest likeness at 0.8',
+      runnerUp: null,
+    };
+    await put(
+      'manifest.json',
+      JSON.stringify({
+        teamId: 'alpha',
+        jobId,
+        createdAt: '2026-01-01T00:00:00.000Z',
+        urlExpiresAt: '2026-01-01T01:00:00.000Z',
+        artifacts: [
+          {
+            key: `${prefix}train/zwxapi.safetensors`,
+            name: 'train/zwxapi.safetensors',
+            stage: 'train',
+            size: lora.length,
+            sha256: sha,
+            url: 'https://expired.example/old',
+          },
+        ],
+        recommendation,
+      }),
+    );
+    await put(
+      'status.json',
+      JSON.stringify({
+        teamId: 'alpha',
+        jobId,
+        state: 'succeeded',
+        stage: 'finalize',
+        createdAt: '2026-01-01T00:00:00.000Z',
+        updatedAt: '2026-01-01T00:30:00.000Z',
+        finishedAt: '2026-01-01T00:30:00.000Z',
+      }),
+    );
     const { status, body } = await call('alpha', 'GET', `/jobs/${jobId}/results`);
     expect(status).toBe(200);
     expect(body.state).toBe('succeeded');
@@ -207,7 +245,7 @@ describeWithMoto('job API over the local AWS endpoint', () => {
     expect(hooked.body.webhook.secret).toMatch(/^[0-9a-f]{64}$/);
   });
 
-  it('lists the team\'s jobs a page at a time and filters by state', async () => {
+  it("lists the team's jobs a page at a time and filters by state", async () => {
     const extra = [];
     for (let i = 0; i < 3; i++) extra.push((await call('alpha', 'POST', '/jobs', { spec, photos: declared().slice(0, 1) })).body.jobId as string);
     const ids: string[] = [];
@@ -239,7 +277,13 @@ describeWithMoto('job API over the local AWS endpoint', () => {
     const missing = 'no-such-job';
     const notFound = (id: string) => ({ error: { code: 'JOB_NOT_FOUND', message: `no job "${id}" for your team: check the job id`, input: id } });
     expect(await call('alpha', 'GET', `/jobs/${missing}`)).toMatchObject({ status: 404, body: notFound(missing) });
-    for (const [method, path] of [['GET', ''], ['GET', '/results'], ['POST', '/start'], ['POST', '/cancel'], ['DELETE', '']]) {
+    for (const [method, path] of [
+      ['GET', ''],
+      ['GET', '/results'],
+      ['POST', '/start'],
+      ['POST', '/cancel'],
+      ['DELETE', ''],
+    ]) {
       const res = await call('beta', method, `/jobs/${mainJob}${path}`);
       expect({ route: `${method} ${path}`, status: res.status, body: res.body }).toEqual({ route: `${method} ${path}`, status: 404, body: notFound(mainJob) });
     }
@@ -256,8 +300,12 @@ describeWithMoto('job API over the local AWS endpoint', () => {
     const created = await call('alpha', 'POST', '/jobs', { spec, photos: [{ name: 'big.jpg', contentType: 'image/jpeg' }] });
     const target = (created.body.uploads as Json[])[0];
     const big = Buffer.alloc(MAX_PHOTO_BYTES + 1, 0xff);
-    expect(policyViolations({ fields: target.fields, fileBytes: big.length, now: new Date() })).toEqual([`EntityTooLarge/Small: ${big.length} bytes outside 1..${MAX_PHOTO_BYTES}`]);
-    expect(policyViolations({ fields: { ...target.fields, 'Content-Type': 'text/html' }, fileBytes: 10, now: new Date() })).toContain('Content-Type fails eq image/jpeg');
+    expect(policyViolations({ fields: target.fields, fileBytes: big.length, now: new Date() })).toEqual([
+      `EntityTooLarge/Small: ${big.length} bytes outside 1..${MAX_PHOTO_BYTES}`,
+    ]);
+    expect(policyViolations({ fields: { ...target.fields, 'Content-Type': 'text/html' }, fileBytes: 10, now: new Date() })).toContain(
+      'Content-Type fails eq image/jpeg',
+    );
     expect(policyViolations({ fields: target.fields, fileBytes: 10, now: new Date(Date.now() + 3600_000) })).toEqual(['policy expired']);
     const res = await upload(target, big);
     if (res.status >= 400) {
@@ -274,7 +322,15 @@ describeWithMoto('job API over the local AWS endpoint', () => {
     const res = await call('alpha', 'GET', '/usage');
     expect(res.status).toBe(200);
     // No job reached a GPU here, so nothing is charged or reserved; the budget is the registry's default.
-    expect(res.body).toEqual({ teamId: 'alpha', month: new Date().toISOString().slice(0, 7), spentUsd: 0, reservedUsd: 0, budgetUsd: 100, spentGpuHours: 0, gpuHoursBudget: 50 });
+    expect(res.body).toEqual({
+      teamId: 'alpha',
+      month: new Date().toISOString().slice(0, 7),
+      spentUsd: 0,
+      reservedUsd: 0,
+      budgetUsd: 100,
+      spentGpuHours: 0,
+      gpuHoursBudget: 50,
+    });
   });
 
   it('start refuses a job whose declared photos are not all uploaded', async () => {
@@ -294,7 +350,9 @@ describeWithMoto('job API over the local AWS endpoint', () => {
     expect(cancelled.body.state).toBe('cancelled');
     const sfn = new SFNClient({ endpoint: api.moto.endpoint, region: LOCAL_REGION, credentials: LOCAL_CREDENTIALS });
     const execution = await sfn.send(
-      new DescribeExecutionCommand({ executionArn: `arn:aws:states:${LOCAL_REGION}:123456789012:execution:avatar-local:${executionName({ teamId: 'alpha', jobId })}` }),
+      new DescribeExecutionCommand({
+        executionArn: `arn:aws:states:${LOCAL_REGION}:123456789012:execution:avatar-local:${executionName({ teamId: 'alpha', jobId })}`,
+      }),
     );
     expect(execution.status).toBe('ABORTED');
     await api.run({ teamId: 'alpha', jobId });
@@ -316,9 +374,15 @@ describeWithMoto('job API over the local AWS endpoint', () => {
     });
     const app = createApp({
       deps: {
-        s3, sfn: new SFNClient({ endpoint: api.moto.endpoint, region: LOCAL_REGION, credentials: LOCAL_CREDENTIALS }),
-        inboxBucket: LOCAL_INBOX, artifactsBucket: LOCAL_ARTIFACTS, stateMachineArn: 'arn:aws:states:us-east-1:123456789012:stateMachine:avatar-local',
-        urlExpirySeconds: 7 * 24 * 3600, uploadExpirySeconds: 3600, maxPhotoBytes: MAX_PHOTO_BYTES, now: () => new Date(),
+        s3,
+        sfn: new SFNClient({ endpoint: api.moto.endpoint, region: LOCAL_REGION, credentials: LOCAL_CREDENTIALS }),
+        inboxBucket: LOCAL_INBOX,
+        artifactsBucket: LOCAL_ARTIFACTS,
+        stateMachineArn: 'arn:aws:states:us-east-1:123456789012:stateMachine:avatar-local',
+        urlExpirySeconds: 7 * 24 * 3600,
+        uploadExpirySeconds: 3600,
+        maxPhotoBytes: MAX_PHOTO_BYTES,
+        now: () => new Date(),
       },
       auth: { issuer: LOCAL_ISSUER, keys: localKeys((await localKeyPair()).jwks), teamScopePrefix: TEAM_SCOPE_PREFIX },
       rateLimit: { burst: 10, perSecond: 1 },
@@ -329,10 +393,18 @@ describeWithMoto('job API over the local AWS endpoint', () => {
     for (const a of results.artifacts as Json[]) {
       const url = new URL(a.url);
       expect(Number(url.searchParams.get('X-Amz-Expires'))).toBeLessThanOrEqual(600);
-      expect(Date.parse(url.searchParams.get('X-Amz-Date')!.replace(/^(\d{4})(\d\d)(\d\d)T(\d\d)(\d\d)(\d\d)Z$/, '$1-$2-$3T$4:$5:$6Z')) + Number(url.searchParams.get('X-Amz-Expires')) * 1000)
-        .toBeLessThanOrEqual(credentialsExpire.getTime());
+      expect(
+        Date.parse(url.searchParams.get('X-Amz-Date')!.replace(/^(\d{4})(\d\d)(\d\d)T(\d\d)(\d\d)(\d\d)Z$/, '$1-$2-$3T$4:$5:$6Z')) +
+          Number(url.searchParams.get('X-Amz-Expires')) * 1000,
+      ).toBeLessThanOrEqual(credentialsExpire.getTime());
     }
-    const created = (await (await app.request('/jobs', { method: 'POST', headers: { ...headers, 'content-type': 'application/json' }, body: JSON.stringify({ spec, photos: declared().slice(0, 1) }) })).json()) as Json;
+    const created = (await (
+      await app.request('/jobs', {
+        method: 'POST',
+        headers: { ...headers, 'content-type': 'application/json' },
+        body: JSON.stringify({ spec, photos: declared().slice(0, 1) }),
+      })
+    ).json()) as Json;
     expect(Date.parse(created.uploadsExpireAt)).toBeLessThanOrEqual(credentialsExpire.getTime());
     const policy = JSON.parse(Buffer.from(created.uploads[0].fields.Policy, 'base64').toString('utf8'));
     expect(Date.parse(policy.expiration)).toBeLessThanOrEqual(credentialsExpire.getTime());
@@ -341,7 +413,10 @@ describeWithMoto('job API over the local AWS endpoint', () => {
   it('delete erases every object and every version of the job in both buckets; 404 afterwards', async () => {
     const prefix = `teams/alpha/jobs/${mainJob}/`;
     // A cost ledger row for the job, as the cost stage writes it (nothing here reaches a GPU to write one).
-    const registry = new TeamRegistry(teamsDocumentClient({ endpoint: api.moto.endpoint, region: LOCAL_REGION, credentials: LOCAL_CREDENTIALS }), LOCAL_TEAMS_TABLE);
+    const registry = new TeamRegistry(
+      teamsDocumentClient({ endpoint: api.moto.endpoint, region: LOCAL_REGION, credentials: LOCAL_CREDENTIALS }),
+      LOCAL_TEAMS_TABLE,
+    );
     await writeLedgerRow(registry, { teamId: 'alpha', jobId: mainJob, stage: 'train', usd: 0.42, gpuSeconds: 1500, lambdaUsd: 0, storageUsd: 0 });
     // The job has several versions of status.json in the versioned artifacts bucket.
     expect(await versionsUnder(LOCAL_ARTIFACTS, `${prefix}status.json`)).toBeGreaterThan(1);
@@ -352,16 +427,24 @@ describeWithMoto('job API over the local AWS endpoint', () => {
     expect(await versionsUnder(LOCAL_INBOX, prefix)).toBe(0);
     expect(await versionsUnder(LOCAL_ARTIFACTS, prefix)).toBe(0);
     expect(await versionsUnder(LOCAL_ARTIFACTS, 'teams/alpha/idempotency/')).toBe(0); // main-1 was the only alpha key
-    for (const [method, path] of [['GET', ''], ['GET', '/results'], ['DELETE', '']]) {
+    for (const [method, path] of [
+      ['GET', ''],
+      ['GET', '/results'],
+      ['DELETE', ''],
+    ]) {
       expect((await call('alpha', method, `/jobs/${mainJob}${path}`)).status).toBe(404);
     }
-    const tombstone = JSON.parse(await (await api.s3.send(new GetObjectCommand({ Bucket: LOCAL_ARTIFACTS, Key: `teams/alpha/tombstones/${mainJob}.json` }))).Body!.transformToString());
+    const tombstone = JSON.parse(
+      await (await api.s3.send(new GetObjectCommand({ Bucket: LOCAL_ARTIFACTS, Key: `teams/alpha/tombstones/${mainJob}.json` }))).Body!.transformToString(),
+    );
     expect(Object.keys(tombstone).sort()).toEqual(['deletedAt', 'jobId', 'ledgerRows', 'removed', 'teamId']);
     expect(tombstone.ledgerRows).toBe(1);
     // The ledger keeps the figures under an anonymous id; nothing in it names the job any more.
     expect(await registry.items('alpha', `COST#${mainJob}#`)).toEqual([]);
     const anonymous = await registry.items('alpha', `COST#${erasedJobId({ teamId: 'alpha', jobId: mainJob })}#`);
-    expect(anonymous).toEqual([expect.objectContaining({ jobId: erasedJobId({ teamId: 'alpha', jobId: mainJob }), stage: 'train', usd: 0.42, gpuSeconds: 1500 })]);
+    expect(anonymous).toEqual([
+      expect.objectContaining({ jobId: erasedJobId({ teamId: 'alpha', jobId: mainJob }), stage: 'train', usd: 0.42, gpuSeconds: 1500 }),
+    ]);
     expect(JSON.stringify(await registry.items('alpha', 'COST#'))).not.toContain(mainJob);
   });
 
@@ -397,7 +480,10 @@ describeWithMoto('job API over the local AWS endpoint', () => {
     expect(results.code).toBe(0);
     const manifest = JSON.parse(results.stdout);
     const listed = (manifest.artifacts as Json[]).map((a) => a.name).sort();
-    const downloaded = readdirSync(out, { recursive: true, withFileTypes: true }).filter((e) => e.isFile()).map((e) => join(e.parentPath, e.name).slice(out.length + 1)).sort();
+    const downloaded = readdirSync(out, { recursive: true, withFileTypes: true })
+      .filter((e) => e.isFile())
+      .map((e) => join(e.parentPath, e.name).slice(out.length + 1))
+      .sort();
     expect(downloaded).toEqual(listed);
     for (const a of manifest.artifacts as Json[]) expect(readFileSync(join(out, a.name)).length).toBe(a.size);
 

@@ -21,8 +21,27 @@ const received: Array<{ body: string; signature: string }> = [];
 
 beforeAll(async () => {
   const dir = mkdtempSync(join(tmpdir(), 'notify-tls-'));
-  execFileSync('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '1', '-subj', '/CN=127.0.0.1', '-addext', 'subjectAltName=IP:127.0.0.1',
-    '-keyout', join(dir, 'key.pem'), '-out', join(dir, 'cert.pem')], { stdio: 'ignore' });
+  execFileSync(
+    'openssl',
+    [
+      'req',
+      '-x509',
+      '-newkey',
+      'rsa:2048',
+      '-nodes',
+      '-days',
+      '1',
+      '-subj',
+      '/CN=127.0.0.1',
+      '-addext',
+      'subjectAltName=IP:127.0.0.1',
+      '-keyout',
+      join(dir, 'key.pem'),
+      '-out',
+      join(dir, 'cert.pem'),
+    ],
+    { stdio: 'ignore' },
+  );
   ca = readFileSync(join(dir, 'cert.pem'));
   server = createServer({ key: readFileSync(join(dir, 'key.pem')), cert: ca }, (req, res) => {
     let body = '';
@@ -39,7 +58,15 @@ afterAll(async () => {
   await moto?.stop();
 });
 
-const status = (jobId: string) => ({ teamId: 'alpha', jobId, state: 'failed' as const, stage: 'caption' as const, createdAt: '2026-01-01T00:00:00.000Z', updatedAt: '2026-01-01T00:05:00.000Z', error: { code: 'GPU_UNAVAILABLE', message: 'x' } });
+const status = (jobId: string) => ({
+  teamId: 'alpha',
+  jobId,
+  state: 'failed' as const,
+  stage: 'caption' as const,
+  createdAt: '2026-01-01T00:00:00.000Z',
+  updatedAt: '2026-01-01T00:05:00.000Z',
+  error: { code: 'GPU_UNAVAILABLE', message: 'x' },
+});
 
 describeWithMoto('notify: job webhooks from state change events', () => {
   beforeAll(async () => {
@@ -47,9 +74,17 @@ describeWithMoto('notify: job webhooks from state change events', () => {
     await moto.createBucket(BUCKET);
   });
 
-  it('delivers the signed event with the job\'s secret and records the attempt next to the job', async () => {
+  it("delivers the signed event with the job's secret and records the attempt next to the job", async () => {
     const url = `https://127.0.0.1:${(server.address() as AddressInfo).port}/hook`;
-    await putJson(moto.s3(), BUCKET, requestKey({ teamId: 'alpha', jobId: 'j1' }), { teamId: 'alpha', jobId: 'j1', createdAt: 'x', requestHash: 'h', spec: {}, photos: [], webhook: { url, secret: 's3cret' } });
+    await putJson(moto.s3(), BUCKET, requestKey({ teamId: 'alpha', jobId: 'j1' }), {
+      teamId: 'alpha',
+      jobId: 'j1',
+      createdAt: 'x',
+      requestHash: 'h',
+      spec: {},
+      photos: [],
+      webhook: { url, secret: 's3cret' },
+    });
     const detail = stateChange(status('j1'), undefined)!;
     const result = await notify({ detail }, { s3: moto.s3(), artifactsBucket: BUCKET, webhook: { ca, [ALLOW_LOOPBACK_FOR_TESTS]: true } });
     expect(result?.delivered).toBe(true);
@@ -62,7 +97,15 @@ describeWithMoto('notify: job webhooks from state change events', () => {
 
   it('records a refused address (instance metadata) without sending anything', async () => {
     received.length = 0;
-    await putJson(moto.s3(), BUCKET, requestKey({ teamId: 'alpha', jobId: 'j2' }), { teamId: 'alpha', jobId: 'j2', createdAt: 'x', requestHash: 'h', spec: {}, photos: [], webhook: { url: 'https://169.254.169.254/latest', secret: 's' } });
+    await putJson(moto.s3(), BUCKET, requestKey({ teamId: 'alpha', jobId: 'j2' }), {
+      teamId: 'alpha',
+      jobId: 'j2',
+      createdAt: 'x',
+      requestHash: 'h',
+      spec: {},
+      photos: [],
+      webhook: { url: 'https://169.254.169.254/latest', secret: 's' },
+    });
     const detail = stateChange(status('j2'), undefined)!;
     const result = await notify({ detail }, { s3: moto.s3(), artifactsBucket: BUCKET });
     expect(result?.delivered).toBe(false);
@@ -72,7 +115,14 @@ describeWithMoto('notify: job webhooks from state change events', () => {
   });
 
   it('does nothing for a job without a webhook', async () => {
-    await putJson(moto.s3(), BUCKET, requestKey({ teamId: 'alpha', jobId: 'j3' }), { teamId: 'alpha', jobId: 'j3', createdAt: 'x', requestHash: 'h', spec: {}, photos: [] });
+    await putJson(moto.s3(), BUCKET, requestKey({ teamId: 'alpha', jobId: 'j3' }), {
+      teamId: 'alpha',
+      jobId: 'j3',
+      createdAt: 'x',
+      requestHash: 'h',
+      spec: {},
+      photos: [],
+    });
     expect(await notify({ detail: stateChange(status('j3'), undefined)! }, { s3: moto.s3(), artifactsBucket: BUCKET })).toBeUndefined();
   });
 });

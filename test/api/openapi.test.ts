@@ -16,10 +16,23 @@ describe('OpenAPI document', () => {
 
   it('holds every route the app serves, with its method, auth and error responses', () => {
     const paths = doc.paths as Record<string, Record<string, { security?: unknown[]; responses: Record<string, unknown> }>>;
-    const declared = Object.values(routes).map((r) => `${r.method.toUpperCase()} ${r.path}`).sort();
-    const documented = Object.entries(paths).flatMap(([path, ops]) => Object.keys(ops).map((m) => `${m.toUpperCase()} ${path}`)).sort();
+    const declared = Object.values(routes)
+      .map((r) => `${r.method.toUpperCase()} ${r.path}`)
+      .sort();
+    const documented = Object.entries(paths)
+      .flatMap(([path, ops]) => Object.keys(ops).map((m) => `${m.toUpperCase()} ${path}`))
+      .sort();
     expect(documented).toEqual(declared);
-    expect(declared).toEqual(['DELETE /jobs/{id}', 'GET /jobs', 'GET /jobs/{id}', 'GET /jobs/{id}/results', 'GET /usage', 'POST /jobs', 'POST /jobs/{id}/cancel', 'POST /jobs/{id}/start']);
+    expect(declared).toEqual([
+      'DELETE /jobs/{id}',
+      'GET /jobs',
+      'GET /jobs/{id}',
+      'GET /jobs/{id}/results',
+      'GET /usage',
+      'POST /jobs',
+      'POST /jobs/{id}/cancel',
+      'POST /jobs/{id}/start',
+    ]);
     for (const ops of Object.values(paths)) {
       for (const op of Object.values(ops)) {
         expect(op.security).toEqual([{ bearer: [] }]);

@@ -19,8 +19,27 @@ const received: Array<{ at: number; body: string; signature: string }> = [];
 beforeAll(async () => {
   // A receiver with its own certificate for 127.0.0.1 and the test name hooks.test.
   const dir = mkdtempSync(join(tmpdir(), 'webhook-tls-'));
-  execFileSync('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '1', '-subj', '/CN=hooks.test', '-addext', 'subjectAltName=IP:127.0.0.1,DNS:hooks.test',
-    '-keyout', join(dir, 'key.pem'), '-out', join(dir, 'cert.pem')], { stdio: 'ignore' });
+  execFileSync(
+    'openssl',
+    [
+      'req',
+      '-x509',
+      '-newkey',
+      'rsa:2048',
+      '-nodes',
+      '-days',
+      '1',
+      '-subj',
+      '/CN=hooks.test',
+      '-addext',
+      'subjectAltName=IP:127.0.0.1,DNS:hooks.test',
+      '-keyout',
+      join(dir, 'key.pem'),
+      '-out',
+      join(dir, 'cert.pem'),
+    ],
+    { stdio: 'ignore' },
+  );
   ca = readFileSync(join(dir, 'cert.pem'));
   server = createServer({ key: readFileSync(join(dir, 'key.pem')), cert: ca }, (req, res) => {
     let body = '';
@@ -37,7 +56,8 @@ beforeAll(async () => {
 afterAll(() => new Promise<void>((r) => server.close(() => r())));
 
 const event = { detailType: 'Avatar Job State Change', teamId: 'alpha', jobId: 'j1', state: 'failed' };
-const resolveTo = (address: string, family: 4 | 6 = 4): LookupFunction => ((_host: string, _opts: unknown, cb: (e: null, a: unknown) => void) => cb(null, [{ address, family }])) as unknown as LookupFunction;
+const resolveTo = (address: string, family: 4 | 6 = 4): LookupFunction =>
+  ((_host: string, _opts: unknown, cb: (e: null, a: unknown) => void) => cb(null, [{ address, family }])) as unknown as LookupFunction;
 
 describe('webhook sender', () => {
   it('signs timestamp.body with HMAC-SHA256; the receiver verifies it', async () => {
@@ -72,7 +92,12 @@ describe('webhook sender', () => {
     it(`refuses ${name} without connecting`, async () => {
       received.length = 0;
       const attempts: DeliveryAttempt[][] = [];
-      const result = await deliverWebhook(url.replace('PORT', String(port)), event, { secret: SECRET, ca, resolve, record: async (a) => void attempts.push(a) });
+      const result = await deliverWebhook(url.replace('PORT', String(port)), event, {
+        secret: SECRET,
+        ca,
+        resolve,
+        record: async (a) => void attempts.push(a),
+      });
       expect(result.delivered).toBe(false);
       expect(result.attempts).toHaveLength(1); // refused, not retried
       expect(result.attempts[0].error).toMatch(message);
@@ -84,7 +109,12 @@ describe('webhook sender', () => {
   it('checks the address at connect time: the test-only switch lets the same name reach the local receiver', async () => {
     // Same name and resolver as the refused case above: only the address guard differs.
     received.length = 0;
-    const result = await deliverWebhook(`https://hooks.test:${port}/hook`, event, { secret: SECRET, ca, resolve: resolveTo('127.0.0.1'), [ALLOW_LOOPBACK_FOR_TESTS]: true });
+    const result = await deliverWebhook(`https://hooks.test:${port}/hook`, event, {
+      secret: SECRET,
+      ca,
+      resolve: resolveTo('127.0.0.1'),
+      [ALLOW_LOOPBACK_FOR_TESTS]: true,
+    });
     expect(result.delivered).toBe(true);
     expect(received).toHaveLength(1);
   });
@@ -94,10 +124,20 @@ describe('webhook sender', () => {
     answers = [503, 500, 429];
     const recorded: DeliveryAttempt[][] = [];
     const result = await deliverWebhook(`https://127.0.0.1:${port}/hook`, event, {
-      secret: SECRET, ca, [ALLOW_LOOPBACK_FOR_TESTS]: true, baseDelayMs: 100, random: () => 1, record: async (a) => void recorded.push(a),
+      secret: SECRET,
+      ca,
+      [ALLOW_LOOPBACK_FOR_TESTS]: true,
+      baseDelayMs: 100,
+      random: () => 1,
+      record: async (a) => void recorded.push(a),
     });
     expect(result.delivered).toBe(true);
-    expect(result.attempts.map((a) => [a.status, a.retryInMs])).toEqual([[503, 100], [500, 200], [429, 400], [200, undefined]]);
+    expect(result.attempts.map((a) => [a.status, a.retryInMs])).toEqual([
+      [503, 100],
+      [500, 200],
+      [429, 400],
+      [200, undefined],
+    ]);
     expect(recorded.map((r) => r.length)).toEqual([1, 2, 3, 4]);
     expect(received).toHaveLength(4);
     // The receiver saw the waits (lower bounds only: no timing target).
@@ -110,7 +150,13 @@ describe('webhook sender', () => {
 
   it('gives up after maxAttempts, and never retries a 4xx', async () => {
     answers = [500, 500, 500];
-    const failing = await deliverWebhook(`https://127.0.0.1:${port}/hook`, event, { secret: SECRET, ca, [ALLOW_LOOPBACK_FOR_TESTS]: true, maxAttempts: 3, baseDelayMs: 1 });
+    const failing = await deliverWebhook(`https://127.0.0.1:${port}/hook`, event, {
+      secret: SECRET,
+      ca,
+      [ALLOW_LOOPBACK_FOR_TESTS]: true,
+      maxAttempts: 3,
+      baseDelayMs: 1,
+    });
     expect(failing).toMatchObject({ delivered: false });
     expect(failing.attempts.map((a) => a.status)).toEqual([500, 500, 500]);
     answers = [400];
@@ -121,10 +167,26 @@ describe('webhook sender', () => {
 
   it('classifies addresses', () => {
     const cases: Record<string, boolean> = {
-      '8.8.8.8': true, '1.1.1.1': true, '2606:4700:4700::1111': true,
-      '127.0.0.1': false, '10.0.0.1': false, '172.16.0.1': false, '172.31.255.255': false, '192.168.1.1': false,
-      '169.254.169.254': false, '100.64.0.1': false, '0.0.0.0': false, '224.0.0.1': false, '::1': false, '::': false,
-      'fd00::1': false, 'fc00::1': false, 'fe80::1': false, '::ffff:10.0.0.1': false, '::ffff:8.8.8.8': false, '64:ff9b::a00:1': false,
+      '8.8.8.8': true,
+      '1.1.1.1': true,
+      '2606:4700:4700::1111': true,
+      '127.0.0.1': false,
+      '10.0.0.1': false,
+      '172.16.0.1': false,
+      '172.31.255.255': false,
+      '192.168.1.1': false,
+      '169.254.169.254': false,
+      '100.64.0.1': false,
+      '0.0.0.0': false,
+      '224.0.0.1': false,
+      '::1': false,
+      '::': false,
+      'fd00::1': false,
+      'fc00::1': false,
+      'fe80::1': false,
+      '::ffff:10.0.0.1': false,
+      '::ffff:8.8.8.8': false,
+      '64:ff9b::a00:1': false,
       'not-an-ip': false,
     };
     expect(Object.fromEntries(Object.keys(cases).map((ip) => [ip, isPublicAddress(ip)]))).toEqual(cases);
