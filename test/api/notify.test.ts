@@ -1,9 +1,5 @@
-import { execFileSync } from 'node:child_process';
-import { mkdtempSync, readFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:https';
 import type { AddressInfo } from 'node:net';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { requestKey } from '../../lambdas/api/records';
 import { deliveryKey, notify } from '../../lambdas/notify/handler';
@@ -11,7 +7,8 @@ import { stateChange } from '../../lambdas/shared/events';
 import { getJson, putJson } from '../../lambdas/shared/s3';
 import { ALLOW_LOOPBACK_FOR_TESTS, verifyWebhookSignature } from '../../lambdas/shared/webhook';
 import { type Moto, startMoto } from '../helpers/moto';
-import { describeWithMoto } from '../helpers/suites';
+import { describeNeeding, motoMissing } from '../helpers/suites';
+import { opensslMissing, selfSignedCertificate } from './tls';
 
 const BUCKET = 'notify-artifacts';
 let moto: Moto;
@@ -20,30 +17,10 @@ let ca: Buffer;
 const received: Array<{ body: string; signature: string }> = [];
 
 beforeAll(async () => {
-  const dir = mkdtempSync(join(tmpdir(), 'notify-tls-'));
-  execFileSync(
-    'openssl',
-    [
-      'req',
-      '-x509',
-      '-newkey',
-      'rsa:2048',
-      '-nodes',
-      '-days',
-      '1',
-      '-subj',
-      '/CN=127.0.0.1',
-      '-addext',
-      'subjectAltName=IP:127.0.0.1',
-      '-keyout',
-      join(dir, 'key.pem'),
-      '-out',
-      join(dir, 'cert.pem'),
-    ],
-    { stdio: 'ignore' },
-  );
-  ca = readFileSync(join(dir, 'cert.pem'));
-  server = createServer({ key: readFileSync(join(dir, 'key.pem')), cert: ca }, (req, res) => {
+  if (opensslMissing()) return;
+  const tls = selfSignedCertificate('IP:127.0.0.1');
+  ca = tls.cert;
+  server = createServer(tls, (req, res) => {
     let body = '';
     req.on('data', (c) => (body += c));
     req.on('end', () => {
@@ -54,7 +31,7 @@ beforeAll(async () => {
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
 });
 afterAll(async () => {
-  await new Promise<void>((r) => server.close(() => r()));
+  await new Promise<void>((r) => (server ? server.close(() => r()) : r()));
   await moto?.stop();
 });
 
@@ -68,7 +45,7 @@ const status = (jobId: string) => ({
   error: { code: 'GPU_UNAVAILABLE', message: 'x' },
 });
 
-describeWithMoto('notify: job webhooks from state change events', () => {
+describeNeeding('notify: job webhooks from state change events', motoMissing() ?? opensslMissing(), () => {
   beforeAll(async () => {
     moto = await startMoto();
     await moto.createBucket(BUCKET);

@@ -1,12 +1,10 @@
-import { execFileSync } from 'node:child_process';
 import { createHmac } from 'node:crypto';
-import { mkdtempSync, readFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:https';
 import type { AddressInfo, LookupFunction } from 'node:net';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, expect, it } from 'vitest';
 import { ALLOW_LOOPBACK_FOR_TESTS, type DeliveryAttempt, deliverWebhook, isPublicAddress, verifyWebhookSignature } from '../../lambdas/shared/webhook';
+import { describeNeeding } from '../helpers/suites';
+import { opensslMissing, selfSignedCertificate } from './tls';
 
 const SECRET = 'whsec-test-secret';
 let server: Server;
@@ -16,50 +14,29 @@ let ca: Buffer;
 let answers: number[] = [];
 const received: Array<{ at: number; body: string; signature: string }> = [];
 
-beforeAll(async () => {
-  // A receiver with its own certificate for 127.0.0.1 and the test name hooks.test.
-  const dir = mkdtempSync(join(tmpdir(), 'webhook-tls-'));
-  execFileSync(
-    'openssl',
-    [
-      'req',
-      '-x509',
-      '-newkey',
-      'rsa:2048',
-      '-nodes',
-      '-days',
-      '1',
-      '-subj',
-      '/CN=hooks.test',
-      '-addext',
-      'subjectAltName=IP:127.0.0.1,DNS:hooks.test',
-      '-keyout',
-      join(dir, 'key.pem'),
-      '-out',
-      join(dir, 'cert.pem'),
-    ],
-    { stdio: 'ignore' },
-  );
-  ca = readFileSync(join(dir, 'cert.pem'));
-  server = createServer({ key: readFileSync(join(dir, 'key.pem')), cert: ca }, (req, res) => {
-    let body = '';
-    req.on('data', (c) => (body += c));
-    req.on('end', () => {
-      received.push({ at: Date.now(), body, signature: String(req.headers['x-avatar-signature']) });
-      res.statusCode = answers.shift() ?? 200;
-      res.end();
-    });
-  });
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  port = (server.address() as AddressInfo).port;
-});
-afterAll(() => new Promise<void>((r) => server.close(() => r())));
-
 const event = { detailType: 'Avatar Job State Change', teamId: 'alpha', jobId: 'j1', state: 'failed' };
 const resolveTo = (address: string, family: 4 | 6 = 4): LookupFunction =>
   ((_host: string, _opts: unknown, cb: (e: null, a: unknown) => void) => cb(null, [{ address, family }])) as unknown as LookupFunction;
 
-describe('webhook sender', () => {
+describeNeeding('webhook sender', opensslMissing(), () => {
+  beforeAll(async () => {
+    // A receiver with its own certificate for 127.0.0.1 and the test name hooks.test.
+    const tls = selfSignedCertificate('IP:127.0.0.1,DNS:hooks.test');
+    ca = tls.cert;
+    server = createServer(tls, (req, res) => {
+      let body = '';
+      req.on('data', (c) => (body += c));
+      req.on('end', () => {
+        received.push({ at: Date.now(), body, signature: String(req.headers['x-avatar-signature']) });
+        res.statusCode = answers.shift() ?? 200;
+        res.end();
+      });
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    port = (server.address() as AddressInfo).port;
+  });
+  afterAll(() => new Promise<void>((r) => server.close(() => r())));
+
   it('signs timestamp.body with HMAC-SHA256; the receiver verifies it', async () => {
     received.length = 0;
     const result = await deliverWebhook(`https://127.0.0.1:${port}/hook`, event, { secret: SECRET, ca, [ALLOW_LOOPBACK_FOR_TESTS]: true });
