@@ -104,7 +104,7 @@ async function uploadTargets(deps: ApiDeps, job: JobRef, photos: CreateJobReques
     photos.map(async (p) => {
       const key = `${keys.photosPrefix(job)}${p.name}`;
       // The policy S3 evaluates on upload: this key only, this content type only, 1..maxPhotoBytes.
-      const post = await createPresignedPost(deps.s3 as never, {
+      const post = await createPresignedPost(deps.s3, {
         Bucket: deps.inboxBucket,
         Key: key,
         Conditions: [
