@@ -1,4 +1,4 @@
-import { ArnFormat, Aws, CfnOutput, Duration, Stack, Validations } from 'aws-cdk-lib';
+import { ArnFormat, Aws, CfnOutput, Duration, RemovalPolicy, Stack, Validations } from 'aws-cdk-lib';
 import * as apigw from 'aws-cdk-lib/aws-apigatewayv2';
 import { HttpLambdaIntegration } from 'aws-cdk-lib/aws-apigatewayv2-integrations';
 import * as cognito from 'aws-cdk-lib/aws-cognito';
@@ -66,7 +66,9 @@ export class JobApi extends Construct {
         passwordPolicy: { minLength: 16, requireDigits: true, requireLowercase: true, requireUppercase: true, requireSymbols: true },
         mfa: cognito.Mfa.OFF,
         accountRecovery: cognito.AccountRecovery.NONE,
-        deletionProtection: true,
+        // cdk destroy ends clean (the stack retains only buckets and the team registry); the team
+        // app clients are the admin's and are made again after a redeploy.
+        removalPolicy: RemovalPolicy.DESTROY,
       });
       new cognito.UserPoolResourceServer(this, 'ResourceServer', { userPool: pool, identifier: 'avatar', userPoolResourceServerName: 'avatar job API' });
       // The token endpoint (https://<prefix>.auth.<region>.amazoncognito.com/oauth2/token) for client credentials.
@@ -158,7 +160,7 @@ export class JobApi extends Construct {
       reason: "cancel stops the execution of the calling team's job; execution names are only known per request",
     });
 
-    const accessLogs = new logs.LogGroup(this, 'AccessLogs', { retention: logs.RetentionDays.ONE_MONTH });
+    const accessLogs = new logs.LogGroup(this, 'AccessLogs', { retention: logs.RetentionDays.ONE_MONTH, removalPolicy: RemovalPolicy.DESTROY });
     this.httpApi = new apigw.HttpApi(this, 'Http', {
       description: 'avatar job API',
       defaultIntegration: new HttpLambdaIntegration('Jobs', this.function),
