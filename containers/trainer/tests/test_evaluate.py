@@ -4,6 +4,7 @@ The checkpoints are real kohya-format LoRA files for that pipeline. The final ep
 first epoch's with lora_up doubled, so (epoch 1, strength 1.0) and (final, strength 0.5) apply the
 same LoRA delta: their renders must match, which shows the strength is a multiplier on the LoRA.
 """
+import hashlib
 import io
 import json
 import os
@@ -241,7 +242,8 @@ def test_the_production_loader_reads_the_single_file_checkpoint_with_the_baked_c
     # from_single_file gets the baked config and may not reach the hub.
     monkeypatch.setenv("AVATAR_SD_CONFIG_DIR", str(folder))
     monkeypatch.setenv("AVATAR_BASE_MODEL_KEY", "models/sd15.safetensors")
-    boto3.client("s3").put_object(Bucket=job_env["AVATAR_ARTIFACTS_BUCKET"], Key="models/sd15.safetensors", Body=b"weights")
+    boto3.client("s3").put_object(Bucket=job_env["AVATAR_ARTIFACTS_BUCKET"], Key="models/sd15.safetensors", Body=b"weights",
+                                  Metadata={"sha256": hashlib.sha256(b"weights").hexdigest()})
     calls = []
 
     def fake_single_file(path, **kwargs):

@@ -1,4 +1,5 @@
 """`python -m trainer train` end to end against S3 on moto_server, with fake_kohya.py in kohya's place."""
+import hashlib
 import io
 import json
 import os
@@ -14,7 +15,7 @@ import pytest
 from PIL import Image
 
 from conftest import REPO
-from avatar_job import Job
+from avatar_job import Job, StageError
 from trainer.train import fetch_base_model
 from trainer.verify import sha256
 
@@ -51,7 +52,8 @@ def seeded(job_env, tmp_path):
         Image.new("RGB", (64, 64), (60 * i, 90, 120)).save(buf, "PNG")
         put(PREFIX + f"normalize/2_anantn/{name}", buf.getvalue())
         put(PREFIX + f"caption/2_anantn/{name[:-4]}.txt", f"photo of anantn, a man, picture {i}\n")
-    put(BASE_KEY, os.urandom(4096))
+    base = os.urandom(4096)
+    s3.put_object(Bucket=bucket, Key=BASE_KEY, Body=base, Metadata={"sha256": hashlib.sha256(base).hexdigest()})
     env = {**os.environ, **job_env, "AVATAR_BASE_MODEL_KEY": BASE_KEY,
            "AVATAR_KOHYA_CMD": f"{sys.executable} {HERE / 'fake_kohya.py'}",
            "FAKE_KOHYA_ARGS_LOG": str(tmp_path / "kohya-args.jsonl")}
@@ -170,10 +172,37 @@ def test_base_model_is_cached_and_verified(seeded, monkeypatch):
     first, second = fetch_base_model(job), fetch_base_model(job)
     assert (first["cached"], second["cached"]) == (False, True)
     assert first["sha256"] == second["sha256"] == sha256(first["path"])
-    # A corrupted cache entry (same size) is detected by its sha256 and replaced.
-    data = bytearray(first["path"].read_bytes())
-    data[0] ^= 0xFF
-    first["path"].write_bytes(bytes(data))
-    third = fetch_base_model(job)
-    assert third["cached"] is False and sha256(third["path"]) == first["sha256"]
+    assert first["sha256"] == s3.head_object(Bucket=bucket, Key=BASE_KEY)["Metadata"]["sha256"]
 
+
+def test_a_poisoned_cache_entry_is_caught_by_the_objects_sha256(seeded, monkeypatch):
+    s3, bucket, env, tmp = seeded
+    monkeypatch.setenv("AVATAR_BASE_MODEL_KEY", BASE_KEY)
+    job = Job.from_env()
+    good = fetch_base_model(job)
+    original = good["path"].read_bytes()
+    # Another job on the host rewrote the cache: same size, and a sidecar that vouches for it (what
+    # the cache used to trust).
+    poison = os.urandom(len(original))
+    good["path"].write_bytes(poison)
+    head = s3.head_object(Bucket=bucket, Key=BASE_KEY)
+    good["path"].with_name(good["path"].name + ".json").write_text(
+        json.dumps({"size": len(poison), "etag": head["ETag"], "sha256": hashlib.sha256(poison).hexdigest()}))
+    again = fetch_base_model(job)
+    assert again["cached"] is False and again["path"].read_bytes() == original and again["sha256"] == good["sha256"]
+
+
+def test_a_base_model_without_sha256_metadata_is_refused(seeded, monkeypatch):
+    s3, bucket, env, tmp = seeded
+    monkeypatch.setenv("AVATAR_BASE_MODEL_KEY", "models/unhashed.safetensors")
+    s3.put_object(Bucket=bucket, Key="models/unhashed.safetensors", Body=b"weights")
+    with pytest.raises(StageError) as e:
+        fetch_base_model(Job.from_env())
+    assert e.value.code == "BASE_MODEL_UNVERIFIED" and e.value.input == "models/unhashed.safetensors"
+    assert "--metadata sha256=" in e.value.message
+    # Metadata that does not match the body: the download is refused and nothing is cached.
+    s3.put_object(Bucket=bucket, Key="models/unhashed.safetensors", Body=b"weights", Metadata={"sha256": "0" * 64})
+    with pytest.raises(StageError) as e:
+        fetch_base_model(Job.from_env())
+    assert e.value.code == "BASE_MODEL_CORRUPT"
+    assert list((tmp / "cache/base-models").iterdir()) == []

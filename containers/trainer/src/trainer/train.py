@@ -58,8 +58,9 @@ def check_precision(mixed_precision: str) -> None:
 def fetch_base_model(job: Job) -> dict:
     """The SD1.5 checkpoint from the artifacts bucket, cached on the host across jobs.
 
-    The cached copy is reused only when its size and ETag match the object and its sha256 matches
-    the one recorded when it was downloaded.
+    The host cache is shared by every team's jobs on the instance, so nothing a previous job left
+    there is trusted: every use, cached or not, is checked against the sha256 the operator put in the
+    object's metadata (`x-amz-meta-sha256`). Hashing 4 GB takes seconds; downloading it, minutes.
     """
     key = os.environ.get("AVATAR_BASE_MODEL_KEY")
     if not key:
@@ -68,25 +69,32 @@ def fetch_base_model(job: Job) -> dict:
         head = job.s3.head_object(Bucket=job.artifacts_bucket, Key=key)
     except job.s3.exceptions.ClientError:
         raise StageError("BASE_MODEL_MISSING", f"s3://{job.artifacts_bucket}/{key} is missing; upload the SD 1.5 checkpoint there", key)
-    size, etag = head["ContentLength"], head.get("ETag", "")
+    size = head["ContentLength"]
+    expected = head.get("Metadata", {}).get("sha256", "").lower()
+    if not re.fullmatch(r"[0-9a-f]{64}", expected):
+        # The job role may not write under models/, so the operator records the hash once, at upload.
+        raise StageError("BASE_MODEL_UNVERIFIED",
+                         f"s3://{job.artifacts_bucket}/{key} has no sha256 in its metadata, so its cached copies cannot be checked; "
+                         f"upload it again with --metadata sha256=<hex> (aws s3 cp FILE s3://{job.artifacts_bucket}/{key} "
+                         "--metadata sha256=$(sha256sum FILE | cut -d' ' -f1))", key)
     local = job.cache_dir / "base-models" / PurePosixPath(key).name
-    sidecar = local.with_name(local.name + ".json")
-    if local.is_file() and sidecar.is_file() and local.stat().st_size == size:
-        known = json.loads(sidecar.read_text())
-        if known.get("etag") == etag and known.get("size") == size and sha256(local) == known.get("sha256"):
-            return {"key": key, "path": local, "size": size, "sha256": known["sha256"], "cached": True}
+    if local.is_file() and local.stat().st_size == size:
+        if sha256(local) == expected:
+            return {"key": key, "path": local, "size": size, "sha256": expected, "cached": True}
+        print(f"train: the cached {local.name} does not match the object's sha256; downloading it again", file=sys.stderr, flush=True)
     local.parent.mkdir(parents=True, exist_ok=True)
     # Download beside the target and rename: another job on this host may be reading the cache.
     fd, tmp = tempfile.mkstemp(dir=local.parent, prefix=local.name + ".part-")
     os.close(fd)
-    job.s3.download_file(job.artifacts_bucket, key, tmp)
-    digest = sha256(Path(tmp))
-    expected = head.get("Metadata", {}).get("sha256")
-    if expected and expected != digest:
-        os.unlink(tmp)
-        raise StageError("BASE_MODEL_CORRUPT", f"the downloaded base model's sha256 {digest} differs from the object's metadata {expected}; re-upload it", key)
-    os.replace(tmp, local)
-    sidecar.write_text(json.dumps({"size": size, "etag": etag, "sha256": digest}))
+    try:
+        job.s3.download_file(job.artifacts_bucket, key, tmp)
+        digest = sha256(Path(tmp))
+        if digest != expected:
+            raise StageError("BASE_MODEL_CORRUPT", f"the downloaded base model's sha256 {digest} differs from the object's metadata {expected}; re-upload it", key)
+        os.replace(tmp, local)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
     return {"key": key, "path": local, "size": size, "sha256": digest, "cached": False}
 
 
