@@ -2,7 +2,7 @@
 
 tests/fixtures/kohya-transcript.{out,err}.txt: stdout and stderr of test_train_real_kohya.py's
 2-epoch CPU run (2 images, batch 1, save_state); kohya-resume-transcript.*: the same config resumed
-from the epoch-1 state. Refresh them with AVATAR_SD_SCRIPTS_DIR=<checkout> AVATAR_KOHYA_TRANSCRIPT_DIR=
+from the epoch-1 state with --initial_epoch 2, as the trainer resumes. Refresh them with AVATAR_SD_SCRIPTS_DIR=<checkout> AVATAR_KOHYA_TRANSCRIPT_DIR=
 containers/trainer/tests/fixtures pytest trainer/tests/test_train_real_kohya.py (paths under the
 test's tmp dir read /tmp/run in stdout; rich wraps the logger's lines at 80 columns).
 """
@@ -32,10 +32,10 @@ def _events(text):
 def test_tqdm_carriage_returns_split_into_updates_and_keep_the_partial_one():
     err = _transcript("kohya-transcript", "err")
     # tqdm redraws with \r and the logger writes straight after a bar without a newline.
-    cut = err.index("avr_loss=1.02]") + len("avr_loss=")
+    cut = err.index("avr_loss=1.05]") + len("avr_loss=")
     lines, rest = split_lines(err[:cut])
     assert rest.startswith("steps:  50%|") and rest.endswith("avr_loss=")
-    assert lines[-1].startswith("steps:  50%|") and lines[-1].endswith("avr_loss=1.04]")
+    assert lines[-1].startswith("steps:  50%|") and lines[-1].endswith("avr_loss=1.07]")
 
 
 def test_the_real_stdout_gives_total_epochs_and_checkpoint_saves():
@@ -54,11 +54,11 @@ def test_the_real_stderr_gives_steps_losses_and_state_saves():
     # tqdm draws each step twice: once as it advances, once with the new avr_loss. A bar without
     # avr_loss yet (0/4, the first 1/4) is no event; "epoch is incremented." is no epoch line.
     assert events == [
-        ("step", 1, 4, 1.04, None), ("step", 2, 4, 1.04, None), ("step", 2, 4, 1.02, None),
+        ("step", 1, 4, 1.07, None), ("step", 2, 4, 1.07, None), ("step", 2, 4, 1.05, None),
         ("state", None, None, None, 1),
-        ("step", 3, 4, 1.02, None), ("step", 3, 4, 1.01, None), ("step", 4, 4, 1.01, None), ("step", 4, 4, 1.05, None),
+        ("step", 3, 4, 1.05, None), ("step", 3, 4, 1.01, None), ("step", 4, 4, 1.01, None), ("step", 4, 4, 1.04, None),
         ("state", None, None, None, None),  # "saving last state."
-        ("step", 4, 4, 1.05, None),  # tqdm's close
+        ("step", 4, 4, 1.04, None),  # tqdm's close
     ]
 
 
@@ -74,9 +74,9 @@ def test_a_resumed_run_counts_its_steps_from_one_again():
 
 
 def test_nan_and_inf_losses_parse_as_floats():
-    line = next(l for l in split_lines(_transcript("kohya-transcript", "err"))[0] if "avr_loss=1.02]" in l)
-    assert math.isnan(parse_line(line.replace("avr_loss=1.02]", "avr_loss=nan]")).loss)
-    assert parse_line(line.replace("avr_loss=1.02]", "avr_loss=inf]")).loss == math.inf
+    line = next(l for l in split_lines(_transcript("kohya-transcript", "err"))[0] if "avr_loss=1.05]" in l)
+    assert math.isnan(parse_line(line.replace("avr_loss=1.05]", "avr_loss=nan]")).loss)
+    assert parse_line(line.replace("avr_loss=1.05]", "avr_loss=inf]")).loss == math.inf
 
 
 def test_unrelated_lines_are_no_events():
@@ -177,13 +177,13 @@ def test_a_resumed_run_reports_steps_and_losses_after_the_resumed_epochs(tmp_pat
     plan = json.loads((REPO / "test/fixtures/contract/plan-recipe-25.json").read_text())
     plan["plan"].update(epochs=2, totalSteps=4)
     run = Run(job=None, status=_Progress(), plan=plan, workdir=tmp_path)
-    run.diary = {"lossPerEpoch": {"1": 1.04}}
+    run.diary = {"lossPerEpoch": {"1": 1.05}}
     run.epoch = run.resumed_epoch = 1  # what find_resume_state sets for anantn-000001-state
     for stream in ("out", "err"):
         for ev in _events(_transcript("kohya-resume-transcript", stream)):
             run.on_event(ev)
     assert (run.step, run.total, run.epoch) == (4, 4, 2)
-    assert run.diary["lossPerEpoch"] == {"1": 1.04, "2": 1.05}
+    assert run.diary["lossPerEpoch"] == {"1": 1.05, "2": 1.04}
     assert [c[1] for c in run.status.calls if c[1].startswith("step")] == ["step 3/4", "step 4/4", "step 4/4", "step 4/4"]
 
 

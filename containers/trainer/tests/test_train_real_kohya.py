@@ -6,6 +6,7 @@ the VAE, text encoder depth and tokenizer are tiny. Nothing is downloaded.
 """
 import json
 import os
+import re
 import subprocess
 import sys
 import tomllib
@@ -90,9 +91,13 @@ def test_real_kohya_trains_a_lora_diffusers_can_load(tmp_path):
     assert summary["unetModules"] > 0 and summary["textEncoderModules"] > 0
     assert (tmp_path / "out/anantn-000001-state").is_dir()
 
-    # What a retried attempt does: --resume from the epoch-1 state trains epoch 2 only.
-    resumed = kohya("kohya-resume-transcript", "--resume", str(tmp_path / "out/anantn-000001-state"), "--output_dir", str(tmp_path / "out-2"))
+    # What a retried attempt runs (kohya.launch_command): --resume from the epoch-1 state with
+    # --initial_epoch 2 trains epoch 2 only.
+    resumed = kohya("kohya-resume-transcript", "--resume", str(tmp_path / "out/anantn-000001-state"), "--initial_epoch", "2",
+                    "--output_dir", str(tmp_path / "out-2"))
     assert "epoch 1/2" not in resumed.stdout and "epoch 2/2" in resumed.stdout
+    # kohya took --initial_epoch over the state's step count (rich wraps the warning at 80 columns).
+    assert re.search(r"steps from the state is\s+ignored because initial_step", resumed.stderr)
     assert (tmp_path / "out-2/anantn.safetensors").is_file() and not (tmp_path / "out-2/anantn-000001.safetensors").exists()
 
     from diffusers import StableDiffusionPipeline
