@@ -310,6 +310,8 @@ export class GpuBatch extends Construct {
       TRANSFORMERS_OFFLINE: '1',
       // The SIGTERM grace the hosts give (ECS_CONTAINER_STOP_TIMEOUT): the trainer's must fit inside it.
       AVATAR_STOP_TIMEOUT_S: String(CONTAINER_STOP_TIMEOUT_S),
+      // A SIGTERM before the last attempt leaves status `running`: Batch retries a Spot reclaim.
+      AVATAR_BATCH_ATTEMPTS: String(JOB_ATTEMPTS),
     };
     const status = `${JOB_PREFIX}/status.json`;
     const statusReason = 'The job reports progress in the status.json of the job it runs';
