@@ -79,12 +79,13 @@ export const BATCH_REASONS = {
  * - `imagePull`: the image cannot be pulled; the container never starts.
  * - `noCapacity`: no instance can be had; the job waits in RUNNABLE with Batch's capacity reason
  *   until the queue's time limit action cancels it (or something terminates it).
- * - `spotReclaim`: the container starts; when `at` resolves, the Spot instance is reclaimed.
+ * - `spotReclaim`: the container starts; when `at` resolves, the Spot instance is reclaimed (with
+ *   `graceful: false` the host is lost outright: SIGKILL whatever the Spot draining setting).
  */
 export type AttemptFault =
   | { kind: 'imagePull' }
   | { kind: 'noCapacity'; reason?: string }
-  | { kind: 'spotReclaim'; at: (container: Container) => Promise<void> };
+  | { kind: 'spotReclaim'; at: (container: Container) => Promise<void>; graceful?: false };
 
 /** What a container is started with: the job definition's command and the merged environment. */
 export interface ContainerSpec {
@@ -219,7 +220,7 @@ export interface BatchEmulatorOptions {
   /** Starts the container of an attempt. */
   readonly launch: ContainerLauncher;
   /** The fault to inject into an attempt, if any. */
-  readonly faults?: (job: { stage: string; jobName: string; attempt: number }) => AttemptFault | undefined;
+  readonly faults?: (job: { stage: string; jobName: string; attempt: number; env: Record<string, string> }) => AttemptFault | undefined;
   /**
    * Local milliseconds per template second for the queue's job-state time limits (a 30-minute
    * RUNNABLE limit must not take 30 minutes here). Default 1.
@@ -381,11 +382,11 @@ export class BatchEmulator {
    * Simulates a Spot reclaim of the host running `jobId` (not something a local run can cause):
    * with ECS Spot draining the container gets SIGTERM and the stop timeout, without it nothing.
    */
-  reclaim(jobId: string): void {
+  reclaim(jobId: string, graceful = true): void {
     const job = this.jobs.get(jobId);
     if (!job?.container) throw new Error(`job ${jobId} has no running container to reclaim`);
     (job as { reclaimed?: boolean }).reclaimed = true;
-    this.stopContainer(job.container, this.config.spotDraining);
+    this.stopContainer(job.container, graceful && this.config.spotDraining);
   }
 
   /** The `.sync` integration: submit, wait, return the description or throw States.TaskFailed; TerminateJob on stop. */
@@ -453,7 +454,7 @@ export class BatchEmulator {
     this.set(job, 'PENDING');
     for (let attempt = 1; ; attempt++) {
       this.set(job, 'RUNNABLE');
-      const fault = this.options.faults?.({ stage: job.stage, jobName: d.JobName, attempt });
+      const fault = this.options.faults?.({ stage: job.stage, jobName: d.JobName, attempt, env });
       if (fault?.kind === 'noCapacity') {
         const reason = fault.reason ?? 'CAPACITY:INSUFFICIENT_INSTANCE_CAPACITY';
         d.StatusReason = reason.startsWith('CAPACITY:') ? BATCH_REASONS.insufficientCapacity('g5.xlarge') : `${reason} - the job cannot be placed`;
@@ -483,7 +484,7 @@ export class BatchEmulator {
         this.containers.push(container);
         job.container = container;
         (job as { reclaimed?: boolean }).reclaimed = false;
-        if (fault?.kind === 'spotReclaim') void fault.at(container).then(() => job.container === container && this.reclaim(d.JobId));
+        if (fault?.kind === 'spotReclaim') void fault.at(container).then(() => job.container === container && this.reclaim(d.JobId, fault.graceful ?? true));
         const exit = await container.exited;
         if (!container.busy) killMarked(spec.marker, 'SIGKILL'); // the container ends with its main process
         job.container = undefined;
