@@ -403,7 +403,7 @@ describeWithMoto('fault injection through the local harness', () => {
     const result = await runWorkflow(scaled, job, { batch: batch.runner(), lambda });
     hung.abort();
 
-    expect(result.events.find((e) => e.type === 'StateFailed' && e.state === 'Normalize')?.error ?? result.events.find((e) => e.state === 'MarkFailed')).toBeDefined();
+    expect(result.events.filter((e) => e.type === 'StateFailed' && e.state === 'Normalize').map((e) => e.error)).toEqual(['States.Timeout']);
     expect(entered(result)).toEqual(['Validate', 'Normalize', 'MarkFailed', 'Failed']);
     expect(await statusOf(job)).toMatchObject({ state: 'failed', stage: 'normalize', error: { code: 'TIMEOUT' } });
     expect([...batch.jobs.values()]).toEqual([]);
