@@ -12,10 +12,11 @@
  * record Batch writes for them). Everything else is real: the trainer entrypoint
  * (`python -m trainer train` with the kohya stand-in of its tests), signals, S3, the handlers.
  */
+import { createHash } from 'node:crypto';
 import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { ListMultipartUploadsCommand, ListObjectsV2Command } from '@aws-sdk/client-s3';
+import { ListMultipartUploadsCommand, ListObjectsV2Command, PutObjectCommand } from '@aws-sdk/client-s3';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { type Status, StatusSchema } from '../../lambdas/shared/contract';
 import { type JobRef, keys } from '../../lambdas/shared/keys';
@@ -57,8 +58,9 @@ describeWithMoto('fault injection through the local harness', () => {
     // The smallest set an object job accepts (10), at a size the intake accepts (short side >= 384).
     photos = await syntheticPhotos(10, 512);
     work = mkdtempSync(join(tmpdir(), 'avatar-faults-'));
-    // The trainer hashes and caches the base model; the kohya stand-in never reads it.
-    await putBytes(moto.s3(), ARTIFACTS, 'models/sd15/v1-5-pruned-emaonly.safetensors', Buffer.alloc(4096, 7), 'application/octet-stream');
+    // The trainer checks the base model against the sha256 in its metadata, and caches it; the kohya stand-in never reads it.
+    const model = Buffer.alloc(4096, 7);
+    await moto.s3().send(new PutObjectCommand({ Bucket: ARTIFACTS, Key: 'models/sd15/v1-5-pruned-emaonly.safetensors', Body: model, Metadata: { sha256: createHash('sha256').update(model).digest('hex') } }));
   });
   afterAll(() => moto?.stop());
 
