@@ -305,10 +305,11 @@ describeWithMoto('fault injection through the local harness', () => {
     expect(await orphans()).toEqual([]);
   }, 240_000);
 
-  /** Each checkpoint's ETag and LastModified: the stand-in writes random weights, so a rewrite changes both. */
+  /** Each published checkpoint's ETag and LastModified: the stand-in writes random weights, so a rewrite changes both. */
   async function checkpointVersions(prefix: string): Promise<Map<string, string>> {
     const page = await moto.s3().send(new ListObjectsV2Command({ Bucket: ARTIFACTS, Prefix: prefix }));
-    return new Map((page.Contents ?? []).filter((o) => o.Key!.endsWith('.safetensors')).map((o) => [o.Key!, `${o.ETag} ${o.LastModified?.toISOString()}`]));
+    const checkpoints = (page.Contents ?? []).filter((o) => /^[^/]+\.safetensors$/.test(o.Key!.slice(prefix.length)));
+    return new Map(checkpoints.map((o) => [o.Key!, `${o.ETag} ${o.LastModified?.toISOString()}`]));
   }
 
   function trainDefinitionArn(): string {
@@ -465,9 +466,10 @@ describeWithMoto('fault injection through the local harness', () => {
     await execution.finished;
 
     expect(execution.status).toBe('ABORTED');
+    // TerminateJob is asynchronous, as in Batch: the container gets SIGTERM and its stop timeout.
+    await expectNothingRunning(batch);
     const train = [...batch.jobs.values()].find((j) => j.stage === 'train')!;
     expect(train.detail).toMatchObject({ Status: 'FAILED', StatusReason: 'Execution was stopped by Step Functions' });
-    await expectNothingRunning(batch);
     const status = await statusOf(job);
     expect(status).toMatchObject({ state: 'cancelled', stage: 'train', error: { code: 'CANCELLED' } });
     expect(status.finishedAt).toBeDefined();
