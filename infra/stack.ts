@@ -3,8 +3,10 @@ import { Construct } from 'constructs';
 import type { AvatarConfig } from './config';
 import { Alarms } from './constructs/alarms';
 import { GpuBatch } from './constructs/gpu-batch';
+import { Reconcile } from './constructs/reconcile';
 import { StageFunctions } from './constructs/stage-functions';
 import { Storage } from './constructs/storage';
+import { Teams } from './constructs/teams';
 import { Trigger } from './constructs/trigger';
 import { Workflow } from './constructs/workflow';
 
@@ -40,15 +42,22 @@ export class AvatarStack extends Stack {
   public readonly workflow: Workflow;
   /** job.json -> start -> execution. */
   public readonly trigger: Trigger;
+  /** Execution end -> reconcile -> truthful terminal status. */
+  public readonly reconcile: Reconcile;
   /** Operator alarms. */
   public readonly alarms: Alarms;
+  /** Team registry table and the GPU fair-share policy. */
+  public readonly teams: Teams;
 
   constructor(scope: Construct, id: string, props: AvatarStackProps) {
     super(scope, id, props);
     for (const [flag, value] of Object.entries(FEATURE_FLAGS)) this.node.setContext(flag, value);
     const { config } = props;
 
-    const storage = new Storage(this, 'Storage', { rawPhotoRetentionDays: config.rawPhotoRetentionDays });
+    const storage = new Storage(this, 'Storage', {
+      rawPhotoRetentionDays: config.rawPhotoRetentionDays,
+      jobDataRetentionDays: config.jobDataRetentionDays,
+    });
 
     const gpu = new GpuBatch(this, 'GpuBatch', {
       inbox: storage.inbox,
@@ -56,10 +65,14 @@ export class AvatarStack extends Stack {
       logsBucket: storage.logs,
       instanceTypes: config.instanceTypes,
       maxVcpus: config.maxVcpus,
+      gpuWait: Duration.minutes(config.gpuWaitMinutes),
       spot: config.spot,
       rootVolumeGiB: config.rootVolumeGiB,
       baseModelKey: config.baseModelKey,
     });
+
+    const teams = new Teams(this, 'Teams');
+    teams.attachTo(gpu.jobQueue, [gpu.caption, gpu.train, gpu.evaluate]);
 
     const functions = new StageFunctions(this, 'Stages', {
       inbox: storage.inbox,
@@ -79,6 +92,12 @@ export class AvatarStack extends Stack {
       stateMachine: workflow.stateMachine,
     });
 
+    const reconcile = new Reconcile(this, 'Reconcile', {
+      stateMachine: workflow.stateMachine,
+      reconcileFunction: functions.reconcile,
+      deadLetterQueue: trigger.deadLetterQueue,
+    });
+
     const alarms = new Alarms(this, 'Alarms', {
       stateMachine: workflow.stateMachine,
       deadLetterQueue: trigger.deadLetterQueue,
@@ -90,12 +109,16 @@ export class AvatarStack extends Stack {
     this.functions = functions;
     this.workflow = workflow;
     this.trigger = trigger;
+    this.reconcile = reconcile;
     this.alarms = alarms;
+    this.teams = teams;
 
     new CfnOutput(this, 'InboxBucketName', { value: storage.inbox.bucketName, description: 'Upload photos and job.json here' });
     new CfnOutput(this, 'ArtifactsBucketName', { value: storage.artifacts.bucketName, description: 'Results; upload base models under models/' });
     new CfnOutput(this, 'StateMachineArn', { value: workflow.stateMachine.stateMachineArn });
     new CfnOutput(this, 'DeadLetterQueueUrl', { value: trigger.deadLetterQueue.queueUrl });
     new CfnOutput(this, 'JobQueueArn', { value: gpu.jobQueue.jobQueueArn });
+    new CfnOutput(this, 'TeamsTableName', { value: teams.table.tableName, description: 'AVATAR_TEAMS_TABLE of npm run team' });
+    new CfnOutput(this, 'SchedulingPolicyArn', { value: teams.schedulingPolicy.schedulingPolicyArn, description: 'AVATAR_SCHEDULING_POLICY_ARN of npm run team' });
   }
 }

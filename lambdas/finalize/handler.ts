@@ -10,7 +10,7 @@ import { type Manifest, ManifestSchema, STAGES } from '../shared/contract';
 import { requireEnv } from '../shared/env';
 import { type StageContext, stageHandler } from '../shared/handler';
 import { jobPrefix, keys } from '../shared/keys';
-import { mapLimit } from '../shared/pool';
+import pMap from 'p-map';
 import { listAll, putJson } from '../shared/s3';
 import { writeStatus } from '../shared/status';
 
@@ -44,7 +44,7 @@ export async function finalize(ctx: StageContext, options: FinalizeOptions): Pro
     .sort((a, b) => a.name.localeCompare(b.name));
 
   const created = ctx.now();
-  const artifacts = await mapLimit(objects, HASH_CONCURRENCY, async (o) => ({
+  const artifacts = await pMap(objects, async (o) => ({
     key: o.key,
     name: o.name,
     stage: o.name.split('/')[0],
@@ -53,7 +53,7 @@ export async function finalize(ctx: StageContext, options: FinalizeOptions): Pro
     url: await getSignedUrl(ctx.s3, new GetObjectCommand({ Bucket: ctx.artifactsBucket, Key: o.key }), {
       expiresIn: options.urlExpirySeconds,
     }),
-  }));
+  }), { concurrency: HASH_CONCURRENCY, stopOnError: true });
   const manifest: Manifest = ManifestSchema.parse({
     ...ctx.job,
     createdAt: created.toISOString(),
@@ -71,4 +71,4 @@ export async function finalize(ctx: StageContext, options: FinalizeOptions): Pro
   return { manifestKey, artifacts: artifacts.length };
 }
 
-export const handler = stageHandler((ctx) => finalize(ctx, { urlExpirySeconds: Number(requireEnv('URL_EXPIRY_SECONDS')) }));
+export const handler = stageHandler('finalize', (ctx) => finalize(ctx, { urlExpirySeconds: Number(requireEnv('URL_EXPIRY_SECONDS')) }));

@@ -1,10 +1,10 @@
 /**
  * The job contract: the single source of truth for what a client uploads (`job.json`), what the
- * intake stages hand to the GPU containers (`normalize/plan.json`), and what every stage reports
+ * validate and normalize stages hand to the GPU containers (`normalize/plan.json`), and what every stage reports
  * (`status.json`, `manifest.json`). The containers validate against the JSON Schema generated from
  * this file (`npm run schema`); a test fails when the generated file is stale.
  *
- * Defaults come from ../shared/docs/recipe.md; every number is a per-job option with bounds.
+ * Defaults and their reasons: docs/training.md; every number is a per-job option with bounds.
  */
 import { z } from 'zod';
 
@@ -45,9 +45,9 @@ export const ClassWordSchema = z
 
 export const CaptioningSchema = z
   .object({
-    /** BLIP beam search width (recipe: 10). */
+    /** BLIP beam search width (10 by default). */
     numBeams: z.number().int().min(1).max(20).default(10),
-    /** Minimum caption length in tokens (recipe: 25, about two sentences). */
+    /** Minimum caption length in tokens (25 by default, about two sentences). */
     minLength: z.number().int().min(1).max(75).default(25),
     maxLength: z.number().int().min(5).max(150).default(75),
     /** Prefix added to every caption; `{token}` and `{classWord}` are substituted. */
@@ -66,7 +66,7 @@ export const NETWORKS = ['lora', 'locon', 'loha'] as const;
 /** Training settings once every default is applied: what the trainer container reads. */
 const trainingFields = {
     optimizer: z.enum(OPTIMIZERS),
-    /** Separate rates override the global learning rate (recipe: 1e-4 / 5e-5). */
+    /** Separate rates override the global learning rate (1e-4 / 5e-5 by default). */
     unetLr: z.number().positive().max(2),
     textEncoderLr: z.number().min(0).max(2),
     lrScheduler: z.enum(SCHEDULERS),
@@ -93,7 +93,7 @@ export const TrainingResolvedSchema = z
   .object(trainingFields)
   .strict()
   .superRefine((t, ctx) => {
-    // Optimizer rules from recipe.md, enforced before any GPU minute is spent.
+    // Optimizer rules (docs/training.md, Optimizer presets), enforced before any GPU minute is spent.
     const fail = (path: string, message: string) => ctx.addIssue({ code: 'custom', path: [path], message });
     const adaptive = t.optimizer === 'DAdaptation' || t.optimizer === 'Prodigy' || t.optimizer === 'Adafactor';
     if (adaptive && t.unetLr !== 1) fail('unetLr', `${t.optimizer} adapts the step size itself: set unetLr to 1`);
@@ -125,7 +125,7 @@ export type Training = z.infer<typeof TrainingResolvedSchema>;
 /** What a job may give: any subset; the rest comes from the optimizer's, network's and kind's defaults. */
 export const TrainingInputSchema = z.object(trainingFields).partial().strict();
 
-/** Per-optimizer defaults (recipe.md section 4). */
+/** Per-optimizer defaults (docs/training.md, Optimizer presets). */
 const OPTIMIZER_DEFAULTS: Record<(typeof OPTIMIZERS)[number], Pick<Training, 'unetLr' | 'textEncoderLr' | 'lrScheduler' | 'optimizerArgs'>> = {
   AdamW8bit: { unetLr: 1e-4, textEncoderLr: 5e-5, lrScheduler: 'polynomial', optimizerArgs: [] },
   AdamW: { unetLr: 1e-4, textEncoderLr: 5e-5, lrScheduler: 'polynomial', optimizerArgs: [] },
@@ -139,7 +139,7 @@ const OPTIMIZER_DEFAULTS: Record<(typeof OPTIMIZERS)[number], Pick<Training, 'un
   Prodigy: { unetLr: 1, textEncoderLr: 0.5, lrScheduler: 'constant', optimizerArgs: ['decouple=True'] },
 };
 
-/** Plain LoRA at 128/128 (recipe); LyCORIS variants at the small dim/alpha their authors suggest. */
+/** Plain LoRA at 128/128 (docs/training.md); LyCORIS variants at the small dim/alpha their authors suggest. */
 const NETWORK_DEFAULTS: Record<(typeof NETWORKS)[number], Pick<Training, 'networkDim' | 'networkAlpha'>> = {
   lora: { networkDim: 128, networkAlpha: 128 },
   locon: { networkDim: 16, networkAlpha: 1 },
@@ -183,7 +183,7 @@ export const EvaluationSchema = z
       .string()
       .max(500)
       .default('ugly, poorly drawn hands, poorly drawn feet, poorly drawn face, out of frame, extra limbs, disfigured, deformed, watermark, signature, bad art, blurry, blurred'),
-    /** LoRA strengths, the grid's rows (recipe: 1.0 down to 0.5). */
+    /** LoRA strengths, the grid's rows (1.0 down to 0.5 by default). */
     strengths: z.array(z.number().min(0).max(2)).min(1).max(10).default([1.0, 0.9, 0.8, 0.7, 0.6, 0.5]),
     steps: z.number().int().min(1).max(150).default(35),
     cfgScale: z.number().min(1).max(30).default(7),
@@ -224,14 +224,14 @@ export const JobSpecSchema = z
   .pipe(ResolvedJobSpecSchema as unknown as z.ZodType<JobSpec, JobSpec>);
 export type JobSpecInput = z.input<typeof JobSpecSchema>;
 
-/** Photo count bounds per kind: `ideal` from recipe.md; `min`/`max` are hard limits. */
+/** Photo count bounds per kind: `ideal` explained in docs/training.md; `min`/`max` are hard limits. */
 export const COUNT_RULES: Record<Kind, { min: number; max: number; idealMin: number; idealMax: number }> = {
   character: { min: 10, max: 100, idealMin: 20, idealMax: 50 },
   object: { min: 10, max: 100, idealMin: 20, idealMax: 50 },
   style: { min: 20, max: 300, idealMin: 50, idealMax: 200 },
 };
 
-/** The training plan, with the arithmetic recipe.md asks to record. */
+/** The training plan, with its arithmetic written out for the record. */
 export const PlanSchema = z
   .object({
     numImages: z.number().int().min(1),
@@ -263,7 +263,10 @@ export const DatasetPlanSchema = z
   .strict();
 export type DatasetPlan = z.infer<typeof DatasetPlanSchema>;
 
-export const JOB_STATES = ['queued', 'running', 'succeeded', 'failed'] as const;
+/** `cancelled`: the execution was stopped (by an operator or the API) before it finished. */
+export const JOB_STATES = ['queued', 'running', 'succeeded', 'failed', 'cancelled'] as const;
+/** States a job never leaves: nothing may rewrite their status.json. */
+export const TERMINAL_STATES: ReadonlySet<(typeof JOB_STATES)[number]> = new Set(['succeeded', 'failed', 'cancelled']);
 
 export const ErrorInfoSchema = z
   .object({

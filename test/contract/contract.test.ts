@@ -12,7 +12,7 @@ function errorOf(input: unknown): string {
 }
 
 describe('job.json', () => {
-  it('fills recipe.md defaults from a minimal spec', () => {
+  it('fills the documented defaults (docs/training.md) from a minimal spec', () => {
     const spec = JobSpecSchema.parse({ token: 'ohwx', classWord: 'man' });
     expect(spec.kind).toBe('character');
     expect(spec.captioning).toMatchObject({ numBeams: 10, minLength: 25, prefix: 'photo of {token}, ' });
@@ -34,7 +34,7 @@ describe('job.json', () => {
     expect(errorOf({ token: 'Ohwx!', classWord: 'man' })).toContain('token: use a short rare lowercase word');
   });
 
-  it('applies the DAdaptation and Adafactor presets from recipe.md', () => {
+  it('applies the DAdaptation and Adafactor presets', () => {
     const d = JobSpecSchema.parse({ token: 'ohwx', classWord: 'man', training: { optimizer: 'DAdaptation' } }).training;
     expect(d).toMatchObject({ lrScheduler: 'constant', unetLr: 1, textEncoderLr: 0.5, optimizerArgs: ['decouple=True'] });
     const a = JobSpecSchema.parse({ token: 'ohwx', classWord: 'man', training: { optimizer: 'Adafactor' } }).training;
@@ -58,7 +58,7 @@ describe('job.json', () => {
 describe('training plan', () => {
   const spec = JobSpecSchema.parse({ token: 'anantn', classWord: 'man' });
 
-  it("reproduces recipe.md's 25-photo example: 15 repeats x 5 epochs = 1875 steps", () => {
+  it("reproduces the documented 25-photo example: 15 repeats x 5 epochs = 1875 steps", () => {
     expect(planTraining(spec, 25, 512)).toEqual({
       numImages: 25, repeats: 15, epochs: 5, batchSize: 1, totalSteps: 1875, resolution: 512, folder: '15_anantn',
       arithmetic: '25 images x 15 repeats x 5 epochs / batch 1 = 1875 steps (target 1875)',

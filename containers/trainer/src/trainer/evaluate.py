@@ -1,4 +1,4 @@
-"""The evaluate stage: recipe.md's X/Y grid, every checkpoint at every LoRA strength, same seed.
+"""The evaluate stage: the X/Y grid of docs/training.md, every checkpoint at every LoRA strength, same seed.
 
 Reads normalize/plan.json and the checkpoints under train/, named from the plan (the evaluate role
 cannot list the bucket). Writes only under evaluate/:
@@ -58,7 +58,7 @@ class Checkpoint:
 
 
 def checkpoints(plan: dict) -> list[Checkpoint]:
-    """kohya's names (kohya.md section 4): one per epoch before the last, then the final file."""
+    """kohya's names (docs/kohya.md, Outputs): one per epoch before the last, then the final file."""
     name, epochs = plan["outputName"], plan["plan"]["epochs"]
     return [Checkpoint(f"{name}-{e:06d}.safetensors", e, False) for e in range(1, epochs)] + \
         [Checkpoint(f"{name}.safetensors", epochs, True)]
@@ -223,7 +223,7 @@ def evaluate_stage(job: Job, status: Status) -> None:
     ev = plan["spec"]["evaluation"]
     name = plan["outputName"]
     if plan["spec"]["training"]["network"] == "loha":
-        raise StageError("EVALUATE_UNSUPPORTED_NETWORK", "diffusers cannot load LoHa checkpoints; test them by hand in A1111 (recipe.md section 6)",
+        raise StageError("EVALUATE_UNSUPPORTED_NETWORK", "diffusers cannot load LoHa checkpoints; test them by hand in A1111 (docs/training.md, Reading the grid)",
                          "spec.training.network")
     ckpts = checkpoints(plan)
     texts = prompts(plan)

@@ -1,4 +1,4 @@
-"""The X/Y grid image (recipe.md section 6): checkpoints across, LoRA strengths down, labelled axes.
+"""The X/Y grid image (docs/training.md, Evaluation grid): checkpoints across, LoRA strengths down, labelled axes.
 
 Pure PIL, so the layout is testable without a model.
 """
