@@ -41,7 +41,10 @@ function parseJson(text: string | undefined): unknown {
 /** Reads the error that a stage raised into code, message and offending input. */
 export function describeFailure(stage: Stage, error: string, cause: string | undefined): ErrorInfo {
   const parsed = parseJson(cause) as Record<string, unknown> | undefined;
-  if (error === 'States.Timeout') {
+  // A Lambda that runs past its own timeout fails the state before the state's TimeoutSeconds does:
+  // Step Functions reports it as Lambda.Unknown with the runtime's "Task timed out after N seconds".
+  const lambdaTimedOut = parsed?.errorType === 'Sandbox.Timedout' || /Task timed out after/.test(String(parsed?.errorMessage ?? ''));
+  if (error === 'States.Timeout' || lambdaTimedOut) {
     return { code: 'TIMEOUT', message: `the ${stage} stage ran past its time limit and was stopped; retry the job, and if it recurs use fewer photos or steps` };
   }
   if (error === 'Local.GpuUnavailable') {
