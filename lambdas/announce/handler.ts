@@ -14,8 +14,9 @@
  * - a write whose `updatedAt` is not after the recorded one arrived late: it is ignored, so a stale
  *   state never follows a newer one;
  * - of two concurrent invocations only one wins the conditional write; the other re-reads and decides again.
- * The record is written (claimed) before PutEvents and marked published after it; a claim left
- * unpublished by a failed invocation is published by its retry once the claim's lease has passed.
+ * The record is written (claimed) before PutEvents and marked published after it. An unpublished claim
+ * is never overwritten: a newer write waits (a retried error) while its owner publishes it, and once the
+ * claim's lease has passed (its owner failed) whoever finds it publishes that same event first.
  */
 
 import { EventBridgeClient, PutEventsCommand } from '@aws-sdk/client-eventbridge';
@@ -24,7 +25,7 @@ import { z } from 'zod';
 import { describeIssues, IdSchema, JOB_STATES, StageSchema, type Status, StatusSchema } from '../shared/contract';
 import { requireEnv } from '../shared/env';
 import { InvalidInputError, TransientError, toLambdaError } from '../shared/errors';
-import { type JobStateChange, jobStateChangeEntry, stateChange } from '../shared/events';
+import { type JobStateChange, JobStateChangeSchema, jobStateChangeEntry, stateChange } from '../shared/events';
 import { type JobRef, jobPrefix } from '../shared/keys';
 import { isMissingObject, s3Client } from '../shared/s3';
 
@@ -46,12 +47,13 @@ export const LastStateSchema = z
     /** status.json's ETag (unquoted) of that write: a second event for it is a duplicate. */
     etag: z.string(),
     versionId: z.string().optional(),
-    /** Present when that write changed the state or stage. */
+    /**
+     * Present when that write changed the state or stage: the event itself, so whoever finds it
+     * unpublished past its lease publishes the very same event.
+     */
     announcement: z
       .object({
-        eventId: z.string(),
-        /** The change's previousState, so a retry publishes the very same event. */
-        previousState: z.enum(JOB_STATES).optional(),
+        change: JobStateChangeSchema,
         /** When the invocation that publishes it claimed it. */
         claimedAt: z.string(),
         /** Absent until PutEvents accepted the event. */
@@ -122,7 +124,9 @@ function log(level: 'info' | 'warn', message: string, fields: Record<string, unk
 /** The status.json write the event names: by version id, else by ETag (a newer write makes it moot). */
 async function readWrite(s3: S3Client, bucket: string, key: string, etag: string | undefined, versionId: string | undefined) {
   try {
-    const out = await s3.send(new GetObjectCommand({ Bucket: bucket, Key: key, ...(versionId ? { VersionId: versionId } : etag ? { IfMatch: etag } : {}) }));
+    const out = await s3.send(
+      new GetObjectCommand({ Bucket: bucket, Key: key, ...(versionId ? { VersionId: versionId } : etag ? { IfMatch: `"${unquote(etag)}"` } : {}) }),
+    );
     const text = await out.Body!.transformToString();
     let raw: unknown;
     try {
@@ -200,56 +204,68 @@ export async function announce(event: unknown, deps: AnnounceDeps): Promise<Anno
   for (let round = 0; round < MAX_ROUNDS; round++) {
     const { last, etag: recordEtag } = await readLastState(deps.s3, deps.artifactsBucket, recordKey);
     const now = deps.now();
-    let change: JobStateChange | undefined;
-    let next: LastState;
+    const pending = last?.announcement && !last.announcement.publishedAt ? last.announcement : undefined;
+    const own = last?.etag === write.etag;
 
-    if (last && last.etag === write.etag) {
-      const pending = last.announcement && !last.announcement.publishedAt ? last.announcement : undefined;
-      if (!pending) return duplicate(job, write.etag);
+    // An unpublished change is never overwritten: its owner publishes it, or, once its lease has
+    // passed (the owner failed), whoever finds it does, before anything newer is recorded.
+    if (last && pending) {
       if (now.getTime() - Date.parse(pending.claimedAt) < CLAIM_LEASE_MS) {
-        // Another invocation is publishing it right now; if it fails, this event's retry takes over.
-        throw new TransientError('ANNOUNCE_IN_PROGRESS', `the state change ${pending.eventId} of ${object.key} is being published by another invocation`);
+        if (!own && !isAfter(status.updatedAt, last.updatedAt)) return stale(job, status, last);
+        // Retried by Lambda: by then it is published (or its lease has passed).
+        throw new TransientError(
+          'ANNOUNCE_IN_PROGRESS',
+          `the state change ${pending.change.eventId} of job ${job.teamId}/${job.jobId} is being published by another invocation`,
+        );
       }
-      const first = stateChange(status, undefined)!;
-      change = { ...first, ...(pending.previousState ? { previousState: pending.previousState } : {}) };
-      next = { ...last, announcement: { ...pending, claimedAt: now.toISOString() } };
-    } else if (last && !isAfter(status.updatedAt, last.updatedAt)) {
-      log('info', 'older status write ignored', { ...job, updatedAt: status.updatedAt, newestSeen: last.updatedAt });
-      return { action: 'stale', job };
-    } else {
-      change = stateChange(status, last && ({ ...status, state: last.state, stage: last.stage } satisfies Status));
-      next = {
-        state: status.state,
-        stage: status.stage,
-        updatedAt: status.updatedAt,
-        etag: write.etag,
-        ...(write.versionId ? { versionId: write.versionId } : {}),
-        ...(change
-          ? {
-              announcement: { eventId: change.eventId, ...(change.previousState ? { previousState: change.previousState } : {}), claimedAt: now.toISOString() },
-            }
-          : {}),
-      };
+      const claimed = await writeLastState(
+        deps.s3,
+        deps.artifactsBucket,
+        recordKey,
+        { ...last, announcement: { ...pending, claimedAt: now.toISOString() } },
+        recordEtag,
+      );
+      if (claimed === false) continue;
+      await publishAndMark(deps, recordKey, { ...last, announcement: pending }, claimed, job);
+      if (own) return { action: 'published', job, change: pending.change };
+      continue; // now decide this event's own write against the record
     }
+    if (last && own) return duplicate(job, write.etag);
+    if (last && !isAfter(status.updatedAt, last.updatedAt)) return stale(job, status, last);
 
+    const change = stateChange(status, last && ({ ...status, state: last.state, stage: last.stage } satisfies Status));
+    const next: LastState = {
+      state: status.state,
+      stage: status.stage,
+      updatedAt: status.updatedAt,
+      etag: write.etag,
+      ...(write.versionId ? { versionId: write.versionId } : {}),
+      ...(change ? { announcement: { change, claimedAt: now.toISOString() } } : {}),
+    };
     const claimed = await writeLastState(deps.s3, deps.artifactsBucket, recordKey, next, recordEtag);
     if (claimed === false) continue; // another invocation moved the record: decide again against it
     if (!change) return { action: 'unchanged', job };
-
-    await publish(deps, change);
-    const done = await writeLastState(
-      deps.s3,
-      deps.artifactsBucket,
-      recordKey,
-      { ...next, announcement: { ...next.announcement!, publishedAt: deps.now().toISOString() } },
-      claimed,
-    );
-    // Lost only to a newer write's claim, which replaced this record anyway.
-    if (done === false) log('info', 'published change superseded before it was marked', { ...job, eventId: change.eventId });
-    log('info', 'job state change published', { ...job, eventId: change.eventId, state: change.state, stage: change.stage });
+    await publishAndMark(deps, recordKey, next, claimed, job);
     return { action: 'published', job, change };
   }
   throw new TransientError('ANNOUNCE_CONTENDED', `${recordKey} kept changing under ${MAX_ROUNDS} attempts: retried`);
+}
+
+/** Publishes a claimed record's announcement, then marks it published (conditional on the claim). */
+async function publishAndMark(deps: AnnounceDeps, key: string, claimed: LastState, claimEtag: string, job: JobRef): Promise<void> {
+  const { change } = claimed.announcement!;
+  await publish(deps, change);
+  const marked = { ...claimed, announcement: { ...claimed.announcement!, publishedAt: deps.now().toISOString() } };
+  // Fails only if the claim outlived its lease and was taken over: the taker publishes the same eventId.
+  if ((await writeLastState(deps.s3, deps.artifactsBucket, key, marked, claimEtag)) === false) {
+    log('warn', 'published change was taken over before it was marked', { ...job, eventId: change.eventId });
+  }
+  log('info', 'job state change published', { ...job, eventId: change.eventId, state: change.state, stage: change.stage });
+}
+
+function stale(job: JobRef, status: Status, last: LastState): AnnounceResult {
+  log('info', 'older status write ignored', { ...job, updatedAt: status.updatedAt, newestSeen: last.updatedAt });
+  return { action: 'stale', job };
 }
 
 function duplicate(job: JobRef, etag: string): AnnounceResult {

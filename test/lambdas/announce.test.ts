@@ -100,7 +100,7 @@ describeWithMoto('announce: job state change events from status.json writes', ()
       state: 'running',
       stage: 'train',
       updatedAt: at(2),
-      announcement: { eventId: eventId(running), publishedAt: expect.any(String) },
+      announcement: { change: { eventId: eventId(running) }, publishedAt: expect.any(String) },
     });
   });
 
@@ -211,6 +211,26 @@ describeWithMoto('announce: job state change events from status.json writes', ()
     expect((await announce(event, later)).action).toBe('duplicate');
     const got = await delivered();
     expect(got.map((e) => (e.detail as { eventId: string }).eventId)).toEqual([eventId(s)]);
+  });
+
+  it('a change whose publication failed is not lost to a later progress write: published once, before it is recorded', async () => {
+    const change = status('j14', { state: 'running', stage: 'train', updatedAt: at(1) });
+    const changeEvent = await write(change);
+    const down = new EventBridgeClient({ endpoint: 'http://127.0.0.1:9', region: LOCAL_REGION, credentials: LOCAL_CREDENTIALS, maxAttempts: 1 });
+    await expect(announce(changeEvent, { ...deps, events: down })).rejects.toThrow();
+    const progress = await write(status('j14', { state: 'running', stage: 'train', updatedAt: at(2), progress: { fraction: 0.1, message: 'epoch 1/10' } }));
+
+    // Within the failed claim's lease the progress write waits (Lambda retries it)...
+    await expect(announce(progress, deps)).rejects.toMatchObject({ code: 'ANNOUNCE_IN_PROGRESS' });
+    // ...after it, the progress write's retry publishes the pending change, then records itself.
+    const later = { ...deps, now: () => new Date(deps.now().getTime() + CLAIM_LEASE_MS + 1000) };
+    expect((await announce(progress, later)).action).toBe('unchanged');
+    expect((await announce(changeEvent, later)).action).toBe('stale'); // the failed invocation's own retry
+    const got = await delivered();
+    expect(got.map((e) => (e.detail as { eventId: string }).eventId)).toEqual([eventId(change)]);
+    const record = LastStateSchema.parse(await getJson(moto.s3(), BUCKET, lastStateKey({ teamId: 'alpha', jobId: 'j14' })));
+    expect(record).toMatchObject({ updatedAt: at(2), state: 'running', stage: 'train' });
+    expect(record.announcement).toBeUndefined();
   });
 
   it('a write erased before its event arrives emits none', async () => {
