@@ -2,6 +2,7 @@ import { CfnOutput, Duration, Stack, type StackProps } from 'aws-cdk-lib';
 import { Construct } from 'constructs';
 import type { AvatarConfig } from './config';
 import { Alarms } from './constructs/alarms';
+import { Announce } from './constructs/announce';
 import { JobApi } from './constructs/api';
 import { GpuBatch } from './constructs/gpu-batch';
 import { Reconcile } from './constructs/reconcile';
@@ -45,6 +46,8 @@ export class AvatarStack extends Stack {
   public readonly trigger: Trigger;
   /** Execution end -> reconcile -> truthful terminal status. */
   public readonly reconcile: Reconcile;
+  /** status.json write -> announce -> "Avatar Job State Change" event. */
+  public readonly announce: Announce;
   /** Operator alarms. */
   public readonly alarms: Alarms;
   /** Team registry table and the GPU fair-share policy. */
@@ -101,6 +104,11 @@ export class AvatarStack extends Stack {
       deadLetterQueue: trigger.deadLetterQueue,
     });
 
+    const announce = new Announce(this, 'Announce', {
+      artifacts: storage.artifacts,
+      deadLetterQueue: trigger.deadLetterQueue,
+    });
+
     const alarms = new Alarms(this, 'Alarms', {
       stateMachine: workflow.stateMachine,
       deadLetterQueue: trigger.deadLetterQueue,
@@ -121,6 +129,7 @@ export class AvatarStack extends Stack {
     this.workflow = workflow;
     this.trigger = trigger;
     this.reconcile = reconcile;
+    this.announce = announce;
     this.alarms = alarms;
     this.teams = teams;
     this.api = api;

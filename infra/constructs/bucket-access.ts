@@ -7,7 +7,7 @@ import { iam5ResourceFinding } from './nag';
 export const JOB_PREFIX = 'teams/*/jobs/*';
 
 /** Object actions a stage may be granted; exact names only, so no `s3:*`-style wildcard slips in. */
-export type ObjectAction = 's3:GetObject' | 's3:PutObject' | 's3:DeleteObject';
+export type ObjectAction = 's3:GetObject' | 's3:GetObjectVersion' | 's3:PutObject' | 's3:DeleteObject';
 
 /**
  * Grants `actions` on the objects of `bucket` matching each key pattern (e.g. `teams/*\/jobs/*\/status.json`)
