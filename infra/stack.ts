@@ -1,4 +1,5 @@
 import { CfnOutput, Duration, Stack, type StackProps } from 'aws-cdk-lib';
+import * as iam from 'aws-cdk-lib/aws-iam';
 import { Construct } from 'constructs';
 import type { AvatarConfig } from './config';
 import { Alarms } from './constructs/alarms';
@@ -78,12 +79,21 @@ export class AvatarStack extends Stack {
       inbox: storage.inbox,
       artifacts: storage.artifacts,
       urlExpirySeconds: config.urlExpirySeconds,
+      teamsTable: teams.table,
+      jobQueue: gpu.jobQueue,
     });
 
     const workflow = new Workflow(this, 'Workflow', {
       functions,
       batchJobs: gpu,
       timeout: Duration.hours(config.executionTimeoutHours),
+    });
+
+    // A separate policy, not the roles' default ones: the state machine references the functions,
+    // so a grant inside their roles would make the functions depend on the state machine (a cycle).
+    new iam.Policy(this, 'TaskResponse', {
+      roles: functions.taskResponders.map((fn) => fn.executionRole),
+      statements: [new iam.PolicyStatement({ actions: ['states:SendTaskSuccess', 'states:SendTaskFailure'], resources: [workflow.stateMachine.stateMachineArn] })],
     });
 
     const trigger = new Trigger(this, 'Trigger', {
