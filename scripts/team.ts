@@ -5,7 +5,8 @@
  *   add <team> [settings]      register a team (settings below; the rest take the defaults)
  *   update <team> [settings]   change some settings (raised limits admit waiting jobs that now fit)
  *   suspend <team>             refuse new jobs (TEAM_SUSPENDED); running jobs finish, waiting ones wait
- *   resume <team>              accept jobs again and admit waiting ones that fit
+ *   resume <team>              accept jobs again and admit waiting ones that fit (their executions resume:
+ *                              SendTaskSuccess with the token each waits on; AWS_ENDPOINT_URL_SFN locally)
  *   list                       every team with its month-to-date usage
  *   show <team>                one team: settings, counters, waiting jobs
  *   create-table               create the table (local endpoints only; the stack creates it in AWS)
@@ -22,6 +23,8 @@ import { parseArgs } from 'node:util';
 import { BatchClient } from '@aws-sdk/client-batch';
 import { DynamoDBClient } from '@aws-sdk/client-dynamodb';
 import { z } from 'zod';
+import { SFNClient } from '@aws-sdk/client-sfn';
+import { resume } from '../lambdas/shared/accounting';
 import { admitWaiting } from '../lambdas/shared/admission';
 import { IdSchema } from '../lambdas/shared/contract';
 import { syncFairShareWeights } from '../lambdas/shared/fair-share';
@@ -151,8 +154,9 @@ export async function main(argv: string[]): Promise<number> {
       const parsed = TeamPatchSchema.safeParse(settingsFrom(values));
       if (!parsed.success) throw new UsageError(describe(parsed.error));
       const team = await registry.update(id, parsed.data);
-      // Raised limits let waiting jobs in now.
+      // Raised limits let waiting jobs in now; their executions resume (or fail with the code).
       const woken = await admitWaiting(registry, id);
+      await resume({ sfn: new SFNClient({}), log: (m, f) => console.error(`${m}: ${JSON.stringify(f)}`) }, woken.admitted, woken.rejected);
       const admitted = woken.admitted.map((a) => a.jobId);
       print(`updated ${line(team)}${admitted.length ? `\nadmitted waiting jobs: ${admitted.join(', ')}` : ''}`, { ...summary(team), admitted, rejected: woken.rejected });
       await syncShares();
@@ -165,6 +169,7 @@ export async function main(argv: string[]): Promise<number> {
       const team = await registry.update(id, { suspended: command === 'suspend' });
       // A resumed team's queue moves now, not only when one of its running jobs ends.
       const woken = command === 'resume' ? await admitWaiting(registry, id) : { admitted: [], rejected: [] };
+      await resume({ sfn: new SFNClient({}), log: (m, f) => console.error(`${m}: ${JSON.stringify(f)}`) }, woken.admitted, woken.rejected);
       const admitted = woken.admitted.map((a) => a.jobId);
       print(`${command === 'suspend' ? 'suspended' : 'resumed'} ${line(team)}${admitted.length ? `\nadmitted waiting jobs: ${admitted.join(', ')}` : ''}`, { ...summary(team), admitted, rejected: woken.rejected });
       await syncShares();

@@ -18,7 +18,7 @@ import { BatchClient, DescribeJobsCommand, ListJobsCommand } from '@aws-sdk/clie
 import { SendTaskFailureCommand, SendTaskSuccessCommand, SFNClient } from '@aws-sdk/client-sfn';
 import { type AdmissionResult, admissionOf, release, type WokenJob } from './admission';
 import type { Cost } from './contract';
-import { type BatchJobRecord, batchJobCost, computeEnvironmentResolver, type InstanceResolver, writeLedgerRow } from './cost';
+import { type BatchJobRecord, batchJobCost, computeEnvironmentResolver, type InstanceResolver, type LedgerRow, writeLedgerRow } from './cost';
 import type { JobRef } from './keys';
 import { requireEnv } from './env';
 import { loadPrices, type Prices } from './prices';
@@ -82,8 +82,13 @@ const NO_COST: Cost = { usd: 0, gpuSeconds: 0, breakdown: {}, estimated: false }
 /** Charges, releases and resumes (see the module comment). Safe to call again. */
 export async function endJob(acc: Accounting, job: JobRef): Promise<JobEnd> {
   const admission = await admissionOf(acc.registry, job.teamId, job.jobId);
-  // Only an admitted job can have run a GPU stage; a released one was charged already.
-  const cost = admission?.state === 'admitted' ? await jobCost(acc, job, admission) : NO_COST;
+  // Only an admitted job can have run a GPU stage; a released one was charged already (a retried end).
+  const cost =
+    admission?.state === 'admitted'
+      ? await jobCost(acc, job, admission)
+      : admission?.state === 'released' && admission.chargedMicroUsd !== undefined
+        ? await chargedCost(acc.registry, job, admission.chargedMicroUsd, admission.chargedGpuSeconds ?? 0)
+        : NO_COST;
   const freed = await release(acc.registry, job.teamId, job.jobId, { usd: cost.usd, gpuSeconds: cost.gpuSeconds });
   const resumed = await resume(acc, freed.admitted, freed.rejected);
   return { cost, released: freed.released, ...resumed };
@@ -99,13 +104,15 @@ async function jobCost(acc: Accounting, job: JobRef, admission: { estimateMicroU
       const records = await acc.gpuJobs(job, stage);
       if (records.length === 0) continue;
       const costs = await Promise.all(records.map((r) => batchJobCost(r, acc.resolveInstance, acc.prices)));
-      const stageUsd = round(costs.reduce((s, c) => s + c.usd, 0));
+      // From the attempts' unrounded figures (each job's own total is rounded).
+      const exactUsd = costs.reduce((s, c) => s + c.attempts.reduce((t, a) => t + a.usd, 0), 0);
+      const stageUsd = round(exactUsd);
       const stageSeconds = costs.reduce((s, c) => s + c.gpuSeconds, 0);
       estimated ||= costs.some((c) => c.attempts.some((a) => a.instanceTypeAssumed));
       // One ledger row per stage (its Batch jobs together); rewriting it on a retry is harmless.
       await writeLedgerRow(acc.registry, { ...job, stage, usd: stageUsd, gpuSeconds: stageSeconds, lambdaUsd: 0, storageUsd: 0, gpu: costs.length === 1 ? costs[0] : undefined });
       breakdown[stage] = stageUsd;
-      usd += stageUsd;
+      usd += exactUsd; // rounded once, below
       gpuSeconds += stageSeconds;
     }
     return { usd: round(usd), gpuSeconds, breakdown, estimated };
@@ -114,6 +121,18 @@ async function jobCost(acc: Accounting, job: JobRef, admission: { estimateMicroU
     acc.log?.('GPU cost unavailable: charging the admission estimate', { ...job, error: (error as Error).message });
     return { usd: fromMicroUsd(admission.estimateMicroUsd), gpuSeconds: admission.estimateGpuSeconds, breakdown: {}, estimated: true };
   }
+}
+
+/** The cost a released job was charged, from its job item and ledger rows (what a retried end reports again). */
+async function chargedCost(registry: TeamRegistry, job: JobRef, chargedMicroUsd: number, chargedGpuSeconds: number): Promise<Cost> {
+  const rows = (await registry.items(job.teamId, `COST#${job.jobId}#`)) as unknown as LedgerRow[];
+  const breakdown = Object.fromEntries(rows.filter((r) => (GPU_STAGES as readonly string[]).includes(r.stage)).map((r) => [r.stage, r.usd]));
+  const usd = fromMicroUsd(chargedMicroUsd);
+  const fromRows = round(Object.values(breakdown).reduce((s, v) => s + v, 0));
+  // No rows for a charged amount: the estimate was charged. An assumed instance type is estimated too.
+  // (Per-stage figures are rounded to the micro-dollar, so their sum may differ by a few.)
+  const estimated = Math.abs(fromRows - usd) > 1e-5 || rows.some((r) => r.gpu?.attempts.some((a) => a.instanceTypeAssumed));
+  return { usd, gpuSeconds: chargedGpuSeconds, breakdown, estimated };
 }
 
 /** SendTaskSuccess/SendTaskFailure to the executions the release decided about. */

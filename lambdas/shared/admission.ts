@@ -417,7 +417,11 @@ async function currentTeam(registry: TeamRegistry, teamId: string): Promise<Team
 }
 
 /** A job's admission record: its state and what it reserved (undefined when it never reached admission). */
-export async function admissionOf(registry: TeamRegistry, teamId: string, jobId: string): Promise<Pick<JobItem, 'state' | 'estimateMicroUsd' | 'estimateGpuSeconds' | 'result'> | undefined> {
+export async function admissionOf(
+  registry: TeamRegistry,
+  teamId: string,
+  jobId: string,
+): Promise<Pick<JobItem, 'state' | 'estimateMicroUsd' | 'estimateGpuSeconds' | 'result' | 'chargedMicroUsd' | 'chargedGpuSeconds'> | undefined> {
   return getJob(registry, teamId, jobId);
 }
 
