@@ -5,6 +5,7 @@
 import { spawn, spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 import { BatchClient, CreateSchedulingPolicyCommand, DescribeSchedulingPoliciesCommand } from '@aws-sdk/client-batch';
+import { BudgetsClient, DescribeBudgetCommand, DescribeNotificationsForBudgetCommand } from '@aws-sdk/client-budgets';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { admit } from '../../lambdas/shared/admission';
 import { startTaskTokens } from '../../scripts/local/task-tokens';
@@ -168,5 +169,26 @@ describeWithMoto('npm run team', () => {
     expect(updated.status, updated.stderr).toBe(0);
     expect(await tokens.wait(waitingToken)).toMatchObject({ teamId: 'echo', jobId: 'waiting', outcome: 'admitted' });
     await tokens.stop();
+  });
+
+  // moto emulates Budgets (CreateBudget with notifications, DescribeBudget, DeleteBudget); it sends no e-mail.
+  it('add creates the team\'s AWS Budgets alert on its team tag, update replaces it, delete-budget removes it', async () => {
+    const budgets = new BudgetsClient({ endpoint: moto.endpoint, region: LOCAL_REGION, credentials: LOCAL_CREDENTIALS });
+    const account = '123456789012';
+    const describe = () => budgets.send(new DescribeBudgetCommand({ AccountId: account, BudgetName: 'avatar-team-foxtrot' }));
+
+    ok(['add', 'foxtrot', '--budget-usd', '250', '--alert-email', 'ops@foxtrot.example', '--budgets-account', account]);
+
+    const { Budget } = await describe();
+    expect(Budget).toMatchObject({ BudgetName: 'avatar-team-foxtrot', BudgetType: 'COST', TimeUnit: 'MONTHLY', BudgetLimit: { Amount: '250', Unit: 'USD' }, CostFilters: { TagKeyValue: ['user:team$foxtrot'] } });
+    const { Notifications } = await budgets.send(new DescribeNotificationsForBudgetCommand({ AccountId: account, BudgetName: 'avatar-team-foxtrot' }));
+    expect(Notifications?.map((n) => [n.NotificationType, n.Threshold, n.ThresholdType])).toEqual([['ACTUAL', 80, 'PERCENTAGE'], ['FORECASTED', 100, 'PERCENTAGE']]);
+
+    ok(['update', 'foxtrot', '--budget-usd', '400', '--budgets-account', account]);
+    expect((await describe()).Budget?.BudgetLimit).toMatchObject({ Amount: '400' });
+
+    ok(['delete-budget', 'foxtrot', '--budgets-account', account]);
+    await expect(describe()).rejects.toMatchObject({ name: 'NotFoundException' });
+    expect(team(['add', 'golf', '--budgets-account', '12345', '--endpoint', moto.endpoint]).stderr).toContain('--budgets-account: "12345" is not a 12-digit AWS account id');
   });
 });
