@@ -5,6 +5,7 @@ import type { AvatarConfig } from './config';
 import { Alarms } from './constructs/alarms';
 import { GpuBatch } from './constructs/gpu-batch';
 import { Reconcile } from './constructs/reconcile';
+import { SiloBudget } from './constructs/silo';
 import { StageFunctions } from './constructs/stage-functions';
 import { Storage } from './constructs/storage';
 import { Teams } from './constructs/teams';
@@ -49,6 +50,8 @@ export class AvatarStack extends Stack {
   public readonly alarms: Alarms;
   /** Team registry table and the GPU fair-share policy. */
   public readonly teams: Teams;
+  /** Silo mode's account budget alert (absent in pool mode). */
+  public readonly silo?: SiloBudget;
 
   constructor(scope: Construct, id: string, props: AvatarStackProps) {
     super(scope, id, props);
@@ -122,6 +125,7 @@ export class AvatarStack extends Stack {
     this.reconcile = reconcile;
     this.alarms = alarms;
     this.teams = teams;
+    if (config.silo) this.silo = new SiloBudget(this, 'Silo', config.silo);
 
     new CfnOutput(this, 'InboxBucketName', { value: storage.inbox.bucketName, description: 'Upload photos and job.json here' });
     new CfnOutput(this, 'ArtifactsBucketName', { value: storage.artifacts.bucketName, description: 'Results; upload base models under models/' });
