@@ -26,7 +26,7 @@ import { type JobRef, keys } from '../shared/keys';
 import { estimateJobCost, loadPrices, type Prices } from '../shared/prices';
 import { getValidJson } from '../shared/s3';
 import { writeStatus } from '../shared/status';
-import { TEAM_DEFAULTS, teamsDocumentClient, TeamRegistry } from '../shared/teams';
+import { TEAM_DEFAULTS, TeamRegistry, teamsDocumentClient } from '../shared/teams';
 
 export interface AdmitDeps {
   readonly s3: S3Client;
@@ -59,11 +59,17 @@ export async function admitJob(job: JobRef, deps: AdmitDeps, taskToken?: string)
     { taskToken },
   );
   if (result.outcome === 'waiting' && !result.duplicate) {
-    await writeStatus(deps.s3, deps.artifactsBucket, job, {
-      state: 'queued',
-      stage: 'caption',
-      error: { code: result.code!, message: `${result.message}${numbers(result)}` },
-    }, deps.registry.now());
+    await writeStatus(
+      deps.s3,
+      deps.artifactsBucket,
+      job,
+      {
+        state: 'queued',
+        stage: 'caption',
+        error: { code: result.code!, message: `${result.message}${numbers(result)}` },
+      },
+      deps.registry.now(),
+    );
   }
   if (taskToken && deps.sfn) {
     if (result.outcome === 'admitted') await deps.sfn.send(new SendTaskSuccessCommand({ taskToken, output: JSON.stringify(decision(result)) }));
@@ -80,13 +86,17 @@ export const handler = stageHandler(
   'admit',
   (ctx, input) => {
     sfn ??= new SFNClient({});
-    return admitJob(ctx.job, {
-      s3: ctx.s3,
-      artifactsBucket: ctx.artifactsBucket,
-      registry: new TeamRegistry(teamsDocumentClient(), requireEnv('TEAMS_TABLE'), ctx.now),
-      prices: loadPrices(),
-      sfn,
-    }, input.taskToken);
+    return admitJob(
+      ctx.job,
+      {
+        s3: ctx.s3,
+        artifactsBucket: ctx.artifactsBucket,
+        registry: new TeamRegistry(teamsDocumentClient(), requireEnv('TEAMS_TABLE'), ctx.now),
+        prices: loadPrices(),
+        sfn,
+      },
+      input.taskToken,
+    );
   },
   AdmitInputSchema,
 );

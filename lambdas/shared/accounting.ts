@@ -19,10 +19,10 @@ import { SendTaskFailureCommand, SendTaskSuccessCommand, SFNClient } from '@aws-
 import { type AdmissionResult, admissionOf, release, type WokenJob } from './admission';
 import type { Cost } from './contract';
 import { type BatchJobRecord, batchJobCost, computeEnvironmentResolver, type InstanceResolver, type LedgerRow, writeLedgerRow } from './cost';
-import type { JobRef } from './keys';
 import { requireEnv } from './env';
+import type { JobRef } from './keys';
 import { loadPrices, type Prices } from './prices';
-import { fromMicroUsd, teamsDocumentClient, TeamRegistry } from './teams';
+import { fromMicroUsd, TeamRegistry, teamsDocumentClient } from './teams';
 
 export const GPU_STAGES = ['caption', 'train', 'evaluate'] as const;
 
@@ -110,7 +110,15 @@ async function jobCost(acc: Accounting, job: JobRef, admission: { estimateMicroU
       const stageSeconds = costs.reduce((s, c) => s + c.gpuSeconds, 0);
       estimated ||= costs.some((c) => c.attempts.some((a) => a.instanceTypeAssumed));
       // One ledger row per stage (its Batch jobs together); rewriting it on a retry is harmless.
-      await writeLedgerRow(acc.registry, { ...job, stage, usd: stageUsd, gpuSeconds: stageSeconds, lambdaUsd: 0, storageUsd: 0, gpu: costs.length === 1 ? costs[0] : undefined });
+      await writeLedgerRow(acc.registry, {
+        ...job,
+        stage,
+        usd: stageUsd,
+        gpuSeconds: stageSeconds,
+        lambdaUsd: 0,
+        storageUsd: 0,
+        gpu: costs.length === 1 ? costs[0] : undefined,
+      });
       breakdown[stage] = stageUsd;
       usd += exactUsd; // rounded once, below
       gpuSeconds += stageSeconds;
@@ -136,7 +144,11 @@ async function chargedCost(registry: TeamRegistry, job: JobRef, chargedMicroUsd:
 }
 
 /** SendTaskSuccess/SendTaskFailure to the executions the release decided about. */
-export async function resume(acc: Pick<Accounting, 'sfn' | 'log'>, admitted: readonly WokenJob[], rejected: readonly WokenJob[]): Promise<{ resumed: string[]; refused: string[] }> {
+export async function resume(
+  acc: Pick<Accounting, 'sfn' | 'log'>,
+  admitted: readonly WokenJob[],
+  rejected: readonly WokenJob[],
+): Promise<{ resumed: string[]; refused: string[] }> {
   const send = async (woken: WokenJob, command: SendTaskSuccessCommand | SendTaskFailureCommand) => {
     try {
       await acc.sfn.send(command as never);
@@ -154,7 +166,8 @@ export async function resume(acc: Pick<Accounting, 'sfn' | 'log'>, admitted: rea
   const resumed: string[] = [];
   const refused: string[] = [];
   for (const woken of admitted) {
-    if (woken.taskToken && (await send(woken, new SendTaskSuccessCommand({ taskToken: woken.taskToken, output: JSON.stringify(decision(woken)) })))) resumed.push(woken.jobId);
+    if (woken.taskToken && (await send(woken, new SendTaskSuccessCommand({ taskToken: woken.taskToken, output: JSON.stringify(decision(woken)) }))))
+      resumed.push(woken.jobId);
   }
   for (const woken of rejected) {
     if (woken.taskToken && (await send(woken, rejectTask(woken.taskToken, woken)))) refused.push(woken.jobId);

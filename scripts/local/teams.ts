@@ -6,7 +6,7 @@
  * admission estimate, marked `estimated`.
  */
 import { DynamoDBClient } from '@aws-sdk/client-dynamodb';
-import { createTeamsTable, TEAM_DEFAULTS, type TeamConfig, teamsDocumentClient, TeamRegistry } from '../../lambdas/shared/teams';
+import { createTeamsTable, TEAM_DEFAULTS, type TeamConfig, TeamRegistry, teamsDocumentClient } from '../../lambdas/shared/teams';
 import { LOCAL_CREDENTIALS, LOCAL_REGION } from './moto';
 import { startTaskTokens, type TaskTokens } from './task-tokens';
 

@@ -7,15 +7,21 @@ const SILO = { team: 'acme', accountBudgetUsd: 500, alertEmails: ['finance@acme.
 describe('silo mode', () => {
   const s = synth({ silo: SILO, maxVcpus: 32 });
 
-  it('alerts on the whole account\'s monthly cost, unfiltered, to the team', () => {
+  it("alerts on the whole account's monthly cost, unfiltered, to the team", () => {
     const budgets = resourcesOfType(s.json, 'AWS::Budgets::Budget');
     expect(budgets).toHaveLength(1);
     const [, budget] = budgets[0]!;
     expect(budget.Properties.Budget).toEqual({ BudgetType: 'COST', TimeUnit: 'MONTHLY', BudgetLimit: { Amount: 500, Unit: 'USD' } });
     const subscribers = SILO.alertEmails.map((Address) => ({ SubscriptionType: 'EMAIL', Address }));
     expect(budget.Properties.NotificationsWithSubscribers).toEqual([
-      { Notification: { NotificationType: 'ACTUAL', Threshold: 80, ComparisonOperator: 'GREATER_THAN', ThresholdType: 'PERCENTAGE' }, Subscribers: subscribers },
-      { Notification: { NotificationType: 'FORECASTED', Threshold: 100, ComparisonOperator: 'GREATER_THAN', ThresholdType: 'PERCENTAGE' }, Subscribers: subscribers },
+      {
+        Notification: { NotificationType: 'ACTUAL', Threshold: 80, ComparisonOperator: 'GREATER_THAN', ThresholdType: 'PERCENTAGE' },
+        Subscribers: subscribers,
+      },
+      {
+        Notification: { NotificationType: 'FORECASTED', Threshold: 100, ComparisonOperator: 'GREATER_THAN', ThresholdType: 'PERCENTAGE' },
+        Subscribers: subscribers,
+      },
     ]);
   });
 
@@ -24,7 +30,7 @@ describe('silo mode', () => {
     expect(total).toBe(32);
   });
 
-  it('tags the stack\'s resources with the team, so a consolidated bill splits by team too', () => {
+  it("tags the stack's resources with the team, so a consolidated bill splits by team too", () => {
     for (const type of ['AWS::DynamoDB::Table', 'AWS::StepFunctions::StateMachine', 'AWS::Lambda::Function', 'AWS::S3::Bucket']) {
       for (const [, r] of resourcesOfType(s.json, type)) {
         expect(r.Properties.Tags ?? r.Properties.TagsList ?? []).toEqual(expect.arrayContaining([{ Key: 'team', Value: 'acme' }]));

@@ -3,11 +3,11 @@
  * task-token endpoint. Batch is a stand-in answering ListJobs/DescribeJobs with records of the real
  * shape: moto's Batch runs jobs in Docker and cannot produce Spot attempts on container instances.
  */
-import { DescribeJobsCommand, ListJobsCommand } from '@aws-sdk/client-batch';
+import { type DescribeJobsCommand, ListJobsCommand } from '@aws-sdk/client-batch';
 import { SFNClient } from '@aws-sdk/client-sfn';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { type Accounting, batchJobNameOf, batchJobSource, endJob } from '../../lambdas/shared/accounting';
-import { admit, type AdmissionRequest } from '../../lambdas/shared/admission';
+import { type AdmissionRequest, admit } from '../../lambdas/shared/admission';
 import type { BatchJobRecord, InstanceResolver } from '../../lambdas/shared/cost';
 import { DEFAULT_PRICES, type Prices } from '../../lambdas/shared/prices';
 import type { TeamRegistry } from '../../lambdas/shared/teams';
@@ -30,18 +30,34 @@ const RECORDS: Record<string, BatchJobRecord[]> = {
       jobId: 't1',
       status: 'SUCCEEDED',
       attempts: [
-        { startedAt: 1_000_000, stoppedAt: 2_800_000, statusReason: 'Host EC2 (instance i-0123) terminated.', container: { containerInstanceArn: arn(SPOT, 'b') } },
+        {
+          startedAt: 1_000_000,
+          stoppedAt: 2_800_000,
+          statusReason: 'Host EC2 (instance i-0123) terminated.',
+          container: { containerInstanceArn: arn(SPOT, 'b') },
+        },
         { startedAt: 3_000_000, stoppedAt: 5_400_000, container: { containerInstanceArn: arn(OD, 'c'), exitCode: 0 } },
       ],
     },
   ],
-  evaluate: [{ jobId: 'e1', status: 'SUCCEEDED', attempts: [{ startedAt: 6_000_000, stoppedAt: 6_600_000, container: { containerInstanceArn: arn(OD, 'd') } }] }],
+  evaluate: [
+    { jobId: 'e1', status: 'SUCCEEDED', attempts: [{ startedAt: 6_000_000, stoppedAt: 6_600_000, container: { containerInstanceArn: arn(OD, 'd') } }] },
+  ],
 };
 // Hand-computed: caption (600+180) s x $1/h = 0.216667; train (1800+180) x $0.4/h = 0.22 plus (2400+180) x $1/h = 0.716667;
 // evaluate 0.216667. Total $1.37 over 780 + 1980 + 2580 + 780 = 6120 GPU s.
 const EXPECTED = { usd: 1.37, gpuSeconds: 6120, breakdown: { caption: 0.216667, train: 0.936667, evaluate: 0.216667 }, estimated: false };
 
-const request = (jobId: string): AdmissionRequest => ({ teamId: 'acme', jobId, kind: 'character', photos: 20, optimizer: 'AdamW8bit', network: 'lora', targetSteps: 1875, estimate: { usd: 2, gpuSeconds: 7200 } });
+const request = (jobId: string): AdmissionRequest => ({
+  teamId: 'acme',
+  jobId,
+  kind: 'character',
+  photos: 20,
+  optimizer: 'AdamW8bit',
+  network: 'lora',
+  targetSteps: 1875,
+  estimate: { usd: 2, gpuSeconds: 7200 },
+});
 
 describeWithMoto('end of a job: charge, release, resume', () => {
   let moto: Moto;
@@ -54,9 +70,16 @@ describeWithMoto('end of a job: charge, release, resume', () => {
         const name = command.input.filters![0]!.values![0]!;
         calls.push(`list ${command.input.jobQueue} ${name}`);
         const stage = name.split('-').at(-1)!;
-        return { jobSummaryList: name === batchJobNameOf({ teamId: 'acme', jobId: 'ran' }, stage) ? RECORDS[stage]!.map((r) => ({ jobId: r.jobId, jobName: name })) : [] };
+        return {
+          jobSummaryList:
+            name === batchJobNameOf({ teamId: 'acme', jobId: 'ran' }, stage) ? RECORDS[stage]!.map((r) => ({ jobId: r.jobId, jobName: name })) : [],
+        };
       }
-      return { jobs: Object.values(RECORDS).flat().filter((r) => command.input.jobs!.includes(r.jobId!)) };
+      return {
+        jobs: Object.values(RECORDS)
+          .flat()
+          .filter((r) => command.input.jobs!.includes(r.jobId!)),
+      };
     },
   };
 
@@ -86,8 +109,18 @@ describeWithMoto('end of a job: charge, release, resume', () => {
     expect(first).toMatchObject({ released: true, cost: EXPECTED });
     expect(again).toMatchObject({ released: false, cost: EXPECTED });
     expect(calls).toContain(`list queue-arn ${batchJobNameOf({ teamId: 'acme', jobId: 'ran' }, 'train')}`);
-    expect((await registry.get('acme'))!.usage).toMatchObject({ running: 0, reservedMicroUsd: 0, spentMicroUsd: 1_370_000, committedMicroUsd: 1_370_000, spentGpuSeconds: 6120 });
-    expect((await registry.items('acme', 'COST#ran#')).map((r) => [r.stage, r.usd])).toEqual([['caption', 0.216667], ['evaluate', 0.216667], ['train', 0.936667]]);
+    expect((await registry.get('acme'))!.usage).toMatchObject({
+      running: 0,
+      reservedMicroUsd: 0,
+      spentMicroUsd: 1_370_000,
+      committedMicroUsd: 1_370_000,
+      spentGpuSeconds: 6120,
+    });
+    expect((await registry.items('acme', 'COST#ran#')).map((r) => [r.stage, r.usd])).toEqual([
+      ['caption', 0.216667],
+      ['evaluate', 0.216667],
+      ['train', 0.936667],
+    ]);
   });
 
   it('resumes the oldest waiting execution with SendTaskSuccess when a slot frees', async () => {
@@ -99,7 +132,13 @@ describeWithMoto('end of a job: charge, release, resume', () => {
     const end = await endJob(acc, { teamId: 'acme', jobId: 'ran' });
 
     expect(end.resumed).toEqual(['next']);
-    expect(await tokens.wait(token)).toEqual({ teamId: 'acme', jobId: 'next', outcome: 'admitted', message: expect.stringContaining('admitted after waiting'), duplicate: false });
+    expect(await tokens.wait(token)).toEqual({
+      teamId: 'acme',
+      jobId: 'next',
+      outcome: 'admitted',
+      message: expect.stringContaining('admitted after waiting'),
+      duplicate: false,
+    });
     expect((await registry.get('acme'))!.usage.running).toBe(1);
   });
 
