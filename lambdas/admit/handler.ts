@@ -17,7 +17,7 @@ import type { S3Client } from '@aws-sdk/client-s3';
 import { SendTaskSuccessCommand, SFNClient } from '@aws-sdk/client-sfn';
 import { z } from 'zod';
 import { decision, numbers, rejectTask } from '../shared/accounting';
-import { type AdmissionResult, admit } from '../shared/admission';
+import { type AdmissionResult, admissionOf, admit } from '../shared/admission';
 import { DatasetPlanSchema, ExecutionInputSchema } from '../shared/contract';
 import { requireEnv } from '../shared/env';
 import { InvalidInputError } from '../shared/errors';
@@ -45,7 +45,7 @@ export async function admitJob(job: JobRef, deps: AdmitDeps, taskToken?: string)
   const team = await deps.registry.get(job.teamId);
   const estimate = estimateJobCost(dataset.plan, team?.config.allowedInstanceTypes ?? TEAM_DEFAULTS.allowedInstanceTypes, deps.prices);
   const { spec } = dataset;
-  const result = await admit(
+  let result: AdmissionResult = await admit(
     deps.registry,
     {
       ...job,
@@ -58,6 +58,15 @@ export async function admitJob(job: JobRef, deps: AdmitDeps, taskToken?: string)
     },
     { taskToken },
   );
+  if (result.duplicate && result.outcome === 'admitted' && (await admissionOf(deps.registry, job.teamId, job.jobId))?.state === 'released') {
+    // The job ran and ended already: running it again would run unreserved and uncounted.
+    result = {
+      ...result,
+      outcome: 'rejected',
+      code: 'JOB_ALREADY_ENDED',
+      message: `job "${job.jobId}" of team "${job.teamId}" already ran and ended: submit it again under a new jobId`,
+    };
+  }
   if (result.outcome === 'waiting' && !result.duplicate) {
     await writeStatus(
       deps.s3,

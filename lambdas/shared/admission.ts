@@ -29,6 +29,8 @@ export const ADMISSION_CODES = [
   'PHOTO_LIMIT',
   'KIND_NOT_ALLOWED',
   'OPTION_NOT_ALLOWED',
+  /** A job id whose job already ran and ended (a resubmission under the same id): never admitted again. */
+  'JOB_ALREADY_ENDED',
 ] as const;
 export type AdmissionCode = (typeof ADMISSION_CODES)[number];
 
