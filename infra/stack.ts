@@ -1,4 +1,5 @@
 import { CfnOutput, Duration, Stack, type StackProps } from 'aws-cdk-lib';
+import * as iam from 'aws-cdk-lib/aws-iam';
 import { Construct } from 'constructs';
 import type { AvatarConfig } from './config';
 import { Alarms } from './constructs/alarms';
@@ -6,6 +7,7 @@ import { Announce } from './constructs/announce';
 import { JobApi } from './constructs/api';
 import { GpuBatch } from './constructs/gpu-batch';
 import { Reconcile } from './constructs/reconcile';
+import { SiloBudget } from './constructs/silo';
 import { StageFunctions } from './constructs/stage-functions';
 import { Storage } from './constructs/storage';
 import { Teams } from './constructs/teams';
@@ -54,6 +56,8 @@ export class AvatarStack extends Stack {
   public readonly teams: Teams;
   /** The job API (HTTP API, Cognito clients, webhooks). */
   public readonly api: JobApi;
+  /** Silo mode's account budget alert (absent in pool mode). */
+  public readonly silo?: SiloBudget;
 
   constructor(scope: Construct, id: string, props: AvatarStackProps) {
     super(scope, id, props);
@@ -84,12 +88,21 @@ export class AvatarStack extends Stack {
       inbox: storage.inbox,
       artifacts: storage.artifacts,
       urlExpirySeconds: config.urlExpirySeconds,
+      teamsTable: teams.table,
+      jobQueue: gpu.jobQueue,
     });
 
     const workflow = new Workflow(this, 'Workflow', {
       functions,
       batchJobs: gpu,
       timeout: Duration.hours(config.executionTimeoutHours),
+    });
+
+    // A separate policy, not the roles' default ones: the state machine references the functions,
+    // so a grant inside their roles would make the functions depend on the state machine (a cycle).
+    new iam.Policy(this, 'TaskResponse', {
+      roles: functions.taskResponders.map((fn) => fn.executionRole),
+      statements: [new iam.PolicyStatement({ actions: ['states:SendTaskSuccess', 'states:SendTaskFailure'], resources: [workflow.stateMachine.stateMachineArn] })],
     });
 
     const trigger = new Trigger(this, 'Trigger', {
@@ -133,6 +146,7 @@ export class AvatarStack extends Stack {
     this.alarms = alarms;
     this.teams = teams;
     this.api = api;
+    if (config.silo) this.silo = new SiloBudget(this, 'Silo', config.silo);
 
     new CfnOutput(this, 'InboxBucketName', { value: storage.inbox.bucketName, description: 'Upload photos and job.json here' });
     new CfnOutput(this, 'ArtifactsBucketName', { value: storage.artifacts.bucketName, description: 'Results; upload base models under models/' });
