@@ -28,8 +28,22 @@ export const AvatarConfigSchema = z
   .object({
     /** Days an uploaded raw photo (inbox `teams/` prefix) is kept before S3 deletes it. */
     rawPhotoRetentionDays: z.number().int().min(1).max(3650).default(30),
-    /** Hard spend ceiling: the most vCPUs each GPU compute environment may run at once. */
+    /**
+     * Days everything the pipeline writes for a job (artifacts `teams/` prefix: status, face crops,
+     * dataset, captions, checkpoints, resume state, LoRA, grid, manifest) is kept before S3 deletes it.
+     */
+    jobDataRetentionDays: z.number().int().min(1).max(3650).default(30),
+    /**
+     * Hard spend ceiling: the most vCPUs the GPU compute environments may run at once, together.
+     * With `spot` on it is split: Spot gets the larger half, on-demand the rest.
+     */
     maxVcpus: z.number().int().min(4).max(1024).default(16),
+    /**
+     * Minutes a GPU job may wait in RUNNABLE for capacity (no Spot/on-demand capacity, a vCPU quota,
+     * or no instance type that fits) before Batch cancels it and the job fails with GPU_CAPACITY_UNAVAILABLE.
+     * Batch accepts 10 minutes to 24 hours.
+     */
+    gpuWaitMinutes: z.number().int().min(10).max(24 * 60).default(30),
     /** EC2 instance types for the GPU compute environments (single-GPU g5/g6/g6e sizes). */
     instanceTypes: z
       .array(
@@ -62,14 +76,36 @@ export const AvatarConfigSchema = z
     const vcpus = config.instanceTypes.map(instanceVcpus);
     if (vcpus.length === 0 || vcpus.some((v) => v === undefined)) return;
     const smallest = Math.min(...(vcpus as number[]));
-    if (config.maxVcpus >= 4 && config.maxVcpus < smallest) {
+    // With Spot on, each of the two environments gets part of the ceiling and must fit one instance.
+    const needed = config.spot ? 2 * smallest : smallest;
+    if (config.maxVcpus >= 4 && config.maxVcpus < needed) {
       ctx.addIssue({
         code: 'custom',
         path: ['maxVcpus'],
-        message: `must be at least ${smallest}, the vCPUs of the smallest configured instance type`,
+        message: config.spot
+          ? `must be at least ${needed}: with spot on, the ceiling is split between the Spot and on-demand environments and each needs room for the smallest configured instance type (${smallest} vCPUs); raise maxVcpus or set spot to false`
+          : `must be at least ${smallest}, the vCPUs of the smallest configured instance type`,
+      });
+    }
+  })
+  .superRefine((config, ctx) => {
+    // Job data must outlive the longest job plus the life of the download links finalize signs.
+    const neededHours = config.executionTimeoutHours + config.urlExpirySeconds / 3600;
+    if (config.jobDataRetentionDays * 24 < neededHours) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['jobDataRetentionDays'],
+        message: `must cover executionTimeoutHours plus urlExpirySeconds (${Math.ceil(neededHours / 24)} days), or outputs expire before the job ends or its links do`,
       });
     }
   });
+
+/** vCPU ceilings of the two compute environments; their sum never exceeds `maxVcpus`. */
+export function splitVcpus(maxVcpus: number, spot: boolean): { spot: number; onDemand: number } {
+  if (!spot) return { spot: 0, onDemand: maxVcpus };
+  const onDemand = Math.floor(maxVcpus / 2);
+  return { spot: maxVcpus - onDemand, onDemand };
+}
 
 /** Validated deployment configuration with all defaults applied. */
 export type AvatarConfig = z.infer<typeof AvatarConfigSchema>;

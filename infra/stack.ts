@@ -3,6 +3,7 @@ import { Construct } from 'constructs';
 import type { AvatarConfig } from './config';
 import { Alarms } from './constructs/alarms';
 import { GpuBatch } from './constructs/gpu-batch';
+import { Reconcile } from './constructs/reconcile';
 import { StageFunctions } from './constructs/stage-functions';
 import { Storage } from './constructs/storage';
 import { Trigger } from './constructs/trigger';
@@ -40,6 +41,8 @@ export class AvatarStack extends Stack {
   public readonly workflow: Workflow;
   /** job.json -> start -> execution. */
   public readonly trigger: Trigger;
+  /** Execution end -> reconcile -> truthful terminal status. */
+  public readonly reconcile: Reconcile;
   /** Operator alarms. */
   public readonly alarms: Alarms;
 
@@ -48,7 +51,10 @@ export class AvatarStack extends Stack {
     for (const [flag, value] of Object.entries(FEATURE_FLAGS)) this.node.setContext(flag, value);
     const { config } = props;
 
-    const storage = new Storage(this, 'Storage', { rawPhotoRetentionDays: config.rawPhotoRetentionDays });
+    const storage = new Storage(this, 'Storage', {
+      rawPhotoRetentionDays: config.rawPhotoRetentionDays,
+      jobDataRetentionDays: config.jobDataRetentionDays,
+    });
 
     const gpu = new GpuBatch(this, 'GpuBatch', {
       inbox: storage.inbox,
@@ -56,6 +62,7 @@ export class AvatarStack extends Stack {
       logsBucket: storage.logs,
       instanceTypes: config.instanceTypes,
       maxVcpus: config.maxVcpus,
+      gpuWait: Duration.minutes(config.gpuWaitMinutes),
       spot: config.spot,
       rootVolumeGiB: config.rootVolumeGiB,
       baseModelKey: config.baseModelKey,
@@ -79,6 +86,12 @@ export class AvatarStack extends Stack {
       stateMachine: workflow.stateMachine,
     });
 
+    const reconcile = new Reconcile(this, 'Reconcile', {
+      stateMachine: workflow.stateMachine,
+      reconcileFunction: functions.reconcile,
+      deadLetterQueue: trigger.deadLetterQueue,
+    });
+
     const alarms = new Alarms(this, 'Alarms', {
       stateMachine: workflow.stateMachine,
       deadLetterQueue: trigger.deadLetterQueue,
@@ -90,6 +103,7 @@ export class AvatarStack extends Stack {
     this.functions = functions;
     this.workflow = workflow;
     this.trigger = trigger;
+    this.reconcile = reconcile;
     this.alarms = alarms;
 
     new CfnOutput(this, 'InboxBucketName', { value: storage.inbox.bucketName, description: 'Upload photos and job.json here' });

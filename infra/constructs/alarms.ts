@@ -1,4 +1,4 @@
-import { Duration } from 'aws-cdk-lib';
+import { Duration, RemovalPolicy, Stack } from 'aws-cdk-lib';
 import * as cloudwatch from 'aws-cdk-lib/aws-cloudwatch';
 import * as actions from 'aws-cdk-lib/aws-cloudwatch-actions';
 import * as iam from 'aws-cdk-lib/aws-iam';
@@ -8,6 +8,7 @@ import * as subscriptions from 'aws-cdk-lib/aws-sns-subscriptions';
 import type * as sfn from 'aws-cdk-lib/aws-stepfunctions';
 import type * as sqs from 'aws-cdk-lib/aws-sqs';
 import { Construct } from 'constructs';
+import { METRICS_NAMESPACE, STACK_DIMENSION, SYSTEM_FAILURE_METRIC } from '../../lambdas/shared/metrics';
 
 /** Props of {@link Alarms}. */
 export interface AlarmsProps {
@@ -23,14 +24,23 @@ export interface AlarmsProps {
 }
 
 /**
- * Operator alarms: failed or timed-out executions, and anything in the trigger's dead-letter queue
- * (a job.json that never started a run). All alarms notify one encrypted SNS topic.
+ * Operator alarms, for system failures only: a customer's bad input (an invalid job.json, too few
+ * usable photos) fails their job with a clear status but pages nobody. So there is no alarm on the
+ * state machine's ExecutionsFailed (every validation failure ends there); instead:
+ * - `SystemFailures`: the `Avatar/SystemFailures` metric that mark-failed and reconcile emit for every
+ *   job that failed for a reason other than the client's input (GPU job failure, TIMEOUT,
+ *   GPU_CAPACITY_UNAVAILABLE, INTERNAL_ERROR); see `lambdas/shared/metrics.ts`;
+ * - `ExecutionsTimedOut`: the workflow timeout, straight from Step Functions, which needs none of our
+ *   code to work;
+ * - `DeadLetters`: anything in the dead-letter queue (a job.json that never started a run, or an
+ *   execution end reconcile could not record).
+ * All alarms notify one encrypted SNS topic whose policy lets CloudWatch alarms of this account publish.
  */
 export class Alarms extends Construct {
   /** Where every alarm publishes. */
   public readonly topic: sns.Topic;
   /** The alarms, by purpose. */
-  public readonly executionsFailed: cloudwatch.Alarm;
+  public readonly systemFailures: cloudwatch.Alarm;
   public readonly executionsTimedOut: cloudwatch.Alarm;
   public readonly deadLetters: cloudwatch.Alarm;
 
@@ -41,12 +51,17 @@ export class Alarms extends Construct {
     const key = new kms.Key(this, 'TopicKey', {
       description: 'Encrypts the avatar alarm topic',
       enableKeyRotation: true,
+      // Encrypts only alarm messages in flight; scheduled for deletion with the stack.
+      removalPolicy: RemovalPolicy.DESTROY,
     });
+    const account = Stack.of(this).account;
+    const fromOurAlarms = { StringEquals: { 'aws:SourceAccount': account } };
     key.addToResourcePolicy(
       new iam.PolicyStatement({
         principals: [new iam.ServicePrincipal('cloudwatch.amazonaws.com')],
         actions: ['kms:Decrypt', 'kms:GenerateDataKey*'],
         resources: ['*'],
+        conditions: fromOurAlarms,
       }),
     );
     this.topic = new sns.Topic(this, 'Topic', {
@@ -54,6 +69,16 @@ export class Alarms extends Construct {
       masterKey: key,
       enforceSSL: true,
     });
+    // A topic policy replaces the default one, so CloudWatch may publish only if allowed here.
+    this.topic.addToResourcePolicy(
+      new iam.PolicyStatement({
+        sid: 'AllowCloudWatchAlarmsOfThisAccount',
+        principals: [new iam.ServicePrincipal('cloudwatch.amazonaws.com')],
+        actions: ['sns:Publish'],
+        resources: [this.topic.topicArn],
+        conditions: fromOurAlarms,
+      }),
+    );
     if (props.alarmEmail) {
       this.topic.addSubscription(new subscriptions.EmailSubscription(props.alarmEmail));
     }
@@ -61,9 +86,15 @@ export class Alarms extends Construct {
     const action = new actions.SnsAction(this.topic);
     const fiveMinutes = { period: Duration.minutes(5), statistic: cloudwatch.Stats.SUM };
 
-    this.executionsFailed = new cloudwatch.Alarm(this, 'ExecutionsFailed', {
-      alarmDescription: 'An avatar job execution failed (ended in the Failed state or errored)',
-      metric: props.stateMachine.metricFailed(fiveMinutes),
+    this.systemFailures = new cloudwatch.Alarm(this, 'SystemFailures', {
+      alarmDescription:
+        'An avatar job failed for a reason the customer cannot fix (GPU job failure, timeout, no GPU capacity, internal error); client input errors do not count. See the mark-failed and reconcile logs ("system failure").',
+      metric: new cloudwatch.Metric({
+        namespace: METRICS_NAMESPACE,
+        metricName: SYSTEM_FAILURE_METRIC,
+        dimensionsMap: { [STACK_DIMENSION]: Stack.of(this).stackName },
+        ...fiveMinutes,
+      }),
       threshold: 1,
       evaluationPeriods: 1,
       comparisonOperator: cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
@@ -78,7 +109,7 @@ export class Alarms extends Construct {
       treatMissingData: cloudwatch.TreatMissingData.NOT_BREACHING,
     });
     this.deadLetters = new cloudwatch.Alarm(this, 'DeadLetters', {
-      alarmDescription: 'A job.json upload did not start a workflow; inspect the trigger dead-letter queue',
+      alarmDescription: 'An event was not handled: a job.json upload that did not start a workflow, or an execution end reconcile could not record; inspect the dead-letter queue',
       metric: props.deadLetterQueue.metricApproximateNumberOfMessagesVisible({
         period: Duration.minutes(5),
         statistic: cloudwatch.Stats.MAXIMUM,
@@ -88,7 +119,7 @@ export class Alarms extends Construct {
       comparisonOperator: cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
       treatMissingData: cloudwatch.TreatMissingData.NOT_BREACHING,
     });
-    for (const alarm of [this.executionsFailed, this.executionsTimedOut, this.deadLetters]) {
+    for (const alarm of [this.systemFailures, this.executionsTimedOut, this.deadLetters]) {
       alarm.addAlarmAction(action);
     }
   }

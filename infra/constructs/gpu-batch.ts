@@ -1,5 +1,5 @@
 import * as path from 'node:path';
-import { Duration, Size, Stack, Validations } from 'aws-cdk-lib';
+import { Duration, RemovalPolicy, Size, Stack, Validations } from 'aws-cdk-lib';
 import * as batch from 'aws-cdk-lib/aws-batch';
 import * as ec2 from 'aws-cdk-lib/aws-ec2';
 import * as ecrAssets from 'aws-cdk-lib/aws-ecr-assets';
@@ -8,6 +8,7 @@ import * as iam from 'aws-cdk-lib/aws-iam';
 import * as logs from 'aws-cdk-lib/aws-logs';
 import type * as s3 from 'aws-cdk-lib/aws-s3';
 import { Construct } from 'constructs';
+import { splitVcpus } from '../config';
 import { grantList, grantObjects, JOB_PREFIX } from './bucket-access';
 
 const CONTAINERS_DIR = path.join(__dirname, '..', '..', 'containers');
@@ -18,6 +19,39 @@ export const MODEL_CACHE_HOST_PATH = '/var/cache/avatar';
 export const MODEL_CACHE_CONTAINER_PATH = '/cache';
 /** The user the container images run as (`useradd --uid 1000` in both Dockerfiles under containers). */
 export const CONTAINER_UID = 1000;
+/**
+ * Seconds ECS waits after SIGTERM before SIGKILL (`ECS_CONTAINER_STOP_TIMEOUT` on the hosts). A Spot
+ * interruption notice comes two minutes ahead, so this is the most a job can use. The containers get
+ * it as `AVATAR_STOP_TIMEOUT_S` and finish their SIGTERM work (status, state upload) inside it.
+ */
+export const CONTAINER_STOP_TIMEOUT_S = 120;
+/**
+ * `/dev/shm` of the GPU jobs (Docker's default is 64 MiB, too small for PyTorch data loader workers).
+ * A tmpfs cap, not a reservation: pages count against the job's memory only when used.
+ */
+export const SHARED_MEMORY = Size.gibibytes(4);
+/** Open-file limit of the GPU jobs (data loader workers, safetensors shards, S3 transfers). */
+export const NOFILE_LIMIT = 65_536;
+/** Batch attempts of each GPU job (the first run plus retries after Spot reclaims or image pull failures). */
+export const JOB_ATTEMPTS = 3;
+/** Longest single attempt of each GPU stage (the job definition timeout). */
+export const ATTEMPT_TIMEOUTS = {
+  caption: Duration.hours(1),
+  train: Duration.hours(4),
+  evaluate: Duration.hours(2),
+} as const;
+/** Allowance for an instance to boot, join the cluster and pull the image, per attempt. */
+export const STARTUP_ALLOWANCE = Duration.minutes(15);
+/**
+ * RUNNABLE reasons the job queue cancels after `gpuWaitMinutes`: no capacity (Spot or on-demand, or
+ * a vCPU quota), a ceiling below the job, or no instance type that fits. mark-failed maps them to
+ * `GPU_CAPACITY_UNAVAILABLE`.
+ */
+export const CAPACITY_WAIT_REASONS = [
+  batch.JobStateTimeLimitActionsReason.INSUFFICIENT_INSTANCE_CAPACITY,
+  batch.JobStateTimeLimitActionsReason.COMPUTE_ENVIRONMENT_MAX_RESOURCE,
+  batch.JobStateTimeLimitActionsReason.JOB_RESOURCE_REQUIREMENT,
+] as const;
 
 /** Props of {@link GpuBatch}. */
 export interface GpuBatchProps {
@@ -33,10 +67,16 @@ export interface GpuBatchProps {
    */
   readonly instanceTypes?: string[];
   /**
-   * Hard ceiling of vCPUs each compute environment runs at once (the spend limit).
+   * Hard ceiling of vCPUs the compute environments run at once, together (the spend limit); with
+   * Spot it is split between the two environments (see `splitVcpus`).
    * @default 16
    */
   readonly maxVcpus?: number;
+  /**
+   * How long a job may wait in RUNNABLE for capacity before the queue cancels it.
+   * @default Duration.minutes(30)
+   */
+  readonly gpuWait?: Duration;
   /**
    * Run on Spot first and fall back to on-demand; `false` creates only the on-demand environment.
    * @default true
@@ -67,12 +107,18 @@ const JOB_MEMORY = Size.mebibytes(14 * 1024);
  * (~$32/month each); the security group admits no inbound traffic and only TCP 443 outbound.
  *
  * Compute: a Spot environment (price-capacity-optimized) ordered before an on-demand one
- * (best-fit-progressive), both scaling from 0 to `maxVcpus`, on the ECS AL2023 NVIDIA AMI, with an
- * encrypted gp3 root volume and IMDSv2 required.
+ * (best-fit-progressive), scaling from 0 to ceilings that add up to `maxVcpus` (Batch may overshoot
+ * one environment's ceiling by at most one instance to place a job), on the ECS AL2023 NVIDIA AMI,
+ * with an encrypted gp3 root volume and IMDSv2 required. The environments use the launch template's
+ * latest version number, so an edit to it reaches them on the next deploy. The hosts drain on a Spot
+ * interruption notice (SIGTERM to the jobs) and give containers {@link CONTAINER_STOP_TIMEOUT_S} to stop.
  *
- * Jobs: one job definition per stage, one GPU each, and a retry strategy that resubmits a job
- * after a Spot reclaim (`Host EC2*`) or an image pull/start failure and stops on anything else.
- * The Step Functions tasks do not resubmit failed jobs.
+ * Queue: a job that waits in RUNNABLE for capacity longer than `gpuWait` is cancelled
+ * ({@link CAPACITY_WAIT_REASONS}), so no job waits for a GPU until the workflow times out.
+ *
+ * Jobs: one job definition per stage, one GPU each, `/dev/shm` and `nofile` sized for the data
+ * loaders, and a retry strategy that resubmits a job after a Spot reclaim (`Host EC2*`) or an image
+ * pull/start failure and stops on anything else. The Step Functions tasks do not resubmit failed jobs.
  */
 export class GpuBatch extends Construct {
   /** Queue every GPU job is submitted to (Spot first when enabled). */
@@ -85,16 +131,21 @@ export class GpuBatch extends Construct {
   public readonly evaluate: batch.EcsJobDefinition;
   /** The zero-idle-cost VPC. */
   public readonly vpc: ec2.Vpc;
+  /** How long a job may wait in RUNNABLE before the queue cancels it. */
+  public readonly gpuWait: Duration;
 
   constructor(scope: Construct, id: string, props: GpuBatchProps) {
     super(scope, id);
     const instanceTypes = props.instanceTypes ?? ['g5.xlarge', 'g5.2xlarge'];
     const maxVcpus = props.maxVcpus ?? 16;
+    const spot = props.spot ?? true;
+    const gpuWait = props.gpuWait ?? Duration.minutes(30);
+    this.gpuWait = gpuWait;
     const rootVolumeGiB = props.rootVolumeGiB ?? 200;
     const baseModelKey = props.baseModelKey ?? 'models/sd15/v1-5-pruned-emaonly.safetensors';
-    if (instanceTypes.length === 0) throw new Error('GpuBatch: instanceTypes must name at least one instance type');
+    if (instanceTypes.length === 0) throw new GpuBatchError('instanceTypes must name at least one instance type');
     if (!Number.isInteger(maxVcpus) || maxVcpus < JOB_VCPUS) {
-      throw new Error(`GpuBatch: maxVcpus must be an integer >= ${JOB_VCPUS} (one job), got ${maxVcpus}`);
+      throw new GpuBatchError(`maxVcpus must be an integer >= ${JOB_VCPUS} (one job), got ${maxVcpus}`);
     }
 
     this.vpc = new ec2.Vpc(this, 'Vpc', {
@@ -127,6 +178,14 @@ export class GpuBatch extends Construct {
       `chmod 0750 ${MODEL_CACHE_HOST_PATH}`,
     );
     userData.addUserDataPart(prepareCache, ec2.MultipartBody.SHELL_SCRIPT, true);
+    // Batch appends ECS_CLUSTER to the same file after this part runs.
+    const ecsConfig = ec2.UserData.forLinux();
+    ecsConfig.addCommands(
+      // A Spot interruption notice drains the instance: ECS sends the jobs SIGTERM instead of nothing.
+      "echo 'ECS_ENABLE_SPOT_INSTANCE_DRAINING=true' >> /etc/ecs/ecs.config",
+      `echo 'ECS_CONTAINER_STOP_TIMEOUT=${CONTAINER_STOP_TIMEOUT_S}s' >> /etc/ecs/ecs.config`,
+    );
+    userData.addUserDataPart(ecsConfig, ec2.MultipartBody.SHELL_SCRIPT, true);
 
     const launchTemplate = new ec2.LaunchTemplate(this, 'LaunchTemplate', {
       userData,
@@ -164,31 +223,59 @@ export class GpuBatch extends Construct {
       instanceTypes: instanceTypes.map((t) => new ec2.InstanceType(t)),
       useOptimalInstanceClasses: false,
       minvCpus: 0,
-      maxvCpus: maxVcpus,
       images: [{ imageType: batch.EcsMachineImageType.ECS_AL2023_NVIDIA }],
       launchTemplate,
       instanceRole,
       updateToLatestImageVersion: true,
     } satisfies batch.ManagedEc2EcsComputeEnvironmentProps;
 
+    const ceilings = splitVcpus(maxVcpus, spot);
+    if (Math.min(ceilings.onDemand, spot ? ceilings.spot : Infinity) < JOB_VCPUS) {
+      throw new GpuBatchError(`maxVcpus ${maxVcpus} leaves an environment below one job (${JOB_VCPUS} vCPUs): with spot, use at least ${2 * JOB_VCPUS}`);
+    }
     const onDemand = new batch.ManagedEc2EcsComputeEnvironment(this, 'OnDemand', {
       ...computeProps,
+      maxvCpus: ceilings.onDemand,
       spot: false,
       allocationStrategy: batch.AllocationStrategy.BEST_FIT_PROGRESSIVE,
     });
+    const environments = [onDemand];
     const order: batch.OrderedComputeEnvironment[] = [];
-    if (props.spot ?? true) {
+    if (spot) {
       const spotEnv = new batch.ManagedEc2EcsComputeEnvironment(this, 'Spot', {
         ...computeProps,
+        maxvCpus: ceilings.spot,
         spot: true,
         allocationStrategy: batch.AllocationStrategy.SPOT_PRICE_CAPACITY_OPTIMIZED,
       });
+      environments.push(spotEnv);
       order.push({ computeEnvironment: spotEnv, order: 1 });
     }
     order.push({ computeEnvironment: onDemand, order: order.length + 1 });
-    this.jobQueue = new batch.JobQueue(this, 'JobQueue', { computeEnvironments: order, priority: 1 });
+    // CDK writes `$Latest`, which Batch resolves once at creation: template edits would never reach
+    // the instances. The version number changes with every edit and updates the environments.
+    for (const env of environments) {
+      (env.node.defaultChild as batch.CfnComputeEnvironment).addPropertyOverride(
+        'ComputeResources.LaunchTemplate.Version',
+        launchTemplate.latestVersionNumber,
+      );
+    }
+    this.jobQueue = new batch.JobQueue(this, 'JobQueue', {
+      computeEnvironments: order,
+      priority: 1,
+      jobStateTimeLimitActions: CAPACITY_WAIT_REASONS.map((reason) => ({
+        action: batch.JobStateTimeLimitActionsAction.CANCEL,
+        state: batch.JobStateTimeLimitActionsState.RUNNABLE,
+        maxTime: gpuWait,
+        reason,
+      })),
+    });
 
-    const logGroup = new logs.LogGroup(this, 'JobLogs', { retention: logs.RetentionDays.ONE_MONTH });
+    const logGroup = new logs.LogGroup(this, 'JobLogs', {
+      retention: logs.RetentionDays.ONE_MONTH,
+      // Operational logs go with the stack; only the buckets are retained.
+      removalPolicy: RemovalPolicy.DESTROY,
+    });
     const executionRole = new iam.Role(this, 'ExecutionRole', {
       assumedBy: new iam.ServicePrincipal('ecs-tasks.amazonaws.com'),
       description: 'Pulls the GPU job images and writes their logs',
@@ -221,15 +308,16 @@ export class GpuBatch extends Construct {
       // Weights are baked into the images or read from S3; never reach for the Hugging Face hub.
       HF_HUB_OFFLINE: '1',
       TRANSFORMERS_OFFLINE: '1',
+      // The SIGTERM grace the hosts give (ECS_CONTAINER_STOP_TIMEOUT): the trainer's must fit inside it.
+      AVATAR_STOP_TIMEOUT_S: String(CONTAINER_STOP_TIMEOUT_S),
     };
     const status = `${JOB_PREFIX}/status.json`;
     const statusReason = 'The job reports progress in the status.json of the job it runs';
 
     const newJob = (
-      stage: 'caption' | 'train' | 'evaluate',
+      stage: keyof typeof ATTEMPT_TIMEOUTS,
       image: ecs.ContainerImage,
       command: string[],
-      timeout: Duration,
       extraEnv: Record<string, string> = {},
     ) => {
       const jobRole = new iam.Role(this, `${pascal(stage)}JobRole`, {
@@ -247,6 +335,8 @@ export class GpuBatch extends Construct {
         environment: { ...baseEnv, ...extraEnv },
         logging: ecs.LogDriver.awsLogs({ logGroup, streamPrefix: stage }),
         readonlyRootFilesystem: false,
+        linuxParameters: new batch.LinuxParameters(this, `${pascal(stage)}LinuxParameters`, { sharedMemorySize: SHARED_MEMORY }),
+        ulimits: [{ name: batch.UlimitName.NOFILE, softLimit: NOFILE_LIMIT, hardLimit: NOFILE_LIMIT }],
         volumes: [
           batch.EcsVolume.host({
             name: 'model-cache',
@@ -257,8 +347,8 @@ export class GpuBatch extends Construct {
       });
       const definition = new batch.EcsJobDefinition(this, `${pascal(stage)}Job`, {
         container,
-        timeout,
-        retryAttempts: 3,
+        timeout: ATTEMPT_TIMEOUTS[stage],
+        retryAttempts: JOB_ATTEMPTS,
         retryStrategies: [
           batch.RetryStrategy.of(batch.Action.RETRY, batch.Reason.SPOT_INSTANCE_RECLAIMED),
           batch.RetryStrategy.of(batch.Action.RETRY, batch.Reason.custom({ onReason: 'CannotPullContainerError*' })),
@@ -272,14 +362,14 @@ export class GpuBatch extends Construct {
       return { definition, jobRole };
     };
 
-    const caption = newJob('caption', captionerImage, ['python', '-m', 'captioner', 'run'], Duration.hours(1));
+    const caption = newJob('caption', captionerImage, ['python', '-m', 'captioner', 'run']);
     this.caption = caption.definition;
     // Key layout from lambdas/shared/keys.ts: every stage writes only under its own prefix.
     grantObjects(caption.jobRole, props.artifacts, ['s3:GetObject'], [`${JOB_PREFIX}/normalize/*`], 'caption reads the dataset images, user captions and plan normalize wrote');
     grantObjects(caption.jobRole, props.artifacts, ['s3:PutObject'], [`${JOB_PREFIX}/caption/*`], 'caption writes caption files and captions.json under the job');
 
     const modelEnv = { AVATAR_BASE_MODEL_KEY: baseModelKey };
-    const train = newJob('train', trainerImage, ['python', '-m', 'trainer', 'train'], Duration.hours(4), modelEnv);
+    const train = newJob('train', trainerImage, ['python', '-m', 'trainer', 'train'], modelEnv);
     this.train = train.definition;
     grantObjects(train.jobRole, props.artifacts, ['s3:GetObject'], [`${JOB_PREFIX}/normalize/*`, `${JOB_PREFIX}/caption/*`], 'train reads the dataset, plan and captions of the job');
     grantObjects(train.jobRole, props.artifacts, ['s3:GetObject'], ['models/*'], 'train reads the operator-uploaded base models');
@@ -288,11 +378,27 @@ export class GpuBatch extends Construct {
     grantObjects(train.jobRole, props.artifacts, ['s3:DeleteObject'], [`${JOB_PREFIX}/train/state/*`], 'train deletes its own superseded resume state');
     grantList(train.jobRole, props.artifacts, [`teams/*`]);
 
-    const evaluate = newJob('evaluate', trainerImage, ['python', '-m', 'trainer', 'evaluate'], Duration.hours(2), modelEnv);
+    const evaluate = newJob('evaluate', trainerImage, ['python', '-m', 'trainer', 'evaluate'], modelEnv);
     this.evaluate = evaluate.definition;
     grantObjects(evaluate.jobRole, props.artifacts, ['s3:GetObject'], [`${JOB_PREFIX}/train/*`, `${JOB_PREFIX}/normalize/plan.json`], 'evaluate reads the checkpoints and plan of the job');
     grantObjects(evaluate.jobRole, props.artifacts, ['s3:GetObject'], ['models/*'], 'evaluate reads the operator-uploaded base models');
     grantObjects(evaluate.jobRole, props.artifacts, ['s3:PutObject'], [`${JOB_PREFIX}/evaluate/*`], 'evaluate writes its grid, image pack and scores under the job');
+  }
+}
+
+/**
+ * The longest a GPU stage can legitimately take from submission to exit: every attempt waiting for
+ * capacity up to `gpuWait`, starting up, and running to its attempt timeout. The workflow's Batch
+ * states time out after this, so a job stuck anywhere else (e.g. STARTING) still ends in MarkFailed.
+ */
+export function stageTimeout(stage: keyof typeof ATTEMPT_TIMEOUTS, gpuWait: Duration): Duration {
+  const perAttempt = gpuWait.toSeconds() + STARTUP_ALLOWANCE.toSeconds() + ATTEMPT_TIMEOUTS[stage].toSeconds();
+  return Duration.seconds(JOB_ATTEMPTS * perAttempt);
+}
+
+class GpuBatchError extends Error {
+  constructor(message: string) {
+    super(`GpuBatch: ${message}`);
   }
 }
 

@@ -1,5 +1,5 @@
 import * as path from 'node:path';
-import { Duration, Validations } from 'aws-cdk-lib';
+import { Duration, RemovalPolicy, Validations } from 'aws-cdk-lib';
 import * as iam from 'aws-cdk-lib/aws-iam';
 import * as lambda from 'aws-cdk-lib/aws-lambda';
 import * as nodejs from 'aws-cdk-lib/aws-lambda-nodejs';
@@ -97,6 +97,8 @@ export class LambdaFunction extends nodejs.NodejsFunction {
     });
     const logGroup = new logs.LogGroup(scope, `${id}LogGroup`, {
       retention: props.logRetention ?? logs.RetentionDays.ONE_MONTH,
+      // Operational logs go with the stack; only the buckets are retained.
+      removalPolicy: RemovalPolicy.DESTROY,
     });
 
     super(scope, id, {

@@ -1,4 +1,4 @@
-import { Duration } from 'aws-cdk-lib';
+import { Duration, Stack } from 'aws-cdk-lib';
 import type * as s3 from 'aws-cdk-lib/aws-s3';
 import { Construct } from 'constructs';
 import { grantList, grantObjects, JOB_PREFIX } from './bucket-access';
@@ -30,8 +30,9 @@ const FACE_MODULES = ['@vladmandic/human', 'onnxruntime-node'];
 const STATUS_REASON = 'Every stage rewrites the status.json of the job it runs; team and job ids are only known at run time';
 
 /**
- * The Lambda steps of the workflow (`validate`, `normalize`, `finalize`, `mark-failed`), each with
- * a role that reaches only the key prefixes its stage reads and writes.
+ * The Lambda steps of the workflow (`validate`, `normalize`, `finalize`, `mark-failed`), and
+ * `reconcile`, which records the end of an execution that skipped MarkFailed; each with a role that
+ * reaches only the key prefixes its stage reads and writes.
  */
 export class StageFunctions extends Construct {
   /** Checks uploads and job.json; writes `validate/`. */
@@ -42,6 +43,8 @@ export class StageFunctions extends Construct {
   public readonly finalize: LambdaFunction;
   /** Records a failure in `status.json`. */
   public readonly markFailed: LambdaFunction;
+  /** Records a truthful terminal `status.json` for a timed-out, stopped or failed execution. */
+  public readonly reconcile: LambdaFunction;
 
   constructor(scope: Construct, id: string, props: StageFunctionsProps) {
     super(scope, id);
@@ -86,12 +89,22 @@ export class StageFunctions extends Construct {
     grantList(finalizeRole, artifacts, ['teams/*']);
     grantObjects(finalizeRole, artifacts, ['s3:PutObject'], [`${JOB_PREFIX}/manifest.json`, STATUS], 'finalize writes the manifest and final status of the job');
 
+    // The SystemFailures metric (lambdas/shared/metrics.ts) carries the stack name as its dimension.
+    const metricsEnv = { METRICS_STACK_NAME: Stack.of(this).stackName };
     this.markFailed = new LambdaFunction(this, 'MarkFailed', {
       stage: 'mark-failed',
       memorySize: 256,
       timeout: Duration.minutes(1),
-      environment,
+      environment: { ...environment, ...metricsEnv },
     });
     grantObjects(this.markFailed.executionRole, artifacts, ['s3:GetObject', 's3:PutObject'], [STATUS], STATUS_REASON);
+
+    this.reconcile = new LambdaFunction(this, 'Reconcile', {
+      stage: 'reconcile',
+      memorySize: 256,
+      timeout: Duration.seconds(30),
+      environment: { ARTIFACTS_BUCKET: artifacts.bucketName, ...metricsEnv },
+    });
+    grantObjects(this.reconcile.executionRole, artifacts, ['s3:GetObject', 's3:PutObject'], [STATUS], STATUS_REASON);
   }
 }

@@ -11,6 +11,14 @@ export interface StorageProps {
    */
   readonly rawPhotoRetentionDays?: number;
   /**
+   * Days everything the pipeline writes under the artifacts `teams/` prefix is kept: status,
+   * face crops, dataset, captions, checkpoints, resume state, LoRA, grid, manifest. Face crops are
+   * personal data like the raw photos; job keys cannot be wildcarded in a lifecycle filter, so the
+   * whole job prefix expires (`models/` is not touched).
+   * @default 30
+   */
+  readonly jobDataRetentionDays?: number;
+  /**
    * Days a superseded (noncurrent) artifact version is kept.
    * @default 30
    */
@@ -29,10 +37,11 @@ export interface StorageProps {
  *
  * Every bucket is encrypted (SSE-S3), TLS-only, blocks all public access and disables ACLs.
  *
- * Clean-up: the inbox and artifacts buckets use `RemovalPolicy.RETAIN`, so `cdk destroy` leaves
- * them (and their data) behind on purpose. To remove them, empty and delete them by hand, e.g.
- * `aws s3 rb s3://<bucket> --force` (for the versioned artifacts bucket delete all object versions
- * first), then delete the logs bucket the same way.
+ * Clean-up: all three buckets use `RemovalPolicy.RETAIN`, so `cdk destroy` leaves them behind on
+ * purpose and ends clean (CloudFormation cannot delete a bucket that still holds objects): the inbox
+ * and artifacts hold customer data, the logs bucket the access logs of both. To remove them, empty
+ * and delete them by hand, e.g. `aws s3 rb s3://<bucket> --force` (for the versioned artifacts
+ * bucket delete all object versions first).
  */
 export class Storage extends Construct {
   /** Customer uploads; EventBridge notifications enabled so `job.json` can start a run. */
@@ -45,10 +54,11 @@ export class Storage extends Construct {
   constructor(scope: Construct, id: string, props: StorageProps = {}) {
     super(scope, id);
     const rawPhotoRetentionDays = props.rawPhotoRetentionDays ?? 30;
+    const jobDataRetentionDays = props.jobDataRetentionDays ?? 30;
     const noncurrentDays = props.noncurrentVersionRetentionDays ?? 30;
     const logDays = props.logRetentionDays ?? 90;
-    if (!Number.isInteger(rawPhotoRetentionDays) || rawPhotoRetentionDays < 1) {
-      throw new Error(`Storage: rawPhotoRetentionDays must be a positive integer, got ${rawPhotoRetentionDays}`);
+    for (const [name, days] of Object.entries({ rawPhotoRetentionDays, jobDataRetentionDays })) {
+      if (!Number.isInteger(days) || days < 1) throw new Error(`Storage: ${name} must be a positive integer, got ${days}`);
     }
 
     const abortUploads: s3.LifecycleRule = {
@@ -61,8 +71,9 @@ export class Storage extends Construct {
       // Log delivery only writes SSE-S3 objects; a KMS key would break server access logging.
       encryption: s3.BucketEncryption.S3_MANAGED,
       lifecycleRules: [abortUploads, { id: 'expire-logs', expiration: Duration.days(logDays) }],
-      // Logs are disposable, unlike the data buckets.
-      removalPolicy: RemovalPolicy.DESTROY,
+      // Retained: it is never empty (DESTROY would end `cdk destroy` in DELETE_FAILED), and it holds
+      // the access logs of the retained data buckets. Its lifecycle rule still expires them.
+      removalPolicy: RemovalPolicy.RETAIN,
     });
     Validations.of(this.logs).acknowledge({
       id: 'AwsSolutions-S1',
@@ -97,6 +108,12 @@ export class Storage extends Construct {
       serverAccessLogsPrefix: 'artifacts/',
       lifecycleRules: [
         abortUploads,
+        {
+          // The job's current objects become noncurrent here; the rule below then removes them.
+          id: 'expire-job-data',
+          prefix: 'teams/',
+          expiration: Duration.days(jobDataRetentionDays),
+        },
         {
           id: 'expire-noncurrent-versions',
           noncurrentVersionExpiration: Duration.days(noncurrentDays),

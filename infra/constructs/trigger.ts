@@ -88,7 +88,9 @@ export class Trigger extends Construct {
         detailType: ['Object Created'],
         detail: {
           bucket: { name: [props.inbox.bucketName] },
-          // Prefix and suffix in one matcher; EventBridge wildcards also match "/".
+          // Prefix and suffix in one matcher. EventBridge wildcards also match "/", and the matchers of
+          // one field can only be ORed, so a nested `.../photos/job.json` cannot be excluded here:
+          // the start function ignores it with a log line (`ignoredReason`).
           object: { key: events.Match.wildcard(JOB_SPEC_KEY_PATTERN) },
         },
       },

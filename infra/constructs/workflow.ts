@@ -1,22 +1,27 @@
-import { Duration, RemovalPolicy, Validations } from 'aws-cdk-lib';
+import { Duration, RemovalPolicy, Stack, Validations } from 'aws-cdk-lib';
 import type * as batch from 'aws-cdk-lib/aws-batch';
+import * as iam from 'aws-cdk-lib/aws-iam';
 import type * as lambda from 'aws-cdk-lib/aws-lambda';
 import * as logs from 'aws-cdk-lib/aws-logs';
 import * as sfn from 'aws-cdk-lib/aws-stepfunctions';
 import * as tasks from 'aws-cdk-lib/aws-stepfunctions-tasks';
 import { Construct } from 'constructs';
+import { stageTimeout } from './gpu-batch';
 import { iam5ResourceFinding } from './nag';
+
+/** A Lambda step: the function and its own timeout, which sizes the state's timeout. */
+export type StepFunction = lambda.IFunction & { readonly timeout?: Duration };
 
 /** Lambda stages of the workflow. */
 export interface WorkflowFunctions {
   /** `lambdas/validate`. */
-  readonly validate: lambda.IFunction;
+  readonly validate: StepFunction;
   /** `lambdas/normalize`. */
-  readonly normalize: lambda.IFunction;
+  readonly normalize: StepFunction;
   /** `lambdas/finalize`. */
-  readonly finalize: lambda.IFunction;
+  readonly finalize: StepFunction;
   /** `lambdas/mark-failed`. */
-  readonly markFailed: lambda.IFunction;
+  readonly markFailed: StepFunction;
 }
 
 /** Batch GPU stages of the workflow: one job definition each, one shared queue. */
@@ -29,6 +34,8 @@ export interface WorkflowBatchJobs {
   readonly train: batch.IJobDefinition;
   /** `python -m trainer evaluate`. */
   readonly evaluate: batch.IJobDefinition;
+  /** How long a job may wait in RUNNABLE before the queue cancels it (sizes the Batch state timeouts). */
+  readonly gpuWait: Duration;
 }
 
 /** Props of {@link Workflow}. */
@@ -87,6 +94,12 @@ export const BATCH_RETRY_ERRORS = [
 ] as const;
 
 /**
+ * How long a Lambda state waits beyond the function's own timeout before raising `States.Timeout`:
+ * the function's timeout error normally arrives first; this catches an invocation that never answers.
+ */
+export const LAMBDA_STATE_MARGIN = Duration.seconds(30);
+
+/**
  * The job state machine (STANDARD, JSONPath):
  * `Validate -> Normalize -> Caption -> Train -> Evaluate -> Finalize -> Succeeded`,
  * with every task caught into `MarkFailed -> Failed`.
@@ -97,8 +110,14 @@ export const BATCH_RETRY_ERRORS = [
  * ```
  * Every Lambda step receives `{ "teamId", "jobId" }` and its result is kept at
  * `$.<stage>.result` (the Lambda `Payload`); every Batch step is submitted as job
- * `<teamId>-<jobId>-<stage>` with env `AVATAR_TEAM_ID`/`AVATAR_JOB_ID` and its Batch job id is
- * kept at `$.<stage>.jobId`.
+ * `<jobId>-<md5(teamId/jobId)>-<stage>` (at most 105 characters, under Batch's 128; unique per job,
+ * see {@link batchJobName}) with env `AVATAR_TEAM_ID`/`AVATAR_JOB_ID`, and its Batch job id is kept
+ * at `$.<stage>.jobId`.
+ *
+ * Timeouts: every task has its own `TimeoutSeconds` (Lambda: the function timeout plus
+ * {@link LAMBDA_STATE_MARGIN}; Batch: {@link stageTimeout}), so a stuck stage raises the catchable
+ * `States.Timeout` and MarkFailed records `TIMEOUT`. The execution's own timeout skips every Catch;
+ * the reconcile function records those (and aborted executions) from EventBridge.
  *
  * Output (success):
  * ```json
@@ -151,9 +170,11 @@ export class Workflow extends Construct {
 
     const validate = catchInto(lambdaStep(this, STATE_NAMES.validate, functions.validate, 'validate', jobRef), 'validate');
     const normalize = catchInto(lambdaStep(this, STATE_NAMES.normalize, functions.normalize, 'normalize', jobRef), 'normalize');
-    const caption = catchInto(batchStep(this, STATE_NAMES.caption, batchJobs.jobQueue, batchJobs.caption, 'caption'), 'caption');
-    const train = catchInto(batchStep(this, STATE_NAMES.train, batchJobs.jobQueue, batchJobs.train, 'train'), 'train');
-    const evaluate = catchInto(batchStep(this, STATE_NAMES.evaluate, batchJobs.jobQueue, batchJobs.evaluate, 'evaluate'), 'evaluate');
+    const gpuStep = (name: string, stage: 'caption' | 'train' | 'evaluate') =>
+      catchInto(batchStep(this, name, batchJobs.jobQueue, batchJobs[stage], stage, stageTimeout(stage, batchJobs.gpuWait)), stage);
+    const caption = gpuStep(STATE_NAMES.caption, 'caption');
+    const train = gpuStep(STATE_NAMES.train, 'train');
+    const evaluate = gpuStep(STATE_NAMES.evaluate, 'evaluate');
     const finalize = catchInto(lambdaStep(this, STATE_NAMES.finalize, functions.finalize, 'finalize', jobRef), 'finalize');
     const succeeded = new sfn.Succeed(this, STATE_NAMES.succeeded);
 
@@ -177,6 +198,20 @@ export class Workflow extends Construct {
     });
 
     const role = this.stateMachine.role;
+    // The .sync integration polls the job, and stops it when the execution is stopped or the state
+    // times out; CDK's BatchSubmitJob grants only SubmitJob and the events rule actions.
+    const stack = Stack.of(this);
+    role.addToPrincipalPolicy(
+      new iam.PolicyStatement({
+        actions: ['batch:TerminateJob'],
+        resources: [stack.formatArn({ service: 'batch', resource: 'job', resourceName: '*' })],
+      }),
+    );
+    role.addToPrincipalPolicy(new iam.PolicyStatement({ actions: ['batch:DescribeJobs'], resources: ['*'] }));
+    Validations.of(role).acknowledge({
+      id: 'AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:batch:<AWS::Region>:<AWS::AccountId>:job/*]',
+      reason: 'batch:TerminateJob stops the Batch job of a stopped or timed-out execution; job ARNs carry a random id known only after SubmitJob, so it is scoped to jobs of this account and region.',
+    });
     for (const fn of [functions.validate, functions.normalize, functions.finalize, functions.markFailed]) {
       Validations.of(role).acknowledge({
         id: iam5ResourceFinding(this, fn.functionArn, ':*'),
@@ -189,9 +224,42 @@ export class Workflow extends Construct {
     });
     Validations.of(role).acknowledge({
       id: 'AwsSolutions-IAM5[Resource::*]',
-      reason: 'Execution logging (logs:*LogDelivery, PutResourcePolicy, Describe*) and X-Ray tracing actions support no resource-level permissions.',
+      reason: 'Execution logging (logs:*LogDelivery, PutResourcePolicy, Describe*), X-Ray tracing and batch:DescribeJobs (polled by the .sync Batch integration) support no resource-level permissions.',
     });
   }
+}
+
+/**
+ * A Batch run-job task with the state's own `TimeoutSeconds`. CDK maps `taskTimeout` of a
+ * BatchSubmitJob to the job's attempt timeout (overriding the job definition's) and never writes
+ * TimeoutSeconds, so the state timeout is added to the rendered state here.
+ */
+class TimedBatchSubmitJob extends tasks.BatchSubmitJob {
+  constructor(
+    scope: Construct,
+    id: string,
+    private readonly stateTimeout: Duration,
+    props: tasks.BatchSubmitJobProps,
+  ) {
+    super(scope, id, props);
+  }
+
+  public override toStateJson(topLevelQueryLanguage?: sfn.QueryLanguage): object {
+    return { ...super.toStateJson(topLevelQueryLanguage), TimeoutSeconds: this.stateTimeout.toSeconds() };
+  }
+}
+
+/**
+ * The Batch job name of a stage, computed by the state machine: `<jobId>-<md5(teamId/jobId)>-<stage>`.
+ * Two 63-character ids plus the stage would pass Batch's 128-character limit; the job id (<= 63),
+ * a 32-character digest and the stage stay under it, and the digest keeps names unique across teams.
+ */
+export function batchJobName(stage: string): string {
+  const digest = sfn.JsonPath.hash(
+    sfn.JsonPath.format('{}/{}', sfn.JsonPath.stringAt('$.teamId'), sfn.JsonPath.stringAt('$.jobId')),
+    'MD5',
+  );
+  return sfn.JsonPath.format(`{}-{}-${stage}`, sfn.JsonPath.stringAt('$.jobId'), digest);
 }
 
 /** A unique, deterministic log group suffix (no hard-coded physical name, no time-based hash). */
@@ -202,7 +270,7 @@ function idSuffix(scope: Construct): string {
 function lambdaStep(
   scope: Construct,
   name: string,
-  fn: lambda.IFunction,
+  fn: StepFunction,
   stage: string,
   payload: Record<string, unknown>,
 ): tasks.LambdaInvoke {
@@ -210,6 +278,7 @@ function lambdaStep(
     lambdaFunction: fn,
     payload: sfn.TaskInput.fromObject(payload),
     payloadResponseOnly: false,
+    taskTimeout: sfn.Timeout.duration((fn.timeout ?? Duration.seconds(3)).plus(LAMBDA_STATE_MARGIN)),
     // Replaced by the explicit retry below (adds throttling and TransientError, full jitter).
     retryOnServiceExceptions: false,
     resultSelector: { 'result.$': '$.Payload' },
@@ -231,9 +300,10 @@ function batchStep(
   jobQueue: batch.IJobQueue,
   jobDefinition: batch.IJobDefinition,
   stage: string,
+  timeout: Duration,
 ): tasks.BatchSubmitJob {
-  const task = new tasks.BatchSubmitJob(scope, name, {
-    jobName: sfn.JsonPath.format(`{}-{}-${stage}`, sfn.JsonPath.stringAt('$.teamId'), sfn.JsonPath.stringAt('$.jobId')),
+  const task = new TimedBatchSubmitJob(scope, name, timeout, {
+    jobName: batchJobName(stage),
     jobQueueArn: jobQueue.jobQueueArn,
     jobDefinitionArn: jobDefinition.jobDefinitionArn,
     integrationPattern: sfn.IntegrationPattern.RUN_JOB,

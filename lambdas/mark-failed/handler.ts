@@ -2,11 +2,13 @@
  * mark-failed: every Catch in the state machine ends here. It turns the Step Functions error of the
  * failed stage into status.json `failed` with a stable code, a message that says what to do, and the
  * offending input when known. A GPU container that already wrote its own failure detail keeps it.
+ * Failures the customer cannot fix also count one `SystemFailures` metric (shared/metrics.ts).
  */
 import { z } from 'zod';
 import { type ErrorInfo, ErrorInfoSchema, ExecutionInputSchema, type Stage, StageSchema, type Status } from '../shared/contract';
 import { contextFromEnv, type StageContext } from '../shared/handler';
 import { toLambdaError } from '../shared/errors';
+import { emitSystemFailure, isClientError } from '../shared/metrics';
 import { readStatus, writeStatus } from '../shared/status';
 
 const StepFunctionsError = z.object({ Error: z.string().default('States.TaskFailed'), Cause: z.string().optional() });
@@ -17,6 +19,15 @@ export const MarkFailedInputSchema = ExecutionInputSchema.extend({
 export type MarkFailedInput = z.input<typeof MarkFailedInputSchema>;
 
 const BATCH_STAGES: ReadonlySet<Stage> = new Set(['caption', 'train', 'evaluate']);
+
+/**
+ * The reasons the job queue cancels a job that waited in RUNNABLE too long (its
+ * jobStateTimeLimitActions, infra/constructs/gpu-batch.ts); Batch puts them in the job's StatusReason.
+ */
+const CAPACITY_REASON = /\b(CAPACITY|MISCONFIGURATION):[A-Z_]+/;
+
+/** Stable code of a GPU job cancelled for want of capacity. */
+export const GPU_CAPACITY_UNAVAILABLE = 'GPU_CAPACITY_UNAVAILABLE';
 
 function parseJson(text: string | undefined): unknown {
   if (!text) return undefined;
@@ -31,7 +42,7 @@ function parseJson(text: string | undefined): unknown {
 export function describeFailure(stage: Stage, error: string, cause: string | undefined): ErrorInfo {
   const parsed = parseJson(cause) as Record<string, unknown> | undefined;
   if (error === 'States.Timeout') {
-    return { code: 'TIMEOUT', message: `the ${stage} stage ran past its time limit; retry the job, and if it recurs use fewer photos or steps` };
+    return { code: 'TIMEOUT', message: `the ${stage} stage ran past its time limit and was stopped; retry the job, and if it recurs use fewer photos or steps` };
   }
   if (error === 'Local.GpuUnavailable') {
     return { code: 'GPU_UNAVAILABLE', message: String(parsed?.errorMessage ?? cause ?? 'no GPU available') };
@@ -39,6 +50,15 @@ export function describeFailure(stage: Stage, error: string, cause: string | und
   // Our Lambda handlers put code/message/input as JSON in errorMessage (see shared/errors.ts).
   const detail = ErrorInfoSchema.safeParse(parseJson(parsed?.errorMessage as string | undefined));
   if (detail.success) return detail.data;
+  const capacity = BATCH_STAGES.has(stage) && typeof parsed?.StatusReason === 'string' ? CAPACITY_REASON.exec(parsed.StatusReason) : null;
+  if (capacity) {
+    return {
+      code: GPU_CAPACITY_UNAVAILABLE,
+      message:
+        `no GPU instance became available for the ${stage} stage (AWS Batch: ${capacity[0]}), so the job was cancelled before any GPU time was billed; ` +
+        'submit it again later. If it recurs, the operator should check the EC2 vCPU quotas for G instances (on-demand and Spot), and the instanceTypes and maxVcpus settings',
+    };
+  }
   if (BATCH_STAGES.has(stage) && parsed && ('StatusReason' in parsed || 'Status' in parsed)) {
     const attempts = (parsed.Attempts as Array<{ Container?: { ExitCode?: number; Reason?: string } }> | undefined) ?? [];
     const last = attempts.at(-1)?.Container;
@@ -62,6 +82,7 @@ export async function markFailed(ctx: StageContext, input: z.output<typeof MarkF
   const reported = previous?.state === 'failed' && previous.stage === stage ? previous.error : undefined;
   const error = reported ?? describeFailure(stage, failure.Error, failure.Cause);
   console.log(JSON.stringify({ level: 'error', message: 'job failed', stage, ...ctx.job, error }));
+  if (!isClientError(failure.Error)) emitSystemFailure({ job: ctx.job, stage, code: error.code, source: 'mark-failed' });
   return writeStatus(ctx.s3, ctx.artifactsBucket, ctx.job, { state: 'failed', stage, error, finishedAt: ctx.now().toISOString() }, ctx.now());
 }
 

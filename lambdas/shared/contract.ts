@@ -263,7 +263,10 @@ export const DatasetPlanSchema = z
   .strict();
 export type DatasetPlan = z.infer<typeof DatasetPlanSchema>;
 
-export const JOB_STATES = ['queued', 'running', 'succeeded', 'failed'] as const;
+/** `cancelled`: the execution was stopped (by an operator or the API) before it finished. */
+export const JOB_STATES = ['queued', 'running', 'succeeded', 'failed', 'cancelled'] as const;
+/** States a job never leaves: nothing may rewrite their status.json. */
+export const TERMINAL_STATES: ReadonlySet<(typeof JOB_STATES)[number]> = new Set(['succeeded', 'failed', 'cancelled']);
 
 export const ErrorInfoSchema = z
   .object({

@@ -14,8 +14,31 @@ export function s3Client(): S3Client {
   return shared;
 }
 
+/**
+ * True when a read failed because the object is not there. Without `s3:ListBucket` on the bucket S3
+ * answers a missing key with 403 AccessDenied instead of 404 (it will not reveal what exists), and the
+ * stage roles are deliberately not given ListBucket, so a 403 on a read counts as missing too.
+ */
+export function isMissingObject(error: unknown): boolean {
+  const e = error as { name?: string; $metadata?: { httpStatusCode?: number } };
+  if (error instanceof NoSuchKey || e.name === 'NoSuchKey' || e.name === 'NotFound') return true;
+  return e.$metadata?.httpStatusCode === 403 && e.name === 'AccessDenied';
+}
+
+/**
+ * Reads an object's bytes. A missing object (404, or 403 without ListBucket) is an InvalidInputError
+ * `MISSING_INPUT` naming the key: a file deleted or never uploaded, not an internal error.
+ */
 export async function getBytes(s3: S3Client, bucket: string, key: string, maxBytes = Infinity): Promise<Uint8Array> {
-  const out = await s3.send(new GetObjectCommand({ Bucket: bucket, Key: key }));
+  let out;
+  try {
+    out = await s3.send(new GetObjectCommand({ Bucket: bucket, Key: key }));
+  } catch (error) {
+    if (isMissingObject(error)) {
+      throw new InvalidInputError('MISSING_INPUT', `${key} does not exist or can no longer be read: upload it again (or do not delete files while the job runs), then submit a new job`, key);
+    }
+    throw error;
+  }
   if ((out.ContentLength ?? 0) > maxBytes) {
     out.Body?.transformToWebStream().cancel();
     throw new InvalidInputError('FILE_TOO_LARGE', `${key} is ${out.ContentLength} bytes, over the ${maxBytes}-byte limit: upload a smaller file`, key);
@@ -33,7 +56,7 @@ export async function getJson(s3: S3Client, bucket: string, key: string, maxByte
       throw new InvalidInputError('BAD_JSON', `${key} is not valid JSON (${(error as Error).message}): fix the file and upload it again`, key);
     }
   } catch (error) {
-    if (error instanceof NoSuchKey || (error as Error).name === 'NoSuchKey') return undefined;
+    if (error instanceof InvalidInputError && error.code === 'MISSING_INPUT') return undefined;
     throw error;
   }
 }

@@ -7,7 +7,7 @@ import { createHash } from 'node:crypto';
 import { PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
 import { ExecutionAlreadyExists, SFNClient, StartExecutionCommand } from '@aws-sdk/client-sfn';
 import { z } from 'zod';
-import { type Status, StatusSchema, describeIssues } from '../shared/contract';
+import { IdSchema, type Status, StatusSchema, describeIssues } from '../shared/contract';
 import { requireEnv } from '../shared/env';
 import { InvalidInputError, toLambdaError } from '../shared/errors';
 import { type JobRef, keys, parseSpecKey } from '../shared/keys';
@@ -98,8 +98,35 @@ export async function start(event: unknown, deps: StartDeps): Promise<StartResul
   return { job, executionName: name, duplicate };
 }
 
+/** A `job.json` one folder or more below a job (`teams/<t>/jobs/<j>/photos/job.json`). */
+const NESTED_SPEC_KEY = /^teams\/([^/]+)\/jobs\/([^/]+)\/(?:[^/]+\/)+job\.json$/;
+
+/**
+ * Why an event the trigger rule matched is not a job to start, or undefined when it may be one.
+ * EventBridge wildcards match "/" and a field's matchers can only be ORed, so the rule's
+ * `teams/*\/jobs/*\/job.json` also matches a job.json uploaded inside a job's folders (a photo folder
+ * copied with its job file). That is not a new job: it is logged and ignored instead of failing into
+ * the dead-letter queue, where it would page the operator for a customer's upload.
+ */
+export function ignoredReason(event: unknown): string | undefined {
+  const key = ObjectCreatedEvent.safeParse(event).data?.detail.object.key;
+  const nested = key === undefined ? null : NESTED_SPEC_KEY.exec(key);
+  if (!nested || !IdSchema.safeParse(nested[1]).success || !IdSchema.safeParse(nested[2]).success) return undefined;
+  return `${key} is inside a job's folders, not a job spec key (teams/<teamId>/jobs/<jobId>/job.json)`;
+}
+
+/** An event that matched the trigger rule but starts nothing. */
+export interface IgnoredEvent {
+  readonly ignored: string;
+}
+
 let sfn: SFNClient | undefined;
-export async function handler(event: unknown): Promise<StartResult> {
+export async function handler(event: unknown): Promise<StartResult | IgnoredEvent> {
+  const ignored = ignoredReason(event);
+  if (ignored) {
+    console.log(JSON.stringify({ level: 'warn', message: 'trigger event ignored', reason: ignored }));
+    return { ignored };
+  }
   sfn ??= new SFNClient({});
   try {
     return await start(event, {

@@ -42,11 +42,18 @@ async function freePort(): Promise<number> {
 export const LOCAL_CREDENTIALS = { accessKeyId: 'testing', secretAccessKey: 'testing' };
 export const LOCAL_REGION = 'us-east-1';
 
-export async function startMoto(): Promise<Moto> {
+/**
+ * Starts moto. `env` reaches the server, e.g. `INITIAL_NO_AUTH_ACTION_COUNT` to make it enforce IAM
+ * after that many requests (off by default).
+ */
+export async function startMoto(options: { env?: Record<string, string> } = {}): Promise<Moto> {
   const binary = motoBinary();
   if (!binary) throw new Error(MOTO_MISSING);
   const port = await freePort();
-  const child: ChildProcess = spawn(binary, ['-H', '127.0.0.1', '-p', String(port)], { stdio: ['ignore', 'ignore', 'pipe'] });
+  const child: ChildProcess = spawn(binary, ['-H', '127.0.0.1', '-p', String(port)], {
+    stdio: ['ignore', 'ignore', 'pipe'],
+    env: { ...process.env, ...options.env },
+  });
   let stderr = '';
   child.stderr?.on('data', (chunk) => {
     stderr = (stderr + chunk).slice(-4000);

@@ -5,7 +5,9 @@ describe('loadConfig', () => {
   it('fills every default when the context is absent', () => {
     expect(loadConfig(undefined)).toEqual({
       rawPhotoRetentionDays: 30,
+      jobDataRetentionDays: 30,
       maxVcpus: 16,
+      gpuWaitMinutes: 30,
       instanceTypes: ['g5.xlarge', 'g5.2xlarge'],
       spot: true,
       urlExpirySeconds: 3600,
@@ -40,6 +42,10 @@ describe('loadConfig', () => {
     [{ baseModelKey: '/etc/passwd' }, /baseModelKey: must be an artifacts-bucket key under models\//],
     [{ spot: 'yes' }, /spot: Invalid input: expected boolean/],
     [{ maxVcpu: 8 }, /Unrecognized key: "maxVcpu"/],
+    [{ gpuWaitMinutes: 5 }, /gpuWaitMinutes: Too small/],
+    [{ gpuWaitMinutes: 24 * 60 + 1 }, /gpuWaitMinutes: Too big/],
+    [{ gpuWaitMinutes: 30.5 }, /gpuWaitMinutes: /],
+    [{ jobDataRetentionDays: 0 }, /jobDataRetentionDays: Too small/],
   ])('rejects %j naming the field', (raw, message) => {
     expect(() => loadConfig(raw)).toThrow(message);
   });
@@ -49,9 +55,24 @@ describe('loadConfig', () => {
   });
 
   it('rejects a vCPU ceiling below the smallest instance, which would strand every job', () => {
-    expect(() => loadConfig({ instanceTypes: ['g5.4xlarge'], maxVcpus: 8 })).toThrow(
+    expect(() => loadConfig({ instanceTypes: ['g5.4xlarge'], maxVcpus: 8, spot: false })).toThrow(
       'Invalid avatar config: maxVcpus: must be at least 16, the vCPUs of the smallest configured instance type',
     );
+  });
+
+  it('with spot, needs room for one instance in each of the two environments the ceiling is split between', () => {
+    expect(() => loadConfig({ maxVcpus: 4 })).toThrow(
+      /^Invalid avatar config: maxVcpus: must be at least 8: with spot on, the ceiling is split between the Spot and on-demand environments/,
+    );
+    expect(loadConfig({ maxVcpus: 8 }).maxVcpus).toBe(8);
+    expect(loadConfig({ maxVcpus: 4, spot: false }).maxVcpus).toBe(4);
+  });
+
+  it('keeps job data at least as long as the longest job plus the life of its download links', () => {
+    expect(() => loadConfig({ jobDataRetentionDays: 1, executionTimeoutHours: 48 })).toThrow(
+      'Invalid avatar config: jobDataRetentionDays: must cover executionTimeoutHours plus urlExpirySeconds (3 days), or outputs expire before the job ends or its links do',
+    );
+    expect(loadConfig({ jobDataRetentionDays: 3, executionTimeoutHours: 48 }).jobDataRetentionDays).toBe(3);
   });
 
   it('reports malformed JSON context as such', () => {

@@ -1,11 +1,14 @@
 import { beforeAll, describe, expect, it } from 'vitest';
+import { CONTAINER_STOP_TIMEOUT_S } from '../../infra/constructs/gpu-batch';
 import { logicalId, resourcesOfType, synth, type Synthesized } from './helpers';
 
 let s: Synthesized;
 let onDemandOnly: Synthesized;
+let odd: Synthesized;
 beforeAll(() => {
-  s = synth({ maxVcpus: 24, instanceTypes: ['g5.xlarge', 'g6.2xlarge'], rootVolumeGiB: 300 });
+  s = synth({ maxVcpus: 24, instanceTypes: ['g5.xlarge', 'g6.2xlarge'], rootVolumeGiB: 300, gpuWaitMinutes: 20 });
   onDemandOnly = synth({ spot: false });
+  odd = synth({ maxVcpus: 13 });
 });
 
 const computeEnvs = (x: Synthesized) => resourcesOfType(x.json, 'AWS::Batch::ComputeEnvironment').map(([id, r]) => ({ id, ...r.Properties }) as Record<string, any>);
@@ -20,9 +23,32 @@ describe('compute environments', () => {
     expect(envs.every((e) => e.Type === 'managed')).toBe(true);
   });
 
-  it('uses the configured instance types, from 0 to the configured vCPU ceiling', () => {
+  it('uses the configured instance types, from 0 vCPUs up', () => {
     for (const env of computeEnvs(s)) {
-      expect(env.ComputeResources).toMatchObject({ InstanceTypes: ['g5.xlarge', 'g6.2xlarge'], MinvCpus: 0, MaxvCpus: 24 });
+      expect(env.ComputeResources).toMatchObject({ InstanceTypes: ['g5.xlarge', 'g6.2xlarge'], MinvCpus: 0 });
+    }
+  });
+
+  it.each([
+    ['maxVcpus 24 with spot', () => s, 24, { SPOT: 12, EC2: 12 }],
+    ['maxVcpus 13 with spot', () => odd, 13, { SPOT: 7, EC2: 6 }],
+    ['maxVcpus 16 on-demand only', () => onDemandOnly, 16, { EC2: 16 }],
+  ] as const)('splits the vCPU ceiling so the environments together never exceed it (%s)', (_name, get, max, expected) => {
+    const envs = computeEnvs(get());
+    const ceilings = Object.fromEntries(envs.map((e) => [e.ComputeResources.Type, e.ComputeResources.MaxvCpus]));
+    expect(ceilings).toEqual(expected);
+    expect(envs.reduce((sum, e) => sum + e.ComputeResources.MaxvCpus, 0)).toBeLessThanOrEqual(max);
+  });
+
+  it('points both environments at the launch template\'s latest version number, so edits reach them', () => {
+    const [[ltId]] = resourcesOfType(s.json, 'AWS::EC2::LaunchTemplate');
+    for (const env of computeEnvs(s)) {
+      expect(env.ComputeResources.LaunchTemplate).toEqual({
+        LaunchTemplateId: { Ref: ltId },
+        Version: { 'Fn::GetAtt': [ltId, 'LatestVersionNumber'] },
+      });
+      // A new version number is then an in-place infrastructure update, not a replacement.
+      expect(env.ReplaceComputeEnvironment).toBe(false);
     }
   });
 
@@ -52,11 +78,34 @@ describe('compute environments', () => {
     expect(userData).toContain('chown 1000:1000 /var/cache/avatar');
   });
 
+  it('drains instances on a Spot interruption notice and gives containers the stop timeout the jobs are told', () => {
+    const [[, lt]] = resourcesOfType(s.json, 'AWS::EC2::LaunchTemplate') as [[string, any]];
+    const userData = JSON.stringify(lt.Properties.LaunchTemplateData.UserData);
+    expect(userData).toContain("echo 'ECS_ENABLE_SPOT_INSTANCE_DRAINING=true' >> /etc/ecs/ecs.config");
+    expect(userData).toContain(`echo 'ECS_CONTAINER_STOP_TIMEOUT=${CONTAINER_STOP_TIMEOUT_S}s' >> /etc/ecs/ecs.config`);
+    expect(CONTAINER_STOP_TIMEOUT_S).toBe(120);
+    for (const def of jobDefs(s)) {
+      expect(def.ContainerProperties.Environment).toContainEqual({ Name: 'AVATAR_STOP_TIMEOUT_S', Value: '120' });
+    }
+  });
+
   it('queues on Spot first, then on-demand', () => {
     const [[, queue]] = resourcesOfType(s.json, 'AWS::Batch::JobQueue') as [[string, any]];
     const typeOf = (ref: any) => s.json.Resources[ref['Fn::GetAtt'][0]]!.Properties.ComputeResources.Type;
     const order = [...queue.Properties.ComputeEnvironmentOrder].sort((a, b) => a.Order - b.Order).map((o) => typeOf(o.ComputeEnvironment));
     expect(order).toEqual(['SPOT', 'EC2']);
+  });
+
+  it('cancels a job that waits in RUNNABLE for capacity longer than gpuWaitMinutes', () => {
+    const [[, queue]] = resourcesOfType(s.json, 'AWS::Batch::JobQueue') as [[string, any]];
+    expect(queue.Properties.JobStateTimeLimitActions).toEqual(
+      ['CAPACITY:INSUFFICIENT_INSTANCE_CAPACITY', 'MISCONFIGURATION:COMPUTE_ENVIRONMENT_MAX_RESOURCE', 'MISCONFIGURATION:JOB_RESOURCE_REQUIREMENT'].map((reason) => ({
+        Action: 'CANCEL',
+        State: 'RUNNABLE',
+        MaxTimeSeconds: 20 * 60,
+        Reason: reason,
+      })),
+    );
   });
 
   it('runs on-demand only when spot is off', () => {
@@ -171,6 +220,13 @@ describe('job definitions', () => {
     expect(env('caption').AVATAR_BASE_MODEL_KEY).toBeUndefined();
     expect(env('train').AVATAR_BASE_MODEL_KEY).toBe('models/sd15/v1-5-pruned-emaonly.safetensors');
     expect(env('evaluate').AVATAR_BASE_MODEL_KEY).toBe('models/sd15/v1-5-pruned-emaonly.safetensors');
+  });
+
+  it('size /dev/shm for the data loader workers and raise the open-file limit', () => {
+    for (const def of jobDefs(s)) {
+      expect(def.ContainerProperties.LinuxParameters).toEqual({ SharedMemorySize: 4096 });
+      expect(def.ContainerProperties.Ulimits).toEqual([{ Name: 'nofile', SoftLimit: 65536, HardLimit: 65536 }]);
+    }
   });
 
   it('log with awslogs and give each stage its own job role', () => {

@@ -11,7 +11,7 @@ const fnProps = (fn: { functionArn: string }) => s.json.Resources[logicalId(s.st
 describe('stage functions', () => {
   it('run Node.js 22 on x86_64 with active tracing, every one of them', () => {
     const fns = resourcesOfType(s.json, 'AWS::Lambda::Function');
-    expect(fns).toHaveLength(5);
+    expect(fns).toHaveLength(6);
     for (const [, fn] of fns) {
       expect(fn.Properties).toMatchObject({ Runtime: 'nodejs22.x', Architectures: ['x86_64'], TracingConfig: { Mode: 'Active' } });
       expect(fn.Properties.Environment.Variables).toMatchObject({ SERVICE_NAME: 'avatar', NODE_OPTIONS: '--enable-source-maps' });
@@ -31,6 +31,13 @@ describe('stage functions', () => {
     expect(fnProps(f.normalize)).toMatchObject({ MemorySize: 2048, Timeout: 900 });
     expect(fnProps(f.finalize).MemorySize).toBe(512);
     expect(fnProps(f.markFailed).MemorySize).toBe(256);
+    expect(fnProps(f.reconcile)).toMatchObject({ MemorySize: 256, Timeout: 30 });
+  });
+
+  it('name the stack for the SystemFailures metric in mark-failed and reconcile', () => {
+    for (const fn of [s.stack.functions.markFailed, s.stack.functions.reconcile]) {
+      expect(fnProps(fn).Environment.Variables.METRICS_STACK_NAME).toBe('AvatarStack');
+    }
   });
 
   it('tell every stage where the buckets are, and finalize how long URLs live', () => {

@@ -4,7 +4,7 @@ import { logicalId, resourcesOfType, synth, type Synthesized } from './helpers';
 
 let s: Synthesized;
 beforeAll(() => {
-  s = synth({ rawPhotoRetentionDays: 7 });
+  s = synth({ rawPhotoRetentionDays: 7, jobDataRetentionDays: 14 });
 });
 
 const bucketIds = () => ({
@@ -61,6 +61,14 @@ describe('storage', () => {
     expect(rules).toContainEqual(expect.objectContaining({ Prefix: 'teams/', ExpirationInDays: 7, Status: 'Enabled' }));
   });
 
+  it('expires everything the pipeline wrote for a job (crops, dataset, checkpoints, resume state) after jobDataRetentionDays, never the base models', () => {
+    const rules = s.json.Resources[bucketIds().artifacts]!.Properties.LifecycleConfiguration.Rules as any[];
+    const expiring = rules.filter((r) => r.ExpirationInDays !== undefined);
+    expect(expiring).toEqual([expect.objectContaining({ Id: 'expire-job-data', Prefix: 'teams/', ExpirationInDays: 14, Status: 'Enabled' })]);
+    // Expired current versions become noncurrent in the versioned bucket; this rule removes them.
+    expect(rules).toContainEqual(expect.objectContaining({ NoncurrentVersionExpiration: { NoncurrentDays: 30 }, ExpiredObjectDeleteMarker: true }));
+  });
+
   it('aborts incomplete multipart uploads after one day on every bucket', () => {
     for (const [, bucket] of resourcesOfType(s.json, 'AWS::S3::Bucket')) {
       expect(bucket.Properties.LifecycleConfiguration.Rules).toContainEqual(
@@ -108,5 +116,19 @@ describe('storage', () => {
     const ids = bucketIds();
     expect(s.json.Resources[ids.inbox]).toMatchObject({ DeletionPolicy: 'Retain', UpdateReplacePolicy: 'Retain' });
     expect(s.json.Resources[ids.artifacts]).toMatchObject({ DeletionPolicy: 'Retain', UpdateReplacePolicy: 'Retain' });
+  });
+
+  it('ends cdk destroy clean: only the three buckets (never empty) are retained, every log group and the alarm key go', () => {
+    const retained = Object.entries(s.json.Resources as Record<string, any>)
+      .filter(([, r]) => r.DeletionPolicy !== undefined && r.DeletionPolicy !== 'Delete')
+      .map(([id]) => id)
+      .sort();
+    expect(retained).toEqual(Object.values(bucketIds()).sort());
+    const logGroups = resourcesOfType(s.json, 'AWS::Logs::LogGroup');
+    expect(logGroups.length).toBeGreaterThanOrEqual(8);
+    for (const [id] of logGroups) expect(s.json.Resources[id]).toMatchObject({ DeletionPolicy: 'Delete' });
+    for (const [id] of resourcesOfType(s.json, 'AWS::KMS::Key')) expect(s.json.Resources[id]).toMatchObject({ DeletionPolicy: 'Delete' });
+    // No custom resource whose deletion could fail (e.g. auto-delete-objects Lambdas).
+    expect(Object.values(s.json.Resources as Record<string, any>).filter((r) => r.Type.startsWith('Custom::'))).toEqual([]);
   });
 });

@@ -6,9 +6,11 @@ beforeAll(() => {
   s = synth();
 });
 
+const triggerRule = () => s.json.Resources[logicalId(s.stack, s.stack.trigger.rule.ruleArn)] as any;
+
 describe('trigger', () => {
   it('matches only job.json objects created under teams/ in the inbox', () => {
-    const [[, rule]] = resourcesOfType(s.json, 'AWS::Events::Rule') as [[string, any]];
+    const rule = triggerRule();
     expect(rule.Properties.EventPattern).toEqual({
       source: ['aws.s3'],
       'detail-type': ['Object Created'],
@@ -20,7 +22,7 @@ describe('trigger', () => {
   });
 
   it('targets the start function with bounded retries and a dead-letter queue', () => {
-    const [[, rule]] = resourcesOfType(s.json, 'AWS::Events::Rule') as [[string, any]];
+    const rule = triggerRule();
     const dlqId = logicalId(s.stack, s.stack.trigger.deadLetterQueue.queueArn);
     expect(rule.Properties.Targets).toHaveLength(1);
     expect(rule.Properties.Targets[0]).toMatchObject({
@@ -31,7 +33,8 @@ describe('trigger', () => {
   });
 
   it('sends failed asynchronous start invocations to the same dead-letter queue', () => {
-    const [[, config]] = resourcesOfType(s.json, 'AWS::Lambda::EventInvokeConfig') as [[string, any]];
+    const startId = logicalId(s.stack, s.stack.trigger.startFunction.functionArn);
+    const [[, config]] = resourcesOfType(s.json, 'AWS::Lambda::EventInvokeConfig').filter(([, c]) => c.Properties.FunctionName.Ref === startId) as [[string, any]];
     expect(config.Properties.MaximumRetryAttempts).toBe(2);
     expect(config.Properties.DestinationConfig.OnFailure.Destination).toEqual({
       'Fn::GetAtt': [logicalId(s.stack, s.stack.trigger.deadLetterQueue.queueArn), 'Arn'],
@@ -71,5 +74,42 @@ describe('trigger', () => {
     expect(flatten(start[0]!.Resource)).toBe(`<${smId}>`);
     const artifacts = logicalId(s.stack, s.stack.storage.artifacts.bucketName);
     expect(s3Grants(s, role)).toEqual({ 's3:PutObject': [`<${artifacts}>/teams/*/jobs/*/status.json`] });
+  });
+});
+
+describe('reconcile rule', () => {
+  const reconcileRule = () => s.json.Resources[logicalId(s.stack, s.stack.reconcile.rule.ruleArn)] as any;
+
+  it('matches this state machine\'s executions that timed out, were stopped or failed', () => {
+    expect(reconcileRule().Properties.EventPattern).toEqual({
+      source: ['aws.states'],
+      'detail-type': ['Step Functions Execution Status Change'],
+      detail: {
+        status: ['TIMED_OUT', 'ABORTED', 'FAILED'],
+        stateMachineArn: [{ Ref: logicalId(s.stack, s.stack.workflow.stateMachine.stateMachineArn) }],
+      },
+    });
+  });
+
+  it('targets the reconcile function with bounded retries and the dead-letter queue', () => {
+    const dlqArn = { 'Fn::GetAtt': [logicalId(s.stack, s.stack.trigger.deadLetterQueue.queueArn), 'Arn'] };
+    const fnId = logicalId(s.stack, s.stack.functions.reconcile.functionArn);
+    expect(reconcileRule().Properties.Targets).toEqual([
+      expect.objectContaining({
+        Arn: { 'Fn::GetAtt': [fnId, 'Arn'] },
+        RetryPolicy: { MaximumRetryAttempts: 8, MaximumEventAgeInSeconds: 7200 },
+        DeadLetterConfig: { Arn: dlqArn },
+      }),
+    ]);
+    const [[, config]] = resourcesOfType(s.json, 'AWS::Lambda::EventInvokeConfig').filter(([, c]) => c.Properties.FunctionName.Ref === fnId) as [[string, any]];
+    expect(config.Properties).toMatchObject({ MaximumRetryAttempts: 2, DestinationConfig: { OnFailure: { Destination: dlqArn } } });
+  });
+
+  it('lets reconcile read and write status.json only', () => {
+    const artifacts = logicalId(s.stack, s.stack.storage.artifacts.bucketName);
+    expect(s3Grants(s, s.stack.functions.reconcile.executionRole)).toEqual({
+      's3:GetObject': [`<${artifacts}>/teams/*/jobs/*/status.json`],
+      's3:PutObject': [`<${artifacts}>/teams/*/jobs/*/status.json`],
+    });
   });
 });

@@ -1,11 +1,13 @@
+import { createHash } from 'node:crypto';
 import validator from 'asl-validator';
+import { StateMachine } from 'aws-local-stepfunctions';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { definitionOf, logicalId, resourcesOfType, synth, type Synthesized } from './helpers';
+import { actionsOf, definitionOf, flatten, logicalId, resourcesOfType, statementsOf, synth, type Synthesized } from './helpers';
 
 let s: Synthesized;
 let asl: any;
 beforeAll(() => {
-  s = synth({ executionTimeoutHours: 6 });
+  s = synth({ executionTimeoutHours: 6, gpuWaitMinutes: 45 });
   asl = definitionOf(s);
 });
 
@@ -65,7 +67,7 @@ describe('workflow definition', () => {
     expect(st.Type).toBe('Task');
     expect(st.Resource).toMatch(/:states:::batch:submitJob\.sync$/);
     expect(st.Parameters).toEqual({
-      'JobName.$': `States.Format('{}-{}-${stage}', $.teamId, $.jobId)`,
+      'JobName.$': `States.Format('{}-{}-${stage}', $.jobId, States.Hash(States.Format('{}/{}', $.teamId, $.jobId), 'MD5'))`,
       JobDefinition: `<${logicalId(s.stack, s.stack.gpu[stage].jobDefinitionArn)}>`,
       JobQueue: `<${logicalId(s.stack, s.stack.gpu.jobQueue.jobQueueArn)}>`,
       ContainerOverrides: {
@@ -117,6 +119,79 @@ describe('workflow definition', () => {
 
   it('times out a whole execution after the configured hours', () => {
     expect(asl.TimeoutSeconds).toBe(6 * 3600);
+  });
+
+  it.each([
+    ['Validate', 600],
+    ['Normalize', 900],
+    ['Finalize', 300],
+    ['MarkFailed', 60],
+  ])('%s times out 30 s after its function (%i s), raising the catchable States.Timeout', (state, fnSeconds) => {
+    expect(asl.States[state].TimeoutSeconds).toBe(fnSeconds + 30);
+  });
+
+  it.each([
+    // attempts x (GPU wait 45 min + start-up 15 min + attempt timeout); gpuWaitMinutes is 45 in this synth
+    ['Caption', 3 * (45 * 60 + 15 * 60 + 3600)],
+    ['Train', 3 * (45 * 60 + 15 * 60 + 4 * 3600)],
+    ['Evaluate', 3 * (45 * 60 + 15 * 60 + 2 * 3600)],
+  ])('%s times out after every Batch attempt may have waited, started and run (%i s), leaving the job definition timeout alone', (state, seconds) => {
+    expect(asl.States[state].TimeoutSeconds).toBe(seconds);
+    expect(asl.States[state].Parameters.Timeout).toBeUndefined();
+  });
+
+  it('gives every task state its own timeout', () => {
+    const tasks = Object.entries<any>(asl.States).filter(([, st]) => st.Type === 'Task');
+    expect(tasks.map(([name]) => name).sort()).toEqual(['Caption', 'Evaluate', 'Finalize', 'MarkFailed', 'Normalize', 'Train', 'Validate']);
+    for (const [, st] of tasks) expect(st.TimeoutSeconds).toBeGreaterThan(0);
+  });
+});
+
+describe('Batch job names', () => {
+  /** Evaluates a state's JobName expression with aws-local-stepfunctions' intrinsic functions. */
+  async function jobNameOf(state: string, input: { teamId: string; jobId: string }): Promise<string> {
+    const probe = { StartAt: 'Name', States: { Name: { Type: 'Pass', Parameters: { 'name.$': asl.States[state].Parameters['JobName.$'] }, End: true } } };
+    const out = (await new StateMachine(probe as never).run(input as never).result) as { name: string };
+    return out.name;
+  }
+
+  it.each(Object.keys(BATCH_STAGES))('%s names the job <jobId>-<md5(teamId/jobId)>-<stage>', async (state) => {
+    const job = { teamId: 'team-a', jobId: 'job-1' };
+    const digest = createHash('md5').update('team-a/job-1').digest('hex');
+    expect(await jobNameOf(state, job)).toBe(`job-1-${digest}-${state.toLowerCase()}`);
+  });
+
+  // aws-local-stepfunctions 3.0.0 hashes inputs of 56 bytes or more wrongly (its padding; checked
+  // against node:crypto), so for long ids only the shape, length and uniqueness are asserted here.
+  it.each(Object.keys(BATCH_STAGES))('%s stays within Batch\'s 128 characters for two 63-character ids, and differs per team', async (state) => {
+    const long = { teamId: `t${'a'.repeat(62)}`, jobId: `j${'b'.repeat(62)}` };
+    const name = await jobNameOf(state, long);
+    expect(name).toMatch(new RegExp(`^${long.jobId}-[0-9a-f]{32}-${state.toLowerCase()}$`));
+    expect(name.length).toBeLessThanOrEqual(128);
+    expect(await jobNameOf(state, long)).toBe(name);
+    expect(await jobNameOf(state, { ...long, teamId: `u${'a'.repeat(62)}` })).not.toBe(name);
+  });
+});
+
+describe('state machine role', () => {
+  it('may describe and terminate Batch jobs, so stopping an execution stops its GPU job', () => {
+    const statements = statementsOf(s, s.stack.workflow.stateMachine.role);
+    const terminate = statements.filter((st) => actionsOf(st).includes('batch:TerminateJob'));
+    expect(terminate).toHaveLength(1);
+    expect(actionsOf(terminate[0]!)).toEqual(['batch:TerminateJob']);
+    expect(flatten(terminate[0]!.Resource)).toBe('arn:<AWS::Partition>:batch:<AWS::Region>:<AWS::AccountId>:job/*');
+    const describe = statements.filter((st) => actionsOf(st).includes('batch:DescribeJobs'));
+    expect(describe).toHaveLength(1);
+    // DescribeJobs supports no resource-level permission; the nag acknowledgement says so.
+    expect(describe[0]!.Resource).toBe('*');
+    expect(actionsOf(describe[0]!)).toEqual(['batch:DescribeJobs']);
+  });
+
+  it('still submits only to our queue', () => {
+    const submit = statementsOf(s, s.stack.workflow.stateMachine.role).filter((st) => actionsOf(st).includes('batch:SubmitJob'));
+    expect(submit).toHaveLength(1);
+    const resources = ([] as unknown[]).concat(submit[0]!.Resource).map(flatten);
+    expect(resources).toContain(`<${logicalId(s.stack, s.stack.gpu.jobQueue.jobQueueArn)}>`);
   });
 });
 

@@ -1,4 +1,4 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { describeFailure, markFailed, MarkFailedInputSchema } from '../../lambdas/mark-failed/handler';
 import { InvalidInputError, toLambdaError } from '../../lambdas/shared/errors';
 import type { StageContext } from '../../lambdas/shared/handler';
@@ -35,8 +35,31 @@ describe('describeFailure', () => {
     expect(info.message).toContain('exit code 137');
   });
 
+  it.each([
+    'CAPACITY:INSUFFICIENT_INSTANCE_CAPACITY',
+    'MISCONFIGURATION:COMPUTE_ENVIRONMENT_MAX_RESOURCE',
+    'MISCONFIGURATION:JOB_RESOURCE_REQUIREMENT',
+  ])('maps a GPU job the queue cancelled in RUNNABLE (%s) to GPU_CAPACITY_UNAVAILABLE, saying what to do', (reason) => {
+    // The Cause .sync records for a failed job is the job description; the StatusReason of a job the
+    // queue cancelled, as the AWS Batch user guide gives it ("Jobs stuck in RUNNABLE due to capacity").
+    const cause = JSON.stringify({ JobName: 'job-1-abc-train', Status: 'FAILED', StatusReason: `Canceled by JobStateTimeLimit action due to reason: ${reason}`, Attempts: [] });
+    const info = describeFailure('train', 'States.TaskFailed', cause);
+    expect(info.code).toBe('GPU_CAPACITY_UNAVAILABLE');
+    expect(info.message).toContain(`no GPU instance became available for the train stage (AWS Batch: ${reason})`);
+    expect(info.message).toContain('submit it again later');
+    expect(info.message).toContain('vCPU quotas');
+  });
+
+  it('keeps other Batch failures as BATCH_JOB_FAILED', () => {
+    const cause = JSON.stringify({ Status: 'FAILED', StatusReason: 'Essential container in task exited', Attempts: [{ Container: { ExitCode: 1 } }] });
+    expect(describeFailure('caption', 'States.TaskFailed', cause).code).toBe('BATCH_JOB_FAILED');
+  });
+
   it('names timeouts and unknown errors with stable codes', () => {
-    expect(describeFailure('caption', 'States.Timeout', undefined).code).toBe('TIMEOUT');
+    expect(describeFailure('caption', 'States.Timeout', undefined)).toEqual({
+      code: 'TIMEOUT',
+      message: 'the caption stage ran past its time limit and was stopped; retry the job, and if it recurs use fewer photos or steps',
+    });
     expect(describeFailure('normalize', 'Lambda.TooManyRequestsException', '{"errorMessage":"Rate exceeded"}')).toEqual({
       code: 'TOO_MANY_REQUESTS_EXCEPTION',
       message: 'normalize failed: Rate exceeded',
@@ -73,6 +96,23 @@ describeWithMoto('markFailed', () => {
       finishedAt: '2026-11-26T12:00:00.000Z',
       error: { code: 'BAD_PHOTO', message: 'a.jpg does not decode', input: 'photos/a.jpg' },
     });
+  });
+
+  it('counts a SystemFailures metric for a timeout, and none for a client input error', async () => {
+    const lines: string[] = [];
+    const spy = vi.spyOn(console, 'log').mockImplementation((line: string) => void lines.push(line));
+    try {
+      const job = { teamId: 'team-a', jobId: 'job-3' };
+      await markFailed({ ...ctx, job }, MarkFailedInputSchema.parse({ ...job, failure: { train: { Error: 'States.Timeout', Cause: 'state timed out' } } }));
+      const bad = { teamId: 'team-a', jobId: 'job-4' };
+      await markFailed({ ...ctx, job: bad }, MarkFailedInputSchema.parse({ ...bad, failure: { validate: { Error: 'InvalidInputError', Cause: lambdaCause(new InvalidInputError('TOO_FEW_PHOTOS', 'need 10', 'photos/')) } } }));
+    } finally {
+      spy.mockRestore();
+    }
+    const metrics = lines.map((l) => JSON.parse(l)).filter((r) => r._aws);
+    expect(metrics).toHaveLength(1);
+    expect(metrics[0]).toMatchObject({ SystemFailures: 1, jobId: 'job-3', stage: 'train', code: 'TIMEOUT', source: 'mark-failed' });
+    expect((await readStatus(ctx.s3, ctx.artifactsBucket, { teamId: 'team-a', jobId: 'job-3' }))?.error?.code).toBe('TIMEOUT');
   });
 
   it('keeps the detail a GPU container reported for the same stage', async () => {

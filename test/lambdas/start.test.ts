@@ -1,8 +1,8 @@
 import { CreateStateMachineCommand, ListExecutionsCommand, SFNClient } from '@aws-sdk/client-sfn';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { StatusSchema } from '../../lambdas/shared/contract';
 import { getJson } from '../../lambdas/shared/s3';
-import { executionName, start, type StartDeps } from '../../lambdas/start/handler';
+import { executionName, handler, ignoredReason, start, type StartDeps } from '../../lambdas/start/handler';
 import { LOCAL_CREDENTIALS, LOCAL_REGION, type Moto, startMoto } from '../../scripts/local/moto';
 import { describeWithMoto } from '../helpers/suites';
 
@@ -84,5 +84,32 @@ describe('executionName', () => {
     expect(one.length).toBeLessThanOrEqual(80);
     expect(one).toMatch(/^[A-Za-z0-9_-]+$/);
     expect(one).not.toBe(two);
+  });
+});
+
+describe('start handler, events the rule matches that are not jobs', () => {
+  const event = (key: string) => ({ 'detail-type': 'Object Created', source: 'aws.s3', detail: { bucket: { name: 'inbox' }, object: { key } } });
+
+  it.each(['teams/t/jobs/j/photos/job.json', 'teams/t/jobs/j/a/b/job.json'])(
+    'ignores a job.json nested inside a job (%s) with a log line, instead of failing into the dead-letter queue',
+    async (key) => {
+      const lines: string[] = [];
+      const spy = vi.spyOn(console, 'log').mockImplementation((line: string) => void lines.push(line));
+      let result: unknown;
+      try {
+        // No environment, no clients: an ignored event touches nothing.
+        result = await handler(event(key));
+      } finally {
+        spy.mockRestore();
+      }
+      expect(result).toEqual({ ignored: `${key} is inside a job's folders, not a job spec key (teams/<teamId>/jobs/<jobId>/job.json)` });
+      expect(lines.map((l) => JSON.parse(l))).toEqual([expect.objectContaining({ level: 'warn', message: 'trigger event ignored' })]);
+    },
+  );
+
+  it('does not ignore a real spec key, or a traversal (which start refuses as BAD_KEY)', () => {
+    expect(ignoredReason(event('teams/t/jobs/j/job.json'))).toBeUndefined();
+    expect(ignoredReason(event('teams/team-a/jobs/../../x/job.json'))).toBeUndefined();
+    expect(ignoredReason(event('teams/Team A/jobs/j/photos/job.json'))).toBeUndefined();
   });
 });
