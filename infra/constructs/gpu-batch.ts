@@ -17,7 +17,7 @@ const CONTAINERS_DIR = path.join(__dirname, '..', '..', 'containers');
 export const MODEL_CACHE_HOST_PATH = '/var/cache/avatar';
 /** Where the containers see that cache (`AVATAR_CACHE_DIR`). */
 export const MODEL_CACHE_CONTAINER_PATH = '/cache';
-/** The user the container images run as (`useradd --uid 1000` in both Dockerfiles under containers). */
+/** The user the GPU image runs as (`useradd --uid 1000` in containers/trainer/Dockerfile). */
 export const CONTAINER_UID = 1000;
 /**
  * Seconds ECS waits after SIGTERM before SIGKILL (`ECS_CONTAINER_STOP_TIMEOUT` on the hosts). A Spot
@@ -36,8 +36,8 @@ export const NOFILE_LIMIT = 65_536;
 export const JOB_ATTEMPTS = 3;
 /** Longest single attempt of each GPU stage (the job definition timeout). */
 export const ATTEMPT_TIMEOUTS = {
-  caption: Duration.hours(1),
-  train: Duration.hours(4),
+  /** Caption (BLIP, minutes; at most 1 h) then train (at most 4 h), in one job. */
+  train: Duration.hours(5),
   evaluate: Duration.hours(2),
 } as const;
 /** Allowance for an instance to boot, join the cluster and pull the image, per attempt. */
@@ -99,7 +99,7 @@ const JOB_VCPUS = 4;
 const JOB_MEMORY = Size.mebibytes(14 * 1024);
 
 /**
- * GPU compute for the caption, train and evaluate stages on AWS Batch.
+ * GPU compute for the caption, train and evaluate stages on AWS Batch: two jobs from one image.
  *
  * Network: a VPC with public subnets only in two AZs, no NAT gateway and a free S3 gateway
  * endpoint, so it costs nothing while idle. Instances get public IPs (the public subnets map them)
@@ -116,16 +116,18 @@ const JOB_MEMORY = Size.mebibytes(14 * 1024);
  * Queue: a job that waits in RUNNABLE for capacity longer than `gpuWait` is cancelled
  * ({@link CAPACITY_WAIT_REASONS}), so no job waits for a GPU until the workflow times out.
  *
- * Jobs: one job definition per stage, one GPU each, `/dev/shm` and `nofile` sized for the data
+ * Jobs: one image (containers/trainer/Dockerfile, both packages) and two job definitions, one GPU
+ * each: `train` runs the caption stage and then the train stage (`python -m avatar_job caption train`,
+ * one process each, so BLIP's memory is freed before kohya starts), `evaluate` runs evaluate. Every
+ * stage keeps its own name, S3 prefix and status reports; a retried `train` job does not caption
+ * again and resumes training from the newest state. Both jobs have `/dev/shm` and `nofile` sized for the data
  * loaders, and a retry strategy that resubmits a job after a Spot reclaim (`Host EC2*`) or an image
  * pull/start failure and stops on anything else. The Step Functions tasks do not resubmit failed jobs.
  */
 export class GpuBatch extends Construct {
   /** Queue every GPU job is submitted to (Spot first when enabled). */
   public readonly jobQueue: batch.JobQueue;
-  /** `python -m captioner run`. */
-  public readonly caption: batch.EcsJobDefinition;
-  /** `python -m trainer train`. */
+  /** `python -m avatar_job caption train`: the caption stage, then the train stage. */
   public readonly train: batch.EcsJobDefinition;
   /** `python -m trainer evaluate`. */
   public readonly evaluate: batch.EcsJobDefinition;
@@ -286,17 +288,15 @@ export class GpuBatch extends Construct {
     });
 
     const platform = ecrAssets.Platform.LINUX_AMD64;
-    // Both images build from containers/ (for the shared job runtime in common/src); each asset leaves
-    // out the other image's folder so a change to one does not rebuild the other.
-    const captionerImage = ecs.ContainerImage.fromAsset(CONTAINERS_DIR, { file: 'captioner/Dockerfile', exclude: ['trainer'], platform });
-    // Built once: train and evaluate run the same image with different commands.
-    const trainerAsset = new ecrAssets.DockerImageAsset(this, 'TrainerImage', {
+    // One image for both jobs, built once from containers/ (both packages and the shared job runtime
+    // in common/src); a cold instance pulls it once.
+    const imageAsset = new ecrAssets.DockerImageAsset(this, 'GpuImage', {
       directory: CONTAINERS_DIR,
       file: 'trainer/Dockerfile',
-      exclude: ['captioner'],
+      exclude: ['*/tests', '**/__pycache__'],
       platform,
     });
-    const trainerImage = ecs.ContainerImage.fromDockerImageAsset(trainerAsset);
+    const image = ecs.ContainerImage.fromDockerImageAsset(imageAsset);
 
     const region = Stack.of(this).region;
     const baseEnv = {
@@ -316,7 +316,6 @@ export class GpuBatch extends Construct {
 
     const newJob = (
       stage: keyof typeof ATTEMPT_TIMEOUTS,
-      image: ecs.ContainerImage,
       command: string[],
       extraEnv: Record<string, string> = {},
     ) => {
@@ -362,23 +361,19 @@ export class GpuBatch extends Construct {
       return { definition, jobRole };
     };
 
-    const caption = newJob('caption', captionerImage, ['python', '-m', 'captioner', 'run']);
-    this.caption = caption.definition;
-    // Key layout from lambdas/shared/keys.ts: every stage writes only under its own prefix.
-    grantObjects(caption.jobRole, props.artifacts, ['s3:GetObject'], [`${JOB_PREFIX}/normalize/*`], 'caption reads the dataset images, user captions and plan normalize wrote');
-    grantObjects(caption.jobRole, props.artifacts, ['s3:PutObject'], [`${JOB_PREFIX}/caption/*`], 'caption writes caption files and captions.json under the job');
-
     const modelEnv = { AVATAR_BASE_MODEL_KEY: baseModelKey };
-    const train = newJob('train', trainerImage, ['python', '-m', 'trainer', 'train'], modelEnv);
+    const train = newJob('train', ['python', '-m', 'avatar_job', 'caption', 'train'], modelEnv);
     this.train = train.definition;
-    grantObjects(train.jobRole, props.artifacts, ['s3:GetObject'], [`${JOB_PREFIX}/normalize/*`, `${JOB_PREFIX}/caption/*`], 'train reads the dataset, plan and captions of the job');
+    // Key layout from lambdas/shared/keys.ts: every stage writes only under its own prefix.
+    grantObjects(train.jobRole, props.artifacts, ['s3:GetObject'], [`${JOB_PREFIX}/normalize/*`, `${JOB_PREFIX}/caption/*`], 'caption and train read the dataset, user captions and plan normalize wrote; train and a retried caption read the captions');
+    grantObjects(train.jobRole, props.artifacts, ['s3:PutObject'], [`${JOB_PREFIX}/caption/*`], 'caption writes caption files and captions.json under the job');
     grantObjects(train.jobRole, props.artifacts, ['s3:GetObject'], ['models/*'], 'train reads the operator-uploaded base models');
     grantObjects(train.jobRole, props.artifacts, ['s3:GetObject', 's3:PutObject'], [`${JOB_PREFIX}/train/*`], 'train writes checkpoints and reads its own state back to resume after a Spot reclaim');
     // Only the newest training state is kept (train.py deletes the older ones after each upload).
     grantObjects(train.jobRole, props.artifacts, ['s3:DeleteObject'], [`${JOB_PREFIX}/train/state/*`], 'train deletes its own superseded resume state');
     grantList(train.jobRole, props.artifacts, [`teams/*`]);
 
-    const evaluate = newJob('evaluate', trainerImage, ['python', '-m', 'trainer', 'evaluate'], modelEnv);
+    const evaluate = newJob('evaluate', ['python', '-m', 'trainer', 'evaluate'], modelEnv);
     this.evaluate = evaluate.definition;
     grantObjects(evaluate.jobRole, props.artifacts, ['s3:GetObject'], [`${JOB_PREFIX}/train/*`, `${JOB_PREFIX}/normalize/plan.json`], 'evaluate reads the checkpoints and plan of the job');
     grantObjects(evaluate.jobRole, props.artifacts, ['s3:GetObject'], ['models/*'], 'evaluate reads the operator-uploaded base models');
