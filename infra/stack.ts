@@ -62,6 +62,7 @@ export class AvatarStack extends Stack {
       logsBucket: storage.logs,
       instanceTypes: config.instanceTypes,
       maxVcpus: config.maxVcpus,
+      minVcpus: config.minVcpus,
       gpuWait: Duration.minutes(config.gpuWaitMinutes),
       spot: config.spot,
       rootVolumeGiB: config.rootVolumeGiB,

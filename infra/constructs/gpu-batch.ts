@@ -73,6 +73,13 @@ export interface GpuBatchProps {
    */
   readonly maxVcpus?: number;
   /**
+   * vCPUs kept running while idle (the warm path), in the first environment of the queue's order
+   * (Spot when enabled: Batch places a job in the first environment that can take it, so warm
+   * capacity anywhere else would sit idle while that one scales up).
+   * @default 0 (scale to zero)
+   */
+  readonly minVcpus?: number;
+  /**
    * How long a job may wait in RUNNABLE for capacity before the queue cancels it.
    * @default Duration.minutes(30)
    */
@@ -235,8 +242,14 @@ export class GpuBatch extends Construct {
     if (Math.min(ceilings.onDemand, spot ? ceilings.spot : Infinity) < JOB_VCPUS) {
       throw new GpuBatchError(`maxVcpus ${maxVcpus} leaves an environment below one job (${JOB_VCPUS} vCPUs): with spot, use at least ${2 * JOB_VCPUS}`);
     }
+    const minVcpus = props.minVcpus ?? 0;
+    const firstCeiling = spot ? ceilings.spot : ceilings.onDemand;
+    if (!Number.isInteger(minVcpus) || minVcpus < 0 || minVcpus > firstCeiling) {
+      throw new GpuBatchError(`minVcpus must be an integer from 0 to ${firstCeiling} (the first environment's ceiling), got ${minVcpus}`);
+    }
     const onDemand = new batch.ManagedEc2EcsComputeEnvironment(this, 'OnDemand', {
       ...computeProps,
+      minvCpus: spot ? 0 : minVcpus,
       maxvCpus: ceilings.onDemand,
       spot: false,
       allocationStrategy: batch.AllocationStrategy.BEST_FIT_PROGRESSIVE,
@@ -246,6 +259,7 @@ export class GpuBatch extends Construct {
     if (spot) {
       const spotEnv = new batch.ManagedEc2EcsComputeEnvironment(this, 'Spot', {
         ...computeProps,
+        minvCpus: minVcpus,
         maxvCpus: ceilings.spot,
         spot: true,
         allocationStrategy: batch.AllocationStrategy.SPOT_PRICE_CAPACITY_OPTIMIZED,

@@ -237,3 +237,14 @@ describe('job definitions', () => {
     for (const def of jobDefs(s)) expect(def.ContainerProperties.LogConfiguration.LogDriver).toBe('awslogs');
   });
 });
+
+describe('warm path (minVcpus)', () => {
+  it('keeps the warm vCPUs in the first environment of the queue and none elsewhere', () => {
+    const warm = synth({ minVcpus: 4 });
+    const mins = Object.fromEntries(computeEnvs(warm).map((e) => [e.ComputeResources.Type, e.ComputeResources.MinvCpus]));
+    expect(mins).toEqual({ SPOT: 4, EC2: 0 });
+    const onDemandWarm = synth({ minVcpus: 4, spot: false });
+    expect(computeEnvs(onDemandWarm).map((e) => e.ComputeResources.MinvCpus)).toEqual([4]);
+  });
+});
+
