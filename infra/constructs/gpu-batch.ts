@@ -389,7 +389,8 @@ export class GpuBatch extends Construct {
 
     const evaluate = newJob('evaluate', ['python', '-m', 'trainer', 'evaluate'], modelEnv);
     this.evaluate = evaluate.definition;
-    grantObjects(evaluate.jobRole, props.artifacts, ['s3:GetObject'], [`${JOB_PREFIX}/train/*`, `${JOB_PREFIX}/normalize/plan.json`], 'evaluate reads the checkpoints and plan of the job');
+    grantObjects(evaluate.jobRole, props.artifacts, ['s3:GetObject'], [`${JOB_PREFIX}/train/*`, `${JOB_PREFIX}/normalize/*`], 'evaluate reads the checkpoints, train diary, plan and training photos (likeness, near-copies) of the job');
+    grantObjects(evaluate.jobRole, props.artifacts, ['s3:GetObject'], [`${JOB_PREFIX}/validate/contact-sheet.png`, `${JOB_PREFIX}/caption/captions.json`], 'evaluate shows the intake contact sheet and the captions in report.html');
     grantObjects(evaluate.jobRole, props.artifacts, ['s3:GetObject'], ['models/*'], 'evaluate reads the operator-uploaded base models');
     grantObjects(evaluate.jobRole, props.artifacts, ['s3:PutObject'], [`${JOB_PREFIX}/evaluate/*`], 'evaluate writes its grid, image pack and scores under the job');
   }

@@ -21,7 +21,7 @@ const STATUS = `${JOB_PREFIX}/status.json`;
 
 /**
  * Packages shipped as files beside the bundle: sharp's linux-x64 native binary, and WASM modules
- * whose .wasm files and model weights are read from disk at run time (lambdas/intake).
+ * whose .wasm files and model weights are read from disk at run time (lambdas/validate).
  */
 const DECODE_MODULES = ['sharp', 'heic-decode'];
 // Face detection runs BlazeFace on ONNX Runtime's native CPU runtime; @vladmandic/human ships the
@@ -37,7 +37,7 @@ const STATUS_REASON = 'Every stage rewrites the status.json of the job it runs; 
 export class StageFunctions extends Construct {
   /** Checks uploads and job.json; writes `validate/`. */
   public readonly validate: LambdaFunction;
-  /** Decodes, orients and crops photos; writes the dataset and plan under `normalize/`. */
+  /** Copies validate's crops and the user captions into kohya's layout; writes the dataset and plan under `normalize/`. */
   public readonly normalize: LambdaFunction;
   /** Writes `manifest.json` with presigned URLs of the results. */
   public readonly finalize: LambdaFunction;
@@ -69,10 +69,9 @@ export class StageFunctions extends Construct {
       memorySize: 2048,
       timeout: Duration.minutes(15),
       environment,
-      nodeModules: DECODE_MODULES,
     });
     const normalizeRole = this.normalize.executionRole;
-    grantObjects(normalizeRole, inbox, ['s3:GetObject'], [`${JOB_PREFIX}/*`], 'normalize reads the accepted photos of the job');
+    grantObjects(normalizeRole, inbox, ['s3:GetObject'], [`${JOB_PREFIX}/*`], 'normalize reads the user captions uploaded beside the photos of the job');
     grantObjects(normalizeRole, artifacts, ['s3:GetObject'], [`${JOB_PREFIX}/validate/*`], 'normalize reads the validate report of the job');
     // The dataset lives under the stage's own prefix (lambdas/shared/keys.ts): normalize/<repeats>_<token>/, normalize/plan.json.
     grantObjects(normalizeRole, artifacts, ['s3:PutObject'], [`${JOB_PREFIX}/normalize/*`], 'normalize writes the dataset and plan of the job');

@@ -8,6 +8,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { resourcesOfType, synth, type Synthesized } from './helpers';
+import { itNeeding } from '../helpers/suites';
 
 const ROOT = join(__dirname, '..', '..');
 const PYTHON = join(ROOT, '.venv', 'bin', 'python');
@@ -34,7 +35,7 @@ describe('job definitions and container images', () => {
     expect(existsSync(join(ROOT, 'containers/captioner/Dockerfile'))).toBe(false);
   });
 
-  it.skipIf(!existsSync(PYTHON))('each command is one the package accepts (python -m <package> --help)', () => {
+  itNeeding('each command is one the package accepts (python -m <package> --help)', existsSync(PYTHON) ? undefined : `${PYTHON} is missing: run "bash scripts/python-env.sh"`, () => {
     // The image puts common/src and both packages' src on PYTHONPATH.
     const pythonPath = ['common', 'captioner', 'trainer'].map((p) => join(ROOT, 'containers', p, 'src')).join(':');
     for (const [, , pkg, ...subs] of commands) {
