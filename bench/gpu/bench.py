@@ -32,7 +32,6 @@ os.environ["PYTHONPATH"] = os.pathsep.join(p for p in [*SRC, os.environ.get("PYT
 
 PLAN_FIXTURE = ROOT / "test/fixtures/contract/plan-recipe-25.json"
 RECIPE_STEPS = 1875  # recipe.md: 25 images x 15 repeats x 5 epochs / batch 1
-RECIPE_RENDERS = 1 * (1 + 5 * 6)  # 1 prompt x (base + 5 checkpoints x 6 strengths)
 IMAGES = 10
 EPOCHS = 2  # two checkpoints: the epoch save and the final save are both in the timing
 TEAM = "bench"
@@ -304,12 +303,16 @@ def evaluate_once(args, env: dict, s3, bucket: str, model: dict, out: Path) -> d
     prefix = f"teams/{TEAM}/jobs/{job_id}/"
     plan = json.loads(s3.get_object(Bucket=bucket, Key=prefix + "normalize/plan.json")["Body"].read())
     ev = plan["spec"]["evaluation"]
-    # 2 prompts x (base + 2 checkpoints x 6 strengths) = 26 renders at the recipe's 35 steps, 512 px.
+    # 2 prompts x (base + 2 checkpoints x 6 strengths) = 26 grid renders, plus the pack, at the recipe's 35 steps, 512 px.
     ev.update(steps=args.eval_steps, prompts=[ev["prompts"][0], "a photo of {token} as an astronaut on the moon"])
     if args.cpu:
         ev.update(width=256, height=256, strengths=[1.0], prompts=ev["prompts"][:1])  # 3 renders
     s3.put_object(Bucket=bucket, Key=prefix + "normalize/plan.json", Body=json.dumps(plan))
-    extra = {}
+    # The evaluator scores renders with CLIP ViT-B/32, baked into the image; offline, a tiny random CLIP
+    # stands in (scoring is a small fraction of a render's time; said in the report).
+    import tiny_clip
+
+    extra = {"AVATAR_CLIP_MODEL_DIR": str(tiny_clip.save_tiny_clip(out / "clip"))}
     if args.cpu and not args.sd_scripts:
         # The stand-in's LoRA files name modules of no real model: put LoRAs for the tiny
         # pipeline in their place (as test_evaluate does), keeping names and sha256 metadata.
@@ -327,10 +330,10 @@ def evaluate_once(args, env: dict, s3, bucket: str, model: dict, out: Path) -> d
     times: list[float] = []
     original = eval_mod.Renderer.__call__
 
-    def timed(self, prompt):
+    def timed(self, *args, **kwargs):
         start = time.monotonic()
         try:
-            return original(self, prompt)
+            return original(self, *args, **kwargs)
         finally:
             times.append(time.monotonic() - start)
 
@@ -341,7 +344,8 @@ def evaluate_once(args, env: dict, s3, bucket: str, model: dict, out: Path) -> d
     finally:
         eval_mod.Renderer.__call__ = original
     row = {"renders": len(times), "steps": ev["steps"], "size": f"{ev['width']}x{ev['height']}", "wallS": round(wall, 1),
-           "peakGpuGiB": mem.gib, "ok": rc == 0, "pipeline": "diffusers folder" if extra else "single file + baked configs"}
+           "peakGpuGiB": mem.gib, "ok": rc == 0,
+           "pipeline": ("diffusers folder" if "AVATAR_EVAL_PIPELINE_DIR" in extra else "single file + baked configs") + ", tiny CLIP scorer"}
     if rc != 0:
         row["error"] = status.get("error")
     elif times:
@@ -352,6 +356,17 @@ def evaluate_once(args, env: dict, s3, bucket: str, model: dict, out: Path) -> d
 
 
 # ---------------------------------------------------------------- report
+def recipe_renders() -> int:
+    """Renders of the evaluate stage for recipe.md's job, counted the way evaluate.py counts them:
+    prompts x (base + checkpoints x strengths) + pack prompts x pack seeds."""
+    from trainer import evaluate as eval_mod, prompt_sets
+
+    plan = json.loads(PLAN_FIXTURE.read_text())
+    spec = plan["spec"]
+    grid = len(eval_mod.prompts(plan)) * (1 + len(eval_mod.checkpoints(plan)) * len(spec["evaluation"]["strengths"]))
+    return grid + len(prompt_sets.pack_prompts(spec)) * len(prompt_sets.pack_seeds(spec))
+
+
 def fmt(v, unit=""):
     return "n/a" if v is None else f"{v}{unit}"
 
@@ -379,8 +394,9 @@ def report(rows: list[dict], ev: dict | None, meta: dict) -> list[str]:
             note = "" if r["batch"] == 1 else " (same images seen; batch 2 changes the recipe: check quality before adopting)"
             lines.append(f"projected recipe training at 512 batch {r['batch']}: {steps} steps -> {train_s / 60:.1f} min on this device{note}")
     if ev and ev.get("imagesPerS"):
-        lines.append(f"projected recipe evaluation: {RECIPE_RENDERS} renders x {ev['steps']} steps -> "
-                     f"{(ev['overheadS'] + RECIPE_RENDERS / ev['imagesPerS']) / 60:.1f} min on this device")
+        renders = recipe_renders()
+        lines.append(f"projected recipe evaluation: {renders} renders x {ev['steps']} steps -> "
+                     f"{(ev['overheadS'] + renders / ev['imagesPerS']) / 60:.1f} min on this device")
     if meta["mode"] == "cpu":
         lines.append("CPU mode: wiring check only; these figures say nothing about a GPU")
     return lines
