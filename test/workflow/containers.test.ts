@@ -109,7 +109,7 @@ describeWithMoto(existsSync(PYTHON) ? 'pipeline with the container entrypoints' 
     const diary = (await getJson(s3, ARTIFACTS, `${keys.stage(job, 'train')}diary.json`)) as { plan: { totalSteps: number }; config: { network_dim: number } };
     expect(diary.plan.totalSteps).toBe(36);
     expect(diary.config.network_dim).toBe(8);
-  });
+  }, 600_000);
 
   it('resumes a caption+train job Batch retried after a Spot reclaim, without captioning again', async () => {
     const job = { teamId: 'team-a', jobId: 'reclaimed' };
