@@ -41,6 +41,7 @@ EST = {
     "code": (1 * MB, 1 * MB, "our packages"),
     "blip-fp32": (1880 * MB, 1880 * MB, "BLIP large's model.safetensors: ~470M parameters x 4 bytes (weights do not compress)"),
     "blip-fp16": (940 * MB, 940 * MB, "the same weights stored as fp16, which is how the captioner runs them on a GPU"),
+    "clip-b32": (605 * MB, 605 * MB, "CLIP ViT-B/32 (evaluate's scorer): ~151M parameters x 4 bytes"),
 }
 # The CUDA user-space libraries of nvidia/cuda:*-runtime are the same ones the nvidia-* wheels carry:
 # their wheel sizes stand in for that base image's CUDA layers.
@@ -167,7 +168,7 @@ def main(argv=None) -> int:
     cuda_base = (cuda_base[0] + EST["ubuntu:22.04"][0], cuda_base[1] + EST["ubuntu:22.04"][1])
     rest_trainer = sorted(n for n in locks["trainer"] if not n.startswith("nvidia-") and n != "torch")
     images = {
-        "captioner (today)": [
+        "captioner (before: its own image)": [
             ("FROM nvidia/cuda:12.6.3-runtime-ubuntu22.04 (est.: ubuntu + CUDA libs)", cuda_base, "dup"),
             ("apt ca-certificates (est.)", est("apt-min"), ""),
             ("uv binary (est.)", est("uv"), "build"),
@@ -176,7 +177,7 @@ def main(argv=None) -> int:
             ("BLIP large fp32 weights (est.)", est("blip-fp32"), ""),
             ("code", est("code"), ""),
         ],
-        "trainer (today)": [
+        "trainer (before: its own image)": [
             ("FROM nvidia/cuda:12.6.3-runtime-ubuntu22.04 (est.: ubuntu + CUDA libs)", cuda_base, "dup"),
             ("apt git libgl1 libglib2.0-0 (est.)", est("apt-git-gl"), "build"),
             ("uv binary (est.)", est("uv"), "build"),
@@ -184,9 +185,10 @@ def main(argv=None) -> int:
             ("pip: trainer lock", pkgs(locks["trainer"]), "dup"),
             ("sd-scripts source (est.)", est("sd-scripts"), ""),
             ("tokenizer + SD1.5 configs (est.)", est("configs"), ""),
+            ("CLIP ViT-B/32 scorer weights (est.)", est("clip-b32"), ""),
             ("code", est("code"), ""),
         ],
-        "proposed: one image (containers/Dockerfile, multi-stage)": [
+        "now: one image (containers/trainer/Dockerfile, multi-stage)": [
             ("FROM python:3.11-slim-bookworm (est.; CUDA comes from the wheels, the driver from the host)", est("python:3.11-slim-bookworm"), ""),
             # Split so no layer passes ~2 GB and Docker pulls and unpacks them in parallel.
             ("COPY venv: nvidia-cudnn + nvidia-cublas", pkgs(["nvidia-cudnn-cu12", "nvidia-cublas-cu12"]), ""),
@@ -194,6 +196,7 @@ def main(argv=None) -> int:
             ("COPY venv: torch", pkgs(["torch"]), ""),
             ("COPY venv: everything else in the trainer lock (captioner's is a subset)", pkgs(rest_trainer), ""),
             ("BLIP large fp16 weights (est.)", est("blip-fp16"), ""),
+            ("CLIP ViT-B/32 scorer weights (est.)", est("clip-b32"), ""),
             ("sd-scripts + tokenizer + SD1.5 configs + code (est.)", tuple(a + b + c for a, b, c in zip(est("sd-scripts"), est("configs"), est("code"))), ""),
         ],
     }
@@ -203,18 +206,18 @@ def main(argv=None) -> int:
         print(f"\n{image}")
         c_sum = u_sum = 0
         for label, (c, u), flag in layers:
-            mark = {"dup": "  [duplicate: in both images today]", "build": "  [build tool: not needed at run time]"}.get(flag, "")
+            mark = {"dup": "  [duplicate: in both images before]", "build": "  [build tool: not needed at run time]"}.get(flag, "")
             big = "  [> 2 GB: one slow layer]" if c > 2e9 else ""
             print(f"  {gb(c)} compressed {gb(u)} unpacked  {label}{mark}{big}")
             c_sum, u_sum = c_sum + c, u_sum + u
         print(f"  {gb(c_sum)} compressed {gb(u_sum)} unpacked  TOTAL")
         totals[image] = (c_sum, u_sum)
-    today = [v for k, v in totals.items() if "today" in k]
-    proposed = totals[next(k for k in totals if k.startswith("proposed"))]
-    print(f"\ntoday, a cold instance that runs caption and then train pulls both images: {gb(sum(c for c, _ in today))} compressed, "
+    today = [v for k, v in totals.items() if "before" in k]
+    proposed = totals[next(k for k in totals if k.startswith("now"))]
+    print(f"\nbefore, a cold instance that ran caption and then train pulled both images: {gb(sum(c for c, _ in today))} compressed, "
           f"{gb(sum(u for _, u in today))} unpacked; the one image: {gb(proposed[0])} compressed, {gb(proposed[1])} unpacked")
     dup = pkgs(sorted(set(locks["captioner"]) & set(locks["trainer"])))
-    print(f"installed twice today (both locks): {gb(dup[0])} compressed, of which torch + nvidia-*: {gb(pkgs(['torch', *nvidia])[0])}; "
+    print(f"installed twice before (both locks): {gb(dup[0])} compressed, of which torch + nvidia-*: {gb(pkgs(['torch', *nvidia])[0])}; "
           f"plus the CUDA runtime base under each pip install: {gb(cuda_base[0])} est.")
     top = sorted(locks["trainer"], key=lambda n: -wheels[n]["compressed"])[:8]
     print("largest wheels: " + ", ".join(f"{n} {wheels[n]['compressed'] / 1e6:.0f} MB" for n in top))
