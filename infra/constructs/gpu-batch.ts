@@ -17,7 +17,7 @@ const CONTAINERS_DIR = path.join(__dirname, '..', '..', 'containers');
 export const MODEL_CACHE_HOST_PATH = '/var/cache/avatar';
 /** Where the containers see that cache (`AVATAR_CACHE_DIR`). */
 export const MODEL_CACHE_CONTAINER_PATH = '/cache';
-/** The user the container images run as (`useradd --uid 1000` in both Dockerfiles under containers). */
+/** The user the GPU image runs as (`useradd --uid 1000` in containers/trainer/Dockerfile). */
 export const CONTAINER_UID = 1000;
 /**
  * Seconds ECS waits after SIGTERM before SIGKILL (`ECS_CONTAINER_STOP_TIMEOUT` on the hosts). A Spot
@@ -36,8 +36,8 @@ export const NOFILE_LIMIT = 65_536;
 export const JOB_ATTEMPTS = 3;
 /** Longest single attempt of each GPU stage (the job definition timeout). */
 export const ATTEMPT_TIMEOUTS = {
-  caption: Duration.hours(1),
-  train: Duration.hours(4),
+  /** Caption (BLIP, minutes; at most 1 h) then train (at most 4 h), in one job. */
+  train: Duration.hours(5),
   evaluate: Duration.hours(2),
 } as const;
 /** Allowance for an instance to boot, join the cluster and pull the image, per attempt. */
@@ -73,6 +73,13 @@ export interface GpuBatchProps {
    */
   readonly maxVcpus?: number;
   /**
+   * vCPUs kept running while idle (the warm path), in the first environment of the queue's order
+   * (Spot when enabled: Batch places a job in the first environment that can take it, so warm
+   * capacity anywhere else would sit idle while that one scales up).
+   * @default 0 (scale to zero)
+   */
+  readonly minVcpus?: number;
+  /**
    * How long a job may wait in RUNNABLE for capacity before the queue cancels it.
    * @default Duration.minutes(30)
    */
@@ -99,7 +106,7 @@ const JOB_VCPUS = 4;
 const JOB_MEMORY = Size.mebibytes(14 * 1024);
 
 /**
- * GPU compute for the caption, train and evaluate stages on AWS Batch.
+ * GPU compute for the caption, train and evaluate stages on AWS Batch: two jobs from one image.
  *
  * Network: a VPC with public subnets only in two AZs, no NAT gateway and a free S3 gateway
  * endpoint, so it costs nothing while idle. Instances get public IPs (the public subnets map them)
@@ -116,16 +123,18 @@ const JOB_MEMORY = Size.mebibytes(14 * 1024);
  * Queue: a job that waits in RUNNABLE for capacity longer than `gpuWait` is cancelled
  * ({@link CAPACITY_WAIT_REASONS}), so no job waits for a GPU until the workflow times out.
  *
- * Jobs: one job definition per stage, one GPU each, `/dev/shm` and `nofile` sized for the data
+ * Jobs: one image (containers/trainer/Dockerfile, both packages) and two job definitions, one GPU
+ * each: `train` runs the caption stage and then the train stage (`python -m avatar_job caption train`,
+ * one process each, so BLIP's memory is freed before kohya starts), `evaluate` runs evaluate. Every
+ * stage keeps its own name, S3 prefix and status reports; a retried `train` job does not caption
+ * again and resumes training from the newest state. Both jobs have `/dev/shm` and `nofile` sized for the data
  * loaders, and a retry strategy that resubmits a job after a Spot reclaim (`Host EC2*`) or an image
  * pull/start failure and stops on anything else. The Step Functions tasks do not resubmit failed jobs.
  */
 export class GpuBatch extends Construct {
   /** Queue every GPU job is submitted to (Spot first when enabled). */
   public readonly jobQueue: batch.JobQueue;
-  /** `python -m captioner run`. */
-  public readonly caption: batch.EcsJobDefinition;
-  /** `python -m trainer train`. */
+  /** `python -m avatar_job caption train`: the caption stage, then the train stage. */
   public readonly train: batch.EcsJobDefinition;
   /** `python -m trainer evaluate`. */
   public readonly evaluate: batch.EcsJobDefinition;
@@ -233,8 +242,14 @@ export class GpuBatch extends Construct {
     if (Math.min(ceilings.onDemand, spot ? ceilings.spot : Infinity) < JOB_VCPUS) {
       throw new GpuBatchError(`maxVcpus ${maxVcpus} leaves an environment below one job (${JOB_VCPUS} vCPUs): with spot, use at least ${2 * JOB_VCPUS}`);
     }
+    const minVcpus = props.minVcpus ?? 0;
+    const firstCeiling = spot ? ceilings.spot : ceilings.onDemand;
+    if (!Number.isInteger(minVcpus) || minVcpus < 0 || minVcpus > firstCeiling) {
+      throw new GpuBatchError(`minVcpus must be an integer from 0 to ${firstCeiling} (the first environment's ceiling), got ${minVcpus}`);
+    }
     const onDemand = new batch.ManagedEc2EcsComputeEnvironment(this, 'OnDemand', {
       ...computeProps,
+      minvCpus: spot ? 0 : minVcpus,
       maxvCpus: ceilings.onDemand,
       spot: false,
       allocationStrategy: batch.AllocationStrategy.BEST_FIT_PROGRESSIVE,
@@ -244,6 +259,7 @@ export class GpuBatch extends Construct {
     if (spot) {
       const spotEnv = new batch.ManagedEc2EcsComputeEnvironment(this, 'Spot', {
         ...computeProps,
+        minvCpus: minVcpus,
         maxvCpus: ceilings.spot,
         spot: true,
         allocationStrategy: batch.AllocationStrategy.SPOT_PRICE_CAPACITY_OPTIMIZED,
@@ -286,17 +302,15 @@ export class GpuBatch extends Construct {
     });
 
     const platform = ecrAssets.Platform.LINUX_AMD64;
-    // Both images build from containers/ (for the shared job runtime in common/src); each asset leaves
-    // out the other image's folder so a change to one does not rebuild the other.
-    const captionerImage = ecs.ContainerImage.fromAsset(CONTAINERS_DIR, { file: 'captioner/Dockerfile', exclude: ['trainer'], platform });
-    // Built once: train and evaluate run the same image with different commands.
-    const trainerAsset = new ecrAssets.DockerImageAsset(this, 'TrainerImage', {
+    // One image for both jobs, built once from containers/ (both packages and the shared job runtime
+    // in common/src); a cold instance pulls it once.
+    const imageAsset = new ecrAssets.DockerImageAsset(this, 'GpuImage', {
       directory: CONTAINERS_DIR,
       file: 'trainer/Dockerfile',
-      exclude: ['captioner'],
+      exclude: ['*/tests', '**/__pycache__'],
       platform,
     });
-    const trainerImage = ecs.ContainerImage.fromDockerImageAsset(trainerAsset);
+    const image = ecs.ContainerImage.fromDockerImageAsset(imageAsset);
 
     const region = Stack.of(this).region;
     const baseEnv = {
@@ -318,7 +332,6 @@ export class GpuBatch extends Construct {
 
     const newJob = (
       stage: keyof typeof ATTEMPT_TIMEOUTS,
-      image: ecs.ContainerImage,
       command: string[],
       extraEnv: Record<string, string> = {},
     ) => {
@@ -364,23 +377,19 @@ export class GpuBatch extends Construct {
       return { definition, jobRole };
     };
 
-    const caption = newJob('caption', captionerImage, ['python', '-m', 'captioner', 'run']);
-    this.caption = caption.definition;
-    // Key layout from lambdas/shared/keys.ts: every stage writes only under its own prefix.
-    grantObjects(caption.jobRole, props.artifacts, ['s3:GetObject'], [`${JOB_PREFIX}/normalize/*`], 'caption reads the dataset images, user captions and plan normalize wrote');
-    grantObjects(caption.jobRole, props.artifacts, ['s3:PutObject'], [`${JOB_PREFIX}/caption/*`], 'caption writes caption files and captions.json under the job');
-
     const modelEnv = { AVATAR_BASE_MODEL_KEY: baseModelKey };
-    const train = newJob('train', trainerImage, ['python', '-m', 'trainer', 'train'], modelEnv);
+    const train = newJob('train', ['python', '-m', 'avatar_job', 'caption', 'train'], modelEnv);
     this.train = train.definition;
-    grantObjects(train.jobRole, props.artifacts, ['s3:GetObject'], [`${JOB_PREFIX}/normalize/*`, `${JOB_PREFIX}/caption/*`], 'train reads the dataset, plan and captions of the job');
+    // Key layout from lambdas/shared/keys.ts: every stage writes only under its own prefix.
+    grantObjects(train.jobRole, props.artifacts, ['s3:GetObject'], [`${JOB_PREFIX}/normalize/*`, `${JOB_PREFIX}/caption/*`], 'caption and train read the dataset, user captions and plan normalize wrote; train and a retried caption read the captions');
+    grantObjects(train.jobRole, props.artifacts, ['s3:PutObject'], [`${JOB_PREFIX}/caption/*`], 'caption writes caption files and captions.json under the job');
     grantObjects(train.jobRole, props.artifacts, ['s3:GetObject'], ['models/*'], 'train reads the operator-uploaded base models');
     grantObjects(train.jobRole, props.artifacts, ['s3:GetObject', 's3:PutObject'], [`${JOB_PREFIX}/train/*`], 'train writes checkpoints and reads its own state back to resume after a Spot reclaim');
     // Only the newest training state is kept (train.py deletes the older ones after each upload).
     grantObjects(train.jobRole, props.artifacts, ['s3:DeleteObject'], [`${JOB_PREFIX}/train/state/*`], 'train deletes its own superseded resume state');
     grantList(train.jobRole, props.artifacts, [`teams/*`]);
 
-    const evaluate = newJob('evaluate', trainerImage, ['python', '-m', 'trainer', 'evaluate'], modelEnv);
+    const evaluate = newJob('evaluate', ['python', '-m', 'trainer', 'evaluate'], modelEnv);
     this.evaluate = evaluate.definition;
     grantObjects(evaluate.jobRole, props.artifacts, ['s3:GetObject'], [`${JOB_PREFIX}/train/*`, `${JOB_PREFIX}/normalize/*`], 'evaluate reads the checkpoints, train diary, plan and training photos (likeness, near-copies) of the job');
     grantObjects(evaluate.jobRole, props.artifacts, ['s3:GetObject'], [`${JOB_PREFIX}/validate/contact-sheet.png`, `${JOB_PREFIX}/caption/captions.json`], 'evaluate shows the intake contact sheet and the captions in report.html');

@@ -9,10 +9,12 @@
  */
 import { IdSchema } from './contract';
 
-/** What each GPU stage may do inside its own job, mirroring the role grants of infra/constructs/gpu-batch.ts. */
+/**
+ * What each GPU job may do inside its own job, mirroring the role grants of infra/constructs/gpu-batch.ts.
+ * The `train` job runs the caption stage and then the train stage, so it writes both folders.
+ */
 export const GPU_STAGE_ACCESS = {
-  caption: { read: ['normalize/*'], write: ['caption/*'], delete: [] as string[], models: false },
-  train: { read: ['normalize/*', 'caption/*', 'train/*'], write: ['train/*'], delete: ['train/state/*'], models: true },
+  train: { read: ['normalize/*', 'caption/*', 'train/*'], write: ['caption/*', 'train/*'], delete: ['train/state/*'], models: true },
   evaluate: { read: ['train/*', 'normalize/plan.json'], write: ['evaluate/*'], delete: [] as string[], models: true },
 } as const;
 export type GpuStage = keyof typeof GPU_STAGE_ACCESS;
@@ -28,9 +30,9 @@ export function jobSessionPolicy(stage: GpuStage, teamId: string, jobId: string,
   ];
   if (access.delete.length) statements.push({ Sid: 'Delete', Effect: 'Allow', Action: ['s3:DeleteObject'], Resource: access.delete.map((f) => `${job}${f}`) });
   if (stage === 'train') {
-    // train lists its own resume state (the role lists teams/*).
-    const prefix = `teams/${teamId}/jobs/${jobId}/train/`;
-    statements.push({ Sid: 'List', Effect: 'Allow', Action: ['s3:ListBucket'], Resource: [artifactsBucketArn], Condition: { StringLike: { 's3:prefix': [prefix, `${prefix}*`] } } });
+    // train lists its own resume state, and a retried caption its own captions (the role lists teams/*).
+    const prefixes = ['train/', 'caption/'].map((f) => `teams/${teamId}/jobs/${jobId}/${f}`);
+    statements.push({ Sid: 'List', Effect: 'Allow', Action: ['s3:ListBucket'], Resource: [artifactsBucketArn], Condition: { StringLike: { 's3:prefix': prefixes.flatMap((p) => [p, `${p}*`]) } } });
   }
   if (access.models) statements.push({ Sid: 'Models', Effect: 'Allow', Action: ['s3:GetObject'], Resource: [`${artifactsBucketArn}/models/*`] });
   return { Version: '2012-10-17', Statement: statements };

@@ -1,4 +1,5 @@
 import { beforeAll, describe, expect, it } from 'vitest';
+import { DockerImageAsset } from 'aws-cdk-lib/aws-ecr-assets';
 import { CONTAINER_STOP_TIMEOUT_S } from '../../infra/constructs/gpu-batch';
 import { logicalId, resourcesOfType, synth, type Synthesized } from './helpers';
 
@@ -13,7 +14,7 @@ beforeAll(() => {
 
 const computeEnvs = (x: Synthesized) => resourcesOfType(x.json, 'AWS::Batch::ComputeEnvironment').map(([id, r]) => ({ id, ...r.Properties }) as Record<string, any>);
 const jobDefs = (x: Synthesized) => resourcesOfType(x.json, 'AWS::Batch::JobDefinition').map(([id, r]) => ({ id, ...r.Properties }) as Record<string, any>);
-const jobDef = (stage: 'caption' | 'train' | 'evaluate') =>
+const jobDef = (stage: 'train' | 'evaluate') =>
   s.json.Resources[logicalId(s.stack, s.stack.gpu[stage].jobDefinitionArn)]!.Properties;
 
 describe('compute environments', () => {
@@ -151,9 +152,9 @@ describe('network', () => {
 });
 
 describe('job definitions', () => {
-  it('define caption, train and evaluate, each asking for exactly one GPU', () => {
+  it('define two GPU jobs, caption+train and evaluate, each asking for exactly one GPU', () => {
     const defs = jobDefs(s);
-    expect(defs).toHaveLength(3);
+    expect(defs).toHaveLength(2);
     for (const def of defs) {
       expect(def.ContainerProperties.ResourceRequirements).toContainEqual({ Type: 'GPU', Value: '1' });
     }
@@ -168,8 +169,8 @@ describe('job definitions', () => {
   });
 
   it.each([
-    ['caption', ['python', '-m', 'captioner', 'run'], 3600],
-    ['train', ['python', '-m', 'trainer', 'train'], 4 * 3600],
+    // caption (at most 1 h) then train (at most 4 h), one process each
+    ['train', ['python', '-m', 'avatar_job', 'caption', 'train'], 5 * 3600],
     ['evaluate', ['python', '-m', 'trainer', 'evaluate'], 2 * 3600],
   ] as const)('%s runs %j with a timeout of %i s', (stage, command, seconds) => {
     const def = jobDef(stage);
@@ -192,10 +193,12 @@ describe('job definitions', () => {
     }
   });
 
-  it('share one trainer image between train and evaluate, and use the captioner image for caption', () => {
-    const image = (stage: 'caption' | 'train' | 'evaluate') => JSON.stringify(jobDef(stage).ContainerProperties.Image);
+  it('run both jobs from the one GPU image, built once from containers/trainer/Dockerfile', () => {
+    const image = (stage: 'train' | 'evaluate') => JSON.stringify(jobDef(stage).ContainerProperties.Image);
     expect(image('train')).toBe(image('evaluate'));
-    expect(image('caption')).not.toBe(image('train'));
+    const assets = s.stack.node.findAll().filter((c): c is DockerImageAsset => c instanceof DockerImageAsset);
+    expect(assets).toHaveLength(1);
+    expect(JSON.stringify(jobDef('train').ContainerProperties.Image)).toContain(assets[0]!.imageTag);
   });
 
   it('mount the host model cache at /cache and tell the code where it is', () => {
@@ -206,9 +209,9 @@ describe('job definitions', () => {
   });
 
   it('pass bucket names and offline switches, and the base model key to train and evaluate', () => {
-    const env = (stage: 'caption' | 'train' | 'evaluate') =>
+    const env = (stage: 'train' | 'evaluate') =>
       Object.fromEntries(jobDef(stage).ContainerProperties.Environment.map((e: any) => [e.Name, e.Value]));
-    for (const stage of ['caption', 'train', 'evaluate'] as const) {
+    for (const stage of ['train', 'evaluate'] as const) {
       expect(env(stage)).toMatchObject({
         AVATAR_INBOX_BUCKET: { Ref: logicalId(s.stack, s.stack.storage.inbox.bucketName) },
         AVATAR_ARTIFACTS_BUCKET: { Ref: logicalId(s.stack, s.stack.storage.artifacts.bucketName) },
@@ -217,7 +220,6 @@ describe('job definitions', () => {
         TRANSFORMERS_OFFLINE: '1',
       });
     }
-    expect(env('caption').AVATAR_BASE_MODEL_KEY).toBeUndefined();
     expect(env('train').AVATAR_BASE_MODEL_KEY).toBe('models/sd15/v1-5-pruned-emaonly.safetensors');
     expect(env('evaluate').AVATAR_BASE_MODEL_KEY).toBe('models/sd15/v1-5-pruned-emaonly.safetensors');
   });
@@ -229,9 +231,20 @@ describe('job definitions', () => {
     }
   });
 
-  it('log with awslogs and give each stage its own job role', () => {
+  it('log with awslogs and give each GPU job its own job role', () => {
     const roles = jobDefs(s).map((d) => JSON.stringify(d.ContainerProperties.JobRoleArn));
-    expect(new Set(roles).size).toBe(3);
+    expect(new Set(roles).size).toBe(2);
     for (const def of jobDefs(s)) expect(def.ContainerProperties.LogConfiguration.LogDriver).toBe('awslogs');
   });
 });
+
+describe('warm path (minVcpus)', () => {
+  it('keeps the warm vCPUs in the first environment of the queue and none elsewhere', () => {
+    const warm = synth({ minVcpus: 4 });
+    const mins = Object.fromEntries(computeEnvs(warm).map((e) => [e.ComputeResources.Type, e.ComputeResources.MinvCpus]));
+    expect(mins).toEqual({ SPOT: 4, EC2: 0 });
+    const onDemandWarm = synth({ minVcpus: 4, spot: false });
+    expect(computeEnvs(onDemandWarm).map((e) => e.ComputeResources.MinvCpus)).toEqual([4]);
+  });
+});
+

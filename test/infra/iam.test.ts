@@ -50,17 +50,10 @@ describe('least-privilege S3 access', () => {
     });
   });
 
-  it('the caption job reads the normalized dataset, writes only caption/ and status.json', () => {
-    expect(s3Grants(s, s.stack.gpu.caption.container.jobRole!)).toEqual({
-      's3:GetObject': sorted([job(A, 'normalize/*'), job(A, 'status.json')]),
-      's3:PutObject': sorted([job(A, 'caption/*'), job(A, 'status.json')]),
-    });
-  });
-
-  it('the train job reads dataset, captions and models, reads and writes train/, prunes only its old state', () => {
+  it('the caption+train job reads dataset, captions and models, writes caption/ and train/, prunes only its old state', () => {
     expect(s3Grants(s, s.stack.gpu.train.container.jobRole!)).toEqual({
       's3:GetObject': sorted([job(A, 'normalize/*'), job(A, 'caption/*'), `${A}/models/*`, job(A, 'train/*'), job(A, 'status.json')]),
-      's3:PutObject': sorted([job(A, 'train/*'), job(A, 'status.json')]),
+      's3:PutObject': sorted([job(A, 'caption/*'), job(A, 'train/*'), job(A, 'status.json')]),
       's3:DeleteObject': [job(A, 'train/state/*')],
       's3:ListBucket': [A],
     });
@@ -81,7 +74,7 @@ describe('least-privilege S3 access', () => {
   });
 
   it('no GPU job can read the inbox', () => {
-    for (const stage of ['caption', 'train', 'evaluate'] as const) {
+    for (const stage of ['train', 'evaluate'] as const) {
       const grants = Object.values(s3Grants(s, s.stack.gpu[stage].container.jobRole!)).flat();
       expect(grants.filter((r) => r.startsWith(I))).toEqual([]);
     }
@@ -103,7 +96,7 @@ describe('least-privilege S3 access', () => {
 describe('batch roles', () => {
   it('the execution role only pulls images and writes logs', () => {
     const role = s.stack.gpu.train.container.executionRole;
-    expect(s.stack.gpu.caption.container.executionRole).toBe(role);
+    expect(s.stack.gpu.evaluate.container.executionRole).toBe(role);
     const actions = statementsOf(s, role).flatMap(actionsOf);
     expect(actions.filter((a) => !a.startsWith('ecr:') && !a.startsWith('logs:'))).toEqual([]);
     expect(actions).toContain('ecr:BatchGetImage');
