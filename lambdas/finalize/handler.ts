@@ -10,12 +10,13 @@ import { type Manifest, ManifestSchema, STAGES } from '../shared/contract';
 import { requireEnv } from '../shared/env';
 import { type StageContext, stageHandler } from '../shared/handler';
 import { jobPrefix, keys } from '../shared/keys';
+import { LAYOUT } from '../shared/layout';
 import { mapLimit } from '../shared/pool';
 import { listAll, putJson } from '../shared/s3';
 import { writeStatus } from '../shared/status';
 
 /** Stage outputs handed out; training state is internal (resume after Spot) and stays private. */
-const PRIVATE = [/^train\/state\//];
+const PRIVATE = [LAYOUT.trainState];
 const HASH_CONCURRENCY = 4;
 
 export interface FinalizeOptions {
@@ -40,7 +41,7 @@ export async function finalize(ctx: StageContext, options: FinalizeOptions): Pro
   const stageDirs = new Set<string>(STAGES);
   const objects = (await listAll(ctx.s3, ctx.artifactsBucket, prefix))
     .map((o) => ({ ...o, name: o.key.slice(prefix.length) }))
-    .filter((o) => stageDirs.has(o.name.split('/')[0]) && !PRIVATE.some((p) => p.test(o.name)))
+    .filter((o) => stageDirs.has(o.name.split('/')[0]) && !PRIVATE.some((p) => o.name.startsWith(p)))
     .sort((a, b) => a.name.localeCompare(b.name));
 
   const created = ctx.now();

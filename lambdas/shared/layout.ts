@@ -1,0 +1,146 @@
+/**
+ * The S3 key layout, defined once: every key a stage reads or writes, as a template. The Lambdas
+ * build keys from it (keys.ts), the stack derives its IAM key patterns from it (access.ts), and the
+ * GPU containers read the same templates from the generated
+ * `containers/common/src/avatar_job/layout.json` (`npm run schema`; a test fails when it is stale).
+ *
+ * Templates name their variable parts `{name}`; `{epoch:06d}` is zero-padded to six digits (Python's
+ * `str.format` reads the same spec). Keys are relative to the job prefix unless the entry says
+ * otherwise; a template ending in `/` is a folder.
+ */
+import type { Stage } from './contract';
+
+/** The folder each stage writes under, inside the job prefix: the stage's name. */
+const dir = <S extends Exclude<Stage, 'finalize'>>(stage: S) => `${stage}/` as const;
+
+const VALIDATE = dir('validate');
+const NORMALIZE = dir('normalize');
+const CAPTION = dir('caption');
+const TRAIN = dir('train');
+const EVALUATE = dir('evaluate');
+
+export const LAYOUT = {
+  /** Bucket-level: everything of one team (both buckets). */
+  teamPrefix: 'teams/{teamId}/',
+  /** Bucket-level: one job's folder in both buckets; every other job key is relative to it. */
+  jobPrefix: 'teams/{teamId}/jobs/{jobId}/',
+  /** Bucket-level (artifacts): base models the operator uploads. */
+  models: 'models/',
+
+  /** Inbox: the job spec, uploaded last; its arrival starts the job. */
+  spec: 'job.json',
+  /** Inbox: the customer's photos. */
+  photos: 'photos/',
+  photo: 'photos/{name}',
+
+  /** Artifacts: rewritten at every transition by the stage that runs. */
+  status: 'status.json',
+  /** Artifacts: written by finalize, with presigned URLs of the results. */
+  manifest: 'manifest.json',
+
+  validate: VALIDATE,
+  validateReport: `${VALIDATE}report.json`,
+  contactSheet: `${VALIDATE}contact-sheet.png`,
+  /** Each accepted photo's dataset crop, so normalize copies instead of decoding again. */
+  crops: `${VALIDATE}crops/`,
+  crop: `${VALIDATE}crops/{name}`,
+
+  normalize: NORMALIZE,
+  /** kohya's `<repeats>_<token>` dataset folder: images and user captions. */
+  datasetFolder: `${NORMALIZE}{folder}/`,
+  datasetFile: `${NORMALIZE}{folder}/{name}`,
+  /** The training plan and resolved spec the GPU containers read; written last by normalize. */
+  plan: `${NORMALIZE}plan.json`,
+
+  caption: CAPTION,
+  captionFolder: `${CAPTION}{folder}/`,
+  captionFile: `${CAPTION}{folder}/{stem}.txt`,
+  /** Every caption of the job; written last by the caption stage. */
+  captions: `${CAPTION}captions.json`,
+
+  train: TRAIN,
+  /** kohya's checkpoint after each epoch but the last (`--save_every_n_epochs 1`). */
+  checkpoint: `${TRAIN}{name}-{epoch:06d}.safetensors`,
+  /** kohya's final LoRA, after the last epoch. */
+  finalModel: `${TRAIN}{name}.safetensors`,
+  /** The newest resume state (`--save_state`), read back after a Spot reclaim. */
+  trainState: `${TRAIN}state/`,
+  diary: `${TRAIN}diary.json`,
+  datasetToml: `${TRAIN}dataset.toml`,
+  configToml: `${TRAIN}config.toml`,
+
+  evaluate: EVALUATE,
+  grid: `${EVALUATE}grid.png`,
+  pack: `${EVALUATE}pack/`,
+  scores: `${EVALUATE}scores.json`,
+  report: `${EVALUATE}report.html`,
+} as const;
+
+export type LayoutEntry = keyof typeof LAYOUT;
+
+/** Entries that are bucket-level rather than relative to the job prefix. */
+export const BUCKET_LEVEL: readonly LayoutEntry[] = ['teamPrefix', 'jobPrefix', 'models'];
+
+const PLACEHOLDER = /\{([A-Za-z]+)(?::0(\d)d)?\}/g;
+
+/**
+ * Fills a template's `{placeholders}`. A value must be one plain path segment (no `/`, not `.` or
+ * `..`), so no caller can reach outside the folder a template names.
+ */
+export function fillKey(template: string, values: Readonly<Record<string, string | number>>): string {
+  return template.replace(PLACEHOLDER, (_, name: string, width?: string) => {
+    const value = values[name];
+    if (value === undefined) throw new Error(`key template ${template} needs {${name}}`);
+    const text = width ? String(value).padStart(Number(width), '0') : String(value);
+    if (text === '' || text === '.' || text === '..' || text.includes('/')) {
+      throw new Error(`{${name}} of key template ${template} must be one path segment, got "${text}"`);
+    }
+    return text;
+  });
+}
+
+/**
+ * The IAM/EventBridge wildcard pattern of a template: placeholders become `*`, and a folder
+ * (trailing `/`) covers everything under it.
+ */
+export function keyPattern(template: string): string {
+  const pattern = template.replace(PLACEHOLDER, '*');
+  return pattern.endsWith('/') ? `${pattern}*` : pattern;
+}
+
+/** A template as people read it in messages: `teams/<teamId>/jobs/<jobId>/job.json`. */
+export function keyHint(template: string): string {
+  return template.replace(PLACEHOLDER, '<$1>');
+}
+
+/**
+ * A regular expression matching keys of a template, capturing each placeholder by name (`{epoch:06d}`
+ * only as six digits). Placeholders match one path segment. With `rest`, the template is a prefix and
+ * whatever follows it is captured as `rest`.
+ */
+export function keyRegExp(template: string, { rest = false } = {}): RegExp {
+  let source = '';
+  let last = 0;
+  for (const m of template.matchAll(PLACEHOLDER)) {
+    source += escapeRegExp(template.slice(last, m.index)) + (m[2] ? `(?<${m[1]}>\\d{${m[2]}})` : `(?<${m[1]}>[^/]+)`);
+    last = m.index + m[0].length;
+  }
+  return new RegExp(`^${source}${escapeRegExp(template.slice(last))}${rest ? '(?<rest>.*)' : ''}$`);
+}
+
+function escapeRegExp(text: string): string {
+  return text.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+}
+
+/** The layout as the containers read it (`layout.json`): the templates and which are bucket-level. */
+export function layoutJson(): string {
+  const document = {
+    $comment: 'Generated from lambdas/shared/layout.ts by `npm run schema`; do not edit.',
+    bucketLevel: BUCKET_LEVEL,
+    templates: LAYOUT,
+  };
+  return `${JSON.stringify(document, null, 2)}\n`;
+}
+
+/** Where the generated layout is committed: beside the containers' shared job runtime. */
+export const LAYOUT_TARGETS = ['containers/common/src/avatar_job/layout.json'];
