@@ -1,4 +1,8 @@
 import { z } from 'zod';
+import { LAYOUT } from '../lambdas/shared/layout';
+
+/** The base model train and evaluate read unless the deployment names another (artifacts bucket). */
+export const DEFAULT_BASE_MODEL_KEY = `${LAYOUT.models}sd15/v1-5-pruned-emaonly.safetensors`;
 
 /** GPU instance families the Batch job definitions are sized for (one NVIDIA GPU, >= 16 GiB host memory). */
 export const SUPPORTED_GPU_FAMILIES = ['g5', 'g6', 'g6e'] as const;
@@ -66,8 +70,8 @@ export const AvatarConfigSchema = z
     /** Artifacts-bucket key of the base model the operator uploads (under `models/`). */
     baseModelKey: z
       .string()
-      .regex(/^models\/[A-Za-z0-9._\-/]+$/, { message: 'must be an artifacts-bucket key under models/' })
-      .default('models/sd15/v1-5-pruned-emaonly.safetensors'),
+      .regex(new RegExp(`^${LAYOUT.models}[A-Za-z0-9._\\-/]+$`), { message: `must be an artifacts-bucket key under ${LAYOUT.models}` })
+      .default(DEFAULT_BASE_MODEL_KEY),
   })
   .strict()
   .superRefine((config, ctx) => {

@@ -1,5 +1,5 @@
 import { beforeAll, describe, expect, it } from 'vitest';
-import { CONTAINER_STOP_TIMEOUT_S } from '../../infra/constructs/gpu-batch';
+import { CONTAINER_STOP_TIMEOUT_S } from '../../infra/constructs/gpu-compute';
 import { logicalId, resourcesOfType, synth, type Synthesized } from './helpers';
 
 let s: Synthesized;

@@ -1,4 +1,7 @@
+import type * as iam from 'aws-cdk-lib/aws-iam';
 import { beforeAll, describe, expect, it } from 'vitest';
+import { type AccessStage, stagePatterns } from '../../lambdas/shared/access';
+import { fillKey, LAYOUT, type LayoutEntry } from '../../lambdas/shared/layout';
 import { actionsOf, flatten, logicalId, resourcesOfType, s3Grants, statementsOf, synth, type Synthesized } from './helpers';
 
 let s: Synthesized;
@@ -109,5 +112,63 @@ describe('batch roles', () => {
     );
     expect(instanceRoles).toHaveLength(1);
     expect(JSON.stringify(instanceRoles[0]![1].Properties.ManagedPolicyArns)).toContain('service-role/AmazonEC2ContainerServiceforEC2Role');
+  });
+});
+
+describe('IAM key patterns derived from the key layout (lambdas/shared/access.ts)', () => {
+  const roles = (): Record<AccessStage, iam.IRole> => ({
+    start: s.stack.trigger.startFunction.executionRole,
+    validate: s.stack.functions.validate.executionRole,
+    normalize: s.stack.functions.normalize.executionRole,
+    finalize: s.stack.functions.finalize.executionRole,
+    'mark-failed': s.stack.functions.markFailed.executionRole,
+    reconcile: s.stack.functions.reconcile.executionRole,
+    caption: s.stack.gpu.caption.container.jobRole!,
+    train: s.stack.gpu.train.container.jobRole!,
+    evaluate: s.stack.gpu.evaluate.container.jobRole!,
+  });
+  const derived = (stage: AccessStage) => {
+    const grants: Record<string, string[]> = {};
+    for (const action of ['s3:GetObject', 's3:PutObject', 's3:DeleteObject'] as const) {
+      const resources = [
+        ...stagePatterns(stage, 'inbox', action).map((p) => `${I}/${p}`),
+        ...stagePatterns(stage, 'artifacts', action).map((p) => `${A}/${p}`),
+      ];
+      if (resources.length > 0) grants[action] = resources.sort();
+    }
+    return grants;
+  };
+
+  it.each(['start', 'validate', 'normalize', 'finalize', 'mark-failed', 'reconcile', 'caption', 'train', 'evaluate'] as const)(
+    'the %s role is granted exactly the object keys its access entry derives from the layout',
+    (stage) => {
+      const { 's3:ListBucket': _list, ...objects } = s3Grants(s, roles()[stage]);
+      expect(objects).toEqual(derived(stage));
+    },
+  );
+
+  // An IAM wildcard: `*` matches any run of characters, "/" included.
+  const matches = (pattern: string, key: string) =>
+    new RegExp(`^${pattern.split('*').map((p) => p.replace(/[.+?^${}()|[\]\\]/g, '\\$&')).join('.*')}$`).test(key);
+  const sample = { teamId: 'team-a', jobId: 'job-1', name: 'ohwx', folder: '10_ohwx', stem: 'ohwx-01', epoch: 3 };
+  const writers = ['validate', 'normalize', 'caption', 'train', 'evaluate'] as const;
+
+  it('every key under a stage folder is writable by that stage and by no other stage', () => {
+    const entries = (Object.keys(LAYOUT) as LayoutEntry[]).filter((e) => writers.some((w) => LAYOUT[e].startsWith(LAYOUT[w])));
+    expect(entries).toEqual(expect.arrayContaining(['plan', 'captions', 'checkpoint', 'finalModel', 'trainState', 'scores', 'report']));
+    for (const entry of entries) {
+      const key = fillKey(LAYOUT.jobPrefix + LAYOUT[entry], sample) + (LAYOUT[entry].endsWith('/') ? 'x' : '');
+      const owners = writers.filter((w) => stagePatterns(w, 'artifacts', 's3:PutObject').some((p) => matches(p, key)));
+      expect({ entry, owners }).toEqual({ entry, owners: [LAYOUT[entry].split('/')[0]] });
+    }
+  });
+
+  it('status.json is writable by every stage, the manifest only by finalize', () => {
+    const status = fillKey(LAYOUT.jobPrefix + LAYOUT.status, sample);
+    const manifest = fillKey(LAYOUT.jobPrefix + LAYOUT.manifest, sample);
+    for (const stage of Object.keys(roles()) as AccessStage[]) {
+      expect(stagePatterns(stage, 'artifacts', 's3:PutObject').some((p) => matches(p, status))).toBe(true);
+      expect(stagePatterns(stage, 'artifacts', 's3:PutObject').some((p) => matches(p, manifest))).toBe(stage === 'finalize');
+    }
   });
 });
