@@ -31,7 +31,7 @@ export const jobKey = (entry: LayoutEntry): string => `${LAYOUT.jobPrefix}${LAYO
 const JOB_ALL = LAYOUT.jobPrefix;
 
 /** The `s3:prefix` a listing role is limited to: the teams' folders, `teams/*`. */
-export const LIST_PREFIX = keyPattern(LAYOUT.teamPrefix.slice(0, LAYOUT.teamPrefix.indexOf('{')));
+export const LIST_PREFIX = keyPattern(LAYOUT.teams);
 
 /** The job prefix as IAM sees it, `teams/*\/jobs/*` (no trailing slash). */
 export const JOB_PREFIX_PATTERN = keyPattern(LAYOUT.jobPrefix).replace(/\/\*$/, '');

@@ -17,7 +17,7 @@ export function jobPrefix({ teamId, jobId }: JobRef): string {
 }
 
 /** The key of a job-relative layout entry, its placeholders filled from `values`. */
-export function jobKey(job: JobRef, entry: Exclude<LayoutEntry, 'teamPrefix' | 'jobPrefix' | 'models'>, values: Record<string, string | number> = {}): string {
+export function jobKey(job: JobRef, entry: Exclude<LayoutEntry, 'teams' | 'teamPrefix' | 'jobPrefix' | 'models'>, values: Record<string, string | number> = {}): string {
   return jobPrefix(job) + fillKey(LAYOUT[entry], values);
 }
 

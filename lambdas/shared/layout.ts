@@ -19,11 +19,15 @@ const CAPTION = dir('caption');
 const TRAIN = dir('train');
 const EVALUATE = dir('evaluate');
 
+const TEAMS = 'teams/';
+
 export const LAYOUT = {
+  /** Bucket-level: every team's data (both buckets); lifecycle rules and listing stay inside it. */
+  teams: TEAMS,
   /** Bucket-level: everything of one team (both buckets). */
-  teamPrefix: 'teams/{teamId}/',
+  teamPrefix: `${TEAMS}{teamId}/`,
   /** Bucket-level: one job's folder in both buckets; every other job key is relative to it. */
-  jobPrefix: 'teams/{teamId}/jobs/{jobId}/',
+  jobPrefix: `${TEAMS}{teamId}/jobs/{jobId}/`,
   /** Bucket-level (artifacts): base models the operator uploads. */
   models: 'models/',
 
@@ -65,6 +69,8 @@ export const LAYOUT = {
   finalModel: `${TRAIN}{name}.safetensors`,
   /** The newest resume state (`--save_state`), read back after a Spot reclaim. */
   trainState: `${TRAIN}state/`,
+  /** One saved state: kohya's `<name>-NNNNNN-state` folder after an epoch. */
+  trainStateFolder: `${TRAIN}state/{name}-{epoch:06d}-state/`,
   diary: `${TRAIN}diary.json`,
   datasetToml: `${TRAIN}dataset.toml`,
   configToml: `${TRAIN}config.toml`,
@@ -79,7 +85,7 @@ export const LAYOUT = {
 export type LayoutEntry = keyof typeof LAYOUT;
 
 /** Entries that are bucket-level rather than relative to the job prefix. */
-export const BUCKET_LEVEL: readonly LayoutEntry[] = ['teamPrefix', 'jobPrefix', 'models'];
+export const BUCKET_LEVEL: readonly LayoutEntry[] = ['teams', 'teamPrefix', 'jobPrefix', 'models'];
 
 const PLACEHOLDER = /\{([A-Za-z]+)(?::0(\d)d)?\}/g;
 

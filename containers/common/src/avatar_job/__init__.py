@@ -18,6 +18,8 @@ from typing import Any, Callable
 import boto3
 import jsonschema
 
+from . import layout
+
 SCHEMA_PATH = Path(__file__).with_name("contract.schema.json")
 STATUS_THROTTLE_S = 15.0
 
@@ -78,7 +80,7 @@ class Job:
 
     @property
     def prefix(self) -> str:
-        return f"teams/{self.team_id}/jobs/{self.job_id}/"
+        return layout.job_prefix(self.team_id, self.job_id)
 
     def key(self, rel: str) -> str:
         return self.prefix + rel
@@ -112,14 +114,14 @@ class Job:
         return out
 
     def load_plan(self) -> dict:
-        raw = self.get_bytes("normalize/plan.json")
+        raw = self.get_bytes(layout.PLAN)
         try:
             plan = json.loads(raw)
         except json.JSONDecodeError as e:
-            raise StageError("INVALID_DATASETPLAN", f"normalize/plan.json is not JSON ({e}); rerun the normalize stage", "normalize/plan.json")
-        validate("DatasetPlan", plan, "normalize/plan.json")
+            raise StageError("INVALID_DATASETPLAN", f"{layout.PLAN} is not JSON ({e}); rerun the normalize stage", layout.PLAN)
+        validate("DatasetPlan", plan, layout.PLAN)
         if (plan["teamId"], plan["jobId"]) != (self.team_id, self.job_id):
-            raise StageError("INVALID_DATASETPLAN", f"plan.json belongs to {plan['teamId']}/{plan['jobId']}, not this job", "normalize/plan.json")
+            raise StageError("INVALID_DATASETPLAN", f"plan.json belongs to {plan['teamId']}/{plan['jobId']}, not this job", layout.PLAN)
         plan.setdefault("userCaptions", [])
         return plan
 
@@ -135,14 +137,14 @@ class Status:
         self.last_write = -math.inf
         self.created_at = now()
         try:
-            existing = json.loads(job.get_bytes("status.json"))
+            existing = json.loads(job.get_bytes(layout.STATUS))
             self.created_at = existing.get("createdAt") or self.created_at
         except (StageError, json.JSONDecodeError):
             pass
 
     def _write(self, doc: dict) -> None:
-        validate("Status", doc, "status.json")
-        self.job.put_json("status.json", doc)
+        validate("Status", doc, layout.STATUS)
+        self.job.put_json(layout.STATUS, doc)
         self.last_write = self.clock()
 
     def _base(self, state: str) -> dict:
