@@ -69,8 +69,13 @@ export const LAYOUT = {
   finalModel: `${TRAIN}{name}.safetensors`,
   /** The newest resume state (`--save_state`), read back after a Spot reclaim. */
   trainState: `${TRAIN}state/`,
-  /** One saved state: kohya's `<name>-NNNNNN-state` folder after an epoch. */
-  trainStateFolder: `${TRAIN}state/{name}-{epoch:06d}-state/`,
+  /** One published state: kohya's state folder (`stateName`/`finalStateName`) and its files. */
+  statePrefix: `${TRAIN}state/{state}/`,
+  /** Written last, once the state's upload is verified: only a state with one is resumed from. */
+  stateManifest: `${TRAIN}state/{state}/.complete.json`,
+  /** kohya's state folder names (not keys): after epoch NNNNNN, and after the last epoch. */
+  stateName: '{name}-{epoch:06d}-state',
+  finalStateName: '{name}-state',
   diary: `${TRAIN}diary.json`,
   datasetToml: `${TRAIN}dataset.toml`,
   configToml: `${TRAIN}config.toml`,

@@ -8,7 +8,7 @@ import { fillKey, keyHint, keyPattern, keyRegExp, LAYOUT, LAYOUT_TARGETS, type L
 
 const root = join(__dirname, '..', '..');
 const job = { teamId: 'team-a', jobId: 'job-1' };
-const sample = { ...job, name: 'ohwx', folder: '10_ohwx', stem: 'ohwx-01', epoch: 7 };
+const sample = { ...job, name: 'ohwx', folder: '10_ohwx', stem: 'ohwx-01', epoch: 7, state: 'ohwx-000002-state' };
 const entries = Object.keys(LAYOUT) as LayoutEntry[];
 
 describe('generated key layout for the containers', () => {
@@ -76,6 +76,8 @@ print(json.dumps({k: layout.fill(t, **values) for k, t in layout.TEMPLATES.items
     const out = python(`print(json.dumps({
   "checkpoint": layout.checkpoint("ohwx", 7), "final": layout.final_model("ohwx"),
   "epochs": [layout.checkpoint_epoch("ohwx", f, 10) for f in ["ohwx-000007.safetensors", "ohwx.safetensors", "other-000007.safetensors", "ohwx-7.safetensors"]],
+  "states": [layout.state_epoch("ohwx", f, 10) for f in ["ohwx-000002-state", "ohwx-state", "ohwx-000002", "other-state"]],
+  "manifest": layout.state_manifest("ohwx-state"),
   "plan": layout.PLAN, "state": layout.TRAIN_STATE, "captions": layout.CAPTIONS, "dataset": layout.dataset_file("10_ohwx", "a.png"),
 }))
 try:
@@ -88,6 +90,8 @@ except ValueError as e:
       checkpoint: fillKey(LAYOUT.checkpoint, sample),
       final: fillKey(LAYOUT.finalModel, sample),
       epochs: [7, 10, null, null],
+      states: [2, 10, null, null],
+      manifest: fillKey(LAYOUT.stateManifest, { state: 'ohwx-state' }),
       plan: LAYOUT.plan,
       state: LAYOUT.trainState,
       captions: LAYOUT.captions,

@@ -96,3 +96,20 @@ def checkpoint_epoch(name: str, file: str, epochs: int) -> int | None:
         return epochs
     m = regex(file_name(TEMPLATES["checkpoint"])).fullmatch(file)
     return int(m["epoch"]) if m and m["name"] == name else None
+
+
+def state_prefix(state: str) -> str:
+    """Where one of kohya's state folders is published (its files under it, the manifest last)."""
+    return fill(TEMPLATES["statePrefix"], state=state)
+
+
+def state_manifest(state: str) -> str:
+    return fill(TEMPLATES["stateManifest"], state=state)
+
+
+def state_epoch(name: str, folder: str, epochs: int) -> int | None:
+    """The epoch of a state folder kohya wrote for output `name` (the final one: `epochs`), else None."""
+    if folder == fill(TEMPLATES["finalStateName"], name=name):
+        return epochs
+    m = regex(TEMPLATES["stateName"]).fullmatch(folder)
+    return int(m["epoch"]) if m and m["name"] == name else None
