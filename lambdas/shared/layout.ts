@@ -81,8 +81,16 @@ export const LAYOUT = {
   configToml: `${TRAIN}config.toml`,
 
   evaluate: EVALUATE,
+  /** The X/Y grid (numbered `grid-<i>.png` when there are several prompts), and the base model alone. */
   grid: `${EVALUATE}grid.png`,
+  base: `${EVALUATE}base.png`,
+  /** Each grid cell's own image. */
+  cells: `${EVALUATE}cells/`,
+  cell: `${EVALUATE}cells/{file}`,
+  /** The avatar pack at the recommended checkpoint and strength, and its contact sheet. */
   pack: `${EVALUATE}pack/`,
+  packImage: `${EVALUATE}pack/{file}`,
+  packSheet: `${EVALUATE}pack.png`,
   scores: `${EVALUATE}scores.json`,
   report: `${EVALUATE}report.html`,
 } as const;

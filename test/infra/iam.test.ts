@@ -150,7 +150,7 @@ describe('IAM key patterns derived from the key layout (lambdas/shared/access.ts
   // An IAM wildcard: `*` matches any run of characters, "/" included.
   const matches = (pattern: string, key: string) =>
     new RegExp(`^${pattern.split('*').map((p) => p.replace(/[.+?^${}()|[\]\\]/g, '\\$&')).join('.*')}$`).test(key);
-  const sample = { teamId: 'team-a', jobId: 'job-1', name: 'ohwx', folder: '10_ohwx', stem: 'ohwx-01', epoch: 3, state: 'ohwx-state' };
+  const sample = { teamId: 'team-a', jobId: 'job-1', name: 'ohwx', folder: '10_ohwx', stem: 'ohwx-01', epoch: 3, state: 'ohwx-state', file: 'ohwx-01-seed1.png' };
   const writers = ['validate', 'normalize', 'caption', 'train', 'evaluate'] as const;
 
   it('every key under a stage folder is writable by that stage and by no other stage', () => {

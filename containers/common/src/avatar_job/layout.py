@@ -30,7 +30,9 @@ DATASET_TOML = TEMPLATES["datasetToml"]
 CONFIG_TOML = TEMPLATES["configToml"]
 EVALUATE = TEMPLATES["evaluate"]
 GRID = TEMPLATES["grid"]
+BASE = TEMPLATES["base"]
 PACK = TEMPLATES["pack"]
+PACK_SHEET = TEMPLATES["packSheet"]
 SCORES = TEMPLATES["scores"]
 REPORT = TEMPLATES["report"]
 
@@ -113,3 +115,12 @@ def state_epoch(name: str, folder: str, epochs: int) -> int | None:
         return epochs
     m = regex(TEMPLATES["stateName"]).fullmatch(folder)
     return int(m["epoch"]) if m and m["name"] == name else None
+
+
+def cell(file: str) -> str:
+    """One grid cell's image under evaluate/."""
+    return fill(TEMPLATES["cell"], file=file)
+
+
+def pack_image(file: str) -> str:
+    return fill(TEMPLATES["packImage"], file=file)
