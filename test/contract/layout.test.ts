@@ -74,7 +74,7 @@ print(json.dumps({k: layout.fill(t, **values) for k, t in layout.TEMPLATES.items
 
   it('names checkpoints, reads their epochs back and refuses traversal like the TypeScript side', () => {
     const out = python(`print(json.dumps({
-  "checkpoint": layout.checkpoint("ohwx", 7), "final": layout.final_model("ohwx"),
+  "checkpoint": layout.checkpoint("ohwx", 7), "final": layout.final_model("ohwx"), "all": layout.checkpoints("ohwx", 3),
   "epochs": [layout.checkpoint_epoch("ohwx", f, 10) for f in ["ohwx-000007.safetensors", "ohwx.safetensors", "other-000007.safetensors", "ohwx-7.safetensors"]],
   "states": [layout.state_epoch("ohwx", f, 10) for f in ["ohwx-000002-state", "ohwx-state", "ohwx-000002", "other-state"]],
   "manifest": layout.state_manifest("ohwx-state"),
@@ -89,6 +89,7 @@ except ValueError as e:
     expect(JSON.parse(doc!)).toEqual({
       checkpoint: fillKey(LAYOUT.checkpoint, sample),
       final: fillKey(LAYOUT.finalModel, sample),
+      all: ['train/ohwx-000001.safetensors', 'train/ohwx-000002.safetensors', 'train/ohwx.safetensors'],
       epochs: [7, 10, null, null],
       states: [2, 10, null, null],
       manifest: fillKey(LAYOUT.stateManifest, { state: 'ohwx-state' }),

@@ -124,3 +124,8 @@ def cell(file: str) -> str:
 
 def pack_image(file: str) -> str:
     return fill(TEMPLATES["packImage"], file=file)
+
+
+def checkpoints(name: str, epochs: int) -> list[str]:
+    """Every checkpoint key kohya's run of `epochs` epochs writes, in epoch order, the final one last."""
+    return [checkpoint(name, e) for e in range(1, epochs)] + [final_model(name)]
