@@ -25,7 +25,7 @@ export function grantStageAccess(grantee: iam.Role, buckets: StageBuckets, stage
     if ('list' in grant) {
       grantList(grantee, buckets[grant.list], [LIST_PREFIX]);
     } else {
-      grantObjects(grantee, buckets[grant.bucket], grant.actions, grant.keys.map(keyPattern), grant.why);
+      grantObjects(grantee, buckets[grant.bucket], grant.actions, grant.keys.map((key) => keyPattern(key)), grant.why);
     }
   }
 }

@@ -103,5 +103,5 @@ export type AccessStage = keyof typeof STAGE_ACCESS;
 export function stagePatterns(stage: AccessStage, bucket: AccessBucket, action: ObjectAction): string[] {
   return (STAGE_ACCESS[stage] as readonly Grant[])
     .filter((g): g is ObjectGrant => 'bucket' in g && g.bucket === bucket && g.actions.includes(action))
-    .flatMap((g) => g.keys.map(keyPattern));
+    .flatMap((g) => g.keys.map((key) => keyPattern(key)));
 }

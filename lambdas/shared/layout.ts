@@ -119,11 +119,12 @@ export function fillKey(template: string, values: Readonly<Record<string, string
 }
 
 /**
- * The IAM/EventBridge wildcard pattern of a template: placeholders become `*`, and a folder
- * (trailing `/`) covers everything under it.
+ * The IAM/EventBridge wildcard pattern of a template: placeholders become `*` (or their value, when
+ * `values` has one: a job-scoped policy), and a folder (trailing `/`) covers everything under it.
  */
-export function keyPattern(template: string): string {
-  const pattern = template.replace(PLACEHOLDER, '*');
+export function keyPattern(template: string, values: Readonly<Record<string, string>> = {}): string {
+  const filled = template.replace(PLACEHOLDER, (whole, name: string) => (values[name] === undefined ? whole : fillKey(whole, values)));
+  const pattern = filled.replace(PLACEHOLDER, '*');
   return pattern.endsWith('/') ? `${pattern}*` : pattern;
 }
 

@@ -39,6 +39,8 @@ describe('key templates', () => {
   it('turn into IAM patterns and messages', () => {
     expect(keyPattern(accessKey('trainState'))).toBe('teams/*/jobs/*/train/state/*');
     expect(keyPattern(accessKey('checkpoint'))).toBe('teams/*/jobs/*/train/*-*.safetensors');
+    expect(keyPattern(accessKey('trainState'), job)).toBe('teams/team-a/jobs/job-1/train/state/*');
+    expect(() => keyPattern(LAYOUT.jobPrefix, { teamId: '*', jobId: '..' })).toThrow(/one path segment/);
     expect(keyHint(LAYOUT.jobPrefix + LAYOUT.spec)).toBe('teams/<teamId>/jobs/<jobId>/job.json');
   });
 
