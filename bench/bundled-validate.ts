@@ -14,10 +14,10 @@ import { parseArgs } from 'node:util';
 import { buildSync } from 'esbuild';
 import { keys } from '../lambdas/shared/keys';
 import { getJson } from '../lambdas/shared/s3';
-import { ReportSchema } from '../lambdas/intake/report';
+import { ReportSchema } from '../lambdas/validate/report';
 import { buildCorpus } from '../test/fixtures/photos/build';
 import { LOCAL_CREDENTIALS, LOCAL_REGION, startMoto } from '../scripts/local/moto';
-import { ARTIFACTS, INBOX, context, uploadJob } from '../test/lambdas/intake-fixtures';
+import { ARTIFACTS, INBOX, context, uploadJob } from '../test/lambdas/validate-fixtures';
 
 const ROOT = join(__dirname, '..');
 /** The validate function's nodeModules (infra/constructs/stage-functions.ts: DECODE_MODULES + FACE_MODULES). */
@@ -76,7 +76,7 @@ async function main(): Promise<void> {
         AWS_ACCESS_KEY_ID: LOCAL_CREDENTIALS.accessKeyId,
         AWS_SECRET_ACCESS_KEY: LOCAL_CREDENTIALS.secretAccessKey,
         AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: 'true',
-        INTAKE_CHARACTER_MIN: '3',
+        VALIDATE_CHARACTER_MIN: '3',
       },
     });
     const seconds = ((performance.now() - started) / 1000).toFixed(1);

@@ -10,9 +10,9 @@ import { join } from 'node:path';
 import * as ort from 'onnxruntime-node';
 import sharp from 'sharp';
 import type * as TfCore from '@tensorflow/tfjs-core';
-import { blazeFaceGraph, INPUT_NAME, INPUT_SIZE, modelInput } from '../lambdas/intake/blazeface';
-import { detectFacesHere } from '../lambdas/intake/faces';
-import { encodeModel } from '../lambdas/intake/onnx';
+import { blazeFaceGraph, INPUT_NAME, INPUT_SIZE, modelInput } from '../lambdas/validate/blazeface';
+import { detectFacesHere } from '../lambdas/validate/faces';
+import { encodeModel } from '../lambdas/validate/onnx';
 import { buildCorpus } from '../test/fixtures/photos/build';
 import { loadTfjsBlazeFace } from '../test/helpers/tfjs-blazeface';
 

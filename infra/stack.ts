@@ -7,6 +7,7 @@ import { GpuBatch } from './constructs/gpu-batch';
 import { Reconcile } from './constructs/reconcile';
 import { StageFunctions } from './constructs/stage-functions';
 import { Storage } from './constructs/storage';
+import { Teams } from './constructs/teams';
 import { Trigger } from './constructs/trigger';
 import { Workflow } from './constructs/workflow';
 
@@ -46,6 +47,8 @@ export class AvatarStack extends Stack {
   public readonly reconcile: Reconcile;
   /** Operator alarms. */
   public readonly alarms: Alarms;
+  /** Team registry table and the GPU fair-share policy. */
+  public readonly teams: Teams;
 
   constructor(scope: Construct, id: string, props: AvatarStackProps) {
     super(scope, id, props);
@@ -68,6 +71,9 @@ export class AvatarStack extends Stack {
       rootVolumeGiB: config.rootVolumeGiB,
       baseModelKey: config.baseModelKey,
     });
+
+    const teams = new Teams(this, 'Teams');
+    teams.attachTo(gpu.jobQueue, [gpu.caption, gpu.train, gpu.evaluate]);
 
     const functions = new StageFunctions(this, 'Stages', {
       inbox: storage.inbox,
@@ -106,11 +112,14 @@ export class AvatarStack extends Stack {
     this.trigger = trigger;
     this.reconcile = reconcile;
     this.alarms = alarms;
+    this.teams = teams;
 
     new CfnOutput(this, 'InboxBucketName', { value: storage.inbox.bucketName, description: 'Upload photos and job.json here' });
     new CfnOutput(this, 'ArtifactsBucketName', { value: storage.artifacts.bucketName, description: `Results; upload base models under ${LAYOUT.models}` });
     new CfnOutput(this, 'StateMachineArn', { value: workflow.stateMachine.stateMachineArn });
     new CfnOutput(this, 'DeadLetterQueueUrl', { value: trigger.deadLetterQueue.queueUrl });
     new CfnOutput(this, 'JobQueueArn', { value: gpu.jobQueue.jobQueueArn });
+    new CfnOutput(this, 'TeamsTableName', { value: teams.table.tableName, description: 'AVATAR_TEAMS_TABLE of npm run team' });
+    new CfnOutput(this, 'SchedulingPolicyArn', { value: teams.schedulingPolicy.schedulingPolicyArn, description: 'AVATAR_SCHEDULING_POLICY_ARN of npm run team' });
   }
 }

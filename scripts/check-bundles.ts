@@ -2,10 +2,14 @@
  * `tsx scripts/check-bundles.ts <cdk.out>`: checks the Lambda bundles a real `cdk synth` wrote.
  * Each zipped Lambda asset must stay under Lambda's 250 MB unzipped limit, and a shipped
  * onnxruntime-node must hold its linux-x64 runtime and nothing for other platforms (the bundling
- * hook in infra/constructs/lambda-function.ts prunes the rest). Prints one line per bundle.
+ * hook in infra/constructs/lambda-function.ts prunes the rest), and only validate's bundle may ship
+ * the image stack (sharp, heic-decode): normalize copies validate's crops. Prints one line per bundle.
  */
 import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import { join, relative } from 'node:path';
+
+/** Packages only the validate stage decodes photos with. */
+const IMAGE_MODULES = ['sharp', 'heic-decode'];
 
 /** Lambda's limit for a function's code, unzipped. */
 const LAMBDA_UNZIPPED_LIMIT = 250 * 1024 * 1024;
@@ -37,6 +41,8 @@ export function checkBundles(outDir: string): string[] {
       const bytes = sizeOf(dir);
       console.log(`${name}: ${(bytes / 1024 / 1024).toFixed(1)} MB unzipped`);
       if (bytes > LAMBDA_UNZIPPED_LIMIT) problems.push(`${name} is ${(bytes / 1024 / 1024).toFixed(0)} MB unzipped, over Lambda's 250 MB limit`);
+      const images = IMAGE_MODULES.filter((m) => existsSync(join(dir, 'node_modules', m)));
+      if (images.length && !name.includes('/Validate/')) problems.push(`${name} ships ${images.join(', ')}, which only the validate stage needs`);
       const ort = join(dir, 'node_modules', 'onnxruntime-node', 'bin');
       if (existsSync(ort)) {
         const binaries = filesUnder(ort).map((f) => relative(ort, f));

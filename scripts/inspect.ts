@@ -1,8 +1,8 @@
 /**
  * `npm run inspect -- <dir> [--kind character|style|object] [--token <t>] [--out <dir>] [--json]`
  *
- * The validate checks and normalize crops on a local folder, with no AWS: the same intake core the
- * Lambdas run, with the file system as the adapter. Prints a table (or the report as JSON); with
+ * The validate checks and crops on a local folder, with no AWS: the same photo checks the validate
+ * Lambda runs, with the file system as the adapter. Prints a table (or the report as JSON); with
  * --out writes report.json, contact-sheet.png and the cropped kohya dataset for review.
  * Exits 1 when too few photos are usable, 2 on bad arguments.
  */
@@ -10,9 +10,9 @@ import { mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'n
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { DEFAULT_CLASS_WORDS, describeIssues, JobSpecSchema, type Kind } from '../lambdas/shared/contract';
-import { runIntake, tooFewMessage, type PhotoSource } from '../lambdas/intake/analyze';
-import { configFromEnv } from '../lambdas/intake/config';
-import { cleanCaption } from '../lambdas/intake/render';
+import { checkPhotos, tooFewMessage, type PhotoSource } from '../lambdas/validate/analyze';
+import { configFromEnv } from '../lambdas/validate/config';
+import { cleanCaption } from '../lambdas/normalize/caption';
 
 async function main(): Promise<number> {
   const { values, positionals } = parseArgs({
@@ -42,7 +42,7 @@ async function main(): Promise<number> {
       return { file, bytes: statSync(join(dir, file)).size, ...(caption ? { caption } : {}), load: async () => readFileSync(join(dir, file)) };
     });
   const started = Date.now();
-  const { report, contactSheet, images } = await runIntake(sources, { teamId: 'local', jobId: 'inspect', spec, now: new Date() }, config);
+  const { report, contactSheet, images } = await checkPhotos(sources, { teamId: 'local', jobId: 'inspect', spec, now: new Date() }, config);
   const seconds = (Date.now() - started) / 1000;
 
   if (values.json) console.log(JSON.stringify(report, null, 2));
@@ -71,7 +71,7 @@ async function main(): Promise<number> {
   return 0;
 }
 
-function printTable(report: Awaited<ReturnType<typeof runIntake>>['report'], seconds: number): void {
+function printTable(report: Awaited<ReturnType<typeof checkPhotos>>['report'], seconds: number): void {
   const rows = report.photos.map((p) => ({
     file: p.file,
     result: p.code,

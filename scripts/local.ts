@@ -18,7 +18,7 @@ import { CreateStateMachineCommand, SFNClient } from '@aws-sdk/client-sfn';
 import { DEFAULT_CLASS_WORDS, type JobSpecInput, JobSpecSchema, KINDS, type Kind, describeIssues } from '../lambdas/shared/contract';
 import { keys, jobPrefix } from '../lambdas/shared/keys';
 import { getBytes, getJson, listAll, putBytes, putJson } from '../lambdas/shared/s3';
-import { ReportSchema } from '../lambdas/intake/report';
+import { ReportSchema } from '../lambdas/validate/report';
 import { readStatus } from '../lambdas/shared/status';
 import { start } from '../lambdas/start/handler';
 import { configureHandlers, LOCAL_CREDENTIALS, LOCAL_REGION, startMoto } from './local/moto';

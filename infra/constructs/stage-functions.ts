@@ -19,7 +19,7 @@ export interface StageFunctionsProps {
 
 /**
  * Packages shipped as files beside the bundle: sharp's linux-x64 native binary, and WASM modules
- * whose .wasm files and model weights are read from disk at run time (lambdas/intake).
+ * whose .wasm files and model weights are read from disk at run time (lambdas/validate).
  */
 const DECODE_MODULES = ['sharp', 'heic-decode'];
 // Face detection runs BlazeFace on ONNX Runtime's native CPU runtime; @vladmandic/human ships the
@@ -34,7 +34,7 @@ const FACE_MODULES = ['@vladmandic/human', 'onnxruntime-node'];
 export class StageFunctions extends Construct {
   /** Checks uploads and job.json; writes `validate/`. */
   public readonly validate: LambdaFunction;
-  /** Decodes, orients and crops photos; writes the dataset and plan under `normalize/`. */
+  /** Copies validate's crops and the user captions into kohya's layout; writes the dataset and plan under `normalize/`. */
   public readonly normalize: LambdaFunction;
   /** Writes `manifest.json` with presigned URLs of the results. */
   public readonly finalize: LambdaFunction;
@@ -62,7 +62,6 @@ export class StageFunctions extends Construct {
       memorySize: 2048,
       timeout: Duration.minutes(15),
       environment,
-      nodeModules: DECODE_MODULES,
     });
     grantStageAccess(this.normalize.executionRole, props, 'normalize');
 

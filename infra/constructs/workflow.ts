@@ -8,6 +8,7 @@ import * as tasks from 'aws-cdk-lib/aws-stepfunctions-tasks';
 import { Construct } from 'constructs';
 import { stageTimeout } from './gpu-batch';
 import { iam5ResourceFinding } from './nag';
+import { TeamBatchSubmitJob } from './team-batch-job';
 
 /** A Lambda step: the function and its own timeout, which sizes the state's timeout. */
 export type StepFunction = lambda.IFunction & { readonly timeout?: Duration };
@@ -210,7 +211,7 @@ export class Workflow extends Construct {
     role.addToPrincipalPolicy(new iam.PolicyStatement({ actions: ['batch:DescribeJobs'], resources: ['*'] }));
     Validations.of(role).acknowledge({
       id: 'AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:batch:<AWS::Region>:<AWS::AccountId>:job/*]',
-      reason: 'batch:TerminateJob stops the Batch job of a stopped or timed-out execution; job ARNs carry a random id known only after SubmitJob, so it is scoped to jobs of this account and region.',
+      reason: 'batch:TerminateJob stops the Batch job of a stopped or timed-out execution, and batch:TagResource tags (team, job, stage) a job at SubmitJob; job ARNs carry a random id known only after SubmitJob, so both are scoped to jobs of this account and region.',
     });
     for (const fn of [functions.validate, functions.normalize, functions.finalize, functions.markFailed]) {
       Validations.of(role).acknowledge({
@@ -226,26 +227,6 @@ export class Workflow extends Construct {
       id: 'AwsSolutions-IAM5[Resource::*]',
       reason: 'Execution logging (logs:*LogDelivery, PutResourcePolicy, Describe*), X-Ray tracing and batch:DescribeJobs (polled by the .sync Batch integration) support no resource-level permissions.',
     });
-  }
-}
-
-/**
- * A Batch run-job task with the state's own `TimeoutSeconds`. CDK maps `taskTimeout` of a
- * BatchSubmitJob to the job's attempt timeout (overriding the job definition's) and never writes
- * TimeoutSeconds, so the state timeout is added to the rendered state here.
- */
-class TimedBatchSubmitJob extends tasks.BatchSubmitJob {
-  constructor(
-    scope: Construct,
-    id: string,
-    private readonly stateTimeout: Duration,
-    props: tasks.BatchSubmitJobProps,
-  ) {
-    super(scope, id, props);
-  }
-
-  public override toStateJson(topLevelQueryLanguage?: sfn.QueryLanguage): object {
-    return { ...super.toStateJson(topLevelQueryLanguage), TimeoutSeconds: this.stateTimeout.toSeconds() };
   }
 }
 
@@ -299,10 +280,13 @@ function batchStep(
   name: string,
   jobQueue: batch.IJobQueue,
   jobDefinition: batch.IJobDefinition,
-  stage: string,
+  stage: 'caption' | 'train' | 'evaluate',
   timeout: Duration,
 ): tasks.BatchSubmitJob {
-  const task = new TimedBatchSubmitJob(scope, name, timeout, {
+  // The team's share identifier, stage priority and team/job/stage tags (see TeamBatchSubmitJob).
+  const task = new TeamBatchSubmitJob(scope, name, {
+    stage,
+    stateTimeout: timeout,
     jobName: batchJobName(stage),
     jobQueueArn: jobQueue.jobQueueArn,
     jobDefinitionArn: jobDefinition.jobDefinitionArn,

@@ -1,6 +1,7 @@
 /**
  * finalize: lists every artifact the stages wrote, hashes each (sha256, streamed), signs a short-lived
- * download URL for it, writes manifest.json, and marks the job succeeded.
+ * download URL for it, writes manifest.json (with evaluate's recommended checkpoint and strength), and
+ * marks the job succeeded.
  */
 import { createHash } from 'node:crypto';
 import type { Readable } from 'node:stream';
@@ -9,10 +10,10 @@ import { getSignedUrl } from '@aws-sdk/s3-request-presigner';
 import { type Manifest, ManifestSchema, STAGES } from '../shared/contract';
 import { requireEnv } from '../shared/env';
 import { type StageContext, stageHandler } from '../shared/handler';
-import { jobPrefix, keys } from '../shared/keys';
+import pMap from 'p-map';
+import { jobKey, jobPrefix, keys } from '../shared/keys';
 import { LAYOUT } from '../shared/layout';
-import { mapLimit } from '../shared/pool';
-import { listAll, putJson } from '../shared/s3';
+import { getJson, listAll, putJson } from '../shared/s3';
 import { writeStatus } from '../shared/status';
 
 /** Stage outputs handed out; training state is internal (resume after Spot) and stays private. */
@@ -26,6 +27,17 @@ export interface FinalizeOptions {
 export interface FinalizeResult {
   readonly manifestKey: string;
   readonly artifacts: number;
+}
+
+/** The evaluate stage's recommendation (evaluate/scores.json), trimmed to what a client acts on. */
+async function recommendation(ctx: StageContext): Promise<Manifest['recommendation']> {
+  const scores = (await getJson(ctx.s3, ctx.artifactsBucket, jobKey(ctx.job, 'scores'), 20_000_000)) as
+    | { recommendation?: Record<string, unknown> & { runnerUp?: Record<string, unknown> | null } }
+    | undefined;
+  const r = scores?.recommendation;
+  if (!r) return undefined;
+  const brief = (c: Record<string, unknown>) => ({ checkpoint: c.checkpoint, epoch: c.epoch, strength: c.strength, tag: c.tag });
+  return { ...brief(r), reason: r.reason, runnerUp: r.runnerUp ? brief(r.runnerUp) : null } as Manifest['recommendation'];
 }
 
 async function sha256(ctx: StageContext, key: string): Promise<string> {
@@ -45,7 +57,7 @@ export async function finalize(ctx: StageContext, options: FinalizeOptions): Pro
     .sort((a, b) => a.name.localeCompare(b.name));
 
   const created = ctx.now();
-  const artifacts = await mapLimit(objects, HASH_CONCURRENCY, async (o) => ({
+  const artifacts = await pMap(objects, async (o) => ({
     key: o.key,
     name: o.name,
     stage: o.name.split('/')[0],
@@ -54,12 +66,13 @@ export async function finalize(ctx: StageContext, options: FinalizeOptions): Pro
     url: await getSignedUrl(ctx.s3, new GetObjectCommand({ Bucket: ctx.artifactsBucket, Key: o.key }), {
       expiresIn: options.urlExpirySeconds,
     }),
-  }));
+  }), { concurrency: HASH_CONCURRENCY, stopOnError: true });
   const manifest: Manifest = ManifestSchema.parse({
     ...ctx.job,
     createdAt: created.toISOString(),
     urlExpiresAt: new Date(created.getTime() + options.urlExpirySeconds * 1000).toISOString(),
     artifacts,
+    recommendation: await recommendation(ctx),
   });
   const manifestKey = keys.manifest(ctx.job);
   await putJson(ctx.s3, ctx.artifactsBucket, manifestKey, manifest);
@@ -72,4 +85,4 @@ export async function finalize(ctx: StageContext, options: FinalizeOptions): Pro
   return { manifestKey, artifacts: artifacts.length };
 }
 
-export const handler = stageHandler((ctx) => finalize(ctx, { urlExpirySeconds: Number(requireEnv('URL_EXPIRY_SECONDS')) }));
+export const handler = stageHandler('finalize', (ctx) => finalize(ctx, { urlExpirySeconds: Number(requireEnv('URL_EXPIRY_SECONDS')) }));

@@ -12,10 +12,9 @@ import type { StageContext } from '../shared/handler';
 import { keys } from '../shared/keys';
 import { getBytes, getValidJson, putBytes, putJson } from '../shared/s3';
 import { writeStatus } from '../shared/status';
-import { configFromEnv, type IntakeConfig } from '../intake/config';
-import { mapLimit } from '../shared/pool';
-import { cleanCaption } from '../intake/render';
-import { cropKey, ReportSchema } from '../intake/report';
+import pMap from 'p-map';
+import { cleanCaption } from './caption';
+import { cropKey, ReportSchema } from '../validate/report';
 
 /** What the state machine passes on to the caption stage. */
 export interface NormalizeResult {
@@ -28,7 +27,7 @@ const MAX_CAPTION_BYTES = 4096;
 /** Copies are server-side and small: many can run at once. */
 const COPIES_IN_FLIGHT = 8;
 
-export async function normalize(ctx: StageContext, config: IntakeConfig = configFromEnv()): Promise<NormalizeResult> {
+export async function normalize(ctx: StageContext): Promise<NormalizeResult> {
   const { s3, job } = ctx;
   await writeStatus(s3, ctx.artifactsBucket, job, { state: 'running', stage: 'normalize', progress: { fraction: 0, message: 'assembling the dataset' } }, ctx.now());
   const spec = await getValidJson(s3, ctx.inboxBucket, keys.spec(job), JobSpecSchema);
@@ -40,14 +39,14 @@ export async function normalize(ctx: StageContext, config: IntakeConfig = config
   const accepted = report.photos.filter((p) => p.status === 'accepted');
   const prefix = keys.photosPrefix(job);
 
-  const written = await mapLimit(accepted, Math.max(config.concurrency, COPIES_IN_FLIGHT), async (photo) => {
+  const written = await pMap(accepted, async (photo) => {
     await copyObject(s3, ctx.artifactsBucket, cropKey(job, photo.output!), keys.datasetFile(job, plan.folder, photo.output!));
     if (!photo.caption) return { image: photo.output!, captioned: false };
     const text = cleanCaption(await getBytes(s3, ctx.inboxBucket, `${prefix}${photo.caption}`, MAX_CAPTION_BYTES));
     if (!text) return { image: photo.output!, captioned: false };
     await putBytes(s3, ctx.artifactsBucket, keys.datasetFile(job, plan.folder, photo.output!.replace(/\.png$/, '.txt')), `${text}\n`, 'text/plain; charset=utf-8');
     return { image: photo.output!, captioned: true };
-  });
+  }, { concurrency: COPIES_IN_FLIGHT, stopOnError: true });
 
   const datasetPlan: DatasetPlan = DatasetPlanSchema.parse({
     teamId: job.teamId,

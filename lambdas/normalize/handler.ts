@@ -2,4 +2,4 @@
 import { stageHandler } from '../shared/handler';
 import { normalize } from './core';
 
-export const handler = stageHandler((ctx) => normalize(ctx));
+export const handler = stageHandler('normalize', (ctx) => normalize(ctx));

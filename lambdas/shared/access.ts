@@ -58,7 +58,7 @@ export const STAGE_ACCESS = {
     status(STATUS_REASON),
   ],
   normalize: [
-    { bucket: 'inbox', actions: ['s3:GetObject'], keys: [JOB_ALL], why: 'normalize reads the accepted photos of the job' },
+    { bucket: 'inbox', actions: ['s3:GetObject'], keys: [JOB_ALL], why: 'normalize reads the user captions uploaded beside the photos of the job' },
     { bucket: 'artifacts', actions: ['s3:GetObject'], keys: [jobKey('validate')], why: 'normalize reads the validate report of the job' },
     { bucket: 'artifacts', actions: ['s3:PutObject'], keys: [jobKey('normalize')], why: 'normalize writes the dataset and plan of the job' },
     status(STATUS_REASON),
@@ -91,7 +91,18 @@ export const STAGE_ACCESS = {
   ],
   evaluate: [
     status(GPU_STATUS_REASON),
-    { bucket: 'artifacts', actions: ['s3:GetObject'], keys: [jobKey('train'), jobKey('plan')], why: 'evaluate reads the checkpoints and plan of the job' },
+    {
+      bucket: 'artifacts',
+      actions: ['s3:GetObject'],
+      keys: [jobKey('train'), jobKey('normalize')],
+      why: 'evaluate reads the checkpoints, train diary, plan and training photos (likeness, near-copies) of the job',
+    },
+    {
+      bucket: 'artifacts',
+      actions: ['s3:GetObject'],
+      keys: [jobKey('contactSheet'), jobKey('captions')],
+      why: 'evaluate shows the intake contact sheet and the captions in report.html',
+    },
     models('evaluate'),
     { bucket: 'artifacts', actions: ['s3:PutObject'], keys: [jobKey('evaluate')], why: 'evaluate writes its grid, image pack and scores under the job' },
   ],

@@ -1,10 +1,10 @@
 /**
  * The job contract: the single source of truth for what a client uploads (`job.json`), what the
- * intake stages hand to the GPU containers (`normalize/plan.json`), and what every stage reports
+ * validate and normalize stages hand to the GPU containers (`normalize/plan.json`), and what every stage reports
  * (`status.json`, `manifest.json`). The containers validate against the JSON Schema generated from
  * this file (`npm run schema`); a test fails when the generated file is stale.
  *
- * Defaults come from ../shared/docs/recipe.md; every number is a per-job option with bounds.
+ * Defaults and their reasons: docs/training.md; every number is a per-job option with bounds.
  */
 import { z } from 'zod';
 
@@ -45,9 +45,9 @@ export const ClassWordSchema = z
 
 export const CaptioningSchema = z
   .object({
-    /** BLIP beam search width (recipe: 10). */
+    /** BLIP beam search width (10 by default). */
     numBeams: z.number().int().min(1).max(20).default(10),
-    /** Minimum caption length in tokens (recipe: 25, about two sentences). */
+    /** Minimum caption length in tokens (25 by default, about two sentences). */
     minLength: z.number().int().min(1).max(75).default(25),
     maxLength: z.number().int().min(5).max(150).default(75),
     /** Prefix added to every caption; `{token}` and `{classWord}` are substituted. */
@@ -66,7 +66,7 @@ export const NETWORKS = ['lora', 'locon', 'loha'] as const;
 /** Training settings once every default is applied: what the trainer container reads. */
 const trainingFields = {
     optimizer: z.enum(OPTIMIZERS),
-    /** Separate rates override the global learning rate (recipe: 1e-4 / 5e-5). */
+    /** Separate rates override the global learning rate (1e-4 / 5e-5 by default). */
     unetLr: z.number().positive().max(2),
     textEncoderLr: z.number().min(0).max(2),
     lrScheduler: z.enum(SCHEDULERS),
@@ -93,7 +93,7 @@ export const TrainingResolvedSchema = z
   .object(trainingFields)
   .strict()
   .superRefine((t, ctx) => {
-    // Optimizer rules from recipe.md, enforced before any GPU minute is spent.
+    // Optimizer rules (docs/training.md, Optimizer presets), enforced before any GPU minute is spent.
     const fail = (path: string, message: string) => ctx.addIssue({ code: 'custom', path: [path], message });
     const adaptive = t.optimizer === 'DAdaptation' || t.optimizer === 'Prodigy' || t.optimizer === 'Adafactor';
     if (adaptive && t.unetLr !== 1) fail('unetLr', `${t.optimizer} adapts the step size itself: set unetLr to 1`);
@@ -125,7 +125,7 @@ export type Training = z.infer<typeof TrainingResolvedSchema>;
 /** What a job may give: any subset; the rest comes from the optimizer's, network's and kind's defaults. */
 export const TrainingInputSchema = z.object(trainingFields).partial().strict();
 
-/** Per-optimizer defaults (recipe.md section 4). */
+/** Per-optimizer defaults (docs/training.md, Optimizer presets). */
 const OPTIMIZER_DEFAULTS: Record<(typeof OPTIMIZERS)[number], Pick<Training, 'unetLr' | 'textEncoderLr' | 'lrScheduler' | 'optimizerArgs'>> = {
   AdamW8bit: { unetLr: 1e-4, textEncoderLr: 5e-5, lrScheduler: 'polynomial', optimizerArgs: [] },
   AdamW: { unetLr: 1e-4, textEncoderLr: 5e-5, lrScheduler: 'polynomial', optimizerArgs: [] },
@@ -139,7 +139,7 @@ const OPTIMIZER_DEFAULTS: Record<(typeof OPTIMIZERS)[number], Pick<Training, 'un
   Prodigy: { unetLr: 1, textEncoderLr: 0.5, lrScheduler: 'constant', optimizerArgs: ['decouple=True'] },
 };
 
-/** Plain LoRA at 128/128 (recipe); LyCORIS variants at the small dim/alpha their authors suggest. */
+/** Plain LoRA at 128/128 (docs/training.md); LyCORIS variants at the small dim/alpha their authors suggest. */
 const NETWORK_DEFAULTS: Record<(typeof NETWORKS)[number], Pick<Training, 'networkDim' | 'networkAlpha'>> = {
   lora: { networkDim: 128, networkAlpha: 128 },
   locon: { networkDim: 16, networkAlpha: 1 },
@@ -173,17 +173,31 @@ export function resolveTraining(kind: Kind, given: z.infer<typeof TrainingInputS
   };
 }
 
+const GridPromptsSchema = z.array(z.string().min(3).max(300)).min(1).max(8);
+
+/**
+ * The evaluation grid's default prompt per kind. A character job gets docs/training.md's test prompt
+ * (a trait to override, red hair, and a medium); objects and styles are asked the same of their kind:
+ * the subject somewhere new, the style on a new subject.
+ */
+export const GRID_PROMPTS: Record<Kind, string[]> = {
+  character: ['a portrait of {token}, red hair, handsome face, oil painting, artstation'],
+  object: ['a photo of {token}, a {classWord}, on a wooden table in a sunny garden, detailed'],
+  style: ['a lighthouse on a cliff at sunset, in the style of {token} {classWord}'],
+};
+
 export const EvaluationSchema = z
   .object({
-    /** Prompts rendered with every checkpoint; `{token}` and `{classWord}` are substituted. */
-    prompts: z.array(z.string().min(3).max(300)).min(1).max(8).default([
-      'a portrait of {token}, red hair, handsome face, oil painting, artstation',
-    ]),
+    /**
+     * Prompts rendered with every checkpoint; `{token}` and `{classWord}` are substituted.
+     * Absent: the job kind's grid prompt ({@link GRID_PROMPTS}).
+     */
+    prompts: GridPromptsSchema.optional(),
     negativePrompt: z
       .string()
       .max(500)
       .default('ugly, poorly drawn hands, poorly drawn feet, poorly drawn face, out of frame, extra limbs, disfigured, deformed, watermark, signature, bad art, blurry, blurred'),
-    /** LoRA strengths, the grid's rows (recipe: 1.0 down to 0.5). */
+    /** LoRA strengths, the grid's rows (1.0 down to 0.5 by default). */
     strengths: z.array(z.number().min(0).max(2)).min(1).max(10).default([1.0, 0.9, 0.8, 0.7, 0.6, 0.5]),
     steps: z.number().int().min(1).max(150).default(35),
     cfgScale: z.number().min(1).max(30).default(7),
@@ -191,6 +205,13 @@ export const EvaluationSchema = z
     seed: z.number().int().min(0).max(2 ** 31 - 1).default(1234),
     width: z.number().int().min(256).max(1024).multipleOf(64).default(512),
     height: z.number().int().min(256).max(1024).multipleOf(64).default(512),
+    /**
+     * The avatar pack's prompts, rendered at the recommended checkpoint and strength; `{token}` and
+     * `{classWord}` are substituted. Absent: the job kind's default set (containers/trainer prompt_sets.py).
+     */
+    packPrompts: z.array(z.string().min(3).max(300)).min(1).max(16).optional(),
+    /** Seeds per pack prompt (seed, seed+1, ...). Absent: 2. */
+    packSeeds: z.number().int().min(1).max(4).optional(),
   })
   .strict();
 
@@ -205,7 +226,13 @@ const specFields = {
 
 /** The job spec with every default applied: what `normalize/plan.json` carries to the containers. */
 export const ResolvedJobSpecSchema = z
-  .object({ ...specFields, kind: KindSchema, captioning: CaptioningSchema, evaluation: EvaluationSchema, training: TrainingResolvedSchema })
+  .object({
+    ...specFields,
+    kind: KindSchema,
+    captioning: CaptioningSchema,
+    evaluation: EvaluationSchema.extend({ prompts: GridPromptsSchema }),
+    training: TrainingResolvedSchema,
+  })
   .strict();
 export type JobSpec = z.infer<typeof ResolvedJobSpecSchema>;
 
@@ -219,19 +246,23 @@ export const JobSpecSchema = z
     training: TrainingInputSchema.default({}),
   })
   .strict()
-  .transform((spec) => ({ ...spec, training: resolveTraining(spec.kind, spec.training) }))
+  .transform((spec) => ({
+    ...spec,
+    evaluation: { ...spec.evaluation, prompts: spec.evaluation.prompts ?? GRID_PROMPTS[spec.kind] },
+    training: resolveTraining(spec.kind, spec.training),
+  }))
   // zod types a pipe's input against the previous output exactly; defaults make them differ only in optionality.
   .pipe(ResolvedJobSpecSchema as unknown as z.ZodType<JobSpec, JobSpec>);
 export type JobSpecInput = z.input<typeof JobSpecSchema>;
 
-/** Photo count bounds per kind: `ideal` from recipe.md; `min`/`max` are hard limits. */
+/** Photo count bounds per kind: `ideal` explained in docs/training.md; `min`/`max` are hard limits. */
 export const COUNT_RULES: Record<Kind, { min: number; max: number; idealMin: number; idealMax: number }> = {
   character: { min: 10, max: 100, idealMin: 20, idealMax: 50 },
   object: { min: 10, max: 100, idealMin: 20, idealMax: 50 },
   style: { min: 20, max: 300, idealMin: 50, idealMax: 200 },
 };
 
-/** The training plan, with the arithmetic recipe.md asks to record. */
+/** The training plan, with its arithmetic written out for the record. */
 export const PlanSchema = z
   .object({
     numImages: z.number().int().min(1),
@@ -327,6 +358,20 @@ export const ManifestSchema = z
         })
         .strict(),
     ),
+    /**
+     * The checkpoint and strength the evaluate stage recommends (its `scores.json`), with the
+     * AUTOMATIC1111 prompt tag `<lora:NAME:STRENGTH>`; absent when the job has no scores.
+     */
+    recommendation: z
+      .object({
+        checkpoint: z.string(),
+        epoch: z.number().int(),
+        strength: z.number(),
+        tag: z.string().regex(/^<lora:[^:>]+:[0-9.]+>$/),
+        reason: z.string(),
+        runnerUp: z.object({ checkpoint: z.string(), epoch: z.number().int(), strength: z.number(), tag: z.string() }).nullable(),
+      })
+      .optional(),
   })
   .strict();
 export type Manifest = z.infer<typeof ManifestSchema>;

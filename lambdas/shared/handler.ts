@@ -3,10 +3,11 @@
  * clients, and turn failures into named Lambda errors that Step Functions Retry/Catch can match.
  */
 import type { S3Client } from '@aws-sdk/client-s3';
-import { ExecutionInputSchema, describeIssues } from './contract';
+import { describeIssues, ExecutionInputSchema, type Stage } from './contract';
 import { requireEnv } from './env';
 import { InvalidInputError, toLambdaError } from './errors';
 import type { JobRef } from './keys';
+import { logger, publishStageMetrics } from './powertools';
 import { s3Client } from './s3';
 
 export interface StageContext {
@@ -27,15 +28,30 @@ export function contextFromEnv(job: JobRef): StageContext {
   };
 }
 
-/** Wraps a stage core as a Lambda handler taking `{ teamId, jobId }`. */
-export function stageHandler<T>(core: (ctx: StageContext) => Promise<T>): (event: unknown) => Promise<T> {
+/**
+ * Wraps a stage core as a Lambda handler taking `{ teamId, jobId }`. Every log line of the
+ * invocation carries the stage, team and job; each invocation publishes its stage's outcome and
+ * duration as metrics.
+ */
+export function stageHandler<T>(stage: Stage | 'admit', core: (ctx: StageContext) => Promise<T>): (event: unknown) => Promise<T> {
   return async (event) => {
+    const started = performance.now();
+    logger.appendKeys({ stage });
     try {
       const parsed = ExecutionInputSchema.safeParse(event);
       if (!parsed.success) throw new InvalidInputError('BAD_EXECUTION_INPUT', describeIssues(parsed.error, 'execution input'));
-      return await core(contextFromEnv(parsed.data));
+      logger.appendKeys({ teamId: parsed.data.teamId, jobId: parsed.data.jobId });
+      const result = await core(contextFromEnv(parsed.data));
+      logger.info('stage succeeded');
+      publishStageMetrics(stage, 'StageSucceeded', performance.now() - started);
+      return result;
     } catch (error) {
-      throw toLambdaError(error);
+      const wire = toLambdaError(error);
+      logger.error('stage failed', { errorType: wire.name, errorMessage: wire.message });
+      publishStageMetrics(stage, 'StageFailed', performance.now() - started);
+      throw wire;
+    } finally {
+      logger.resetKeys();
     }
   };
 }

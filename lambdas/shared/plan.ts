@@ -1,5 +1,5 @@
 /**
- * The training plan: recipe.md's steps formula
+ * The training plan (docs/training.md, Steps, repeats and epochs): the steps formula
  *   total_steps = images x repeats x epochs / batch
  * choosing repeats and epochs so the total lands near the target, with more repeats than epochs
  * and 5-20 epochs (a checkpoint each).
@@ -11,7 +11,7 @@ export const MAX_EPOCHS = 20;
 /** Steps of distance one missing repeat is worth when choosing repeats over epochs. */
 const REPEAT_PENALTY = 50;
 
-/** 768 when most usable photos exceed 768x768, else 512 (recipe.md, cropping). */
+/** 768 when most usable photos exceed 768x768, else 512 (docs/training.md, Crops and resolution). */
 export function trainingResolution(sizes: ReadonlyArray<{ width: number; height: number }>, requested: 512 | 768 | 'auto'): 512 | 768 {
   if (requested !== 'auto') return requested;
   const large = sizes.filter((s) => s.width > 768 && s.height > 768).length;
@@ -26,8 +26,8 @@ export function planTraining(spec: JobSpec, numImages: number, resolution: 512 |
   const epochRange = t.epochs ? [t.epochs] : range(MIN_EPOCHS, MAX_EPOCHS);
   for (const epochs of epochRange) {
     const repeats = t.repeats ?? Math.max(1, Math.round((t.targetSteps * batch) / (numImages * epochs)));
-    // Distance from the target plus a penalty for each epoch not outnumbered by repeats (recipe:
-    // prefer more repeats than epochs); strict `<` keeps the fewest epochs on a tie.
+    // Distance from the target plus a penalty for each epoch not outnumbered by repeats (prefer
+    // more repeats than epochs); strict `<` keeps the fewest epochs on a tie.
     const score = Math.abs(steps(repeats, epochs) - t.targetSteps) + Math.max(0, epochs - repeats + 1) * REPEAT_PENALTY;
     if (!best || score < best.score) best = { repeats, epochs, score };
   }

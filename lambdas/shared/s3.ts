@@ -2,7 +2,7 @@
  * S3 access shared by the handlers. The endpoint comes from the environment
  * (`AWS_ENDPOINT_URL_S3` points the SDK at the local endpoint in tests and local runs).
  */
-import { GetObjectCommand, ListObjectsV2Command, NoSuchKey, PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
+import { GetObjectCommand, NoSuchKey, PutObjectCommand, paginateListObjectsV2, S3Client } from '@aws-sdk/client-s3';
 import type { z } from 'zod';
 import { describeIssues } from './contract';
 import { InvalidInputError } from './errors';
@@ -92,14 +92,12 @@ export interface ListedObject {
   readonly size: number;
 }
 
-/** Every object under a prefix, following continuation tokens; stops at `limit` to bound hostile input. */
+/** Every object under a prefix, page by page; stops at `limit` to bound hostile input. */
 export async function listAll(s3: S3Client, bucket: string, prefix: string, limit = 10_000): Promise<ListedObject[]> {
   const found: ListedObject[] = [];
-  let token: string | undefined;
-  do {
-    const page = await s3.send(new ListObjectsV2Command({ Bucket: bucket, Prefix: prefix, ContinuationToken: token }));
+  for await (const page of paginateListObjectsV2({ client: s3 }, { Bucket: bucket, Prefix: prefix })) {
     for (const item of page.Contents ?? []) found.push({ key: item.Key!, size: item.Size ?? 0 });
-    token = page.IsTruncated ? page.NextContinuationToken : undefined;
-  } while (token && found.length < limit);
+    if (found.length >= limit) break;
+  }
   return found;
 }

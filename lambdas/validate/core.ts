@@ -1,5 +1,5 @@
 /**
- * The validate stage: read the job's spec and photos from the inbox, run the intake checks, and write
+ * The validate stage: read the job's spec and photos from the inbox, run the photo checks, and write
  * each accepted photo's dataset PNG under `validate/crops/` (so normalize copies instead of decoding
  * again), `validate/contact-sheet.png` and, last, `validate/report.json`. A job with too few usable photos fails
  * here, after the report is written so the client can read why each photo was dropped.
@@ -11,10 +11,10 @@ import type { StageContext } from '../shared/handler';
 import { keys, photoName } from '../shared/keys';
 import { getBytes, getValidJson, listAll, putBytes, putJson } from '../shared/s3';
 import { writeStatus } from '../shared/status';
-import { type PhotoSource, runIntake, tooFewMessage } from '../intake/analyze';
-import { configFromEnv, type IntakeConfig } from '../intake/config';
-import { mapLimit } from '../shared/pool';
-import { cropKey, PhotoRejection, type PhotoEntry } from '../intake/report';
+import { type PhotoSource, checkPhotos, tooFewMessage } from './analyze';
+import { configFromEnv, type ValidateConfig } from './config';
+import pMap from 'p-map';
+import { cropKey, PhotoRejection, type PhotoEntry } from './report';
 
 /** Small PNG uploads overlap well; S3 takes many parallel PUTs. */
 const UPLOADS_IN_FLIGHT = 8;
@@ -27,7 +27,7 @@ export interface ValidateResult {
   readonly plan: Plan;
 }
 
-export async function validate(ctx: StageContext, config: IntakeConfig = configFromEnv()): Promise<ValidateResult> {
+export async function validate(ctx: StageContext, config: ValidateConfig = configFromEnv()): Promise<ValidateResult> {
   const { s3, job } = ctx;
   await writeStatus(s3, ctx.artifactsBucket, job, { state: 'running', stage: 'validate', progress: { fraction: 0, message: 'checking photos' } }, ctx.now());
   const spec = await getValidJson(s3, ctx.inboxBucket, keys.spec(job), JobSpecSchema, { missing: 'MISSING_JOB_SPEC', invalid: 'INVALID_JOB_SPEC' });
@@ -78,7 +78,7 @@ export async function validate(ctx: StageContext, config: IntakeConfig = configF
     });
   }
 
-  const { report, contactSheet, images } = await runIntake(sources, { ...job, spec, now: ctx.now() }, config);
+  const { report, contactSheet, images } = await checkPhotos(sources, { ...job, spec, now: ctx.now() }, config);
   if (badNames.length) {
     report.photos.push(...badNames);
     report.summary.files += badNames.length;
@@ -86,7 +86,7 @@ export async function validate(ctx: StageContext, config: IntakeConfig = configF
     report.summary.reasons.BAD_PHOTO_NAME = badNames.length;
   }
   // Before the report: a report that accepts a photo always has its crop on S3.
-  await mapLimit([...images], UPLOADS_IN_FLIGHT, ([output, png]) => putBytes(s3, ctx.artifactsBucket, cropKey(job, output), png, 'image/png'));
+  await pMap([...images], ([output, png]) => putBytes(s3, ctx.artifactsBucket, cropKey(job, output), png, 'image/png'), { concurrency: UPLOADS_IN_FLIGHT, stopOnError: true });
   await putBytes(s3, ctx.artifactsBucket, keys.contactSheet(job), contactSheet, 'image/png');
   await putJson(s3, ctx.artifactsBucket, keys.validateReport(job), report);
   if (!report.plan) throw new InvalidInputError('TOO_FEW_PHOTOS', tooFewMessage(report), keys.validateReport(job));

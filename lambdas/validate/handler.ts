@@ -2,4 +2,4 @@
 import { stageHandler } from '../shared/handler';
 import { validate } from './core';
 
-export const handler = stageHandler((ctx) => validate(ctx));
+export const handler = stageHandler('validate', (ctx) => validate(ctx));

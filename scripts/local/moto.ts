@@ -6,7 +6,7 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { createServer } from 'node:net';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { CreateBucketCommand, S3Client } from '@aws-sdk/client-s3';
 
 export interface Moto {
@@ -42,18 +42,26 @@ async function freePort(): Promise<number> {
 export const LOCAL_CREDENTIALS = { accessKeyId: 'testing', secretAccessKey: 'testing' };
 export const LOCAL_REGION = 'us-east-1';
 
-/**
- * Starts moto. `env` reaches the server, e.g. `INITIAL_NO_AUTH_ACTION_COUNT` to make it enforce IAM
- * after that many requests (off by default).
- */
-export async function startMoto(options: { env?: Record<string, string> } = {}): Promise<Moto> {
+export interface StartMotoOptions {
+  /**
+   * Serialise DynamoDB requests (scripts/local/moto_serial.py): moto's DynamoDB is not atomic under
+   * concurrent requests, real DynamoDB is. Needed by anything that sends DynamoDB writes concurrently.
+   */
+  readonly serializeDynamoDb?: boolean;
+  /** Reaches the server, e.g. `INITIAL_NO_AUTH_ACTION_COUNT` to make it enforce IAM after that many requests. */
+  readonly env?: Record<string, string>;
+}
+
+export async function startMoto(options: StartMotoOptions = {}): Promise<Moto> {
   const binary = motoBinary();
   if (!binary) throw new Error(MOTO_MISSING);
   const port = await freePort();
-  const child: ChildProcess = spawn(binary, ['-H', '127.0.0.1', '-p', String(port)], {
-    stdio: ['ignore', 'ignore', 'pipe'],
-    env: { ...process.env, ...options.env },
-  });
+  const hostPort = ['-H', '127.0.0.1', '-p', String(port)];
+  // The wrapper runs on the Python next to moto_server (same venv).
+  const [command, args] = options.serializeDynamoDb
+    ? [join(dirname(binary), 'python'), [join(__dirname, 'moto_serial.py'), ...hostPort]]
+    : [binary, hostPort];
+  const child: ChildProcess = spawn(command, args, { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, ...options.env } });
   let stderr = '';
   child.stderr?.on('data', (chunk) => {
     stderr = (stderr + chunk).slice(-4000);

@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { DatasetPlanSchema, JobSpecSchema, describeIssues } from '../../lambdas/shared/contract';
+import { DatasetPlanSchema, GRID_PROMPTS, JobSpecSchema, describeIssues } from '../../lambdas/shared/contract';
 import { parseSpecKey, photoName } from '../../lambdas/shared/keys';
 import { planTraining, trainingResolution } from '../../lambdas/shared/plan';
 
@@ -12,7 +12,7 @@ function errorOf(input: unknown): string {
 }
 
 describe('job.json', () => {
-  it('fills recipe.md defaults from a minimal spec', () => {
+  it('fills the documented defaults (docs/training.md) from a minimal spec', () => {
     const spec = JobSpecSchema.parse({ token: 'ohwx', classWord: 'man' });
     expect(spec.kind).toBe('character');
     expect(spec.captioning).toMatchObject({ numBeams: 10, minLength: 25, prefix: 'photo of {token}, ' });
@@ -21,6 +21,15 @@ describe('job.json', () => {
       networkDim: 128, networkAlpha: 128, mixedPrecision: 'bf16', batchSize: 1,
     });
     expect(spec.evaluation.strengths).toEqual([1, 0.9, 0.8, 0.7, 0.6, 0.5]);
+  });
+
+  it('evaluates each kind with its own grid prompt unless the job gives prompts', () => {
+    const grid = (kind: string, evaluation?: object) => JobSpecSchema.parse({ token: 'ohwx', classWord: 'thing', kind, evaluation }).evaluation.prompts;
+    expect(grid('character')).toEqual(['a portrait of {token}, red hair, handsome face, oil painting, artstation']);
+    expect(grid('object')).toEqual(GRID_PROMPTS.object);
+    expect(grid('style')).toEqual(GRID_PROMPTS.style);
+    expect(grid('object')).not.toEqual(grid('character'));
+    expect(grid('style', { prompts: ['a {classWord} by {token}'] })).toEqual(['a {classWord} by {token}']);
   });
 
   it('rejects unknown fields, naming each', () => {
@@ -34,7 +43,7 @@ describe('job.json', () => {
     expect(errorOf({ token: 'Ohwx!', classWord: 'man' })).toContain('token: use a short rare lowercase word');
   });
 
-  it('applies the DAdaptation and Adafactor presets from recipe.md', () => {
+  it('applies the DAdaptation and Adafactor presets', () => {
     const d = JobSpecSchema.parse({ token: 'ohwx', classWord: 'man', training: { optimizer: 'DAdaptation' } }).training;
     expect(d).toMatchObject({ lrScheduler: 'constant', unetLr: 1, textEncoderLr: 0.5, optimizerArgs: ['decouple=True'] });
     const a = JobSpecSchema.parse({ token: 'ohwx', classWord: 'man', training: { optimizer: 'Adafactor' } }).training;
@@ -58,7 +67,7 @@ describe('job.json', () => {
 describe('training plan', () => {
   const spec = JobSpecSchema.parse({ token: 'anantn', classWord: 'man' });
 
-  it("reproduces recipe.md's 25-photo example: 15 repeats x 5 epochs = 1875 steps", () => {
+  it("reproduces the documented 25-photo example: 15 repeats x 5 epochs = 1875 steps", () => {
     expect(planTraining(spec, 25, 512)).toEqual({
       numImages: 25, repeats: 15, epochs: 5, batchSize: 1, totalSteps: 1875, resolution: 512, folder: '15_anantn',
       arithmetic: '25 images x 15 repeats x 5 epochs / batch 1 = 1875 steps (target 1875)',

@@ -7,7 +7,7 @@ import { readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import type * as TfCore from '@tensorflow/tfjs-core';
 import type { GraphModel } from '@tensorflow/tfjs-converter';
-import { blazeFacePath, INPUT_SIZE } from '../../lambdas/intake/blazeface';
+import { blazeFacePath, INPUT_SIZE } from '../../lambdas/validate/blazeface';
 
 export interface TfjsBlazeFace {
   readonly tf: typeof TfCore;

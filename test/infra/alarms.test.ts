@@ -73,7 +73,7 @@ describe('alarms and outputs', () => {
 
   it('output the bucket names, state machine, dead-letter queue and job queue', () => {
     expect(Object.keys(withEmail.json.Outputs ?? {}).sort()).toEqual(
-      ['ArtifactsBucketName', 'DeadLetterQueueUrl', 'InboxBucketName', 'JobQueueArn', 'StateMachineArn'].sort(),
+      ['ArtifactsBucketName', 'DeadLetterQueueUrl', 'InboxBucketName', 'JobQueueArn', 'SchedulingPolicyArn', 'StateMachineArn', 'TeamsTableName'].sort(),
     );
   });
 });

@@ -2,11 +2,11 @@ import { execFileSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
-import { afterAll, describe, expect, it } from 'vitest';
+import { afterAll, expect, it } from 'vitest';
+import { describeNeeding } from '../helpers/suites';
 import { synth } from './helpers';
 
 const CFN_LINT = path.join(__dirname, '..', '..', '.venv', 'bin', 'cfn-lint');
-const haveCfnLint = existsSync(CFN_LINT);
 const outdir = mkdtempSync(path.join(tmpdir(), 'avatar-cfn-lint-'));
 afterAll(() => rmSync(outdir, { recursive: true, force: true }));
 
@@ -17,10 +17,9 @@ interface LintMatch {
   Location: { Path: unknown[] };
 }
 
-// Skipped, saying how to enable it, where the Python tools are missing; CI always has them.
-const title = haveCfnLint ? 'cfn-lint' : `cfn-lint (skipped: ${CFN_LINT} is missing; run "bash scripts/python-env.sh")`;
+const CFN_LINT_MISSING = existsSync(CFN_LINT) ? undefined : `${CFN_LINT} is missing: run "bash scripts/python-env.sh"`;
 
-describe.skipIf(!haveCfnLint)(title, () => {
+describeNeeding('cfn-lint', CFN_LINT_MISSING, () => {
   it('finds no errors (E-codes) in the synthesized template', () => {
     const { app, stack } = synth({ alarmEmail: 'ops@example.com' }, { outdir });
     const assembly = app.synth();

@@ -69,9 +69,16 @@ describe('least-privilege S3 access', () => {
     });
   });
 
-  it('the evaluate job reads checkpoints, plan and models, writes evaluate/', () => {
+  it('the evaluate job reads checkpoints, dataset, models and the report inputs, writes evaluate/', () => {
     expect(s3Grants(s, s.stack.gpu.evaluate.container.jobRole!)).toEqual({
-      's3:GetObject': sorted([job(A, 'train/*'), job(A, 'normalize/plan.json'), `${A}/models/*`, job(A, 'status.json')]),
+      's3:GetObject': sorted([
+        job(A, 'train/*'),
+        job(A, 'normalize/*'),
+        job(A, 'validate/contact-sheet.png'),
+        job(A, 'caption/captions.json'),
+        `${A}/models/*`,
+        job(A, 'status.json'),
+      ]),
       's3:PutObject': sorted([job(A, 'evaluate/*'), job(A, 'status.json')]),
     });
   });

@@ -8,6 +8,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { resourcesOfType, synth, type Synthesized } from './helpers';
+import { itNeeding } from '../helpers/suites';
 
 const ROOT = join(__dirname, '..', '..');
 const PYTHON = join(ROOT, '.venv', 'bin', 'python');
@@ -34,7 +35,7 @@ describe('job definitions and container images', () => {
     expect(dockerfile).toMatch(new RegExp(`^CMD \\["python", "-m", "${image}", "\\w+"\\]`, 'm'));
   });
 
-  it.skipIf(!existsSync(PYTHON))('each command is one the package accepts (python -m <package> --help)', () => {
+  itNeeding('each command is one the package accepts (python -m <package> --help)', existsSync(PYTHON) ? undefined : `${PYTHON} is missing: run "bash scripts/python-env.sh"`, () => {
     for (const [, , pkg, sub] of commands) {
       const help = spawnSync(PYTHON, ['-m', pkg, '--help'], { encoding: 'utf8', env: { ...process.env, PYTHONPATH: join(ROOT, 'containers', pkg, 'src') } });
       expect(help.status, help.stderr).toBe(0);

@@ -118,12 +118,14 @@ describe('storage', () => {
     expect(s.json.Resources[ids.artifacts]).toMatchObject({ DeletionPolicy: 'Retain', UpdateReplacePolicy: 'Retain' });
   });
 
-  it('ends cdk destroy clean: only the three buckets (never empty) are retained, every log group and the alarm key go', () => {
+  it('ends cdk destroy clean: only the three buckets (never empty) and the team registry (billing records) are retained, every log group and the alarm key go', () => {
     const retained = Object.entries(s.json.Resources as Record<string, any>)
       .filter(([, r]) => r.DeletionPolicy !== undefined && r.DeletionPolicy !== 'Delete')
       .map(([id]) => id)
       .sort();
-    expect(retained).toEqual(Object.values(bucketIds()).sort());
+    const registry = resourcesOfType(s.json, 'AWS::DynamoDB::Table').map(([id]) => id);
+    expect(registry).toHaveLength(1);
+    expect(retained).toEqual([...Object.values(bucketIds()), ...registry].sort());
     const logGroups = resourcesOfType(s.json, 'AWS::Logs::LogGroup');
     expect(logGroups.length).toBeGreaterThanOrEqual(8);
     for (const [id] of logGroups) expect(s.json.Resources[id]).toMatchObject({ DeletionPolicy: 'Delete' });

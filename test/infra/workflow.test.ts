@@ -76,6 +76,11 @@ describe('workflow definition', () => {
           { Name: 'AVATAR_JOB_ID', 'Value.$': '$.jobId' },
         ],
       },
+      // Fair share and cost tags (test/infra/teams.test.ts).
+      'ShareIdentifier.$': '$.teamId',
+      SchedulingPriorityOverride: expect.any(Number),
+      PropagateTags: true,
+      Tags: { 'team.$': '$.teamId', 'job.$': '$.jobId', stage },
     });
     expect(st.ResultSelector).toEqual({ 'jobId.$': '$.JobId' });
     expect(st.ResultPath).toBe(`$.${stage}`);

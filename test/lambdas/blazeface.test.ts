@@ -1,6 +1,6 @@
 /**
  * The face detector's model is converted at load time from human's TensorFlow.js graph to ONNX
- * (lambdas/intake/blazeface.ts). TensorFlow.js (a dev dependency, WASM backend) runs the original
+ * (lambdas/validate/blazeface.ts). TensorFlow.js (a dev dependency, WASM backend) runs the original
  * graph as the reference: the converted model must give the same outputs on real photos, and the
  * input preparation and non-maximum suppression must match TensorFlow.js' own.
  */
@@ -11,10 +11,11 @@ import sharp from 'sharp';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type * as TfCore from '@tensorflow/tfjs-core';
 import type { GraphModel } from '@tensorflow/tfjs-converter';
-import { blazeFaceGraph, INPUT_NAME, INPUT_SIZE, modelInput } from '../../lambdas/intake/blazeface';
-import { detectFacesHere, detectFacesTiled, nonMaxSuppression } from '../../lambdas/intake/faces';
-import { encodeModel } from '../../lambdas/intake/onnx';
+import { blazeFaceGraph, INPUT_NAME, INPUT_SIZE, modelInput } from '../../lambdas/validate/blazeface';
+import { detectFacesHere, detectFacesTiled, nonMaxSuppression } from '../../lambdas/validate/faces';
+import { encodeModel } from '../../lambdas/validate/onnx';
 import { buildCorpus, corpusUnavailable } from '../fixtures/photos/build';
+import { describeNeeding } from '../helpers/suites';
 import { loadTfjsBlazeFace, type TfjsBlazeFace } from '../helpers/tfjs-blazeface';
 
 const PHOTOS = ['subject-01.jpg', 'subject-03.jpg', 'subject-05.jpg', 'two-people.jpg', 'no-face.png', 'exif-rotated.jpg'];
@@ -22,7 +23,7 @@ const PHOTOS = ['subject-01.jpg', 'subject-03.jpg', 'subject-05.jpg', 'two-peopl
 const skip = corpusUnavailable();
 if (skip) console.warn(`BlazeFace conversion tests skipped: ${skip}`);
 
-describe.skipIf(!!skip)('BlazeFace converted to ONNX', () => {
+describeNeeding('BlazeFace converted to ONNX', skip, () => {
   let tf: typeof TfCore;
   let reference: GraphModel;
   let tfInput: TfjsBlazeFace['input'];
@@ -34,7 +35,7 @@ describe.skipIf(!!skip)('BlazeFace converted to ONNX', () => {
     session = await ort.InferenceSession.create(encodeModel(await blazeFaceGraph()));
     const corpus = await buildCorpus();
     for (const file of PHOTOS) {
-      // The size the intake gives the detector (a 320 px thumbnail), upright.
+      // The size validate gives the detector (a 320 px thumbnail), upright.
       const { data, info } = await sharp(readFileSync(join(corpus, file))).rotate().resize(320, 320, { fit: 'inside' }).removeAlpha().raw().toBuffer({ resolveWithObject: true });
       images.push({ file, data, width: info.width, height: info.height });
     }

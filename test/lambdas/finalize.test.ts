@@ -68,4 +68,32 @@ describeWithMoto('finalize', () => {
     expect(res.status).toBe(200);
     expect(await res.text()).toBe('weights');
   });
+
+  it("copies evaluate's recommended checkpoint and strength, with its A1111 tag, into the manifest", async () => {
+    const job2 = { ...ctx, job: { teamId: 'team-a', jobId: 'job-2' } };
+    const runner = { checkpoint: 'ohwx-000002.safetensors', epoch: 2, strength: 1, tag: '<lora:ohwx-000002:1.0>', adherence: 0.3, likeness: 0.7 };
+    const scores = {
+      cells: [],
+      recommendation: { checkpoint: 'ohwx-000003.safetensors', epoch: 3, strength: 0.9, tag: '<lora:ohwx-000003:0.9>', adherence: 0.31, likeness: 0.74, runnerUp: runner, reason: 'best likeness', rule: 'r', adherenceFloor: 0.28 },
+    };
+    await putBytes(ctx.s3, ctx.artifactsBucket, 'teams/team-a/jobs/job-2/evaluate/scores.json', JSON.stringify(scores), 'application/json');
+
+    const { manifestKey } = await finalize(job2, { urlExpirySeconds: 900 });
+    const manifest = ManifestSchema.parse(await getJson(ctx.s3, ctx.artifactsBucket, manifestKey));
+
+    expect(manifest.recommendation).toEqual({
+      checkpoint: 'ohwx-000003.safetensors',
+      epoch: 3,
+      strength: 0.9,
+      tag: '<lora:ohwx-000003:0.9>',
+      reason: 'best likeness',
+      runnerUp: { checkpoint: 'ohwx-000002.safetensors', epoch: 2, strength: 1, tag: '<lora:ohwx-000002:1.0>' },
+    });
+  });
+
+  it('has no recommendation when the job has no scores', async () => {
+    const { manifestKey } = await finalize(ctx, { urlExpirySeconds: 900 });
+    const manifest = ManifestSchema.parse(await getJson(ctx.s3, ctx.artifactsBucket, manifestKey));
+    expect(manifest.recommendation).toBeUndefined();
+  });
 });

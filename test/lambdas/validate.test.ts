@@ -9,14 +9,15 @@ import { DatasetPlanSchema, StatusSchema } from '../../lambdas/shared/contract';
 import { InvalidInputError } from '../../lambdas/shared/errors';
 import { keys } from '../../lambdas/shared/keys';
 import { getBytes, getJson, listAll, putJson } from '../../lambdas/shared/s3';
-import { cropKey, ReportSchema } from '../../lambdas/intake/report';
+import { cropKey, ReportSchema } from '../../lambdas/validate/report';
 import { normalize } from '../../lambdas/normalize/core';
 import { validate } from '../../lambdas/validate/core';
 import { buildCorpus, corpusUnavailable } from '../fixtures/photos/build';
-import { type Moto, motoBinary, MOTO_MISSING, startMoto } from '../../scripts/local/moto';
-import { ARTIFACTS, INBOX, TEST_CONFIG, context, uploadJob } from './intake-fixtures';
+import { type Moto, startMoto } from '../../scripts/local/moto';
+import { describeNeeding, motoMissing } from '../helpers/suites';
+import { ARTIFACTS, INBOX, TEST_CONFIG, context, uploadJob } from './validate-fixtures';
 
-const skip = corpusUnavailable() ?? (motoBinary() ? undefined : MOTO_MISSING);
+const skip = corpusUnavailable() ?? motoMissing();
 if (skip) console.warn(`validate tests skipped: ${skip}`);
 
 const GOOD = [
@@ -24,7 +25,7 @@ const GOOD = [
   'subject-07.webp', 'subject-08.tiff', 'subject-09.avif', 'png-renamed.jpg', 'exif-rotated.jpg', 'cmyk.jpg',
 ];
 
-describe.skipIf(!!skip)('validate and normalize on S3', () => {
+describeNeeding('validate and normalize on S3', skip, () => {
   let moto: Moto;
   let corpus: string;
 
@@ -73,7 +74,7 @@ describe.skipIf(!!skip)('validate and normalize on S3', () => {
     });
 
     it('normalizes into the kohya folder with unique PNG names, a caption and plan.json last', async () => {
-      const out = await normalize(ctx(), TEST_CONFIG);
+      const out = await normalize(ctx());
       expect(out.images).toBe(GOOD.length);
       const plan = DatasetPlanSchema.parse(await getJson(moto.s3(), ARTIFACTS, keys.plan(ctx().job)));
       expect(plan.images).toEqual(GOOD.map((_, i) => `ohwx-${String(i + 1).padStart(2, '0')}.png`));
@@ -101,7 +102,7 @@ describe.skipIf(!!skip)('validate and normalize on S3', () => {
           return s3.send(command);
         },
       } as unknown as S3Client;
-      const out = await normalize({ ...ctx(), s3: spy }, TEST_CONFIG);
+      const out = await normalize({ ...ctx(), s3: spy });
       const photos = `${INBOX}/${keys.photosPrefix(ctx().job)}`;
       expect(reads.filter((k) => k.startsWith(photos) && !k.endsWith('.txt'))).toEqual([]);
       const report = ReportSchema.parse(await getJson(s3, ARTIFACTS, keys.validateReport(ctx().job)));
@@ -121,7 +122,7 @@ describe.skipIf(!!skip)('validate and normalize on S3', () => {
 
     it('rewrites the same keys when normalize runs again', async () => {
       const before = await listAll(moto.s3(), ARTIFACTS, keys.stage(ctx().job, 'normalize'));
-      await normalize(ctx(), TEST_CONFIG);
+      await normalize(ctx());
       const after = await listAll(moto.s3(), ARTIFACTS, keys.stage(ctx().job, 'normalize'));
       expect(after.map((o) => o.key)).toEqual(before.map((o) => o.key));
     });
@@ -133,7 +134,7 @@ describe.skipIf(!!skip)('validate and normalize on S3', () => {
     const report = ReportSchema.parse(await getJson(moto.s3(), ARTIFACTS, keys.validateReport(good.job)));
     await putJson(moto.s3(), INBOX, keys.spec(ctx.job), { token: 'ohwx', classWord: 'man' });
     await putJson(moto.s3(), ARTIFACTS, keys.validateReport(ctx.job), { ...report, jobId: 'job-no-crops' });
-    const error = await normalize(ctx, TEST_CONFIG).catch((e: unknown) => e);
+    const error = await normalize(ctx).catch((e: unknown) => e);
     expect((error as InvalidInputError).code).toBe('NOT_VALIDATED');
     expect((error as Error).message).toMatch(/^teams\/team-a\/jobs\/job-no-crops\/validate\/crops\/ohwx-\d+\.png is missing/);
     expect(await getJson(moto.s3(), ARTIFACTS, keys.plan(ctx.job))).toBeUndefined();

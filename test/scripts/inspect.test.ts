@@ -7,7 +7,8 @@ import { existsSync, mkdtempSync, readdirSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import sharp from 'sharp';
-import { beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, expect, it } from 'vitest';
+import { describeNeeding } from '../helpers/suites';
 import { buildCorpus, corpusUnavailable, EXPECTED, heifEncAvailable, EXPECTED_HEIC, CORPUS_MAX_FILE_BYTES } from '../fixtures/photos/build';
 
 const ROOT = join(__dirname, '..', '..');
@@ -17,12 +18,12 @@ function inspect(args: string[]) {
   return spawnSync(join(ROOT, 'node_modules', '.bin', 'tsx'), [join(ROOT, 'scripts', 'inspect.ts'), ...args], {
     encoding: 'utf8',
     // The corpus's oversized file is built to pass this per-file limit, as in the intake tests.
-    env: { ...process.env, INTAKE_MAX_FILE_BYTES: String(CORPUS_MAX_FILE_BYTES) },
+    env: { ...process.env, VALIDATE_MAX_FILE_BYTES: String(CORPUS_MAX_FILE_BYTES) },
     timeout: 180_000,
   });
 }
 
-describe.skipIf(!!unavailable)(unavailable ? `npm run inspect (skipped: ${unavailable})` : 'npm run inspect', () => {
+describeNeeding('npm run inspect', unavailable, () => {
   let corpus: string;
   let out: string;
   let json: { photos: Array<{ file: string; code: string; status: string; output?: string }>; plan?: { folder: string; resolution: number } };

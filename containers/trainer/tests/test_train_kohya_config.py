@@ -55,7 +55,7 @@ def test_recipe_25_photo_dataset_toml_gives_15_repeats_of_15_anantn():
 
 
 def test_dataset_toml_uses_only_keys_kohya_accepts_at_their_level():
-    # kohya validates with voluptuous: an unknown key is an error (docs/kohya.md section 3).
+    # kohya validates with voluptuous: an unknown key is an error (docs/kohya.md, The dataset TOML).
     ds = tomllib.loads(kohya.dataset_toml(kohya.dataset_config(FIXTURE, WORK / "dataset")))
     dataset_keys = {"batch_size", "resolution", "enable_bucket", "min_bucket_reso", "max_bucket_reso", "bucket_reso_steps",
                     "bucket_no_upscale", "network_multiplier"}

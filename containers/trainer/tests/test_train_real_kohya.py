@@ -16,10 +16,13 @@ import pytest
 from conftest import REPO
 
 SD = os.environ.get("AVATAR_SD_SCRIPTS_DIR")
-pytestmark = pytest.mark.skipif(
-    not SD or not (Path(SD) / "train_network.py").is_file(),
-    reason="set AVATAR_SD_SCRIPTS_DIR to a kohya sd-scripts checkout to run the real-kohya test",
-)
+pytestmark = [
+    pytest.mark.opt_in,
+    pytest.mark.skipif(
+        not SD or not (Path(SD) / "train_network.py").is_file(),
+        reason="set AVATAR_SD_SCRIPTS_DIR to a kohya sd-scripts checkout to run the real-kohya test",
+    ),
+]
 
 
 def _tiny_sd(root: Path) -> Path:

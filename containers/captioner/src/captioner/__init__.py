@@ -1,1 +1,1 @@
-"""Caption stage of the photo-to-LoRA pipeline (BLIP, recipe.md section 3)."""
+"""Caption stage of the photo-to-LoRA pipeline (BLIP; docs/training.md, Captions)."""

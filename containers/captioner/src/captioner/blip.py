@@ -1,4 +1,4 @@
-"""BLIP captioning through transformers, with the recipe's beam search settings."""
+"""BLIP captioning through transformers, with the beam search settings of docs/training.md."""
 from __future__ import annotations
 
 import os

@@ -1,4 +1,4 @@
-"""The caption stage: BLIP captions for the dataset images, the recipe's prefix, user captions kept."""
+"""The caption stage: BLIP captions for the dataset images, the trigger-word prefix, user captions kept."""
 from __future__ import annotations
 
 import io

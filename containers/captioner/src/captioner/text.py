@@ -1,4 +1,4 @@
-"""Caption text rules from recipe.md section 3: the trigger prefix and caption hygiene."""
+"""Caption text rules (docs/training.md, Captions): the trigger prefix and caption hygiene."""
 from __future__ import annotations
 
 import re

@@ -1,1 +1,1 @@
-"""Train and evaluate stages of the photo-to-LoRA pipeline (kohya sd-scripts, recipe.md sections 4-6)."""
+"""Train and evaluate stages of the photo-to-LoRA pipeline (kohya sd-scripts; docs/training.md, docs/kohya.md)."""

@@ -20,7 +20,9 @@ def self_test() -> int:
     assert (sd / "train_network.py").is_file() and (sd / "networks/lora.py").is_file(), f"no sd-scripts checkout at {sd}"
     tok = Path(os.environ.get("AVATAR_TOKENIZER_CACHE_DIR") or "/opt/tokenizers") / "openai_clip-vit-large-patch14"
     transformers.CLIPTokenizer.from_pretrained(tok, local_files_only=True)
-    print(f"self-test ok: sd-scripts {os.environ.get('AVATAR_SD_SCRIPTS_COMMIT', '?')} at {sd}, tokenizer at {tok}, torch {torch.__version__}")
+    clip = Path(os.environ.get("AVATAR_CLIP_MODEL_DIR") or evaluate.scores.DEFAULT_CLIP_DIR)
+    assert (clip / "config.json").is_file() and (clip / "preprocessor_config.json").is_file(), f"no CLIP scoring model at {clip}"
+    print(f"self-test ok: sd-scripts {os.environ.get('AVATAR_SD_SCRIPTS_COMMIT', '?')} at {sd}, tokenizer at {tok}, CLIP at {clip}, torch {torch.__version__}")
     return 0
 
 

@@ -1,12 +1,15 @@
-"""The evaluate stage: recipe.md's X/Y grid, every checkpoint at every LoRA strength, same seed.
+"""The evaluate stage: the X/Y grid of docs/training.md, scores, a recommended checkpoint and strength, the avatar pack, a report.
 
-Reads normalize/plan.json and the checkpoints under train/, named from the plan (the evaluate role
-cannot list the bucket). Writes only under evaluate/:
-- grid.png (grid-<i>.png per prompt when spec.evaluation has several prompts): columns are the
-  checkpoints in epoch order with the final one last, rows the strengths in spec order;
-- base.png (base-<i>.png): the base model alone at the same prompt and seed, the reference below;
-- pack/<outputName>-e<epoch>-s<strength>.png per cell (with -p<i> when there are several prompts);
-- scores.json: every cell with its checkpoint, strength, prompt, seed, image and meanAbsDiffFromBase.
+Reads normalize/plan.json, the training photos under normalize/<folder>/, the checkpoints under train/
+(named from the plan: the evaluate role cannot list the bucket) and, for the report, train/diary.json,
+validate/contact-sheet.png, caption/captions.json and status.json when present. Writes only under evaluate/:
+- grid.png (grid-<i>.png per grid prompt): columns the checkpoints in epoch order, final last, rows the
+  strengths in spec order, the recommended cell outlined; base.png (base-<i>.png): the base model alone;
+- cells/<outputName>-e<epoch>-s<strength>.png per grid cell (with -p<i> when there are several prompts);
+- pack/<outputName>-<n>-seed<seed>.png: every pack prompt (prompt_sets.py) at the recommended checkpoint
+  and strength, several seeds each, and pack.png, their contact sheet;
+- scores.json: every score defined next to its value (scores.py), per cell, per pair, and the
+  recommendation (recommend.py) with its A1111 tag; report.html (report.py).
 
 The base pipeline is loaded once; each checkpoint is loaded as a PEFT adapter (diffusers converts
 kohya's lora_unet_/lora_te_ keys), rendered at every strength, then unloaded.
@@ -16,7 +19,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import re
 import tempfile
 from dataclasses import dataclass
 from importlib import metadata
@@ -24,7 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from avatar_job import Job, StageError, Status, now
-from .render import grid
+from . import prompt_sets, recommend, report, scores
+from .render import contact_sheet, grid, outline
 from .verify import read_header, sha256
 
 ADAPTER = "checkpoint"
@@ -58,20 +61,15 @@ class Checkpoint:
 
 
 def checkpoints(plan: dict) -> list[Checkpoint]:
-    """kohya's names (kohya.md section 4): one per epoch before the last, then the final file."""
+    """kohya's names (docs/kohya.md, Outputs): one per epoch before the last, then the final file."""
     name, epochs = plan["outputName"], plan["plan"]["epochs"]
     return [Checkpoint(f"{name}-{e:06d}.safetensors", e, False) for e in range(1, epochs)] + \
         [Checkpoint(f"{name}.safetensors", epochs, True)]
 
 
 def prompts(plan: dict) -> list[str]:
-    spec = plan["spec"]
-    out = []
-    for p in spec["evaluation"]["prompts"]:
-        p = p.replace("{token}", spec["token"]).replace("{classWord}", spec["classWord"])
-        # An A1111 tag such as <lora:last:1.0> would only reach the text encoder as words: strength is applied here.
-        out.append(re.sub(r"\s*,?\s*<lora:[^>]*>", "", p).strip())
-    return out
+    """The grid's prompts. An A1111 tag such as <lora:last:1.0> would only reach the text encoder as words: strength is applied here."""
+    return [prompt_sets.fill(p, plan["spec"]) for p in plan["spec"]["evaluation"]["prompts"]]
 
 
 def strength_label(s: float) -> str:
@@ -80,7 +78,7 @@ def strength_label(s: float) -> str:
 
 def cell_rel(output_name: str, ckpt: Checkpoint, strength: float, prompt_index: int, n_prompts: int) -> str:
     suffix = f"-p{prompt_index}" if n_prompts > 1 else ""
-    return f"evaluate/pack/{output_name}-e{ckpt.epoch}-s{strength_label(strength)}{suffix}.png"
+    return f"evaluate/cells/{output_name}-e{ckpt.epoch}-s{strength_label(strength)}{suffix}.png"
 
 
 def numbered(rel: str, index: int, count: int) -> str:
@@ -114,6 +112,43 @@ def download_checkpoint(job: Job, ckpt: Checkpoint, head: dict, workdir: Path) -
         raise StageError("CHECKPOINT_CORRUPT", f"{ckpt.name} differs from the sha256 the train stage recorded; rerun training", ckpt.rel)
     read_header(path)  # a torn or non-safetensors file fails here with CHECKPOINT_INVALID
     return path
+
+
+def load_training_photos(job: Job, plan: dict) -> list[Any]:
+    """The dataset images normalize wrote, decoded (likeness and near-copy compare against them)."""
+    from PIL import Image
+
+    folder, out = plan["plan"]["folder"], []
+    for name in plan["images"]:
+        rel = f"normalize/{folder}/{name}"
+        if "/" in name or name in ("", ".", ".."):
+            raise StageError("INVALID_DATASETPLAN", f"image name {name!r} is not a plain file name; rerun the normalize stage", "normalize/plan.json")
+        try:
+            with Image.open(io.BytesIO(job.get_bytes(rel))) as im:
+                out.append(im.convert("RGB"))
+        except (OSError, Image.DecompressionBombError) as e:
+            raise StageError("TRAINING_PHOTO_UNREADABLE", f"{rel} cannot be decoded ({e}); rerun the normalize stage", rel)
+    return out
+
+
+def optional_input(job: Job, rel: str) -> bytes | None:
+    """An earlier stage's artifact the report shows when it exists (absent or unreadable: the report says so)."""
+    try:
+        return job.get_bytes(rel)
+    except StageError:
+        return None
+    except job.s3.exceptions.ClientError as e:  # 403 without ListBucket when the key is missing
+        print(f"evaluate: {rel} not read ({e.response.get('Error', {}).get('Code', '?')}); the report leaves it out", flush=True)
+        return None
+
+
+def optional_json(job: Job, rel: str) -> dict | None:
+    body = optional_input(job, rel)
+    try:
+        doc = json.loads(body) if body else None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return doc if isinstance(doc, dict) else None
 
 
 # ---- the model ----
@@ -166,21 +201,22 @@ class Renderer:
     def __init__(self, pipe: Any, evaluation: dict):
         self.pipe, self.ev = pipe, evaluation
 
-    def __call__(self, prompt: str):
+    def __call__(self, prompt: str, seed: int | None = None):
+        """(uint8 pixels, whether the render had NaN/inf: those pixels are black and the image is scored broken)."""
         import numpy as np
         import torch
 
         ev = self.ev
         # A CPU generator gives the same starting noise on any device, so seeds mean the same everywhere.
-        generator = torch.Generator("cpu").manual_seed(ev["seed"])
+        generator = torch.Generator("cpu").manual_seed(ev["seed"] if seed is None else seed)
         with torch.inference_mode():
             out = self.pipe(prompt=prompt, negative_prompt=ev["negativePrompt"] or None, num_inference_steps=ev["steps"],
                             guidance_scale=ev["cfgScale"], width=ev["width"], height=ev["height"],
                             generator=generator, output_type="np")
         image = out.images[0]
-        if not np.isfinite(image).all():
-            raise StageError("RENDER_NAN", "the render contains NaN/inf (fp16 overflow or a broken checkpoint); check the train diary's loss", "spec.evaluation")
-        return (image.clip(0, 1) * 255).round().astype(np.uint8)
+        # NaN/inf (fp16 overflow, a diverged checkpoint) marks this one cell broken; the others may be fine.
+        finite = np.isfinite(image)
+        return (np.where(finite, image, 0).clip(0, 1) * 255).round().astype(np.uint8), not bool(finite.all())
 
 
 def load_lora(pipe: Any, path: Path, ckpt: Checkpoint) -> None:
@@ -219,82 +255,146 @@ def _versions() -> dict:
 
 # ---- the stage ----
 def evaluate_stage(job: Job, status: Status) -> None:
+    started = now()
     plan = job.load_plan()
-    ev = plan["spec"]["evaluation"]
-    name = plan["outputName"]
-    if plan["spec"]["training"]["network"] == "loha":
-        raise StageError("EVALUATE_UNSUPPORTED_NETWORK", "diffusers cannot load LoHa checkpoints; test them by hand in A1111 (recipe.md section 6)",
+    spec = plan["spec"]
+    ev, kind, name = spec["evaluation"], spec["kind"], plan["outputName"]
+    if spec["training"]["network"] == "loha":
+        raise StageError("EVALUATE_UNSUPPORTED_NETWORK", "diffusers cannot load LoHa checkpoints; test them by hand in A1111 (docs/training.md, Reading the grid)",
                          "spec.training.network")
     ckpts = checkpoints(plan)
     texts = prompts(plan)
     strengths = ev["strengths"]
+    pack_texts, seeds = prompt_sets.pack_prompts(spec), prompt_sets.pack_seeds(spec)
     heads = head_checkpoints(job, ckpts)
+    photo_images = load_training_photos(job, plan)
 
     import numpy as np
+    from PIL import Image
 
-    status.progress(0.01, "loading the base model", force=True)
+    status.progress(0.01, "loading the base model and the scoring model", force=True)
     pipe, source = load_pipeline(job)
     set_sampler(pipe, ev["sampler"])
     render = Renderer(pipe, ev)
+    scorer = scores.Scorer()
+    photos = scorer.photos(photo_images, kind)
     workdir = Path(os.environ.get("AVATAR_WORK_DIR") or tempfile.mkdtemp(prefix="avatar-evaluate-")) / "evaluate"
     workdir.mkdir(parents=True, exist_ok=True)
 
-    total = len(texts) * (1 + len(ckpts) * len(strengths))
+    total = len(texts) * (1 + len(ckpts) * len(strengths)) + len(pack_texts) * len(seeds)
     done = 0
 
     def rendered(what: str, ckpt: Checkpoint | None = None) -> None:
         nonlocal done
         done += 1
-        status.progress(0.05 + 0.9 * done / total, f"rendered {done}/{total} ({what})",
+        status.progress(0.03 + 0.9 * done / total, f"rendered {done}/{total} ({what})",
                         **({"epoch": ckpt.epoch, "epochs": plan["plan"]["epochs"]} if ckpt else {}))
 
-    base = []
+    base, base_nan = [], []
     for i, text in enumerate(texts):
-        base.append(render(text))
-        job.put_bytes(numbered("evaluate/base.png", i, len(texts)), _png(base[i]), "image/png")
+        pixels, nan = render(text)
+        base.append(pixels)
+        base_nan.append(nan)
+        job.put_bytes(numbered("evaluate/base.png", i, len(texts)), _png(pixels), "image/png")
         rendered("base model")
 
     cells: list[dict] = []
     images: dict[tuple[int, int, int], Any] = {}  # (prompt, strength row, checkpoint column) -> pixels
+    nans: list[bool] = []
     for col, ckpt in enumerate(ckpts):
         path = download_checkpoint(job, ckpt, heads[ckpt.name], workdir)
         load_lora(pipe, path, ckpt)
         for row, strength in enumerate(strengths):
             set_strength(pipe, strength)
             for i, text in enumerate(texts):
-                pixels = render(text)
+                pixels, nan = render(text)
                 rel = cell_rel(name, ckpt, strength, i, len(texts))
                 job.put_bytes(rel, _png(pixels), "image/png")
                 images[i, row, col] = pixels
+                nans.append(nan)
                 diff = float(np.abs(pixels.astype(np.int16) - base[i].astype(np.int16)).mean())
                 cells.append({"checkpoint": ckpt.name, "epoch": ckpt.epoch, "final": ckpt.final, "strength": strength,
                               "prompt": text, "promptIndex": i, "seed": ev["seed"], "image": rel,
-                              "meanAbsDiffFromBase": round(diff, 4)})
+                              "meanAbsDiffFromBase": round(diff, 4), "_at": (i, row, col)})
                 rendered(f"{ckpt.name} at strength {strength_label(strength)}", ckpt)
         pipe.unload_lora_weights()
         path.unlink()
 
-    from PIL import Image
+    status.progress(0.03 + 0.9 * done / total, "scoring the grid", force=True)
+    base_scores = scorer.score(base, texts, photos, kind, base_nan)
+    for cell, sc in zip(cells, scorer.score([images[c["_at"]] for c in cells], [c["prompt"] for c in cells], photos, kind, nans)):
+        cell.update(sc)
+    table = recommend.pairs(cells)
+    doc = {
+        "teamId": job.team_id, "jobId": job.job_id, "outputName": name, "kind": kind, "createdAt": now(),
+        "metrics": {**scores.DEFINITIONS, "meanAbsDiffFromBase": METRIC},
+        "scoringModel": {"name": scores.CLIP_MODEL, "licence": scores.CLIP_LICENCE, "revision": os.environ.get("AVATAR_CLIP_REVISION"),
+                         "dir": scorer.model_dir},
+        "settings": {**{k: ev[k] for k in ("negativePrompt", "steps", "cfgScale", "sampler", "seed", "width", "height")},
+                     "strengthApplied": "diffusers/PEFT adapter weight on the U-Net and text-encoder LoRA layers (set_adapters)"},
+        "baseModel": source, "versions": _versions(), "prompts": texts, "trainingPhotos": len(photo_images),
+        "base": [{"prompt": t, "image": numbered("evaluate/base.png", i, len(texts)), **base_scores[i]} for i, t in enumerate(texts)],
+        "checkpoints": [{"name": c.name, "epoch": c.epoch, "final": c.final, "sha256": heads[c.name].get("Metadata", {}).get("sha256")} for c in ckpts],
+        "grids": [], "cells": [{k: v for k, v in c.items() if k != "_at"} for c in cells], "pairs": table, "recommendation": None,
+    }
+    try:
+        rec = recommend.recommend(table, plan["plan"]["epochs"])
+    except StageError:
+        # The scores that led here stay readable for whoever investigates.
+        job.put_json("evaluate/scores.json", doc)
+        raise
+    doc["recommendation"] = rec
 
-    grids = []
+    chosen = next(c for c in ckpts if c.name == rec["checkpoint"])
+    grid_pngs = []
     for i, text in enumerate(texts):
         rel = numbered("evaluate/grid.png", i, len(texts))
         picture = grid([[Image.fromarray(images[i, r, c]) for c in range(len(ckpts))] for r in range(len(strengths))],
                        [c.label for c in ckpts], [f"strength {strength_label(s)}" for s in strengths])
-        buf = io.BytesIO()
-        picture.save(buf, "PNG")
-        job.put_bytes(rel, buf.getvalue(), "image/png")
-        grids.append({"image": rel, "prompt": text, "promptIndex": i, "base": numbered("evaluate/base.png", i, len(texts)),
-                      "columns": [c.name for c in ckpts], "rows": strengths})
+        picture = outline(picture, (ev["width"], ev["height"]), strengths.index(rec["strength"]), ckpts.index(chosen))
+        grid_pngs.append(_encode(picture))
+        job.put_bytes(rel, grid_pngs[-1], "image/png")
+        doc["grids"].append({"image": rel, "prompt": text, "promptIndex": i, "base": numbered("evaluate/base.png", i, len(texts)),
+                             "columns": [c.name for c in ckpts], "rows": strengths,
+                             "outlined": {"column": ckpts.index(chosen), "row": strengths.index(rec["strength"])}})
 
-    job.put_json("evaluate/scores.json", {
-        "teamId": job.team_id, "jobId": job.job_id, "outputName": name, "createdAt": now(),
-        "metrics": {"meanAbsDiffFromBase": METRIC},
-        "settings": {**{k: ev[k] for k in ("negativePrompt", "steps", "cfgScale", "sampler", "seed", "width", "height")},
-                     "strengthApplied": "diffusers/PEFT adapter weight on the U-Net and text-encoder LoRA layers (set_adapters)"},
-        "baseModel": source, "versions": _versions(), "prompts": texts,
-        "checkpoints": [{"name": c.name, "epoch": c.epoch, "final": c.final, "sha256": heads[c.name].get("Metadata", {}).get("sha256")} for c in ckpts],
-        "grids": grids, "cells": cells,
-    })
-    status.progress(1.0, f"evaluated {len(ckpts)} checkpoints x {len(strengths)} strengths x {len(texts)} prompts; "
-                    f"see evaluate/{'grid.png' if len(texts) == 1 else 'grid-<i>.png'}", force=True)
+    # The avatar pack: the recommended checkpoint and strength, every pack prompt, several seeds.
+    path = download_checkpoint(job, chosen, heads[chosen.name], workdir)
+    load_lora(pipe, path, chosen)
+    set_strength(pipe, rec["strength"])
+    pack, pack_pixels, pack_nan = [], [], []
+    for n, text in enumerate(pack_texts):
+        for seed in seeds:
+            pixels, nan = render(text, seed)
+            rel = f"evaluate/pack/{name}-{n + 1:02d}-seed{seed}.png"
+            job.put_bytes(rel, _png(pixels), "image/png")
+            pack.append({"prompt": text, "promptIndex": n, "seed": seed, "image": rel})
+            pack_pixels.append(pixels)
+            pack_nan.append(nan)
+            rendered(f"avatar pack with {chosen.name} at strength {strength_label(rec['strength'])}", chosen)
+    pipe.unload_lora_weights()
+    path.unlink()
+    for item, sc in zip(pack, scorer.score(pack_pixels, [p["prompt"] for p in pack], photos, kind, pack_nan)):
+        item.update(sc)
+    sheet = _encode(contact_sheet([Image.fromarray(p) for p in pack_pixels],
+                                  [f"{p['promptIndex'] + 1}. seed {p['seed']}" for p in pack], columns=min(4, 2 * len(seeds))))
+    job.put_bytes("evaluate/pack.png", sheet, "image/png")
+    doc["pack"] = {"checkpoint": chosen.name, "strength": rec["strength"], "tag": rec["tag"], "prompts": pack_texts, "seeds": seeds,
+                   "contactSheet": "evaluate/pack.png", "images": pack}
+    doc["report"] = "evaluate/report.html"
+    job.put_json("evaluate/scores.json", doc)
+
+    diary = optional_json(job, "train/diary.json")
+    html = report.build(scores=doc, grid_pngs=grid_pngs, pack_png=sheet,
+                        contact_sheet_png=optional_input(job, "validate/contact-sheet.png"),
+                        captions=optional_json(job, "caption/captions.json"), diary=diary,
+                        times=report.stage_times(status.created_at, diary, started, now()))
+    job.put_bytes("evaluate/report.html", html.encode(), "text/html; charset=utf-8")
+    status.progress(1.0, f"evaluated {len(ckpts)} checkpoints x {len(strengths)} strengths x {len(texts)} prompts; recommended "
+                    f"{rec['tag']}; avatar pack of {len(pack)} images; see evaluate/report.html", force=True)
+
+
+def _encode(picture) -> bytes:
+    buf = io.BytesIO()
+    picture.save(buf, "PNG")
+    return buf.getvalue()

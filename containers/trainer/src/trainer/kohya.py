@@ -45,7 +45,7 @@ def check_plan(plan: dict) -> None:
         raise bad("plan.folder", f"folder {p['folder']!r} must be '<repeats>_<token>' = '{p['repeats']}_{spec['token']}' (kohya reads repeats from it)")
     if p["numImages"] != len(images):
         raise bad("plan.numImages", f"numImages is {p['numImages']} but {len(images)} images are listed")
-    # recipe.md's formula; kohya's own count (per-bucket batches) can be slightly higher at batch 2,
+    # The steps formula (docs/training.md); kohya's own count (per-bucket batches) can be slightly higher at batch 2,
     # so progress uses the total kohya prints.
     steps = math.ceil(p["numImages"] * p["repeats"] * p["epochs"] / p["batchSize"])
     if p["totalSteps"] != steps:

@@ -1,4 +1,4 @@
-"""Reads kohya's console output (docs/kohya.md section 5) into progress events."""
+"""Reads kohya's console output (docs/kohya.md, Progress lines) into progress events."""
 from __future__ import annotations
 
 import re

@@ -1,4 +1,4 @@
-"""The X/Y grid image (recipe.md section 6): checkpoints across, LoRA strengths down, labelled axes.
+"""The X/Y grid image (docs/training.md, Evaluation grid): checkpoints across, LoRA strengths down, labelled axes.
 
 Pure PIL, so the layout is testable without a model.
 """
@@ -50,4 +50,38 @@ def grid(cells: list[list[Image.Image]], col_labels: list[str], row_labels: list
         for c, cell in enumerate(cells[r]):
             assert cell.size == (w, h), "every cell must have the same size"
             out.paste(cell.convert("RGB"), (left + c * w, top + r * h))
+    return out
+
+
+OUTLINE = (255, 0, 160)  # magenta: unlike any skin or sky colour
+
+
+def outline(picture: Image.Image, cell_size: tuple[int, int], row: int, col: int) -> Image.Image:
+    """The grid with the cell at (row, col) framed, inside the cell so no neighbour is covered."""
+    w, h = cell_size
+    left, top = margins(w)
+    out = picture.copy()
+    width = max(3, w // 64)
+    x, y = left + col * w, top + row * h
+    ImageDraw.Draw(out).rectangle((x, y, x + w - 1, y + h - 1), outline=OUTLINE, width=width)
+    return out
+
+
+def contact_sheet(images: list[Image.Image], labels: list[str], columns: int = 4, thumb: int = 256) -> Image.Image:
+    """Thumbnails in rows of `columns`, each with its label underneath (the avatar pack at a glance)."""
+    assert images and len(images) == len(labels)
+    size = font_size(thumb)
+    font = ImageFont.load_default(size=size)
+    label_h = 2 * size
+    cols = min(columns, len(images))
+    rows = -(-len(images) // cols)
+    out = Image.new("RGB", (cols * thumb, rows * (thumb + label_h)), BACKGROUND)
+    draw = ImageDraw.Draw(out)
+    for i, (image, label) in enumerate(zip(images, labels)):
+        x, y = (i % cols) * thumb, (i // cols) * (thumb + label_h)
+        im = image.convert("RGB").copy()
+        im.thumbnail((thumb, thumb))
+        out.paste(im, (x + (thumb - im.width) // 2, y + (thumb - im.height) // 2))
+        text = _fit(draw, label, font, thumb - size // 2)
+        draw.text((x + (thumb - draw.textlength(text, font=font)) / 2, y + thumb + size // 2), text, fill=INK, font=font)
     return out

@@ -4,7 +4,7 @@ export type SniffedFormat =
   | 'jpeg' | 'png' | 'webp' | 'tiff' | 'heif' | 'avif' | 'gif'
   | 'svg' | 'pdf' | 'zip' | 'gzip' | 'bmp' | 'text' | 'unknown';
 
-/** Formats the intake decodes; everything else is rejected with a reason. */
+/** Formats validate decodes; everything else is rejected with a reason. */
 export const DECODABLE = new Set<SniffedFormat>(['jpeg', 'png', 'webp', 'tiff', 'heif', 'avif', 'gif']);
 
 const HEIF_BRANDS = new Set(['heic', 'heix', 'hevc', 'hevx', 'heim', 'heis', 'hevm', 'hevs', 'mif1', 'msf1', 'mif2']);

@@ -1,7 +1,7 @@
 /**
  * `validate/report.json`: one entry per uploaded file (accepted or rejected with a stable code and a
- * message that says what to do), the scores behind each decision, the crop normalize will apply, a
- * summary, and the training plan with its arithmetic. Normalize reads it back through this schema.
+ * message that says what to do), the scores behind each decision, the crop validate cut, a summary, and the training plan with its
+ * arithmetic. Normalize reads it back through this schema.
  */
 import { z } from 'zod';
 import { KindSchema, PlanSchema } from '../shared/contract';
@@ -69,7 +69,7 @@ export const PhotoEntrySchema = z
     code: z.union([z.literal('ACCEPTED'), z.enum(REJECT_CODES)]),
     message: z.string(),
     scores: ScoresSchema.optional(),
-    /** The region (upright pixels) normalize cuts out before resizing. */
+    /** The region (upright pixels) cut out for the dataset image before resizing. */
     crop: BoxSchema.optional(),
     /** Dataset image name for accepted photos, `<token>-NN.png`. */
     output: z.string().optional(),
@@ -93,7 +93,7 @@ export const ReportSchema = z
         rejected: z.number().int(),
         /** Rejections per code. */
         reasons: z.record(z.string(), z.number().int()),
-        /** Count bounds that applied (recipe.md ideal range plus hard limits). */
+        /** Count bounds that applied (the ideal range of docs/training.md plus hard limits). */
         countRule: z.object({ min: z.number(), max: z.number(), idealMin: z.number(), idealMax: z.number() }).strict(),
         /** Advice that does not block the job (e.g. fewer photos than ideal). */
         warnings: z.array(z.string()),

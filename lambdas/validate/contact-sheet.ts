@@ -1,10 +1,10 @@
 /**
- * The contact sheet: every accepted photo as the crop normalize will train on (green), every rejected
- * one as a thumbnail labelled with its reason (red), so a person can review the intake at a glance.
+ * The contact sheet: every accepted photo as the dataset crop it trains on (green), every rejected
+ * one as a thumbnail labelled with its reason (red), so a person can review the checks at a glance.
  * Labels are SVG text composited by sharp (librsvg with the system's DejaVu/sans fonts).
  */
 import sharp from 'sharp';
-import { mapLimit } from '../shared/pool';
+import pMap from 'p-map';
 import type { RawRgb } from './quality';
 import type { PhotoEntry } from './report';
 
@@ -28,7 +28,7 @@ export async function renderContactSheet(tiles: readonly SheetTile[], title: str
   const width = COLUMNS * (TILE + GAP) + GAP;
   const height = HEADER + rows * (TILE + LABEL + GAP) + GAP;
   // The tiles are small independent resizes: a few at a time, like the photos themselves.
-  const tileImages = await mapLimit(ordered, TILES_IN_FLIGHT, async ({ entry, thumb }) => (thumb ? tileImage(entry, thumb) : undefined));
+  const tileImages = await pMap(ordered, async ({ entry, thumb }) => (thumb ? tileImage(entry, thumb) : undefined), { concurrency: TILES_IN_FLIGHT, stopOnError: true });
   const layers: sharp.OverlayOptions[] = [];
   const texts: string[] = [`<text x="${GAP}" y="26" font-size="18" font-weight="bold" fill="#222">${escapeXml(title)}</text>`];
   for (const [i, { entry }] of ordered.entries()) {

@@ -1,4 +1,4 @@
-/** Shared set-up for the intake tests: the corpus, a moto S3 endpoint, and a job uploaded to it. */
+/** Shared set-up for the validate tests: the corpus, a moto S3 endpoint, and a job uploaded to it. */
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { type S3Client } from '@aws-sdk/client-s3';
@@ -6,7 +6,7 @@ import type { JobSpecInput } from '../../lambdas/shared/contract';
 import type { StageContext } from '../../lambdas/shared/handler';
 import { keys } from '../../lambdas/shared/keys';
 import { putBytes, putJson } from '../../lambdas/shared/s3';
-import { DEFAULT_CONFIG, type IntakeConfig } from '../../lambdas/intake/config';
+import { DEFAULT_CONFIG, type ValidateConfig } from '../../lambdas/validate/config';
 import { CORPUS_MAX_FILE_BYTES } from '../fixtures/photos/build';
 
 export const INBOX = 'inbox';
@@ -14,7 +14,7 @@ export const ARTIFACTS = 'artifacts';
 export const NOW = new Date('2025-01-02T03:04:05Z');
 
 /** Corpus limits: the oversized file is built to pass this per-file limit. */
-export const TEST_CONFIG: IntakeConfig = { ...DEFAULT_CONFIG, maxFileBytes: CORPUS_MAX_FILE_BYTES };
+export const TEST_CONFIG: ValidateConfig = { ...DEFAULT_CONFIG, maxFileBytes: CORPUS_MAX_FILE_BYTES };
 
 export function context(s3: S3Client, jobId: string, teamId = 'team-a'): StageContext {
   return { s3, inboxBucket: INBOX, artifactsBucket: ARTIFACTS, job: { teamId, jobId }, now: () => NOW };

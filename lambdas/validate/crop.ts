@@ -13,7 +13,7 @@ const FACE_TO_CROP = 5;
 const FACE_HEIGHT = 0.38;
 
 /**
- * A square crop around the dominant face (recipe.md: face and body dominate, some background).
+ * A square crop around the dominant face (docs/training.md, Crops: face and body dominate, some background).
  * Never smaller than `floor` pixels when the photo allows, so crops are not upscaled much.
  */
 export function faceCrop(width: number, height: number, face: Box, floor: number): Box {

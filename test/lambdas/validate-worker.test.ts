@@ -7,25 +7,26 @@ import { spawnSync } from 'node:child_process';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { afterAll, beforeAll, expect, it, vi } from 'vitest';
 import { keys } from '../../lambdas/shared/keys';
 import { getJson } from '../../lambdas/shared/s3';
-import { faceWorkerThreadId } from '../../lambdas/intake/faces';
-import type { RawRgb } from '../../lambdas/intake/quality';
-import { type Report, ReportSchema } from '../../lambdas/intake/report';
+import { faceWorkerThreadId } from '../../lambdas/validate/faces';
+import type { RawRgb } from '../../lambdas/validate/quality';
+import { type Report, ReportSchema } from '../../lambdas/validate/report';
 import { validate } from '../../lambdas/validate/core';
 import { buildCorpus, corpusUnavailable, EXPECTED } from '../fixtures/photos/build';
-import { type Moto, motoBinary, MOTO_MISSING, startMoto } from '../../scripts/local/moto';
-import { ARTIFACTS, TEST_CONFIG, context, uploadJob } from './intake-fixtures';
+import { type Moto, startMoto } from '../../scripts/local/moto';
+import { describeNeeding, motoMissing } from '../helpers/suites';
+import { ARTIFACTS, TEST_CONFIG, context, uploadJob } from './validate-fixtures';
 
 // Listed by key, an exact copy would sort before its original and be the one kept: leave it out.
 const FILES = Object.keys(EXPECTED).filter((f) => f !== 'copy-of-subject-01.jpg');
 const CODES = Object.fromEntries(FILES.map((f) => [f, EXPECTED[f]]));
 
-const skip = corpusUnavailable() ?? (motoBinary() ? undefined : MOTO_MISSING);
+const skip = corpusUnavailable() ?? motoMissing();
 if (skip) console.warn(`face worker tests skipped: ${skip}`);
 
-describe.skipIf(!!skip)('face detection in a worker thread', () => {
+describeNeeding('face detection in a worker thread', skip, () => {
   let moto: Moto;
   let corpus: string;
 
@@ -50,15 +51,15 @@ describe.skipIf(!!skip)('face detection in a worker thread', () => {
 
     // The same core, with detectFaces swapped for the in-thread detector the worker itself runs.
     vi.resetModules();
-    vi.doMock('../../lambdas/intake/faces', async (original) => {
-      const faces = await original<typeof import('../../lambdas/intake/faces')>();
+    vi.doMock('../../lambdas/validate/faces', async (original) => {
+      const faces = await original<typeof import('../../lambdas/validate/faces')>();
       return { ...faces, detectFaces: faces.detectFacesHere, detectFacesTiled: (img: RawRgb) => faces.detectFacesTiled(img, faces.detectFacesHere) };
     });
     // (.js: tsc's rule for dynamic imports; vite resolves it to the .ts file)
     const inThread = await import('../../lambdas/validate/core.js');
     const onMainThread = await validatedReport(inThread.validate, 'job-main-thread');
-    expect((await import('../../lambdas/intake/faces.js')).faceWorkerThreadId()).toBeUndefined();
-    vi.doUnmock('../../lambdas/intake/faces');
+    expect((await import('../../lambdas/validate/faces.js')).faceWorkerThreadId()).toBeUndefined();
+    vi.doUnmock('../../lambdas/validate/faces');
 
     expect(Object.fromEntries(viaWorker.photos.map((p) => [p.file, p.code]))).toEqual(CODES);
     const withFaces = viaWorker.photos.filter((p) => p.scores?.face);
@@ -75,7 +76,7 @@ describe.skipIf(!!skip)('face detection in a worker thread', () => {
     const script = join(dir, 'detect-once.ts');
     writeFileSync(
       script,
-      `import { detectFaces } from ${JSON.stringify(join(__dirname, '../../lambdas/intake/faces'))};\n` +
+      `import { detectFaces } from ${JSON.stringify(join(__dirname, '../../lambdas/validate/faces'))};\n` +
         `const data = Buffer.alloc(64 * 48 * 3, 128);\n` +
         `detectFaces({ data, width: 64, height: 48 }).then((faces) => console.log('faces', faces.length));\n`,
     );

@@ -1,5 +1,5 @@
 /**
- * The intake core shared by the validate Lambda and `npm run inspect`: it works on in-memory bytes
+ * The photo checks shared by the validate Lambda and `npm run inspect`: it works on in-memory bytes
  * behind a `PhotoSource`, so S3 and the file system are mere adapters. Per photo: byte limits, decode
  * by content, quality scores, faces (character jobs) and the crop; per job: near-duplicates, count
  * rules, training resolution and plan, and the dataset images. Each photo is decoded once, to an
@@ -11,12 +11,12 @@ import sharp from 'sharp';
 import type { JobSpec, Kind } from '../shared/contract';
 import { LAYOUT } from '../shared/layout';
 import { planTraining, trainingResolution } from '../shared/plan';
-import type { IntakeConfig } from './config';
+import type { ValidateConfig } from './config';
 import { renderContactSheet } from './contact-sheet';
 import { attentionCrop, contains, faceCrop, scaleBox } from './crop';
 import { decodeFailure, type OpenedPhoto, openPhoto, toRgb } from './decode';
 import { type DetectedFace, detectFaces, detectFacesTiled, FaceDetectorError } from './faces';
-import { mapLimit } from '../shared/pool';
+import pMap from 'p-map';
 import { hammingDistance, measureQuality, QUALITY_SIZE, type RawRgb } from './quality';
 import { cropPhoto, encodeDatasetImage, MAX_RESOLUTION } from './render';
 import { type PhotoEntry, PhotoRejection, type Report, type Scores } from './report';
@@ -52,14 +52,14 @@ interface Analysed {
   crop?: RawRgb;
 }
 
-export interface IntakeResult {
+export interface CheckedPhotos {
   readonly report: Report;
   readonly contactSheet: Buffer;
   /** The dataset PNG of each accepted photo by its output name; empty when the job has no plan. */
   readonly images: ReadonlyMap<string, Buffer>;
 }
 
-export interface IntakeJob {
+export interface PhotoJob {
   readonly teamId: string;
   readonly jobId: string;
   readonly spec: JobSpec;
@@ -67,26 +67,26 @@ export interface IntakeJob {
 }
 
 /** Runs every check on every source, at most `config.concurrency` photos decoded at once. */
-export async function runIntake(sources: readonly PhotoSource[], job: IntakeJob, config: IntakeConfig): Promise<IntakeResult> {
+export async function checkPhotos(sources: readonly PhotoSource[], job: PhotoJob, config: ValidateConfig): Promise<CheckedPhotos> {
   let jobBytes = 0;
   const budgeted = sources.map((source) => {
     jobBytes += source.bytes;
     return { source, overBudget: jobBytes > config.maxJobBytes };
   });
-  const analysed = await mapLimit(budgeted, config.concurrency, async ({ source, overBudget }) => {
+  const analysed = await pMap(budgeted, async ({ source, overBudget }) => {
     if (overBudget) {
       return rejected(source, 'JOB_TOO_LARGE', `the job's photos pass the ${mb(config.maxJobBytes)} limit for one job at this file: upload fewer or smaller photos`);
     }
     return analysePhoto(source, job.spec.kind, config);
-  });
+  }, { concurrency: config.concurrency, stopOnError: true });
   const report = assessJob(analysed, job, config);
   const encodeDataset = async () => {
     const images = new Map<string, Buffer>();
     if (report.plan) {
-      const pngs = await mapLimit(report.photos, config.concurrency, async (entry, i) => {
+      const pngs = await pMap(report.photos, async (entry, i) => {
         const crop = analysed[i]!.crop;
         return entry.status === 'accepted' && crop ? encodeDatasetImage(crop, report.resolution) : undefined;
-      });
+      }, { concurrency: config.concurrency, stopOnError: true });
       // In dataset order, whatever order the encodes finished in.
       report.photos.forEach((entry, i) => pngs[i] && images.set(entry.output!, pngs[i]));
     }
@@ -106,7 +106,7 @@ export async function runIntake(sources: readonly PhotoSource[], job: IntakeJob,
 }
 
 /** Checks one photo; every failure becomes a rejected entry, never an exception. */
-export async function analysePhoto(source: PhotoSource, kind: Kind, config: IntakeConfig): Promise<Analysed> {
+export async function analysePhoto(source: PhotoSource, kind: Kind, config: ValidateConfig): Promise<Analysed> {
   if (source.bytes > config.maxFileBytes) {
     return rejected(source, 'FILE_TOO_LARGE', `the file is ${mb(source.bytes)}, over the ${mb(config.maxFileBytes)} limit per photo: upload a smaller export (e.g. JPEG at full resolution)`);
   }
@@ -166,8 +166,8 @@ export async function analysePhoto(source: PhotoSource, kind: Kind, config: Inta
   }
 }
 
-/** The face rules of a character job (recipe.md): exactly one dominant face, big enough, alone in the crop. */
-async function characterCrop(thumb: RawRgb, working: RawRgb, width: number, height: number, scores: Scores, config: IntakeConfig) {
+/** The face rules of a character job (docs/training.md, Photos): exactly one dominant face, big enough, alone in the crop. */
+async function characterCrop(thumb: RawRgb, working: RawRgb, width: number, height: number, scores: Scores, config: ValidateConfig) {
   const found = async (detect: (img: RawRgb) => Promise<DetectedFace[]>, input: RawRgb, minScore: number) =>
     (await detect(input)).filter((f) => f.score >= minScore).map((f) => scaleBox(f, width / input.width, width, height));
   // The whole photo first; when that finds no face, tiles of the larger working copy look for a small one.
@@ -223,7 +223,7 @@ async function shrinkRgb(img: RawRgb, size: number): Promise<RawRgb> {
 }
 
 /** Job-level decisions: near-duplicates, the count ceiling, resolution, output names and the plan. */
-export function assessJob(analysed: readonly Analysed[], job: IntakeJob, config: IntakeConfig): Report {
+export function assessJob(analysed: readonly Analysed[], job: PhotoJob, config: ValidateConfig): Report {
   const entries = analysed.map((a) => ({ ...a.entry }));
   const rule = config.countRules[job.spec.kind];
 

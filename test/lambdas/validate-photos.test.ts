@@ -1,5 +1,5 @@
 /**
- * The intake core on the corpus built from real photos: every file gets its expected code, outputs
+ * The photo checks on the corpus built from real photos: every file gets its expected code, outputs
  * come out upright, 8-bit sRGB and metadata-free, and style jobs skip the face rules.
  */
 import { readFileSync, statSync } from 'node:fs';
@@ -7,25 +7,26 @@ import { join } from 'node:path';
 import sharp from 'sharp';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { JobSpecSchema } from '../../lambdas/shared/contract';
-import { analysePhoto, assessJob, type PhotoSource, runIntake } from '../../lambdas/intake/analyze';
-import { configFromEnv, DEFAULT_CONFIG } from '../../lambdas/intake/config';
-import { openPhoto } from '../../lambdas/intake/decode';
-import { renderDatasetImage } from '../../lambdas/intake/render';
-import { sniffFormat } from '../../lambdas/intake/sniff';
-import { hammingDistance } from '../../lambdas/intake/quality';
+import { analysePhoto, assessJob, type PhotoSource, checkPhotos } from '../../lambdas/validate/analyze';
+import { configFromEnv, DEFAULT_CONFIG } from '../../lambdas/validate/config';
+import { openPhoto } from '../../lambdas/validate/decode';
+import { renderDatasetImage } from '../../lambdas/validate/render';
+import { sniffFormat } from '../../lambdas/validate/sniff';
+import { hammingDistance } from '../../lambdas/validate/quality';
 import { buildCorpus, corpusUnavailable, EXPECTED, EXPECTED_HEIC, heifEncAvailable, p3Original, sampleDir } from '../fixtures/photos/build';
-import { NOW, TEST_CONFIG } from './intake-fixtures';
+import { describeNeeding, itNeeding } from '../helpers/suites';
+import { NOW, TEST_CONFIG } from './validate-fixtures';
 
 const skip = corpusUnavailable();
-if (skip) console.warn(`intake corpus tests skipped: ${skip}`);
-const HEIC_SKIP = 'heif-enc not installed (Debian package libheif-examples): the real-HEIC case is skipped';
+if (skip) console.warn(`validate corpus tests skipped: ${skip}`);
+const HEIC_MISSING = heifEncAvailable() ? undefined : 'heif-enc not installed (Debian package libheif-examples), so there is no real HEIC file to test';
 
 function source(dir: string, file: string): PhotoSource {
   const path = join(dir, file);
   return { file, bytes: statSync(path).size, load: async () => readFileSync(path) };
 }
 
-describe.skipIf(!!skip)('intake core on the real-photo corpus', () => {
+describeNeeding('photo checks on the real-photo corpus', skip, () => {
   let corpus: string;
   beforeAll(async () => {
     corpus = await buildCorpus();
@@ -42,14 +43,14 @@ describe.skipIf(!!skip)('intake core on the real-photo corpus', () => {
     }
   });
 
-  it.skipIf(!heifEncAvailable())(heifEncAvailable() ? 'a real HEIC phone photo is decoded and accepted' : `real HEIC (skipped: ${HEIC_SKIP})`, async () => {
+  itNeeding('a real HEIC phone photo is decoded and accepted', HEIC_MISSING, async () => {
     const { entry } = await analysePhoto(source(corpus, 'phone.heic'), 'character', TEST_CONFIG);
     expect([entry.code, entry.format, entry.width, entry.height]).toEqual([EXPECTED_HEIC['phone.heic'], 'heif', 900, 760]);
     const png = await renderDatasetImage(readFileSync(join(corpus, 'phone.heic')), entry.crop!, 512, TEST_CONFIG);
     expect((await sharp(png).metadata()).width).toBe(512);
   });
 
-  it.skipIf(!heifEncAvailable())(heifEncAvailable() ? 'a Display P3 HEIC is converted to sRGB' : `HEIC colour (skipped: ${HEIC_SKIP})`, async () => {
+  itNeeding('a Display P3 HEIC is converted to sRGB', HEIC_MISSING, async () => {
     const bytes = readFileSync(join(corpus, 'phone-p3.heic'));
     expect((await sharp(bytes).metadata()).icc?.length).toBeGreaterThan(0);
     const original = await p3Original(sampleDir()!);
@@ -124,7 +125,7 @@ describe.skipIf(!!skip)('intake core on the real-photo corpus', () => {
     const files = ['no-face.png', 'two-people.jpg', 'subject-05.jpg'];
     const spec = JobSpecSchema.parse({ token: 'ohwx', classWord: 'painting', kind: 'style' });
     const config = { ...TEST_CONFIG, countRules: { ...TEST_CONFIG.countRules, style: { min: 3, max: 10, idealMin: 5, idealMax: 8 } } };
-    const { report, contactSheet, images } = await runIntake(files.map((f) => source(corpus, f)), { teamId: 't', jobId: 'j', spec, now: NOW }, config);
+    const { report, contactSheet, images } = await checkPhotos(files.map((f) => source(corpus, f)), { teamId: 't', jobId: 'j', spec, now: NOW }, config);
     expect(report.photos.map((p) => p.code)).toEqual(['ACCEPTED', 'ACCEPTED', 'ACCEPTED']);
     // The dataset images come from validate's own decode, one per accepted photo, at the job's resolution.
     expect([...images.keys()]).toEqual(report.photos.map((p) => p.output));
@@ -141,7 +142,7 @@ describe.skipIf(!!skip)('intake core on the real-photo corpus', () => {
   it('gives every file of a whole job its expected code, with bounded concurrency', async () => {
     const files = Object.keys(EXPECTED);
     const spec = JobSpecSchema.parse({ token: 'ohwx', classWord: 'man' });
-    const { report } = await runIntake(files.map((f) => source(corpus, f)), { teamId: 't', jobId: 'j', spec, now: NOW }, { ...TEST_CONFIG, concurrency: 2 });
+    const { report } = await checkPhotos(files.map((f) => source(corpus, f)), { teamId: 't', jobId: 'j', spec, now: NOW }, { ...TEST_CONFIG, concurrency: 2 });
     expect(Object.fromEntries(report.photos.map((p) => [p.file, p.code]))).toEqual(EXPECTED);
     const accepted = Object.values(EXPECTED).filter((c) => c === 'ACCEPTED').length;
     expect(report.summary.accepted).toBe(accepted);
@@ -160,11 +161,11 @@ describe('format sniffing and configuration', () => {
   });
 
   it('reads limits and count rules from the environment, keeping the defaults otherwise', () => {
-    const config = configFromEnv({ INTAKE_MAX_FILE_BYTES: '1000', INTAKE_CHARACTER_MIN: '5' });
+    const config = configFromEnv({ VALIDATE_MAX_FILE_BYTES: '1000', VALIDATE_CHARACTER_MIN: '5' });
     expect(config.maxFileBytes).toBe(1000);
     expect(config.countRules.character).toEqual({ ...DEFAULT_CONFIG.countRules.character, min: 5 });
     expect(config.maxPixels).toBe(DEFAULT_CONFIG.maxPixels);
-    expect(() => configFromEnv({ INTAKE_MIN_SHARPNESS: 'abc' })).toThrow(/INTAKE|minSharpness/);
+    expect(() => configFromEnv({ VALIDATE_MIN_SHARPNESS: 'abc' })).toThrow(/validate config: minSharpness="abc"/);
   });
 });
 

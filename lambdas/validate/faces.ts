@@ -34,7 +34,7 @@ export class FaceDetectorError extends Error {
 }
 
 /** Marks the worker's `workerData`, so only the detector thread serves requests. */
-const WORKER_ROLE = 'intakeFaceDetector';
+const WORKER_ROLE = 'validateFaceDetector';
 
 interface DetectRequest {
   readonly id: number;
@@ -73,7 +73,7 @@ const TILE_FRACTION = 0.6;
  * 256x256, where a face under ~10% of the frame (a full-body shot, a distant subject) is too small
  * to find. Four overlapping tiles, each 60% of the image a side, enlarge it 1.7x; their faces are
  * mapped back and merged (a face in an overlap is found twice). Costs four detections, so the
- * intake runs it only when the whole-image pass finds no face.
+ * validate runs it only when the whole-image pass finds no face.
  */
 export async function detectFacesTiled(img: RawRgb, detect: (tile: RawRgb) => Promise<DetectedFace[]> = detectFaces): Promise<DetectedFace[]> {
   const tw = Math.max(1, Math.round(img.width * TILE_FRACTION));
@@ -144,7 +144,7 @@ function serveDetections(): void {
 
 type Ort = typeof import('onnxruntime-node');
 
-/** The detector settings the intake has always used (human's face.detector config before). */
+/** Detector settings carried over from human's face.detector config, which validate used before ONNX Runtime. */
 const MAX_FACES = 10;
 const MIN_CONFIDENCE = 0.2;
 const IOU_THRESHOLD = 0.3;

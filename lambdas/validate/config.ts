@@ -1,11 +1,11 @@
 /**
- * Intake limits and thresholds. Defaults suit a 2048 MB Lambda and phone photos; each can be
- * overridden from the environment (`INTAKE_<NAME>`) so operators tune them without a code change,
+ * Validate limits and thresholds. Defaults suit a 2048 MB Lambda and phone photos; each can be
+ * overridden from the environment (`VALIDATE_<NAME>`) so operators tune them without a code change,
  * and tests pass their own values to the core.
  */
 import { COUNT_RULES, type Kind } from '../shared/contract';
 
-export interface IntakeConfig {
+export interface ValidateConfig {
   /** Bytes one photo may have (phone HEIC/JPEG are 2-12 MB). */
   readonly maxFileBytes: number;
   /** Bytes all photos of a job may have together; files past it are rejected unread. */
@@ -34,7 +34,7 @@ export interface IntakeConfig {
    * distant faces 0.70-0.82), so it takes a higher score.
    */
   readonly minTiledFaceScore: number;
-  /** Smallest face side, as a fraction of the photo's short side (recipe: avoid far-away subjects). */
+  /** Smallest face side, as a fraction of the photo's short side (a far-away subject is too small to learn from). */
   readonly minFaceFraction: number;
   /** A second face at least this big relative to the main one makes the subject ambiguous. */
   readonly rivalFaceRatio: number;
@@ -43,11 +43,11 @@ export interface IntakeConfig {
    * up to ~36 MB when a small face crop needs full resolution; HEIC far more (one at a time).
    */
   readonly concurrency: number;
-  /** Photo count rules by kind (recipe.md: 20-50 for a character, 50-200 for a style). */
+  /** Photo count rules by kind (docs/training.md: 20-50 for a character, 50-200 for a style). */
   readonly countRules: Record<Kind, { min: number; max: number; idealMin: number; idealMax: number }>;
 }
 
-export const DEFAULT_CONFIG: IntakeConfig = {
+export const DEFAULT_CONFIG: ValidateConfig = {
   maxFileBytes: 30 * 1024 * 1024,
   maxJobBytes: 1024 * 1024 * 1024,
   maxPixels: 50_000_000,
@@ -66,37 +66,37 @@ export const DEFAULT_CONFIG: IntakeConfig = {
   countRules: COUNT_RULES,
 };
 
-const NUMERIC: ReadonlyArray<Exclude<keyof IntakeConfig, 'countRules'>> = [
+const NUMERIC: ReadonlyArray<Exclude<keyof ValidateConfig, 'countRules'>> = [
   'maxFileBytes', 'maxJobBytes', 'maxPixels', 'maxFiles', 'minShortSide', 'minSharpness', 'minBrightness',
   'maxBrightness', 'maxClipped', 'duplicateDistance', 'minFaceScore', 'minTiledFaceScore', 'minFaceFraction', 'rivalFaceRatio', 'concurrency',
 ];
 
 /**
- * Defaults overridden by `INTAKE_MAX_FILE_BYTES`-style variables, and count rules by
- * `INTAKE_<KIND>_MIN` / `INTAKE_<KIND>_MAX`. A malformed value is a deployment bug: it throws.
+ * Defaults overridden by `VALIDATE_MAX_FILE_BYTES`-style variables, and count rules by
+ * `VALIDATE_<KIND>_MIN` / `VALIDATE_<KIND>_MAX`. A malformed value is a deployment bug: it throws.
  */
-export function configFromEnv(env: NodeJS.ProcessEnv = process.env): IntakeConfig {
+export function configFromEnv(env: NodeJS.ProcessEnv = process.env): ValidateConfig {
   const config: Record<string, unknown> = { ...DEFAULT_CONFIG };
   for (const name of NUMERIC) {
-    const raw = env[`INTAKE_${name.replace(/[A-Z]/g, (c) => `_${c}`).toUpperCase()}`];
+    const raw = env[`VALIDATE_${name.replace(/[A-Z]/g, (c) => `_${c}`).toUpperCase()}`];
     if (raw !== undefined) config[name] = positiveNumber(name, raw);
   }
   const countRules = { ...DEFAULT_CONFIG.countRules };
   for (const kind of Object.keys(countRules) as Kind[]) {
-    const min = env[`INTAKE_${kind.toUpperCase()}_MIN`];
-    const max = env[`INTAKE_${kind.toUpperCase()}_MAX`];
+    const min = env[`VALIDATE_${kind.toUpperCase()}_MIN`];
+    const max = env[`VALIDATE_${kind.toUpperCase()}_MAX`];
     countRules[kind] = {
       ...countRules[kind],
       ...(min !== undefined ? { min: positiveNumber(`${kind} min`, min) } : {}),
       ...(max !== undefined ? { max: positiveNumber(`${kind} max`, max) } : {}),
     };
-    if (countRules[kind].min > countRules[kind].max) throw new Error(`intake config: ${kind} min is above max`);
+    if (countRules[kind].min > countRules[kind].max) throw new Error(`validate config: ${kind} min is above max`);
   }
-  return { ...(config as unknown as IntakeConfig), countRules };
+  return { ...(config as unknown as ValidateConfig), countRules };
 }
 
 function positiveNumber(name: string, raw: string): number {
   const value = Number(raw);
-  if (!Number.isFinite(value) || value <= 0) throw new Error(`intake config: ${name}="${raw}" is not a positive number`);
+  if (!Number.isFinite(value) || value <= 0) throw new Error(`validate config: ${name}="${raw}" is not a positive number`);
   return value;
 }

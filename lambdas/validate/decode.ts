@@ -4,9 +4,9 @@
  * sharp decodes everything except HEVC-coded HEIC from phones, which goes to WASM libheif.
  */
 import { crc32, deflateSync } from 'node:zlib';
+import pLimit from 'p-limit';
 import sharp from 'sharp';
-import type { IntakeConfig } from './config';
-import { Mutex } from '../shared/pool';
+import type { ValidateConfig } from './config';
 import { PhotoRejection } from './report';
 import type { RawRgb } from './quality';
 import { DECODABLE, type SniffedFormat, sniffFormat } from './sniff';
@@ -31,10 +31,10 @@ const REFUSED: Partial<Record<SniffedFormat, string>> = {
 };
 
 // libheif's WASM heap grows to ~860 MB for a 12 MP photo: one decode at a time keeps a 2 GB Lambda safe.
-const heifLock = new Mutex();
+const heifLock = pLimit(1);
 
 /** Decodes `bytes` far enough to know it is a usable still photo; throws PhotoRejection otherwise. */
-export async function openPhoto(bytes: Buffer, config: Pick<IntakeConfig, 'maxPixels'>): Promise<OpenedPhoto> {
+export async function openPhoto(bytes: Buffer, config: Pick<ValidateConfig, 'maxPixels'>): Promise<OpenedPhoto> {
   if (bytes.length === 0) throw new PhotoRejection('EMPTY_FILE', 'the file is empty (0 bytes): upload it again');
   const format = sniffFormat(bytes);
   if (!DECODABLE.has(format)) {
@@ -62,7 +62,7 @@ export async function openPhoto(bytes: Buffer, config: Pick<IntakeConfig, 'maxPi
 
   if (meta.format === 'heif' && meta.compression === 'hevc') {
     // libheif applies no colour profile: a phone's Display P3 photo would pass as sRGB, duller.
-    const decoded = await heifLock.run(async () => withProfileApplied(await decodeHevc(bytes), meta.icc));
+    const decoded = await heifLock(async () => withProfileApplied(await decodeHevc(bytes), meta.icc));
     const raw = { width: decoded.width, height: decoded.height, channels: 4 as const };
     // libheif applies the container's rotation itself; the decoded pixels are already upright.
     return {

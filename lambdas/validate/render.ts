@@ -1,6 +1,6 @@
 /** Turns an accepted photo into its dataset image: upright, sRGB, cropped, resized, metadata-free PNG. */
 import sharp from 'sharp';
-import type { IntakeConfig } from './config';
+import type { ValidateConfig } from './config';
 import { type OpenedPhoto, openPhoto, toRgb } from './decode';
 import type { RawRgb } from './quality';
 import { extractRgb } from './raw-rgb';
@@ -10,7 +10,7 @@ import type { Box } from './report';
 export const MAX_RESOLUTION = 768;
 
 /** Renders one photo's dataset image from its bytes (tests check single photos through it; validate renders from its own decode). */
-export async function renderDatasetImage(bytes: Buffer, crop: Box, resolution: number, config: Pick<IntakeConfig, 'maxPixels'>): Promise<Buffer> {
+export async function renderDatasetImage(bytes: Buffer, crop: Box, resolution: number, config: Pick<ValidateConfig, 'maxPixels'>): Promise<Buffer> {
   const photo = await openPhoto(bytes, config);
   return encodeDatasetImage(await cropPhoto(photo, crop, resolution), resolution);
 }
@@ -64,14 +64,4 @@ export async function encodeDatasetImage(img: RawRgb, resolution: number): Promi
   // zlib level 1: half the encode time of level 6 (~16 vs ~32 ms at 768 px here) for ~15% more bytes;
   // the dataset is transient training input, read once by the trainer.
   return image.png({ compressionLevel: 1 }).toBuffer();
-}
-
-/** A user caption made safe for kohya: one line of plain text, bounded length. */
-export function cleanCaption(raw: Uint8Array): string {
-  return new TextDecoder('utf-8', { fatal: false })
-    .decode(raw)
-    .replace(/[\u0000-\u001f\u007f]+/g, ' ')
-    .replace(/\s+/g, ' ')
-    .trim()
-    .slice(0, 1000);
 }

@@ -1,0 +1,39 @@
+"""moto's server with DynamoDB requests serialised.
+
+moto serves requests on threads and its DynamoDB backend takes no lock: a condition check and the
+write it guards can interleave with another request, and a cancelled TransactWriteItems restores a
+deep copy of the whole table taken before it ran, undoing writes other threads committed meanwhile.
+Real DynamoDB makes each conditional write and each transaction atomic (serialisable). Taking one lock
+around every DynamoDB request restores that guarantee, so concurrency tests exercise our code's
+conditions rather than the emulator's races. Other services are served as moto_server serves them.
+
+Usage: python moto_serial.py -H 127.0.0.1 -p PORT
+"""
+import argparse
+import threading
+
+from werkzeug.serving import run_simple
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+
+_lock = threading.Lock()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("-H", "--host", default="127.0.0.1")
+    parser.add_argument("-p", "--port", type=int, required=True)
+    args = parser.parse_args()
+    moto_app = DomainDispatcherApplication(create_backend_app)
+
+    def app(environ, start_response):
+        if environ.get("HTTP_X_AMZ_TARGET", "").startswith("DynamoDB_"):
+            with _lock:
+                # Consume the response inside the lock: the backend call happens while iterating.
+                return [b"".join(moto_app(environ, start_response))]
+        return moto_app(environ, start_response)
+
+    run_simple(args.host, args.port, app, threaded=True, request_handler=MotoRequestHandler)
+
+
+if __name__ == "__main__":
+    main()
