@@ -7,31 +7,27 @@
  * the effective permission is the intersection, i.e. exactly job J of team T. Team and job ids
  * cannot contain `/` (IdSchema), so the prefixes below are exact.
  */
+import { type Grant, STAGE_ACCESS } from './access';
 import { IdSchema } from './contract';
+import { keyPattern, LAYOUT } from './layout';
 
-/** What each GPU stage may do inside its own job, mirroring the role grants of infra/constructs/gpu-batch.ts. */
-export const GPU_STAGE_ACCESS = {
-  caption: { read: ['normalize/*'], write: ['caption/*'], delete: [] as string[], models: false },
-  train: { read: ['normalize/*', 'caption/*', 'train/*'], write: ['train/*'], delete: ['train/state/*'], models: true },
-  evaluate: { read: ['train/*', 'normalize/plan.json'], write: ['evaluate/*'], delete: [] as string[], models: true },
-} as const;
-export type GpuStage = keyof typeof GPU_STAGE_ACCESS;
+/** The GPU stages a session policy is minted for. */
+export type GpuStage = 'caption' | 'train' | 'evaluate';
 
-/** The session policy for `stage` working on job `jobId` of team `teamId` in the artifacts bucket. */
+/**
+ * The session policy for `stage` working on job `jobId` of team `teamId` in the artifacts bucket: the
+ * stage's own grants (lambdas/shared/access.ts, which the role has too) with this job's ids in place of
+ * the wildcards, and its listing limited to its own folder.
+ */
 export function jobSessionPolicy(stage: GpuStage, teamId: string, jobId: string, artifactsBucketArn: string): { Version: string; Statement: object[] } {
-  const access = GPU_STAGE_ACCESS[stage];
-  const job = `${artifactsBucketArn}/teams/${IdSchema.parse(teamId)}/jobs/${IdSchema.parse(jobId)}/`;
-  const statements: object[] = [
-    { Sid: 'Status', Effect: 'Allow', Action: ['s3:GetObject', 's3:PutObject'], Resource: [`${job}status.json`] },
-    { Sid: 'Read', Effect: 'Allow', Action: ['s3:GetObject'], Resource: access.read.map((f) => `${job}${f}`) },
-    { Sid: 'Write', Effect: 'Allow', Action: ['s3:PutObject'], Resource: access.write.map((f) => `${job}${f}`) },
-  ];
-  if (access.delete.length) statements.push({ Sid: 'Delete', Effect: 'Allow', Action: ['s3:DeleteObject'], Resource: access.delete.map((f) => `${job}${f}`) });
-  if (stage === 'train') {
-    // train lists its own resume state (the role lists teams/*).
-    const prefix = `teams/${teamId}/jobs/${jobId}/train/`;
-    statements.push({ Sid: 'List', Effect: 'Allow', Action: ['s3:ListBucket'], Resource: [artifactsBucketArn], Condition: { StringLike: { 's3:prefix': [prefix, `${prefix}*`] } } });
-  }
-  if (access.models) statements.push({ Sid: 'Models', Effect: 'Allow', Action: ['s3:GetObject'], Resource: [`${artifactsBucketArn}/models/*`] });
+  const ids = { teamId: IdSchema.parse(teamId), jobId: IdSchema.parse(jobId) };
+  const statements = (STAGE_ACCESS[stage] as readonly Grant[]).map((grant, i) => {
+    if ('list' in grant) {
+      // train lists its own resume state (the role lists teams/*).
+      const prefix = keyPattern(LAYOUT.jobPrefix + LAYOUT[stage], ids).replace(/\*$/, '');
+      return { Sid: `List${i}`, Effect: 'Allow', Action: ['s3:ListBucket'], Resource: [artifactsBucketArn], Condition: { StringLike: { 's3:prefix': [prefix, `${prefix}*`] } } };
+    }
+    return { Sid: `Objects${i}`, Effect: 'Allow', Action: [...grant.actions], Resource: grant.keys.map((key) => `${artifactsBucketArn}/${keyPattern(key, ids)}`) };
+  });
   return { Version: '2012-10-17', Statement: statements };
 }
