@@ -3,7 +3,7 @@
  * these (infra/constructs/bucket-access.ts `grantStageAccess`), so a layout change moves the IAM key
  * patterns with it. Every stage writes only under its own folder, plus status.json.
  */
-import { keyPattern, LAYOUT, type LayoutEntry } from './layout';
+import { type JobEntry, keyPattern, LAYOUT } from './layout';
 
 export type AccessBucket = 'inbox' | 'artifacts';
 /** Object actions a stage may be granted; exact names only, so no `s3:*`-style wildcard slips in. */
@@ -26,7 +26,7 @@ export interface ListGrant {
 export type Grant = ObjectGrant | ListGrant;
 
 /** A job-relative layout entry as a bucket-level template. */
-export const jobKey = (entry: LayoutEntry): string => `${LAYOUT.jobPrefix}${LAYOUT[entry]}`;
+export const jobKey = (entry: JobEntry): string => `${LAYOUT.jobPrefix}${LAYOUT[entry]}`;
 /** Every key of a job. */
 const JOB_ALL = LAYOUT.jobPrefix;
 

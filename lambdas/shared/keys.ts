@@ -4,7 +4,7 @@
  */
 import { IdSchema, type Stage } from './contract';
 import { InvalidInputError } from './errors';
-import { fillKey, keyHint, keyRegExp, LAYOUT, type LayoutEntry } from './layout';
+import { fillKey, type JobEntry, keyHint, keyRegExp, LAYOUT } from './layout';
 
 export interface JobRef {
   readonly teamId: string;
@@ -17,7 +17,7 @@ export function jobPrefix({ teamId, jobId }: JobRef): string {
 }
 
 /** The key of a job-relative layout entry, its placeholders filled from `values`. */
-export function jobKey(job: JobRef, entry: Exclude<LayoutEntry, 'teams' | 'teamPrefix' | 'jobPrefix' | 'models'>, values: Record<string, string | number> = {}): string {
+export function jobKey(job: JobRef, entry: JobEntry, values: Record<string, string | number> = {}): string {
   return jobPrefix(job) + fillKey(LAYOUT[entry], values);
 }
 

@@ -26,8 +26,16 @@ export const LAYOUT = {
   teams: TEAMS,
   /** Bucket-level: everything of one team (both buckets). */
   teamPrefix: `${TEAMS}{teamId}/`,
+  /** Bucket-level: a team's jobs (the job API lists them). */
+  teamJobs: `${TEAMS}{teamId}/jobs/`,
   /** Bucket-level: one job's folder in both buckets; every other job key is relative to it. */
   jobPrefix: `${TEAMS}{teamId}/jobs/{jobId}/`,
+  /** Bucket-level (artifacts): the job API's Idempotency-Key records, `{hash}` the key's sha256. */
+  idempotency: `${TEAMS}{teamId}/idempotency/`,
+  idempotencyKey: `${TEAMS}{teamId}/idempotency/{hash}.json`,
+  /** Bucket-level (artifacts): what the job API's erasure removed, ids only. */
+  tombstones: `${TEAMS}{teamId}/tombstones/`,
+  tombstone: `${TEAMS}{teamId}/tombstones/{jobId}.json`,
   /** Bucket-level (artifacts): base models the operator uploads. */
   models: 'models/',
 
@@ -41,6 +49,11 @@ export const LAYOUT = {
   status: 'status.json',
   /** Artifacts: written by finalize, with presigned URLs of the results. */
   manifest: 'manifest.json',
+  /** Artifacts: the job API's record of a created job (spec, declared photos, webhook). */
+  request: 'request.json',
+  /** Artifacts: the job API's webhook delivery attempts. */
+  notify: 'notify/',
+  webhookDelivery: 'notify/webhook-{eventId}.json',
 
   validate: VALIDATE,
   validateReport: `${VALIDATE}report.json`,
@@ -98,7 +111,9 @@ export const LAYOUT = {
 export type LayoutEntry = keyof typeof LAYOUT;
 
 /** Entries that are bucket-level rather than relative to the job prefix. */
-export const BUCKET_LEVEL: readonly LayoutEntry[] = ['teams', 'teamPrefix', 'jobPrefix', 'models'];
+export const BUCKET_LEVEL = ['teams', 'teamPrefix', 'teamJobs', 'jobPrefix', 'idempotency', 'idempotencyKey', 'tombstones', 'tombstone', 'models'] as const;
+/** Layout entries relative to the job prefix. */
+export type JobEntry = Exclude<LayoutEntry, (typeof BUCKET_LEVEL)[number]>;
 
 const PLACEHOLDER = /\{([A-Za-z]+)(?::0(\d)d)?\}/g;
 

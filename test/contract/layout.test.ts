@@ -8,7 +8,7 @@ import { fillKey, keyHint, keyPattern, keyRegExp, LAYOUT, LAYOUT_TARGETS, type L
 
 const root = join(__dirname, '..', '..');
 const job = { teamId: 'team-a', jobId: 'job-1' };
-const sample = { ...job, name: 'ohwx', folder: '10_ohwx', stem: 'ohwx-01', epoch: 7, state: 'ohwx-000002-state', file: 'ohwx-e1-s1.00.png' };
+const sample = { ...job, name: 'ohwx', folder: '10_ohwx', stem: 'ohwx-01', epoch: 7, state: 'ohwx-000002-state', file: 'ohwx-e1-s1.00.png', hash: 'ab12', eventId: 'ev-1' };
 const entries = Object.keys(LAYOUT) as LayoutEntry[];
 
 describe('generated key layout for the containers', () => {
