@@ -3,6 +3,7 @@ import { Construct } from 'constructs';
 import { LAYOUT } from '../lambdas/shared/layout';
 import type { AvatarConfig } from './config';
 import { Alarms } from './constructs/alarms';
+import { JobApi } from './constructs/api';
 import { GpuBatch } from './constructs/gpu-batch';
 import { Reconcile } from './constructs/reconcile';
 import { StageFunctions } from './constructs/stage-functions';
@@ -49,6 +50,8 @@ export class AvatarStack extends Stack {
   public readonly alarms: Alarms;
   /** Team registry table and the GPU fair-share policy. */
   public readonly teams: Teams;
+  /** The job API (HTTP API, Cognito clients, webhooks). */
+  public readonly api: JobApi;
 
   constructor(scope: Construct, id: string, props: AvatarStackProps) {
     super(scope, id, props);
@@ -105,6 +108,14 @@ export class AvatarStack extends Stack {
       alarmEmail: config.alarmEmail,
     });
 
+    const api = new JobApi(this, 'JobApi', {
+      inbox: storage.inbox,
+      artifacts: storage.artifacts,
+      stateMachine: workflow.stateMachine,
+      urlExpirySeconds: config.urlExpirySeconds,
+      teamsTable: teams.table,
+    });
+
     this.storage = storage;
     this.gpu = gpu;
     this.functions = functions;
@@ -113,6 +124,7 @@ export class AvatarStack extends Stack {
     this.reconcile = reconcile;
     this.alarms = alarms;
     this.teams = teams;
+    this.api = api;
 
     new CfnOutput(this, 'InboxBucketName', { value: storage.inbox.bucketName, description: 'Upload photos and job.json here' });
     new CfnOutput(this, 'ArtifactsBucketName', { value: storage.artifacts.bucketName, description: `Results; upload base models under ${LAYOUT.models}` });

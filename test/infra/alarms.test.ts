@@ -71,9 +71,9 @@ describe('alarms and outputs', () => {
     expect(resourcesOfType(withoutEmail.json, 'AWS::SNS::Subscription')).toEqual([]);
   });
 
-  it('output the bucket names, state machine, dead-letter queue and job queue', () => {
+  it('output the bucket names, state machine, dead-letter queue, job queue and the job API', () => {
     expect(Object.keys(withEmail.json.Outputs ?? {}).sort()).toEqual(
-      ['ArtifactsBucketName', 'DeadLetterQueueUrl', 'InboxBucketName', 'JobQueueArn', 'SchedulingPolicyArn', 'StateMachineArn', 'TeamsTableName'].sort(),
+      ['ApiUrl', 'ApiUserPoolId', 'ArtifactsBucketName', 'DeadLetterQueueUrl', 'InboxBucketName', 'JobQueueArn', 'SchedulingPolicyArn', 'StateMachineArn', 'TeamsTableName'].sort(),
     );
   });
 });

@@ -11,7 +11,7 @@ const fnProps = (fn: { functionArn: string }) => s.json.Resources[logicalId(s.st
 describe('stage functions', () => {
   it('run Node.js 22 on x86_64 with active tracing, every one of them', () => {
     const fns = resourcesOfType(s.json, 'AWS::Lambda::Function');
-    expect(fns).toHaveLength(6);
+    expect(fns).toHaveLength(8); // 5 stages, reconcile, the job API and its webhook sender (infra/constructs/api.ts)
     for (const [, fn] of fns) {
       expect(fn.Properties).toMatchObject({ Runtime: 'nodejs22.x', Architectures: ['x86_64'], TracingConfig: { Mode: 'Active' } });
       expect(fn.Properties.Environment.Variables).toMatchObject({ SERVICE_NAME: 'avatar', NODE_OPTIONS: '--enable-source-maps' });

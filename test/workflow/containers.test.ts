@@ -7,7 +7,9 @@
  * needs a base model that matches the LoRA's layers, which the stand-in cannot give; it runs the
  * S3-boundary stand-in, and its own tests render for real.
  */
+import { PutObjectCommand } from '@aws-sdk/client-s3';
 import { spawnSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import { existsSync, mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -84,8 +86,13 @@ describeWithMoto(existsSync(PYTHON) ? 'pipeline with the container entrypoints' 
     const job = { teamId: 'team-a', jobId: 'containers' };
     const s3 = moto.s3();
     for (const p of await syntheticPhotos(12, 640)) await putBytes(s3, INBOX, `${keys.photosPrefix(job)}${p.name}`, p.bytes, 'image/jpeg');
-    // The trainer hashes and caches the base model; the kohya stand-in never reads it.
-    await putBytes(s3, ARTIFACTS, 'models/sd15/v1-5-pruned-emaonly.safetensors', Buffer.alloc(4096, 7), 'application/octet-stream');
+    // The trainer checks the cached base model against the sha256 the operator uploads it with; the
+    // kohya stand-in never reads it.
+    const base = Buffer.alloc(4096, 7);
+    await s3.send(new PutObjectCommand({
+      Bucket: ARTIFACTS, Key: 'models/sd15/v1-5-pruned-emaonly.safetensors', Body: base,
+      Metadata: { sha256: createHash('sha256').update(base).digest('hex') },
+    }));
     await putJson(s3, INBOX, keys.spec(job), {
       token: 'zwxmug',
       classWord: 'mug',

@@ -2,8 +2,10 @@
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import boto3
 import jsonschema
@@ -110,3 +112,84 @@ def test_an_undecodable_image_fails_naming_it(job_env, blip_dir):
     status = _status(s3, bucket)
     assert status["error"]["code"] == "BAD_IMAGE" and status["error"]["input"] == "anantn-07.png"
     assert "Contents" not in s3.list_objects_v2(Bucket=bucket, Prefix=PREFIX + "caption/")
+
+
+def _start_paused_in_blip(env, blip_dir, ready, attempt):
+    """The real `python -m captioner run`, with BLIP's first batch followed by a long pause.
+
+    The one patch: a Spot reclaim cannot be timed to land inside BLIP on a tiny model, so the pause
+    holds the stage there until the test's SIGTERM.
+    """
+    code = (
+        "import pathlib, sys, time\n"
+        "from captioner import blip\n"
+        "real = blip.Blip.caption\n"
+        "def paused(self, images, s):\n"
+        "    out = real(self, images, s)\n"
+        f"    pathlib.Path({str(ready)!r}).touch()\n"
+        "    time.sleep(120)\n"
+        "    return out\n"
+        "blip.Blip.caption = paused\n"
+        "from captioner.__main__ import main\n"
+        "sys.exit(main(['run']))\n"
+    )
+    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, **env, "AVATAR_BLIP_MODEL_DIR": str(blip_dir), "AWS_BATCH_JOB_ATTEMPT": str(attempt)})
+
+
+def _sigterm_in_blip(env, blip_dir, tmp_path, attempt):
+    ready = tmp_path / f"in-blip-{attempt}"
+    proc = _start_paused_in_blip(env, blip_dir, ready, attempt)
+    deadline = time.monotonic() + 120
+    while not ready.exists():
+        assert proc.poll() is None, proc.stdout.read()[-3000:]
+        assert time.monotonic() < deadline, "BLIP never ran"
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 143, proc.stdout.read()[-3000:]
+
+
+def test_a_spot_reclaim_mid_captioning_leaves_running_and_the_retry_finishes(job_env, blip_dir, tmp_path):
+    plan = json.loads(json.dumps(PLAN))
+    plan["spec"]["captioning"].update(numBeams=1, minLength=2, maxLength=6)
+    s3, bucket = _seed(job_env, plan)
+
+    _sigterm_in_blip(job_env, blip_dir, tmp_path, attempt=1)
+    status = _status(s3, bucket)
+    assert (status["state"], status["stage"]) == ("running", "caption") and "error" not in status
+    assert status["progress"]["message"] == "interrupted (attempt 1 of 3); Batch retries and reruns the stage"
+    assert status["progress"]["fraction"] == 0.05  # the last progress written ("loading BLIP")
+    assert "Contents" not in s3.list_objects_v2(Bucket=bucket, Prefix=PREFIX + "caption/")
+
+    retry = subprocess.run([sys.executable, "-m", "captioner", "run"], capture_output=True, text=True, timeout=300,
+                           env={**os.environ, **job_env, "AVATAR_BLIP_MODEL_DIR": str(blip_dir), "AWS_BATCH_JOB_ATTEMPT": "2"})
+    assert retry.returncode == 0, retry.stderr[-3000:]
+    status = _status(s3, bucket)
+    assert status["state"] == "running" and status["progress"]["fraction"] == 1.0
+    assert status["progress"]["message"].endswith("(attempt 2 of 3)")
+    assert len(json.loads(_get(s3, bucket, "caption/captions.json"))["captions"]) == 25
+
+
+def test_a_sigterm_on_the_last_attempt_fails_the_caption_stage(job_env, blip_dir, tmp_path):
+    plan = json.loads(json.dumps(PLAN))
+    plan["spec"]["captioning"].update(numBeams=1, minLength=2, maxLength=6)
+    s3, bucket = _seed(job_env, plan)
+
+    _sigterm_in_blip(job_env, blip_dir, tmp_path, attempt=3)
+    status = _status(s3, bucket)
+    assert (status["state"], status["stage"]) == ("failed", "caption")
+    assert status["error"]["code"] == "INTERRUPTED" and "attempt 3 of 3" in status["error"]["message"]
+
+
+def test_a_terminal_status_is_not_overwritten_by_an_interruption(job_env):
+    """The workflow may mark the job failed first (a stopped execution terminates the Batch job)."""
+    from avatar_job import Interrupted, Job, Status
+
+    s3, bucket = _seed(job_env, json.loads(json.dumps(PLAN)))
+    job = Job.from_env()
+    status = Status(job, "caption", attempt=(1, 3))
+    failed = {"teamId": "team-a", "jobId": "recipe-25", "state": "failed", "stage": "caption", "createdAt": CREATED,
+              "updatedAt": CREATED, "finishedAt": CREATED, "error": {"code": "CANCELLED", "message": "the execution was stopped"}}
+    s3.put_object(Bucket=bucket, Key=PREFIX + "status.json", Body=json.dumps(failed))
+    status.interrupted(Interrupted())
+    assert _status(s3, bucket) == failed

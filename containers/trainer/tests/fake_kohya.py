@@ -2,12 +2,29 @@
 
 Reads --config_file (and the dataset TOML it names), prints kohya's summary and `epoch n/N` on
 stdout, tqdm bars with avr_loss on stderr (carriage returns), writes small real safetensors files
-named, keyed and tagged like networks.lora's, and `<name>-<epoch>-state` folders with
-train_state.json; honours --resume; with no images it logs "No data found" and exits 0 like kohya.
+named, keyed and tagged like networks.lora's, and `<name>-<epoch>-state` folders; honours --resume;
+with no images it logs "No data found" and exits 0 like kohya.
+
+Checked against a real sd-scripts 48d368fa run (tests/fixtures/kohya-transcript.*.txt, captured by
+test_train_real_kohya.py; test_train_progress.py parses both it and this stand-in's output with the
+same parser and compares the line shapes):
+- stdout: the summary block, "\nepoch n/N\n", "\nsaving checkpoint: <path>";
+- stderr: tqdm "steps: ...| i/T [..., avr_loss=x]" (avr_loss with 3 significant digits) and the
+  logger's "saving state at epoch n" / "saving last state.";
+- write order per epoch k < N: checkpoint, then the state folder; after the last epoch: the
+  `<name>-state` folder, then the final checkpoint;
+- a state folder gets train_state.json FIRST (accelerate's save pre-hook), then model.safetensors,
+  optimizer.bin, scheduler.bin, sampler.bin, sampler_1.bin, random_states_0.pkl;
+- --resume fails like accelerate.load_state (FileNotFoundError, exit 1) when a file is missing;
+  it starts at epoch --initial_epoch, else at train_state.json's current_step // steps per epoch;
+  and the step count starts again at 0 (tqdm shows 1/T after the resumed epochs, and the next
+  state records that count), as in tests/fixtures/kohya-resume-transcript.*.txt.
 
 Test controls (env): FAKE_KOHYA_NAN_AT_STEP=n (avr_loss=nan from step n on), FAKE_KOHYA_HANG_AFTER_EPOCH=k
-(after saving epoch k, sleep until signalled), FAKE_KOHYA_DIM=n (write the wrong rank),
-FAKE_KOHYA_SEE_NO_IMAGES=1 (find no images),
+(after saving epoch k, start epoch k+1 and sleep there until signalled), FAKE_KOHYA_SAVE_DELAY=s
+(pause before each state file after train_state.json, so a test can kill it mid-save; only in epoch
+FAKE_KOHYA_SAVE_DELAY_EPOCH's save when that is set),
+FAKE_KOHYA_DIM=n (write the wrong rank), FAKE_KOHYA_SEE_NO_IMAGES=1 (find no images),
 FAKE_KOHYA_ARGS_LOG=path (append argv as JSON), FAKE_KOHYA_STEP_DELAY=s.
 """
 import argparse
@@ -42,15 +59,54 @@ def write_lora(path: Path, cfg: dict, epoch: int) -> None:
     save_file(tensors, str(path), metadata=meta)
 
 
+# accelerator.save_state's files after train_state.json, in the order accelerate writes them.
+STATE_FILES = ["model.safetensors", "optimizer.bin", "scheduler.bin", "sampler.bin", "sampler_1.bin", "random_states_0.pkl"]
+
+
+def log(message: str) -> None:
+    """kohya's rich logger, on stderr."""
+    sys.stderr.write(f"\n{time.strftime('%Y-%m-%d %H:%M:%S')} INFO     {message}\n")
+    sys.stderr.flush()
+
+
+def save_state(state: Path, cfg: dict, epoch: int, step: int, delay: float) -> None:
+    log(f"Saving current state to {state}")
+    state.mkdir(parents=True, exist_ok=True)
+    # train_network.py's save_model_hook, an accelerate save pre-hook, writes this before anything else.
+    (state / "train_state.json").write_text(json.dumps({"current_epoch": epoch, "current_step": step}))
+    log(f"save train state to {state / 'train_state.json'} at epoch {epoch} step {step}")
+    for name in STATE_FILES:
+        time.sleep(delay)
+        if name == "model.safetensors":
+            write_lora(state / name, cfg, epoch)
+        else:
+            (state / name).write_bytes(os.urandom(256))
+
+
+def load_state(state: Path) -> dict:
+    """Like accelerate.load_state: every file must be there and readable."""
+    from safetensors import safe_open
+
+    for name in STATE_FILES:
+        if not (state / name).is_file():
+            sys.stderr.write(f"Traceback (most recent call last):\nFileNotFoundError: [Errno 2] No such file or directory: '{state / name}'\n")
+            sys.exit(1)
+    with safe_open(str(state / "model.safetensors"), "pt") as f:
+        assert f.keys()
+    return json.loads((state / "train_state.json").read_text())
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--config_file", required=True)
     ap.add_argument("--resume")
+    ap.add_argument("--initial_epoch", type=int)
     args = ap.parse_args()
-    if log := os.environ.get("FAKE_KOHYA_ARGS_LOG"):
-        with open(log, "a") as f:
+    if args_log := os.environ.get("FAKE_KOHYA_ARGS_LOG"):
+        with open(args_log, "a") as f:
             f.write(json.dumps(sys.argv[1:]) + "\n")
     cfg = tomllib.loads(Path(args.config_file).read_text())
+    resumed = load_state(Path(args.resume)) if args.resume else None
     ds = tomllib.loads(Path(cfg["dataset_config"]).read_text())
     subset = ds["datasets"][0]["subsets"][0]
     exts = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
@@ -71,35 +127,50 @@ def main() -> int:
     print(f"  total optimization steps / 学習ステップ数: {total}", flush=True)
 
     start = 0
-    if args.resume:
-        start = json.loads((Path(args.resume) / "train_state.json").read_text())["current_epoch"]
+    if args.initial_epoch:
+        start = args.initial_epoch - 1
+    elif resumed:
+        start = resumed["current_step"] // per_epoch
     out, name = Path(cfg["output_dir"]), cfg["output_name"]
+    out.mkdir(parents=True, exist_ok=True)  # save_model's os.makedirs
     nan_at = int(os.environ.get("FAKE_KOHYA_NAN_AT_STEP") or 0)
     hang_after = int(os.environ.get("FAKE_KOHYA_HANG_AFTER_EPOCH") or 0)
     delay = float(os.environ.get("FAKE_KOHYA_STEP_DELAY") or 0)
-    step = start * per_epoch
+    save_delay = float(os.environ.get("FAKE_KOHYA_SAVE_DELAY") or 0)
+    slow_epoch = int(os.environ.get("FAKE_KOHYA_SAVE_DELAY_EPOCH") or 0)
+    delay_in = lambda e: save_delay if not slow_epoch or e == slow_epoch else 0.0
+    step = 0  # kohya's global_step, 0 again after a resume
+    bar = ""
     for epoch in range(start + 1, epochs + 1):
-        print(f"\nepoch {epoch}/{epochs}", flush=True)
-        for _ in range(per_epoch):
-            step += 1
-            loss = float("nan") if nan_at and step >= nan_at else 0.2 / math.sqrt(step)
-            pct = int(100 * step / total)
-            sys.stderr.write(f"\rsteps: {pct:3d}%|{'█' * (pct // 10):10s}| {step}/{total} [00:0{epoch}<00:10, 5.00it/s, avr_loss={loss:.4g}]")
-            sys.stderr.flush()
-            time.sleep(delay)
-        last = epoch == epochs
-        ckpt = out / (f"{name}.safetensors" if last else f"{name}-{epoch:06d}.safetensors")
-        print(f"\nsaving checkpoint: {ckpt}", flush=True)
-        write_lora(ckpt, cfg, epoch)
-        if cfg.get("save_state"):
-            state = out / (f"{name}-state" if last else f"{name}-{epoch:06d}-state")
-            state.mkdir(parents=True, exist_ok=True)
-            (state / "optimizer.bin").write_bytes(os.urandom(256))
-            (state / "train_state.json").write_text(json.dumps({"current_epoch": epoch, "current_step": step}))
-        if hang_after and epoch == hang_after:
+        print(f"\nepoch {epoch}/{epochs}\n", flush=True)
+        if hang_after and epoch == hang_after + 1:
             while True:  # a long epoch: only a signal ends it
                 time.sleep(0.2)
-    sys.stderr.write("\n")
+        for i in range(1, per_epoch + 1):
+            step += 1
+            # The loss falls with the training done so far, resumed or not.
+            loss = float("nan") if nan_at and step >= nan_at else 0.2 / math.sqrt((epoch - 1) * per_epoch + i)
+            pct = int(100 * step / total)
+            bar = f"\rsteps: {pct:3d}%|{'█' * (pct // 10):10s}| {step}/{total} [00:0{epoch}<00:10, 5.00it/s, avr_loss={loss:.3g}]"
+            sys.stderr.write(bar)
+            sys.stderr.flush()
+            time.sleep(delay)
+        if epoch < epochs:
+            ckpt = out / f"{name}-{epoch:06d}.safetensors"
+            print(f"\nsaving checkpoint: {ckpt}", flush=True)
+            write_lora(ckpt, cfg, epoch)
+            if cfg.get("save_state"):
+                log(f"saving state at epoch {epoch}")
+                save_state(out / f"{name}-{epoch:06d}-state", cfg, epoch, step, delay_in(epoch))
+    # After the loop: the last state first, then the final checkpoint (train_network.py's order).
+    if cfg.get("save_state"):
+        log("saving last state.")
+        save_state(out / f"{name}-state", cfg, epochs, step, delay_in(epochs))
+    ckpt = out / f"{name}.safetensors"
+    print(f"\nsaving checkpoint: {ckpt}", flush=True)
+    write_lora(ckpt, cfg, epochs)
+    log("model saved.")
+    sys.stderr.write(bar + "\n")  # tqdm's close draws the bar once more
     return 0
 
 

@@ -7,6 +7,7 @@ same LoRA delta: their renders must match, which shows the strength is a multipl
 Two grid cells are planted (the renderer's output replaced, as a tiny model cannot be made to render
 them on purpose): a black image and a near-copy of a training photo; both must be flagged broken.
 """
+import hashlib
 import html
 import io
 import json
@@ -366,7 +367,8 @@ def test_the_production_loader_reads_the_single_file_checkpoint_with_the_baked_c
     # from_single_file gets the baked config and may not reach the hub.
     monkeypatch.setenv("AVATAR_SD_CONFIG_DIR", str(folder))
     monkeypatch.setenv("AVATAR_BASE_MODEL_KEY", "models/sd15.safetensors")
-    boto3.client("s3").put_object(Bucket=job_env["AVATAR_ARTIFACTS_BUCKET"], Key="models/sd15.safetensors", Body=b"weights")
+    boto3.client("s3").put_object(Bucket=job_env["AVATAR_ARTIFACTS_BUCKET"], Key="models/sd15.safetensors", Body=b"weights",
+                                  Metadata={"sha256": hashlib.sha256(b"weights").hexdigest()})
     calls = []
 
     def fake_single_file(path, **kwargs):

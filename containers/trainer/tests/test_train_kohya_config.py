@@ -122,9 +122,9 @@ def test_launch_command_uses_accelerate_and_resume(monkeypatch, tmp_path):
     monkeypatch.delenv("AVATAR_KOHYA_CMD", raising=False)
     (tmp_path / "train_network.py").write_text("")
     monkeypatch.setenv("AVATAR_SD_SCRIPTS_DIR", str(tmp_path))
-    cmd, cwd = kohya.launch_command(Path("/w/config.toml"), Path("/w/output/anantn-000002-state"))
+    cmd, cwd = kohya.launch_command(Path("/w/config.toml"), Path("/w/output/anantn-000002-state"), 2)
     assert cmd == ["accelerate", "launch", "--num_cpu_threads_per_process", "1", str(tmp_path / "train_network.py"),
-                   "--config_file", "/w/config.toml", "--resume", "/w/output/anantn-000002-state"]
+                   "--config_file", "/w/config.toml", "--resume", "/w/output/anantn-000002-state", "--initial_epoch", "3"]
     assert cwd == tmp_path
 
 

@@ -6,6 +6,7 @@ the VAE, text encoder depth and tokenizer are tiny. Nothing is downloaded.
 """
 import json
 import os
+import re
 import subprocess
 import sys
 import tomllib
@@ -73,10 +74,18 @@ def test_real_kohya_trains_a_lora_diffusers_can_load(tmp_path):
     (tmp_path / "config.toml").write_text(kohya.toml_table(cfg))
     assert tomllib.loads((tmp_path / "config.toml").read_text())["resolution"] == "64,64"
 
-    result = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "1",
-                             "--num_cpu_threads_per_process", "1", str(Path(SD) / "train_network.py"), "--config_file", str(tmp_path / "config.toml")],
-                            cwd=SD, capture_output=True, text=True, timeout=1800, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    def kohya(name, *args):
+        result = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "1",
+                                 "--num_cpu_threads_per_process", "1", str(Path(SD) / "train_network.py"),
+                                 "--config_file", str(tmp_path / "config.toml"), *args],
+                                cwd=SD, capture_output=True, text=True, timeout=1800, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        if out := os.environ.get("AVATAR_KOHYA_TRANSCRIPT_DIR"):  # refreshes tests/fixtures/kohya-*.{out,err}.txt
+            for stream, text in (("out", result.stdout), ("err", result.stderr)):
+                (Path(out) / f"{name}.{stream}.txt").write_text(text.replace(str(tmp_path), "/tmp/run"))
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        return result
+
+    result = kohya("kohya-transcript")
     assert "epoch 2/2" in result.stdout
 
     final = tmp_path / "out/anantn.safetensors"
@@ -84,6 +93,15 @@ def test_real_kohya_trains_a_lora_diffusers_can_load(tmp_path):
     summary = verify_checkpoint(final, "lora", 4, 2.0)
     assert summary["unetModules"] > 0 and summary["textEncoderModules"] > 0
     assert (tmp_path / "out/anantn-000001-state").is_dir()
+
+    # What a retried attempt runs (kohya.launch_command): --resume from the epoch-1 state with
+    # --initial_epoch 2 trains epoch 2 only.
+    resumed = kohya("kohya-resume-transcript", "--resume", str(tmp_path / "out/anantn-000001-state"), "--initial_epoch", "2",
+                    "--output_dir", str(tmp_path / "out-2"))
+    assert "epoch 1/2" not in resumed.stdout and "epoch 2/2" in resumed.stdout
+    # kohya took --initial_epoch over the state's step count (rich wraps the warning at 80 columns).
+    assert re.search(r"steps from the state is\b.{0,80}?\n\s+ignored because initial_step", resumed.stderr, re.S)
+    assert (tmp_path / "out-2/anantn.safetensors").is_file() and not (tmp_path / "out-2/anantn-000001.safetensors").exists()
 
     from diffusers import StableDiffusionPipeline
 

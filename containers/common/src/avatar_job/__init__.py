@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -22,6 +23,11 @@ from . import layout
 
 SCHEMA_PATH = Path(__file__).with_name("contract.schema.json")
 STATUS_THROTTLE_S = 15.0
+# The job definitions' retryAttempts (infra/constructs/gpu-batch.ts): Batch reruns a Spot-reclaimed job
+# up to this many attempts in all.
+DEFAULT_BATCH_ATTEMPTS = 3
+# Seconds between SIGTERM and SIGKILL; the infra sets ECS_CONTAINER_STOP_TIMEOUT to the same value.
+DEFAULT_STOP_TIMEOUT_S = 120.0
 
 
 class StageError(Exception):
@@ -30,6 +36,41 @@ class StageError(Exception):
     def __init__(self, code: str, message: str, input: str | None = None):
         super().__init__(f"{code}: {message}" + (f" ({input})" if input else ""))
         self.code, self.message, self.input = code, message, input
+
+
+class Interrupted(StageError):
+    """SIGTERM: Batch is stopping this attempt (a Spot reclaim, a terminated job, a timeout).
+
+    `resume` says what a retry does ("resumes from epoch 2"); run_stage turns it into status.json.
+    """
+
+    def __init__(self, resume: str = "reruns the stage"):
+        super().__init__("INTERRUPTED", f"the job was stopped (SIGTERM); a retry {resume}")
+        self.resume = resume
+
+
+def attempt() -> tuple[int, int]:
+    """(this attempt, attempts Batch makes in all): AWS_BATCH_JOB_ATTEMPT is 1-based, unset outside Batch."""
+    def number(name: str, default: int) -> int:
+        raw = os.environ.get(name) or str(default)
+        if not raw.isdigit() or int(raw) < 1:
+            raise StageError("INVALID_ENV", f"{name} must be a whole number from 1, not {raw!r}; fix the Batch job definition", name)
+        return int(raw)
+
+    return number("AWS_BATCH_JOB_ATTEMPT", 1), number("AVATAR_BATCH_ATTEMPTS", DEFAULT_BATCH_ATTEMPTS)
+
+
+def stop_timeout_s() -> float:
+    """AVATAR_STOP_TIMEOUT_S: how long the container has between SIGTERM and SIGKILL."""
+    raw = os.environ.get("AVATAR_STOP_TIMEOUT_S") or str(DEFAULT_STOP_TIMEOUT_S)
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not math.isfinite(value) or value <= 0:
+        raise StageError("INVALID_ENV", f"AVATAR_STOP_TIMEOUT_S must be a positive number of seconds, not {raw!r}; "
+                         "set it to the container stop timeout", "AVATAR_STOP_TIMEOUT_S")
+    return value
 
 
 def _validator(name: str) -> jsonschema.Draft202012Validator:
@@ -107,10 +148,14 @@ class Job:
 
     def list(self, rel_prefix: str) -> list[str]:
         """Keys under a sub-prefix, relative to the job prefix."""
-        out: list[str] = []
+        return list(self.sizes(rel_prefix))
+
+    def sizes(self, rel_prefix: str) -> dict[str, int]:
+        """Sizes of the objects under a sub-prefix, by key relative to the job prefix."""
+        out: dict[str, int] = {}
         pages = self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.artifacts_bucket, Prefix=self.key(rel_prefix))
         for page in pages:
-            out += [o["Key"][len(self.prefix):] for o in page.get("Contents", [])]
+            out.update({o["Key"][len(self.prefix):]: o["Size"] for o in page.get("Contents", [])})
         return out
 
     def load_plan(self) -> dict:
@@ -132,9 +177,11 @@ class Status:
     Never writes `succeeded`: only the final Lambda does.
     """
 
-    def __init__(self, job: Job, stage: str, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, job: Job, stage: str, clock: Callable[[], float] = time.monotonic, attempt: tuple[int, int] = (1, 1)):
         self.job, self.stage, self.clock = job, stage, clock
+        self.attempt, self.attempts = attempt
         self.last_write = -math.inf
+        self.last_progress: dict = {"fraction": 0.0, "message": ""}
         self.created_at = now()
         try:
             existing = json.loads(job.get_bytes(layout.STATUS))
@@ -155,13 +202,37 @@ class Status:
         """Writes progress unless one was written under STATUS_THROTTLE_S ago (force: write anyway)."""
         if not force and self.clock() - self.last_write < STATUS_THROTTLE_S:
             return False
-        progress = {"fraction": min(1.0, max(0.0, fraction)), "message": message}
+        # A retried attempt says so in every message (the Status contract has no attempt field yet).
+        suffix = f" (attempt {self.attempt} of {self.attempts})" if self.attempt > 1 else ""
+        progress = {"fraction": min(1.0, max(0.0, fraction)), "message": message + suffix}
         for k, v in fields.items():
             # JSON has no NaN; a non-finite loss is reported through the error instead.
             if v is not None and not (isinstance(v, float) and not math.isfinite(v)):
                 progress[k] = v
         self._write({**self._base("running"), "progress": progress})
+        self.last_progress = progress
         return True
+
+    def interrupted(self, error: Interrupted) -> None:
+        """`running` while Batch still has an attempt left (it retries a Spot reclaim), else `failed`.
+
+        A terminal status someone else already wrote (the workflow after a stopped execution) stays.
+        """
+        try:
+            current = json.loads(self.job.get_bytes("status.json"))
+        except (StageError, json.JSONDecodeError):
+            current = {}
+        if current.get("state") in ("failed", "succeeded"):
+            print(f"{self.stage}: status.json is already {current['state']}; leaving it", file=sys.stderr)
+            return
+        attempt, attempts = self.attempt, self.attempts
+        if attempt >= attempts:
+            self.fail(StageError("INTERRUPTED", f"interrupted (attempt {attempt} of {attempts}) and Batch makes no more attempts; "
+                                 "retry the job (a Spot reclaim each time: consider spot=false)"))
+            return
+        # The attempt number has no field of its own in the Status contract yet: it is in the message.
+        message = f"interrupted (attempt {attempt} of {attempts}); Batch retries and {error.resume}"
+        self._write({**self._base("running"), "progress": {**self.last_progress, "message": message}})
 
     def fail(self, error: StageError) -> None:
         err = {"code": error.code, "message": error.message}
@@ -174,14 +245,25 @@ def run_stage(stage: str, body: Callable[[Job, Status], None]) -> int:
     """Runs a stage body and turns its outcome into status.json plus an exit code."""
     try:
         job = Job.from_env()
-        status = Status(job, stage)
+        status = Status(job, stage, attempt=attempt())
     except StageError as e:
         print(f"{stage}: {e}", file=sys.stderr)
         return 2
+
+    def on_sigterm(*_):
+        raise Interrupted()
+
+    # A stage that must clean up first (the trainer stopping kohya) installs its own handler meanwhile.
+    signal.signal(signal.SIGTERM, on_sigterm)
     try:
         status.progress(0.0, f"{stage} starting", force=True)
         body(job, status)
         return 0
+    except Interrupted as e:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one stop is enough: finish writing the status
+        print(f"{stage}: {e}", file=sys.stderr)
+        status.interrupted(e)
+        return 128 + signal.SIGTERM
     except StageError as e:
         print(f"{stage} failed: {e}", file=sys.stderr)
         status.fail(e)

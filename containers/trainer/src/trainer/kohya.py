@@ -160,8 +160,13 @@ def training_config(plan: dict, *, base_model: Path, dataset_toml_path: Path, ou
     return cfg
 
 
-def launch_command(config_toml: Path, resume: Path | None) -> tuple[list[str], Path | None]:
-    """`accelerate launch ... train_network.py --config_file X [--resume DIR]`, and its working dir.
+def launch_command(config_toml: Path, resume: Path | None, resume_epoch: int = 0) -> tuple[list[str], Path | None]:
+    """`accelerate launch ... train_network.py --config_file X [--resume DIR --initial_epoch k+1]`, and its working dir.
+
+    --initial_epoch because kohya (48d368fa) restarts its step counter at 0 on --resume, so a state
+    saved by a resumed run records a step count of that run only ("save train state ... at epoch 2
+    step 2" in tests/fixtures/kohya-resume-transcript.err.txt), and a second resume would compute
+    the wrong epoch from it. Our state folder names carry the epoch, and --initial_epoch wins.
 
     AVATAR_KOHYA_CMD replaces everything before the arguments (tests run a stand-in process).
     """
@@ -176,5 +181,5 @@ def launch_command(config_toml: Path, resume: Path | None) -> tuple[list[str], P
         cwd = sd
     args = ["--config_file", str(config_toml)]
     if resume:
-        args += ["--resume", str(resume)]
+        args += ["--resume", str(resume), "--initial_epoch", str(resume_epoch + 1)]
     return cmd + args, cwd

@@ -1,4 +1,7 @@
-"""Reads kohya's console output (docs/kohya.md, Progress lines) into progress events."""
+"""Reads kohya's console output (docs/kohya.md, Progress lines) into progress events.
+
+Checked against a real sd-scripts run: tests/fixtures/kohya-transcript.{out,err}.txt.
+"""
 from __future__ import annotations
 
 import re
@@ -9,11 +12,13 @@ EPOCH = re.compile(r"\bepoch (\d+)/(\d+)\b")
 STEPS = re.compile(r"steps:.*?(\d+)/(\d+)\s*\[[^\]]*?avr_loss=([-+0-9.eEnaifNAIF]+)")
 SAVING = re.compile(r"saving checkpoint:\s*(\S+)")
 TOTAL = re.compile(r"total optimization steps[^:\d]*:\s*(\d+)")
+# The logger (stderr), before accelerator.save_state: "saving state at epoch 1", "saving last state."
+STATE = re.compile(r"\bsaving (?:state at epoch (\d+)\b|last state\.)")
 
 
 @dataclass
 class Event:
-    kind: str  # epoch | step | checkpoint | total
+    kind: str  # epoch | step | checkpoint | total | state (epoch None: the last state)
     epoch: int | None = None
     epochs: int | None = None
     step: int | None = None
@@ -35,6 +40,8 @@ def parse_line(line: str) -> Event | None:
         return Event("checkpoint", path=m[1])
     if m := TOTAL.search(line):
         return Event("total", total=int(m[1]))
+    if m := STATE.search(line):
+        return Event("state", epoch=int(m[1]) if m[1] else None)
     if m := EPOCH.search(line):
         return Event("epoch", epoch=int(m[1]), epochs=int(m[2]))
     return None

@@ -1,0 +1,37 @@
+/**
+ * The job API in Lambda, behind an API Gateway HTTP API. Settings come from the environment the CDK
+ * stack sets (infra/constructs/api.ts).
+ */
+import { SFNClient } from '@aws-sdk/client-sfn';
+import { handle } from 'hono/aws-lambda';
+import { requireEnv } from '../shared/env';
+import { s3Client } from '../shared/s3';
+import { TeamRegistry, teamsDocumentClient } from '../shared/teams';
+import { createApp } from './app';
+import { remoteKeys } from './auth';
+
+const issuer = requireEnv('AUTH_ISSUER');
+const registry = new TeamRegistry(teamsDocumentClient(), requireEnv('TEAMS_TABLE'));
+const app = createApp({
+  deps: {
+    s3: s3Client(),
+    sfn: new SFNClient({}),
+    inboxBucket: requireEnv('INBOX_BUCKET'),
+    artifactsBucket: requireEnv('ARTIFACTS_BUCKET'),
+    stateMachineArn: requireEnv('STATE_MACHINE_ARN'),
+    urlExpirySeconds: Number(requireEnv('URL_EXPIRY_SECONDS')),
+    uploadExpirySeconds: Number(process.env.UPLOAD_EXPIRY_SECONDS ?? 900),
+    maxPhotoBytes: Number(process.env.MAX_PHOTO_BYTES ?? 25 * 1024 * 1024),
+    now: () => new Date(),
+    registry,
+  },
+  auth: {
+    issuer,
+    keys: remoteKeys(process.env.AUTH_JWKS_URL ?? `${issuer}/.well-known/jwks.json`),
+    teamScopePrefix: process.env.AUTH_TEAM_SCOPE_PREFIX ?? 'avatar/team:',
+  },
+  teams: registry,
+  rateLimit: { burst: Number(process.env.RATE_BURST ?? 20), perSecond: Number(process.env.RATE_PER_SECOND ?? 5) },
+});
+
+export const handler = handle(app);

@@ -1,0 +1,175 @@
+/**
+ * The job API on this machine: the same app as in Lambda, served by @hono/node-server, over moto
+ * (S3 with versioned buckets, Step Functions API) and the local state machine runner.
+ *
+ * What stands in for AWS here:
+ * - The inbox's EventBridge rule: after the API writes job.json, the real `start` handler runs
+ *   (StartExecution against moto) and the synthesized state machine runs locally.
+ * - StopExecution goes to moto; the local run watches moto's execution status and, once ABORTED,
+ *   refuses every further task, as Step Functions runs no state after a stop.
+ * - The team registry: a DynamoDB table in moto holding the demo teams alpha and beta.
+ * - Batch stages without Docker and a GPU: the job waits `gpuWaitMs` (a Batch job RUNNABLE with no
+ *   capacity) and then fails with GPU_UNAVAILABLE, as `npm run local` does; a stop ends the wait.
+ */
+import type { AddressInfo } from 'node:net';
+import { DynamoDBClient } from '@aws-sdk/client-dynamodb';
+import { PutBucketVersioningCommand, type S3Client } from '@aws-sdk/client-s3';
+import { CreateStateMachineCommand, DescribeExecutionCommand, SFNClient } from '@aws-sdk/client-sfn';
+import { serve } from '@hono/node-server';
+import { createApp } from '../../lambdas/api/app';
+import { localKeys } from '../../lambdas/api/auth';
+import type { JobRef } from '../../lambdas/shared/keys';
+import { createTeamsTable, TEAM_DEFAULTS, TeamRegistry, teamsDocumentClient } from '../../lambdas/shared/teams';
+import { start } from '../../lambdas/start/handler';
+import { stateMachineDefinition, synthesizeTemplate } from '../local/definition';
+import { checkGpu, GpuUnavailable } from '../local/gpu';
+import { configureHandlers, LOCAL_CREDENTIALS, LOCAL_REGION, type Moto, startMoto } from '../local/moto';
+import { inProcessLambda, runWorkflow } from '../local/workflow';
+import { DEMO_TEAMS, LOCAL_ISSUER, localKeyPair, TEAM_SCOPE_PREFIX } from './local-auth';
+
+export const LOCAL_INBOX = 'avatar-local-inbox';
+export const LOCAL_ARTIFACTS = 'avatar-local-artifacts';
+export const LOCAL_TEAMS_TABLE = 'avatar-local-teams';
+
+export interface LocalApiOptions {
+  readonly port?: number;
+  /** How long a GPU stage waits for capacity before GPU_UNAVAILABLE (default 0). */
+  readonly gpuWaitMs?: number;
+  readonly maxPhotoBytes?: number;
+  readonly urlExpirySeconds?: number;
+  /** Credentials the API signs links with (default: moto's static test credentials). */
+  readonly signingS3?: (moto: Moto) => S3Client;
+  readonly log?: (line: string) => void;
+}
+
+export interface LocalApi {
+  readonly url: string;
+  readonly moto: Moto;
+  readonly s3: S3Client;
+  /** Settles when the local run of a job ends (for tests). */
+  run(job: JobRef): Promise<unknown> | undefined;
+  stop(): Promise<void>;
+}
+
+class Aborted extends Error {
+  constructor() {
+    super('the execution was stopped');
+    this.name = 'States.Aborted';
+  }
+}
+
+export async function startLocalApi(options: LocalApiOptions = {}): Promise<LocalApi> {
+  const log = options.log ?? (() => undefined);
+  const moto = await startMoto();
+  const runs = new Map<string, Promise<unknown>>();
+  let server: ReturnType<typeof serve> | undefined;
+  try {
+    configureHandlers(moto.endpoint, { inboxBucket: LOCAL_INBOX, artifactsBucket: LOCAL_ARTIFACTS, urlExpirySeconds: options.urlExpirySeconds ?? 3600 });
+    const s3 = moto.s3();
+    for (const bucket of [LOCAL_INBOX, LOCAL_ARTIFACTS]) {
+      await moto.createBucket(bucket);
+      await s3.send(new PutBucketVersioningCommand({ Bucket: bucket, VersioningConfiguration: { Status: 'Enabled' } }));
+    }
+    const sfn = new SFNClient({ endpoint: moto.endpoint, region: LOCAL_REGION, credentials: LOCAL_CREDENTIALS });
+    const definition = stateMachineDefinition(synthesizeTemplate());
+    const machine = await sfn.send(
+      new CreateStateMachineCommand({ name: 'avatar-local', roleArn: 'arn:aws:iam::123456789012:role/local', definition: JSON.stringify(definition) }),
+    );
+    const stateMachineArn = machine.stateMachineArn!;
+    const gpu = checkGpu();
+    if (gpu.ok) log(`GPU found (${gpu.reason}), but the local API runs GPU stages as unavailable; use npm run local for a GPU run`);
+
+    const runLocally = async (job: JobRef) => {
+      const started = await start(
+        {
+          'detail-type': 'Object Created',
+          source: 'aws.s3',
+          detail: { bucket: { name: LOCAL_INBOX }, object: { key: `teams/${job.teamId}/jobs/${job.jobId}/job.json` } },
+        },
+        { s3, sfn, inboxBucket: LOCAL_INBOX, artifactsBucket: LOCAL_ARTIFACTS, stateMachineArn, now: () => new Date() },
+      );
+      if (started.duplicate) return;
+      const executionArn = `${stateMachineArn.replace(':stateMachine:', ':execution:')}:${started.executionName}`;
+      let aborted = false;
+      let timer: NodeJS.Timeout | undefined;
+      const stopped = new Promise<void>((resolve) => {
+        timer = setInterval(async () => {
+          const out = await sfn.send(new DescribeExecutionCommand({ executionArn })).catch(() => undefined);
+          if (out?.status === 'ABORTED') {
+            aborted = true;
+            clearInterval(timer);
+            resolve();
+          }
+        }, 200);
+      });
+      // Asked before every task too, so a stop never depends on the poll's timing.
+      const isAborted = async () => {
+        if (!aborted) aborted = (await sfn.send(new DescribeExecutionCommand({ executionArn }))).status === 'ABORTED';
+        return aborted;
+      };
+      log(`job ${job.teamId}/${job.jobId}: execution ${started.executionName} running locally`);
+      const run = runWorkflow(definition, started.job, {
+        lambda: async (stage, payload) => {
+          if (await isAborted()) throw new Aborted();
+          return inProcessLambda(stage, payload);
+        },
+        batch: async () => {
+          if (await isAborted()) throw new Aborted();
+          await Promise.race([stopped, new Promise((r) => setTimeout(r, options.gpuWaitMs ?? 0))]);
+          if (await isAborted()) throw new Aborted();
+          throw new GpuUnavailable(gpu.ok ? 'the local API does not run GPU containers' : gpu.reason);
+        },
+      }).then((result) => {
+        clearInterval(timer);
+        log(`job ${job.teamId}/${job.jobId}: local run ended (${aborted ? 'stopped' : result.succeeded ? 'succeeded' : result.error})`);
+        return result;
+      });
+      runs.set(`${job.teamId}/${job.jobId}`, run);
+    };
+
+    // The team registry in moto's DynamoDB, with the demo teams at the registry's default limits.
+    const dynamo = { endpoint: moto.endpoint, region: LOCAL_REGION, credentials: LOCAL_CREDENTIALS };
+    await createTeamsTable(new DynamoDBClient(dynamo), LOCAL_TEAMS_TABLE);
+    const registry = new TeamRegistry(teamsDocumentClient(dynamo), LOCAL_TEAMS_TABLE);
+    for (const teamId of DEMO_TEAMS) await registry.add({ teamId, ...TEAM_DEFAULTS });
+
+    const { jwks } = await localKeyPair();
+    const app = createApp({
+      deps: {
+        s3: options.signingS3?.(moto) ?? s3,
+        sfn,
+        inboxBucket: LOCAL_INBOX,
+        artifactsBucket: LOCAL_ARTIFACTS,
+        stateMachineArn,
+        urlExpirySeconds: options.urlExpirySeconds ?? 3600,
+        uploadExpirySeconds: 900,
+        maxPhotoBytes: options.maxPhotoBytes ?? 25 * 1024 * 1024,
+        now: () => new Date(),
+        onSpecWritten: runLocally,
+        registry,
+      },
+      auth: { issuer: LOCAL_ISSUER, keys: localKeys(jwks), teamScopePrefix: TEAM_SCOPE_PREFIX },
+      rateLimit: { burst: 200, perSecond: 50 },
+      teams: registry,
+    });
+    const listening = new Promise<AddressInfo>((resolve) => {
+      server = serve({ fetch: app.fetch, port: options.port ?? 0, hostname: '127.0.0.1' }, (info) => resolve(info));
+    });
+    const address = await listening;
+    return {
+      url: `http://127.0.0.1:${address.port}`,
+      moto,
+      s3,
+      run: (job) => runs.get(`${job.teamId}/${job.jobId}`),
+      async stop() {
+        await new Promise<void>((resolve) => (server ? server.close(() => resolve()) : resolve()));
+        await Promise.allSettled(runs.values());
+        await moto.stop();
+      },
+    };
+  } catch (error) {
+    server?.close();
+    await moto.stop();
+    throw error;
+  }
+}
