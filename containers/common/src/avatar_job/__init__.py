@@ -219,7 +219,7 @@ class Status:
         A terminal status someone else already wrote (the workflow after a stopped execution) stays.
         """
         try:
-            current = json.loads(self.job.get_bytes("status.json"))
+            current = json.loads(self.job.get_bytes(layout.STATUS))
         except (StageError, json.JSONDecodeError):
             current = {}
         if current.get("state") in ("failed", "succeeded"):
