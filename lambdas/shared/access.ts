@@ -37,6 +37,8 @@ export const LIST_PREFIX = keyPattern(LAYOUT.teams);
 export const JOB_PREFIX_PATTERN = keyPattern(LAYOUT.jobPrefix).replace(/\/\*$/, '');
 
 const STATUS_REASON = 'Every stage rewrites the status.json of the job it runs; team and job ids are only known at run time';
+const API_REASON =
+  'the job API acts on jobs of the calling team, whose ids are only known per request (the team comes from the verified token)';
 const GPU_STATUS_REASON = 'The job reports progress in the status.json of the job it runs';
 const status = (why: string): ObjectGrant => ({ bucket: 'artifacts', actions: ['s3:GetObject', 's3:PutObject'], keys: [jobKey('status')], why });
 const models = (stage: string): ObjectGrant => ({ bucket: 'artifacts', actions: ['s3:GetObject'], keys: [LAYOUT.models], why: `${stage} reads the operator-uploaded base models` });
@@ -105,6 +107,22 @@ export const STAGE_ACCESS = {
     },
     models('evaluate'),
     { bucket: 'artifacts', actions: ['s3:PutObject'], keys: [jobKey('evaluate')], why: 'evaluate writes its grid, image pack and scores under the job' },
+  ],
+  api: [
+    { bucket: 'inbox', actions: ['s3:PutObject'], keys: [jobKey('photos'), jobKey('spec')], why: API_REASON },
+    { bucket: 'artifacts', actions: ['s3:GetObject'], keys: [LAYOUT.teams], why: `${API_REASON}; results are signed with this role` },
+    {
+      bucket: 'artifacts',
+      actions: ['s3:PutObject'],
+      keys: [jobKey('request'), jobKey('status'), LAYOUT.idempotency, LAYOUT.tombstones],
+      why: API_REASON,
+    },
+    { list: 'inbox' },
+    { list: 'artifacts' },
+  ],
+  notify: [
+    { bucket: 'artifacts', actions: ['s3:GetObject'], keys: [jobKey('request')], why: 'notify reads the webhook of the job an event names' },
+    { bucket: 'artifacts', actions: ['s3:PutObject'], keys: [jobKey('notify')], why: 'notify records delivery attempts next to the job' },
   ],
 } as const satisfies Record<string, readonly Grant[]>;
 

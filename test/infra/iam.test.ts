@@ -133,6 +133,8 @@ describe('IAM key patterns derived from the key layout (lambdas/shared/access.ts
     caption: s.stack.gpu.caption.container.jobRole!,
     train: s.stack.gpu.train.container.jobRole!,
     evaluate: s.stack.gpu.evaluate.container.jobRole!,
+    api: s.stack.api.function.executionRole,
+    notify: s.stack.api.notifyFunction.executionRole,
   });
   const derived = (stage: AccessStage) => {
     const grants: Record<string, string[]> = {};
@@ -146,10 +148,17 @@ describe('IAM key patterns derived from the key layout (lambdas/shared/access.ts
     return grants;
   };
 
-  it.each(['start', 'validate', 'normalize', 'finalize', 'mark-failed', 'reconcile', 'caption', 'train', 'evaluate'] as const)(
+  it.each(['start', 'validate', 'normalize', 'finalize', 'mark-failed', 'reconcile', 'caption', 'train', 'evaluate', 'api', 'notify'] as const)(
     'the %s role is granted exactly the object keys its access entry derives from the layout',
     (stage) => {
-      const { 's3:ListBucket': _list, ...objects } = s3Grants(s, roles()[stage]);
+      // The job API's erasure (s3:DeleteObject and DeleteObjectVersion on every version under teams/*)
+      // is granted beside the table, in infra/constructs/api.ts.
+      const { 's3:ListBucket': _list, 's3:ListBucketVersions': _versions, ...objects } = s3Grants(s, roles()[stage]);
+      if (stage === 'api') {
+        expect(objects['s3:DeleteObjectVersion']).toEqual([`${A}/teams/*`, `${I}/teams/*`].sort());
+        delete objects['s3:DeleteObjectVersion'];
+        delete objects['s3:DeleteObject'];
+      }
       expect(objects).toEqual(derived(stage));
     },
   );
@@ -170,11 +179,11 @@ describe('IAM key patterns derived from the key layout (lambdas/shared/access.ts
     }
   });
 
-  it('status.json is writable by every stage, the manifest only by finalize', () => {
+  it('status.json is writable by every stage (not by notify), the manifest only by finalize', () => {
     const status = fillKey(LAYOUT.jobPrefix + LAYOUT.status, sample);
     const manifest = fillKey(LAYOUT.jobPrefix + LAYOUT.manifest, sample);
     for (const stage of Object.keys(roles()) as AccessStage[]) {
-      expect(stagePatterns(stage, 'artifacts', 's3:PutObject').some((p) => matches(p, status))).toBe(true);
+      expect(stagePatterns(stage, 'artifacts', 's3:PutObject').some((p) => matches(p, status))).toBe(stage !== 'notify');
       expect(stagePatterns(stage, 'artifacts', 's3:PutObject').some((p) => matches(p, manifest))).toBe(stage === 'finalize');
     }
   });
