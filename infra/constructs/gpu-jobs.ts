@@ -106,6 +106,8 @@ export class GpuJobDefinitions {
       TRANSFORMERS_OFFLINE: '1',
       // The SIGTERM grace the hosts give (ECS_CONTAINER_STOP_TIMEOUT): the trainer's must fit inside it.
       AVATAR_STOP_TIMEOUT_S: String(CONTAINER_STOP_TIMEOUT_S),
+      // A SIGTERM before the last attempt leaves status `running`: Batch retries a Spot reclaim.
+      AVATAR_BATCH_ATTEMPTS: String(JOB_ATTEMPTS),
     };
     const newJob = (stage: GpuStage, image: ecs.ContainerImage, command: string[], extraEnv: Record<string, string> = {}): GpuJob => {
       const jobRole = new iam.Role(scope, `${pascal(stage)}JobRole`, {

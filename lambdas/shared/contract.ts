@@ -328,6 +328,10 @@ export const StatusSchema = z
         step: z.number().int().optional(),
         totalSteps: z.number().int().optional(),
         loss: z.number().optional(),
+        /** The Batch attempt that wrote this status (`AWS_BATCH_JOB_ATTEMPT`, from 1); a Spot reclaim starts the next one. */
+        attempt: z.number().int().min(1).optional(),
+        /** How many attempts Batch makes in all (the job definitions' retryAttempts). */
+        attempts: z.number().int().min(1).optional(),
       })
       .strict()
       .optional(),

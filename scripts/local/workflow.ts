@@ -25,15 +25,19 @@ export interface SubmitJobParameters {
   ContainerOverrides?: { Environment?: Array<{ Name: string; Value: string }> };
 }
 
-/** Runs one Batch job to completion. Throws a {@link BatchJobFailed} when the job fails. */
-export type BatchRunner = (stage: string, params: SubmitJobParameters) => Promise<{ JobId: string }>;
+/**
+ * Runs one Batch job to completion. Throws a {@link BatchJobFailed} when the job fails. `signal`
+ * aborts when the execution stops (StopExecution or its timeout): Step Functions then calls
+ * TerminateJob, if its role may.
+ */
+export type BatchRunner = (stage: string, params: SubmitJobParameters, context?: { signal: AbortSignal }) => Promise<{ JobId: string }>;
 
 /** A Lambda's result, or an error thrown by it, exactly as the Lambda runtime would report it. */
 export type LambdaRunner = (stage: string, payload: unknown) => Promise<unknown>;
 
 /** The error `.sync` raises for a failed job; Cause is the job description, as in AWS. */
 export class BatchJobFailed extends Error {
-  constructor(description: { JobName: string; StatusReason: string; Attempts: Array<{ Container: { ExitCode?: number; Reason?: string } }> }) {
+  constructor(description: { JobName: string; StatusReason?: string; Attempts: Array<{ Container: { ExitCode?: number; Reason?: string } }> }) {
     super(JSON.stringify({ ...description, Status: 'FAILED' }));
     this.name = 'States.TaskFailed';
   }
@@ -74,8 +78,36 @@ export interface RunResult {
   readonly events: WorkflowEvent[];
 }
 
+/**
+ * aws-local-stepfunctions gives a Task state with no TimeoutSeconds 60 s (the ASL spec's default);
+ * Step Functions gives it 99999999 s. Locally such a task gets the longest timer Node can set.
+ */
+const AWS_DEFAULT_TASK_TIMEOUT_S = Math.floor((2 ** 31 - 1) / 1000);
+
+function withAwsTaskTimeouts(definition: StateMachineDefinition): StateMachineDefinition {
+  const states = Object.fromEntries(
+    Object.entries(definition.States).map(([name, state]) => [
+      name,
+      state.Type === 'Task' && state.TimeoutSeconds === undefined && state.TimeoutSecondsPath === undefined ? { ...state, TimeoutSeconds: AWS_DEFAULT_TASK_TIMEOUT_S } : state,
+    ]),
+  );
+  return { ...definition, States: states };
+}
+
+/** A running execution: `stop()` is StopExecution (the execution ends ABORTED). */
+export interface Execution {
+  readonly result: Promise<RunResult>;
+  stop(): void;
+}
+
 export async function runWorkflow(definition: StateMachineDefinition, input: unknown, options: RunOptions): Promise<RunResult> {
+  return startWorkflow(definition, input, options).result;
+}
+
+export function startWorkflow(definition: StateMachineDefinition, input: unknown, options: RunOptions): Execution {
   const lambda = options.lambda ?? inProcessLambda;
+  // Fires when the execution stops or times out, so Batch states can terminate their jobs.
+  const stopped = new AbortController();
   const handlers: Record<string, (input: unknown) => Promise<unknown>> = {};
   const retryIntervals: Record<string, number> = {};
   for (const [name, state] of Object.entries(definition.States)) {
@@ -85,13 +117,13 @@ export async function runWorkflow(definition: StateMachineDefinition, input: unk
     if (state.Resource === LAMBDA_INVOKE) {
       handlers[name] = async (params) => ({ Payload: await lambda(stage, (params as { Payload: unknown }).Payload) });
     } else if (state.Resource === BATCH_SUBMIT_SYNC) {
-      handlers[name] = async (params) => options.batch(stage, params as SubmitJobParameters);
+      handlers[name] = async (params) => options.batch(stage, params as SubmitJobParameters, { signal: stopped.signal });
     } else {
       throw new Error(`state ${name} uses ${state.Resource}, which the local runner does not know`);
     }
   }
 
-  const machine = new StateMachine(definition as never, { validationOptions: { checkArn: false } });
+  const machine = new StateMachine(withAwsTaskTimeouts(definition) as never, { validationOptions: { checkArn: false } });
   const execution = machine.run(input as never, {
     overrides: { taskResourceLocalHandlers: handlers as never, retryIntervalOverrides: retryIntervals },
   });
@@ -103,20 +135,33 @@ export async function runWorkflow(definition: StateMachineDefinition, input: unk
   const consume = (async () => {
     for await (const raw of execution.eventLogs) {
       const e = raw as { type: string; state?: { name: string }; Error?: string; Cause?: string };
-      if (['StateEntered', 'StateExited', 'StateRetried', 'StateFailed', 'StateCaught', 'ExecutionFailed', 'ExecutionSucceeded'].includes(e.type)) {
+      if (['StateEntered', 'StateExited', 'StateRetried', 'StateFailed', 'StateCaught', 'ExecutionFailed', 'ExecutionSucceeded', 'ExecutionAborted', 'ExecutionTimeout'].includes(e.type)) {
         record({ type: e.type, state: e.state?.name, error: e.Error, cause: e.Cause });
       }
     }
   })();
-  try {
-    const output = await execution.result;
-    await consume;
-    return { succeeded: true, output, events };
-  } catch (error) {
-    await consume.catch(() => undefined);
-    // The execution's own error (the Fail state's, or an uncaught task error) rides in `cause`.
-    const failed = (error as { cause?: { name?: string; message?: string; cause?: unknown } }).cause;
-    const cause = typeof failed?.cause === 'string' ? failed.cause : failed?.message;
-    return { succeeded: false, error: failed?.name ?? (error as Error).name, cause, events };
-  }
+  const result = (async (): Promise<RunResult> => {
+    try {
+      const output = await execution.result;
+      await consume;
+      return { succeeded: true, output, events };
+    } catch (error) {
+      stopped.abort();
+      await consume.catch(() => undefined);
+      const name = (error as Error).name;
+      if (name === 'ExecutionAbortedError') return { succeeded: false, error: 'ABORTED', events };
+      if (name === 'ExecutionTimeoutError') return { succeeded: false, error: 'States.Timeout', cause: 'the execution ran past its TimeoutSeconds', events };
+      // The execution's own error (the Fail state's, or an uncaught task error) rides in `cause`.
+      const failed = (error as { cause?: { name?: string; message?: string; cause?: unknown } }).cause;
+      const cause = typeof failed?.cause === 'string' ? failed.cause : failed?.message;
+      return { succeeded: false, error: failed?.name ?? name, cause, events };
+    }
+  })();
+  return {
+    result,
+    stop: () => {
+      execution.abort();
+      stopped.abort();
+    },
+  };
 }

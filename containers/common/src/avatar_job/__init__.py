@@ -202,9 +202,10 @@ class Status:
         """Writes progress unless one was written under STATUS_THROTTLE_S ago (force: write anyway)."""
         if not force and self.clock() - self.last_write < STATUS_THROTTLE_S:
             return False
-        # A retried attempt says so in every message (the Status contract has no attempt field yet).
+        # A retried attempt says so in every message too, for people reading the status.
         suffix = f" (attempt {self.attempt} of {self.attempts})" if self.attempt > 1 else ""
-        progress = {"fraction": min(1.0, max(0.0, fraction)), "message": message + suffix}
+        progress = {"fraction": min(1.0, max(0.0, fraction)), "message": message + suffix,
+                    "attempt": self.attempt, "attempts": self.attempts}
         for k, v in fields.items():
             # JSON has no NaN; a non-finite loss is reported through the error instead.
             if v is not None and not (isinstance(v, float) and not math.isfinite(v)):
@@ -222,7 +223,7 @@ class Status:
             current = json.loads(self.job.get_bytes(layout.STATUS))
         except (StageError, json.JSONDecodeError):
             current = {}
-        if current.get("state") in ("failed", "succeeded"):
+        if current.get("state") in ("failed", "succeeded", "cancelled"):
             print(f"{self.stage}: status.json is already {current['state']}; leaving it", file=sys.stderr)
             return
         attempt, attempts = self.attempt, self.attempts
@@ -230,9 +231,9 @@ class Status:
             self.fail(StageError("INTERRUPTED", f"interrupted (attempt {attempt} of {attempts}) and Batch makes no more attempts; "
                                  "retry the job (a Spot reclaim each time: consider spot=false)"))
             return
-        # The attempt number has no field of its own in the Status contract yet: it is in the message.
         message = f"interrupted (attempt {attempt} of {attempts}); Batch retries and {error.resume}"
-        self._write({**self._base("running"), "progress": {**self.last_progress, "message": message}})
+        progress = {**self.last_progress, "message": message, "attempt": attempt, "attempts": attempts}
+        self._write({**self._base("running"), "progress": progress})
 
     def fail(self, error: StageError) -> None:
         err = {"code": error.code, "message": error.message}

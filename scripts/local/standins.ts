@@ -1,0 +1,60 @@
+/**
+ * Fast in-process stand-ins for the GPU images, for runs where only the boundary matters (the
+ * load bench, fault tests of the orchestration): each reads normalize/plan.json and writes, under
+ * its own stage prefix, the files the real container publishes (caption .txt files and
+ * captions.json; one checkpoint per epoch and the final LoRA; evaluate's grid), reporting progress
+ * in status.json as the containers do. The container code itself is tested with its own tests and
+ * through the real entrypoints (test/workflow/containers.test.ts, faults.test.ts).
+ */
+import type { S3Client } from '@aws-sdk/client-s3';
+import { type DatasetPlan, DatasetPlanSchema } from '../../lambdas/shared/contract';
+import { keys } from '../../lambdas/shared/keys';
+import { getValidJson, putBytes, putJson } from '../../lambdas/shared/s3';
+import { writeStatus } from '../../lambdas/shared/status';
+import type { ContainerSpec } from './batch';
+
+export interface StandInOptions {
+  readonly s3: () => S3Client;
+  readonly artifactsBucket: string;
+  /** Wall time each training epoch takes, in ms (0: none). */
+  readonly epochMs?: number;
+}
+
+const sleep = (ms: number, signal: AbortSignal) =>
+  new Promise<void>((resolve) => {
+    const timer = setTimeout(resolve, ms);
+    signal.addEventListener('abort', () => (clearTimeout(timer), resolve()), { once: true });
+  });
+
+/** The container body for `stage`: exit 0 on success, 143 when stopped with SIGTERM. */
+export function gpuStandIn(options: StandInOptions): (spec: ContainerSpec, signal: AbortSignal) => Promise<number> {
+  return async (spec, signal) => {
+    const s3 = options.s3();
+    const bucket = options.artifactsBucket;
+    const job = { teamId: spec.env.AVATAR_TEAM_ID!, jobId: spec.env.AVATAR_JOB_ID! };
+    const plan: DatasetPlan = await getValidJson(s3, bucket, keys.plan(job), DatasetPlanSchema);
+    const dir = keys.stage(job, spec.stage as 'caption');
+    const progress = (fraction: number, message: string) => writeStatus(s3, bucket, job, { state: 'running', stage: spec.stage as 'caption', progress: { fraction, message } });
+    await progress(0, `${spec.stage} starting (attempt ${spec.attempt})`);
+    if (spec.stage === 'caption') {
+      for (const image of plan.images) {
+        await putBytes(s3, bucket, `${dir}${plan.plan.folder}/${image.replace(/\.png$/, '.txt')}`, `photo of ${plan.spec.token}, a ${plan.spec.classWord}`, 'text/plain');
+      }
+      await putJson(s3, bucket, `${dir}captions.json`, { captions: plan.images.map((image) => ({ image, caption: `photo of ${plan.spec.token}` })) });
+    } else if (spec.stage === 'train') {
+      const epochs = plan.plan.epochs;
+      for (let epoch = 1; epoch <= epochs; epoch++) {
+        await sleep(options.epochMs ?? 0, signal);
+        if (signal.aborted) return 143;
+        const name = epoch === epochs ? `${plan.outputName}.safetensors` : `${plan.outputName}-${String(epoch).padStart(6, '0')}.safetensors`;
+        await putBytes(s3, bucket, `${dir}${name}`, `epoch ${epoch}`, 'application/octet-stream');
+        await progress(epoch / epochs, `epoch ${epoch}/${epochs}`);
+      }
+    } else if (spec.stage === 'evaluate') {
+      await putBytes(s3, bucket, `${dir}grid.png`, 'grid', 'image/png');
+    } else {
+      throw new Error(`no stand-in for stage ${spec.stage}`);
+    }
+    return 0;
+  };
+}
