@@ -65,7 +65,8 @@ export class GpuCompute {
     });
     Validations.of(instanceRole).acknowledge({
       id: 'AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AmazonEC2ContainerServiceforEC2Role]',
-      reason: 'The AWS-maintained ECS instance policy tracks what the ECS agent needs; jobs get their own task roles, and IMDS hop limit 1 keeps containers off this role.',
+      reason:
+        'The AWS-maintained ECS instance policy tracks what the ECS agent needs; jobs get their own task roles, and IMDS hop limit 1 keeps containers off this role.',
     });
 
     const computeProps = {
@@ -102,10 +103,7 @@ export class GpuCompute {
     // CDK writes `$Latest`, which Batch resolves once at creation: template edits would never reach
     // the instances. The version number changes with every edit and updates the environments.
     for (const env of environments) {
-      (env.node.defaultChild as batch.CfnComputeEnvironment).addPropertyOverride(
-        'ComputeResources.LaunchTemplate.Version',
-        launchTemplate.latestVersionNumber,
-      );
+      (env.node.defaultChild as batch.CfnComputeEnvironment).addPropertyOverride('ComputeResources.LaunchTemplate.Version', launchTemplate.latestVersionNumber);
     }
     this.jobQueue = new batch.JobQueue(scope, 'JobQueue', {
       computeEnvironments: order,

@@ -37,11 +37,15 @@ export const LIST_PREFIX = keyPattern(LAYOUT.teams);
 export const JOB_PREFIX_PATTERN = keyPattern(LAYOUT.jobPrefix).replace(/\/\*$/, '');
 
 const STATUS_REASON = 'Every stage rewrites the status.json of the job it runs; team and job ids are only known at run time';
-const API_REASON =
-  'the job API acts on jobs of the calling team, whose ids are only known per request (the team comes from the verified token)';
+const API_REASON = 'the job API acts on jobs of the calling team, whose ids are only known per request (the team comes from the verified token)';
 const GPU_STATUS_REASON = 'The job reports progress in the status.json of the job it runs';
 const status = (why: string): ObjectGrant => ({ bucket: 'artifacts', actions: ['s3:GetObject', 's3:PutObject'], keys: [jobKey('status')], why });
-const models = (stage: string): ObjectGrant => ({ bucket: 'artifacts', actions: ['s3:GetObject'], keys: [LAYOUT.models], why: `${stage} reads the operator-uploaded base models` });
+const models = (stage: string): ObjectGrant => ({
+  bucket: 'artifacts',
+  actions: ['s3:GetObject'],
+  keys: [LAYOUT.models],
+  why: `${stage} reads the operator-uploaded base models`,
+});
 
 /** Each stage's grants, in the order the stack adds them (the policy statements keep that order). */
 export const STAGE_ACCESS = {
@@ -68,18 +72,33 @@ export const STAGE_ACCESS = {
   finalize: [
     { bucket: 'artifacts', actions: ['s3:GetObject'], keys: [JOB_ALL], why: 'finalize reads and presigns every output of the job' },
     { list: 'artifacts' },
-    { bucket: 'artifacts', actions: ['s3:PutObject'], keys: [jobKey('manifest'), jobKey('status')], why: 'finalize writes the manifest and final status of the job' },
+    {
+      bucket: 'artifacts',
+      actions: ['s3:PutObject'],
+      keys: [jobKey('manifest'), jobKey('status')],
+      why: 'finalize writes the manifest and final status of the job',
+    },
   ],
   'mark-failed': [status(STATUS_REASON)],
   reconcile: [status(STATUS_REASON)],
   caption: [
     status(GPU_STATUS_REASON),
-    { bucket: 'artifacts', actions: ['s3:GetObject'], keys: [jobKey('normalize')], why: 'caption reads the dataset images, user captions and plan normalize wrote' },
+    {
+      bucket: 'artifacts',
+      actions: ['s3:GetObject'],
+      keys: [jobKey('normalize')],
+      why: 'caption reads the dataset images, user captions and plan normalize wrote',
+    },
     { bucket: 'artifacts', actions: ['s3:PutObject'], keys: [jobKey('caption')], why: 'caption writes caption files and captions.json under the job' },
   ],
   train: [
     status(GPU_STATUS_REASON),
-    { bucket: 'artifacts', actions: ['s3:GetObject'], keys: [jobKey('normalize'), jobKey('caption')], why: 'train reads the dataset, plan and captions of the job' },
+    {
+      bucket: 'artifacts',
+      actions: ['s3:GetObject'],
+      keys: [jobKey('normalize'), jobKey('caption')],
+      why: 'train reads the dataset, plan and captions of the job',
+    },
     models('train'),
     {
       bucket: 'artifacts',

@@ -25,9 +25,20 @@ export function jobSessionPolicy(stage: GpuStage, teamId: string, jobId: string,
     if ('list' in grant) {
       // train lists its own resume state (the role lists teams/*).
       const prefix = keyPattern(LAYOUT.jobPrefix + LAYOUT[stage], ids).replace(/\*$/, '');
-      return { Sid: `List${i}`, Effect: 'Allow', Action: ['s3:ListBucket'], Resource: [artifactsBucketArn], Condition: { StringLike: { 's3:prefix': [prefix, `${prefix}*`] } } };
+      return {
+        Sid: `List${i}`,
+        Effect: 'Allow',
+        Action: ['s3:ListBucket'],
+        Resource: [artifactsBucketArn],
+        Condition: { StringLike: { 's3:prefix': [prefix, `${prefix}*`] } },
+      };
     }
-    return { Sid: `Objects${i}`, Effect: 'Allow', Action: [...grant.actions], Resource: grant.keys.map((key) => `${artifactsBucketArn}/${keyPattern(key, ids)}`) };
+    return {
+      Sid: `Objects${i}`,
+      Effect: 'Allow',
+      Action: [...grant.actions],
+      Resource: grant.keys.map((key) => `${artifactsBucketArn}/${keyPattern(key, ids)}`),
+    };
   });
   return { Version: '2012-10-17', Statement: statements };
 }

@@ -18,7 +18,13 @@ const LAYOUT_MODULES = ['lambdas/shared/layout.ts', 'containers/common/src/avata
 const HOLE = '\u0000';
 
 /** Folders the layout defines (`train/`, `photos/`, `models/`, `teams/` …), without the slash. */
-const FOLDERS = [...new Set(Object.values(LAYOUT).filter((t) => t.includes('/')).map((t) => t.split('/')[0]!))];
+const FOLDERS = [
+  ...new Set(
+    Object.values(LAYOUT)
+      .filter((t) => t.includes('/'))
+      .map((t) => t.split('/')[0]!),
+  ),
+];
 /** Job-level files (`status.json`, `job.json`, `manifest.json`). */
 const FILES: string[] = Object.values(LAYOUT).filter((t) => !t.includes('/'));
 
@@ -28,7 +34,7 @@ const folderAtPathStart = new RegExp(`(?:^|^/|[\\s'"\`(\\[^${HOLE}]|${HOLE}/)(${
 const checkpointNaming = new RegExp(`${HOLE}\\.safetensors|^\\.safetensors$|:06d\\}|\\\\d\\{6\\}`);
 
 /** What a literal restates, or undefined. */
-export function restated(literal: string): string | undefined {
+function restated(literal: string): string | undefined {
   if (FILES.includes(literal)) return `the job-level file ${literal}`;
   const folder = folderAtPathStart.exec(literal);
   if (folder) return `the layout folder ${folder[1]}/`;
@@ -38,7 +44,7 @@ export function restated(literal: string): string | undefined {
 }
 
 /** String (and regular expression) literals of a TypeScript file, template literals with holes. */
-export function tsLiterals(source: string): { line: number; text: string }[] {
+function tsLiterals(source: string): { line: number; text: string }[] {
   const out: { line: number; text: string }[] = [];
   let i = 0;
   let lastSignificant = '';
@@ -109,12 +115,11 @@ export function tsLiterals(source: string): { line: number; text: string }[] {
 }
 
 /** String literals of a Python file (f-string fields as holes); docstrings and comments left out. */
-export function pyLiterals(source: string): { line: number; text: string }[] {
+function pyLiterals(source: string): { line: number; text: string }[] {
   const out: { line: number; text: string }[] = [];
   const re = /#[^\n]*|([rRbBfFuU]{0,2})("""|'''|"|')/g;
-  let m: RegExpExecArray | null;
   const lineAt = (pos: number) => source.slice(0, pos).split('\n').length;
-  while ((m = re.exec(source))) {
+  for (let m = re.exec(source); m; m = re.exec(source)) {
     if (m[0].startsWith('#')) continue;
     const [prefix, quote] = [m[1]!.toLowerCase(), m[2]!];
     const start = m.index;
@@ -189,6 +194,7 @@ describe('the key layout is defined once', () => {
   });
 
   it('reads literals, not comments, docstrings or imports', () => {
+    // biome-ignore lint/suspicious/noTemplateCurlyInString: TypeScript source text, not a template
     const ts = tsLiterals("import { x } from '../validate/report';\n// 'train/state/'\nconst a = `${p}/train/${n}`; const r = /^train\\/state\\//;\n");
     expect(ts.map((l) => l.text)).toEqual([`${HOLE}/train/${HOLE}`, '^train/state/']);
     const py = pyLiterals('"""normalize/plan.json is read."""\n# "train/"\nx = f"caption/{folder}/{stem}.txt"  # c\ny = "a"\n');

@@ -5,10 +5,21 @@ import { describe, expect, it } from 'vitest';
 import { jobKey as accessKey } from '../../lambdas/shared/access';
 import { jobKey, keys } from '../../lambdas/shared/keys';
 import { fillKey, keyHint, keyPattern, keyRegExp, LAYOUT, LAYOUT_TARGETS, type LayoutEntry, layoutJson } from '../../lambdas/shared/layout';
+import { describeNeeding } from '../helpers/suites';
 
 const root = join(__dirname, '..', '..');
 const job = { teamId: 'team-a', jobId: 'job-1' };
-const sample = { ...job, name: 'ohwx', folder: '10_ohwx', stem: 'ohwx-01', epoch: 7, state: 'ohwx-000002-state', file: 'ohwx-e1-s1.00.png', hash: 'ab12', eventId: 'ev-1' };
+const sample = {
+  ...job,
+  name: 'ohwx',
+  folder: '10_ohwx',
+  stem: 'ohwx-01',
+  epoch: 7,
+  state: 'ohwx-000002-state',
+  file: 'ohwx-e1-s1.00.png',
+  hash: 'ab12',
+  eventId: 'ev-1',
+};
 const entries = Object.keys(LAYOUT) as LayoutEntry[];
 
 describe('generated key layout for the containers', () => {
@@ -23,7 +34,7 @@ describe('key templates', () => {
     expect(fillKey(LAYOUT.finalModel, { name: 'ohwx' })).toBe('train/ohwx.safetensors');
   });
 
-  it('build the Lambdas\' keys under the job prefix', () => {
+  it("build the Lambdas' keys under the job prefix", () => {
     expect(keys.plan(job)).toBe('teams/team-a/jobs/job-1/normalize/plan.json');
     expect(keys.crop(job, 'ohwx-01.png')).toBe('teams/team-a/jobs/job-1/validate/crops/ohwx-01.png');
     expect(keys.datasetFile(job, '10_ohwx', 'ohwx-01.txt')).toBe('teams/team-a/jobs/job-1/normalize/10_ohwx/ohwx-01.txt');
@@ -64,9 +75,9 @@ function python(script: string): { status: number | null; stdout: string; stderr
   const out = spawnSync('python3', ['-c', `${prelude}\n${script}`], { encoding: 'utf8' });
   return { status: out.status, stdout: out.stdout ?? '', stderr: out.stderr ?? (out.error?.message || '') };
 }
-const pythonMissing = spawnSync('python3', ['--version']).status === 0 ? undefined : 'python3 not found on PATH';
+const pythonMissing = spawnSync('python3', ['--version']).status === 0 ? undefined : 'python3 not found on PATH: install Python 3';
 
-describe.skipIf(!!pythonMissing)(`avatar_job.layout agrees with layout.ts${pythonMissing ? ` (skipped: ${pythonMissing})` : ''}`, () => {
+describeNeeding('avatar_job.layout agrees with layout.ts', pythonMissing, () => {
   it('fills every template exactly as fillKey does', () => {
     const out = python(`values = json.loads(${JSON.stringify(JSON.stringify(sample))})
 print(json.dumps({k: layout.fill(t, **values) for k, t in layout.TEMPLATES.items()}))`);

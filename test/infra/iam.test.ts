@@ -2,7 +2,7 @@ import type * as iam from 'aws-cdk-lib/aws-iam';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { type AccessStage, stagePatterns } from '../../lambdas/shared/access';
 import { fillKey, LAYOUT, type LayoutEntry } from '../../lambdas/shared/layout';
-import { actionsOf, flatten, logicalId, resourcesOfType, s3Grants, statementsOf, synth, type Synthesized } from './helpers';
+import { actionsOf, flatten, logicalId, resourcesOfType, type Synthesized, s3Grants, statementsOf, synth } from './helpers';
 
 let s: Synthesized;
 let I: string; // inbox logical id
@@ -165,8 +165,22 @@ describe('IAM key patterns derived from the key layout (lambdas/shared/access.ts
 
   // An IAM wildcard: `*` matches any run of characters, "/" included.
   const matches = (pattern: string, key: string) =>
-    new RegExp(`^${pattern.split('*').map((p) => p.replace(/[.+?^${}()|[\]\\]/g, '\\$&')).join('.*')}$`).test(key);
-  const sample = { teamId: 'team-a', jobId: 'job-1', name: 'ohwx', folder: '10_ohwx', stem: 'ohwx-01', epoch: 3, state: 'ohwx-state', file: 'ohwx-01-seed1.png' };
+    new RegExp(
+      `^${pattern
+        .split('*')
+        .map((p) => p.replace(/[.+?^${}()|[\]\\]/g, '\\$&'))
+        .join('.*')}$`,
+    ).test(key);
+  const sample = {
+    teamId: 'team-a',
+    jobId: 'job-1',
+    name: 'ohwx',
+    folder: '10_ohwx',
+    stem: 'ohwx-01',
+    epoch: 3,
+    state: 'ohwx-state',
+    file: 'ohwx-01-seed1.png',
+  };
   const writers = ['validate', 'normalize', 'caption', 'train', 'evaluate'] as const;
 
   it('every key under a stage folder is writable by that stage and by no other stage', () => {
