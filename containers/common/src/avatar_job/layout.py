@@ -3,6 +3,7 @@
 Keys here are relative to the job prefix (`Job.key` adds it), except `JOB_PREFIX` and `MODELS`.
 Templates name their variable parts `{name}`; `{epoch:06d}` is zero-padded, as in kohya's names.
 """
+
 from __future__ import annotations
 
 import json
@@ -39,6 +40,7 @@ REPORT = TEMPLATES["report"]
 
 def fill(template: str, **values: str | int) -> str:
     """Fills a template's placeholders; each value must be one path segment (no "/", not "." or "..")."""
+
     def one(m: re.Match) -> str:
         name, width = m.group(1), m.group(2)
         if name not in values:
@@ -47,6 +49,7 @@ def fill(template: str, **values: str | int) -> str:
         if text in ("", ".", "..") or "/" in text:
             raise ValueError(f"{{{name}}} of key template {template} must be one path segment, got {text!r}")
         return text
+
     return _PLACEHOLDER.sub(one, template)
 
 
@@ -54,7 +57,7 @@ def regex(template: str) -> re.Pattern:
     """Matches keys of a template, each placeholder captured by name (`{epoch:06d}` as six digits)."""
     out, last = "", 0
     for m in _PLACEHOLDER.finditer(template):
-        out += re.escape(template[last:m.start()])
+        out += re.escape(template[last : m.start()])
         out += rf"(?P<{m.group(1)}>\d{{{m.group(2)}}})" if m.group(2) else rf"(?P<{m.group(1)}>[^/]+)"
         last = m.end()
     return re.compile(out + re.escape(template[last:]))

@@ -1,5 +1,6 @@
 """What an attempt needs before kohya starts: the dataset normalize and caption wrote, and the
 newest resume state a previous attempt of the same job published (see publish.py)."""
+
 from __future__ import annotations
 
 import json
@@ -22,7 +23,7 @@ def download_dataset(job: Job, status: Status, plan: dict, dataset_dir: Path) ->
         try:
             job.download(layout.caption_file(folder, stem), target / f"{stem}.txt")
         except StageError as e:
-            raise StageError("MISSING_INPUT", f"no caption for {image}; run the caption stage first", e.input)
+            raise StageError("MISSING_INPUT", f"no caption for {image}; run the caption stage first", e.input) from e
         if i % 10 == 0:
             status.progress(0.01, f"downloading the dataset ({i + 1}/{len(plan['images'])})")
 
@@ -31,7 +32,7 @@ def find_resume_state(job: Job, output_name: str, epochs: int, output_dir: Path)
     """Downloads the newest complete state a previous attempt published into `output_dir`, if any:
     (its folder, its epoch)."""
     keys = set(job.list(layout.TRAIN_STATE))
-    folders = {k[len(layout.TRAIN_STATE):].split("/")[0] for k in keys if "/" in k[len(layout.TRAIN_STATE):]}
+    folders = {k[len(layout.TRAIN_STATE) :].split("/")[0] for k in keys if "/" in k[len(layout.TRAIN_STATE) :]}
     complete = {name for name in folders if layout.state_manifest(name) in keys}
     for name in sorted(folders - complete):
         manifest = layout.file_name(layout.state_manifest(name))
@@ -55,7 +56,7 @@ def _download_state(job: Job, name: str, target: Path) -> None:
     try:
         files = json.loads(job.get_bytes(marker))["files"]
     except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise StageError("STATE_INVALID", f"{marker} is not a state manifest ({e})", marker)
+        raise StageError("STATE_INVALID", f"{marker} is not a state manifest ({e})", marker) from e
     prefix = layout.state_prefix(name)
     for entry in files:
         rel = PurePosixPath(entry["path"])

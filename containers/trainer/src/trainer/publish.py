@@ -7,6 +7,7 @@ later `epoch n/N` line, a later checkpoint or state in the output folder, or a c
 published state gets a manifest (file sizes and sha256, `layout.state_manifest`) written LAST, after
 the upload is verified; only then are older states deleted, and resume only considers states with one.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -91,7 +92,11 @@ class Publisher:
         landed = self.job.sizes(prefix)
         wrong = [f["path"] for f in files if landed.get(prefix + f["path"]) != f["size"]]
         if wrong:
-            raise StageError("STATE_UPLOAD_FAILED", f"{prefix}{wrong[0]} is missing or of the wrong size after its upload; retry the job", prefix + wrong[0])
+            raise StageError(
+                "STATE_UPLOAD_FAILED",
+                f"{prefix}{wrong[0]} is missing or of the wrong size after its upload; retry the job",
+                prefix + wrong[0],
+            )
         self.job.put_json(layout.state_manifest(path.name), {"state": path.name, "epoch": epoch, "files": files, "uploadedAt": now()})
         # Now the older states (and any whose upload a kill cut short) are superseded.
         for rel in self.job.list(layout.TRAIN_STATE):

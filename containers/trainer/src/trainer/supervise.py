@@ -1,5 +1,6 @@
 """Runs kohya as a child process and follows it: progress from its output, publishing as it writes,
 and a clean stop on SIGTERM (a Spot reclaim) that keeps what it finished."""
+
 from __future__ import annotations
 
 import math
@@ -61,9 +62,12 @@ class Supervisor:
             step = min(ev.total, ev.step + self.resumed_epoch * ev.total // self.epochs)
             self.step, self.total, self.loss = step, ev.total, ev.loss
             if not math.isfinite(ev.loss):
-                raise StageError("NAN_LOSS", f"the loss became {ev.loss} at step {step}/{ev.total} (epoch {self.epoch}); "
-                                 "lower training.unetLr/textEncoderLr, or use mixedPrecision bf16 instead of fp16, and retry",
-                                 "spec.training")
+                raise StageError(
+                    "NAN_LOSS",
+                    f"the loss became {ev.loss} at step {step}/{ev.total} (epoch {self.epoch}); "
+                    "lower training.unetLr/textEncoderLr, or use mixedPrecision bf16 instead of fp16, and retry",
+                    "spec.training",
+                )
             # stdout ("epoch n/N") and stderr (tqdm) arrive unordered, so the step, not the newest
             # "epoch" line, decides which epoch a loss belongs to.
             step_epoch = math.ceil(step * self.epochs / ev.total) if ev.total else self.epoch
