@@ -1,8 +1,26 @@
 import { z } from 'zod';
+import { IdSchema } from '../lambdas/shared/contract';
 import { LAYOUT } from '../lambdas/shared/layout';
 
 /** The base model train and evaluate read unless the deployment names another (artifacts bucket). */
 export const DEFAULT_BASE_MODEL_KEY = `${LAYOUT.models}sd15/v1-5-pruned-emaonly.safetensors`;
+
+/**
+ * Silo mode: the stack deployed into one team's own AWS account. Its cost scope is the account
+ * itself: an account-level AWS Budgets alert (every cost in the account, no tag filter) and the
+ * vCPU ceiling `maxVcpus`. See the README, "Pool or silo".
+ */
+export const SiloConfigSchema = z
+  .object({
+    /** The team the account belongs to (register it with `npm run team -- add` after the deploy). */
+    team: IdSchema,
+    /** Monthly spend of the whole account, in US dollars, that the alert watches. */
+    accountBudgetUsd: z.number().positive().max(1_000_000),
+    /** Where the account budget alerts go (AWS Budgets allows 10 subscribers per alert). */
+    alertEmails: z.array(z.email()).min(1).max(10),
+  })
+  .strict();
+export type SiloConfig = z.infer<typeof SiloConfigSchema>;
 
 /** GPU instance families the Batch job definitions are sized for (one NVIDIA GPU, >= 16 GiB host memory). */
 export const SUPPORTED_GPU_FAMILIES = ['g5', 'g6', 'g6e'] as const;
@@ -72,6 +90,8 @@ export const AvatarConfigSchema = z
       .string()
       .regex(new RegExp(`^${LAYOUT.models}[A-Za-z0-9._\\-/]+$`), { message: `must be an artifacts-bucket key under ${LAYOUT.models}` })
       .default(DEFAULT_BASE_MODEL_KEY),
+    /** Deploy for one team in its own account (absent: pool mode, many teams in one account). */
+    silo: SiloConfigSchema.optional(),
   })
   .strict()
   .superRefine((config, ctx) => {

@@ -1,11 +1,14 @@
 import { CfnOutput, Duration, Stack, type StackProps } from 'aws-cdk-lib';
+import * as iam from 'aws-cdk-lib/aws-iam';
 import { Construct } from 'constructs';
 import { LAYOUT } from '../lambdas/shared/layout';
 import type { AvatarConfig } from './config';
 import { Alarms } from './constructs/alarms';
+import { Announce } from './constructs/announce';
 import { JobApi } from './constructs/api';
 import { GpuBatch } from './constructs/gpu-batch';
 import { Reconcile } from './constructs/reconcile';
+import { SiloBudget } from './constructs/silo';
 import { StageFunctions } from './constructs/stage-functions';
 import { Storage } from './constructs/storage';
 import { Teams } from './constructs/teams';
@@ -46,12 +49,16 @@ export class AvatarStack extends Stack {
   public readonly trigger: Trigger;
   /** Execution end -> reconcile -> truthful terminal status. */
   public readonly reconcile: Reconcile;
+  /** status.json write -> announce -> "Avatar Job State Change" event. */
+  public readonly announce: Announce;
   /** Operator alarms. */
   public readonly alarms: Alarms;
   /** Team registry table and the GPU fair-share policy. */
   public readonly teams: Teams;
   /** The job API (HTTP API, Cognito clients, webhooks). */
   public readonly api: JobApi;
+  /** Silo mode's account budget alert (absent in pool mode). */
+  public readonly silo?: SiloBudget;
 
   constructor(scope: Construct, id: string, props: AvatarStackProps) {
     super(scope, id, props);
@@ -82,12 +89,21 @@ export class AvatarStack extends Stack {
       inbox: storage.inbox,
       artifacts: storage.artifacts,
       urlExpirySeconds: config.urlExpirySeconds,
+      teamsTable: teams.table,
+      jobQueue: gpu.jobQueue,
     });
 
     const workflow = new Workflow(this, 'Workflow', {
       functions,
       batchJobs: gpu,
       timeout: Duration.hours(config.executionTimeoutHours),
+    });
+
+    // A separate policy, not the roles' default ones: the state machine references the functions,
+    // so a grant inside their roles would make the functions depend on the state machine (a cycle).
+    new iam.Policy(this, 'TaskResponse', {
+      roles: functions.taskResponders.map((fn) => fn.executionRole),
+      statements: [new iam.PolicyStatement({ actions: ['states:SendTaskSuccess', 'states:SendTaskFailure'], resources: [workflow.stateMachine.stateMachineArn] })],
     });
 
     const trigger = new Trigger(this, 'Trigger', {
@@ -99,6 +115,11 @@ export class AvatarStack extends Stack {
     const reconcile = new Reconcile(this, 'Reconcile', {
       stateMachine: workflow.stateMachine,
       reconcileFunction: functions.reconcile,
+      deadLetterQueue: trigger.deadLetterQueue,
+    });
+
+    const announce = new Announce(this, 'Announce', {
+      artifacts: storage.artifacts,
       deadLetterQueue: trigger.deadLetterQueue,
     });
 
@@ -122,9 +143,11 @@ export class AvatarStack extends Stack {
     this.workflow = workflow;
     this.trigger = trigger;
     this.reconcile = reconcile;
+    this.announce = announce;
     this.alarms = alarms;
     this.teams = teams;
     this.api = api;
+    if (config.silo) this.silo = new SiloBudget(this, 'Silo', config.silo);
 
     new CfnOutput(this, 'InboxBucketName', { value: storage.inbox.bucketName, description: 'Upload photos and job.json here' });
     new CfnOutput(this, 'ArtifactsBucketName', { value: storage.artifacts.bucketName, description: `Results; upload base models under ${LAYOUT.models}` });

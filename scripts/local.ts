@@ -25,6 +25,7 @@ import { configureHandlers, LOCAL_CREDENTIALS, LOCAL_REGION, startMoto } from '.
 import { stateMachineDefinition, synthesizeTemplate } from './local/definition';
 import { syntheticPhotos } from './local/demo-photos';
 import { checkGpu, dockerRunner, noGpuRunner } from './local/gpu';
+import { localTeams } from './local/teams';
 import { runWorkflow } from './local/workflow';
 
 export const EXIT = { succeeded: 0, failed: 1, usage: 2, noGpu: 3 } as const;
@@ -95,6 +96,8 @@ async function main(): Promise<number> {
   const moto = await startMoto();
   try {
     configureHandlers(moto.endpoint, { inboxBucket: INBOX, artifactsBucket: ARTIFACTS, urlExpirySeconds: 3600 });
+    // The job's team, registered with local limits: the Admit state admits it against them.
+    const teams = await localTeams(moto.endpoint, [job.teamId]);
     log(`local AWS endpoint (moto): ${moto.endpoint}`);
     await moto.createBucket(INBOX);
     await moto.createBucket(ARTIFACTS);
@@ -125,6 +128,7 @@ async function main(): Promise<number> {
     const failedStates = new Set<string>(); // a caught failure still exits its state: print ✗ only
     const result = await runWorkflow(definition, started.job, {
       batch,
+      taskTokens: teams.taskTokens,
       onEvent: (e) => {
         if (e.type === 'StateEntered') failedStates.delete(e.state!);
         if (e.type === 'StateFailed') failedStates.add(e.state!);

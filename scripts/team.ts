@@ -5,9 +5,11 @@
  *   add <team> [settings]      register a team (settings below; the rest take the defaults)
  *   update <team> [settings]   change some settings (raised limits admit waiting jobs that now fit)
  *   suspend <team>             refuse new jobs (TEAM_SUSPENDED); running jobs finish, waiting ones wait
- *   resume <team>              accept jobs again and admit waiting ones that fit
+ *   resume <team>              accept jobs again and admit waiting ones that fit (their executions resume:
+ *                              SendTaskSuccess with the token each waits on; AWS_ENDPOINT_URL_SFN locally)
  *   list                       every team with its month-to-date usage
  *   show <team>                one team: settings, counters, waiting jobs
+ *   delete-budget <team>       delete the team's AWS Budgets alert (the team stays registered)
  *   create-table               create the table (local endpoints only; the stack creates it in AWS)
  *
  * Settings: --budget-usd N  --gpu-hours N  --max-concurrent N  --max-photos N  --max-steps N
@@ -15,6 +17,8 @@
  *   --alert-email a@b (repeat or comma-separate)  --weight N (Batch fair-share weight factor: lower = more share)
  *
  * Where: --table NAME (or AVATAR_TEAMS_TABLE), --endpoint URL (or AWS_ENDPOINT_URL_DYNAMODB), --json.
+ * Budget alert: --budgets-account ID (or AVATAR_BUDGETS_ACCOUNT_ID, the account that pays): add/update
+ *   create or replace the team's AWS Budgets alert (scripts/team-budget.ts), delete-budget removes it.
  * Fair share: --scheduling-policy ARN (or AVATAR_SCHEDULING_POLICY_ARN, the stack output SchedulingPolicyArn):
  *   add/update/suspend/resume then push every team's weight into the Batch policy (no deploy).
  */
@@ -22,14 +26,18 @@ import { parseArgs } from 'node:util';
 import { BatchClient } from '@aws-sdk/client-batch';
 import { DynamoDBClient } from '@aws-sdk/client-dynamodb';
 import { z } from 'zod';
+import { SFNClient } from '@aws-sdk/client-sfn';
+import { resume } from '../lambdas/shared/accounting';
 import { admitWaiting } from '../lambdas/shared/admission';
 import { IdSchema } from '../lambdas/shared/contract';
 import { syncFairShareWeights } from '../lambdas/shared/fair-share';
+import { BudgetsClient, deleteTeamBudget, putTeamBudget, teamBudgetName } from './team-budget';
 import {
   createTeamsTable,
   fromMicroUsd,
   TEAM_DEFAULTS,
   TeamConfigSchema,
+  type TeamConfig,
   type TeamPatch,
   TeamPatchSchema,
   type TeamRecord,
@@ -110,7 +118,7 @@ export async function main(argv: string[]): Promise<number> {
   const { values, positionals } = parseArgs({
     args: argv,
     allowPositionals: true,
-    options: { ...options, table: { type: 'string' }, endpoint: { type: 'string' }, 'scheduling-policy': { type: 'string' }, json: { type: 'boolean' } },
+    options: { ...options, table: { type: 'string' }, endpoint: { type: 'string' }, 'scheduling-policy': { type: 'string' }, 'budgets-account': { type: 'string' }, json: { type: 'boolean' } },
   });
   const [command, teamArg, ...extra] = positionals;
   if (!command) throw new UsageError('give a command: add, update, suspend, resume, list, show or create-table');
@@ -128,6 +136,17 @@ export async function main(argv: string[]): Promise<number> {
     const shares = await syncFairShareWeights(new BatchClient(clientConfig), policyArn, (await registry.list()).map((t) => t.config));
     if (!values.json) console.log(`fair-share weights of ${shares.length} team(s) pushed to ${policyArn}`);
   };
+  const budgetsAccount = (values['budgets-account'] as string | undefined) ?? process.env.AVATAR_BUDGETS_ACCOUNT_ID;
+  if (budgetsAccount !== undefined && !/^\d{12}$/.test(budgetsAccount)) throw new UsageError(`--budgets-account: "${budgetsAccount}" is not a 12-digit AWS account id`);
+  /** After add/update: the team's Budgets alert, when the paying account is named. */
+  const syncBudget = async (config: TeamConfig) => {
+    if (!budgetsAccount) {
+      if (!values.json) console.log('no --budgets-account (AVATAR_BUDGETS_ACCOUNT_ID): the team\'s AWS Budgets alert was not created or changed');
+      return;
+    }
+    await putTeamBudget(new BudgetsClient(clientConfig), budgetsAccount, config);
+    if (!values.json) console.log(`AWS Budgets alert ${teamBudgetName(config.teamId)}: $${config.monthlyBudgetUsd}/month on tag team=${config.teamId}, to ${config.alertEmails.join(', ') || 'nobody (no --alert-email)'}`);
+  };
   const teamId = () => {
     const parsed = IdSchema.safeParse(teamArg);
     if (!parsed.success) throw new UsageError(`<team>: ${teamArg === undefined ? 'give the team id' : `"${teamArg}": ${parsed.error.issues[0]!.message}`}`);
@@ -144,6 +163,7 @@ export async function main(argv: string[]): Promise<number> {
       const team = await registry.add(parsed.data);
       print(`added ${line(team)}`, summary(team));
       await syncShares();
+      await syncBudget(team.config);
       return 0;
     }
     case 'update': {
@@ -151,11 +171,13 @@ export async function main(argv: string[]): Promise<number> {
       const parsed = TeamPatchSchema.safeParse(settingsFrom(values));
       if (!parsed.success) throw new UsageError(describe(parsed.error));
       const team = await registry.update(id, parsed.data);
-      // Raised limits let waiting jobs in now.
+      // Raised limits let waiting jobs in now; their executions resume (or fail with the code).
       const woken = await admitWaiting(registry, id);
+      await resume({ sfn: new SFNClient({}), log: (m, f) => console.error(`${m}: ${JSON.stringify(f)}`) }, woken.admitted, woken.rejected);
       const admitted = woken.admitted.map((a) => a.jobId);
       print(`updated ${line(team)}${admitted.length ? `\nadmitted waiting jobs: ${admitted.join(', ')}` : ''}`, { ...summary(team), admitted, rejected: woken.rejected });
       await syncShares();
+      await syncBudget(team.config);
       return 0;
     }
     case 'suspend':
@@ -165,6 +187,7 @@ export async function main(argv: string[]): Promise<number> {
       const team = await registry.update(id, { suspended: command === 'suspend' });
       // A resumed team's queue moves now, not only when one of its running jobs ends.
       const woken = command === 'resume' ? await admitWaiting(registry, id) : { admitted: [], rejected: [] };
+      await resume({ sfn: new SFNClient({}), log: (m, f) => console.error(`${m}: ${JSON.stringify(f)}`) }, woken.admitted, woken.rejected);
       const admitted = woken.admitted.map((a) => a.jobId);
       print(`${command === 'suspend' ? 'suspended' : 'resumed'} ${line(team)}${admitted.length ? `\nadmitted waiting jobs: ${admitted.join(', ')}` : ''}`, { ...summary(team), admitted, rejected: woken.rejected });
       await syncShares();
@@ -185,6 +208,14 @@ export async function main(argv: string[]): Promise<number> {
       print(`${line(team)}\n${JSON.stringify(team.config, null, 2)}\nwaiting: ${waiting.join(', ') || 'none'}`, { ...summary(team), waiting });
       return 0;
     }
+    case 'delete-budget': {
+      needsNoSettings();
+      const id = teamId();
+      if (!budgetsAccount) throw new UsageError('delete-budget needs the paying account: --budgets-account ID or AVATAR_BUDGETS_ACCOUNT_ID');
+      await deleteTeamBudget(new BudgetsClient(clientConfig), budgetsAccount, id);
+      print(`deleted AWS Budgets alert ${teamBudgetName(id)}`, { deleted: teamBudgetName(id) });
+      return 0;
+    }
     case 'create-table': {
       if (!endpoint) throw new UsageError('create-table is for local endpoints (give --endpoint); in AWS the stack creates the table');
       await createTeamsTable(new DynamoDBClient(clientConfig), tableName);
@@ -192,7 +223,7 @@ export async function main(argv: string[]): Promise<number> {
       return 0;
     }
     default:
-      throw new UsageError(`unknown command "${command}": use add, update, suspend, resume, list, show or create-table`);
+      throw new UsageError(`unknown command "${command}": use add, update, suspend, resume, list, show, delete-budget or create-table`);
   }
 }
 

@@ -10,9 +10,9 @@ export const JOB_PREFIX = JOB_PREFIX_PATTERN;
 
 export type { ObjectAction };
 
-/** The two buckets a stage's grants name (lambdas/shared/access.ts). */
+/** The buckets a stage's grants name (lambdas/shared/access.ts); a stage may need only one. */
 export interface StageBuckets {
-  readonly inbox: s3.IBucket;
+  readonly inbox?: s3.IBucket;
   readonly artifacts: s3.IBucket;
 }
 
@@ -21,11 +21,16 @@ export interface StageBuckets {
  * key layout, so no stage's keys are typed twice.
  */
 export function grantStageAccess(grantee: iam.Role, buckets: StageBuckets, stage: AccessStage): void {
+  const bucket = (name: keyof StageBuckets): s3.IBucket => {
+    const found = buckets[name];
+    if (!found) throw new Error(`grantStageAccess: the ${stage} stage's grants name the ${name} bucket; pass it`);
+    return found;
+  };
   for (const grant of STAGE_ACCESS[stage] as readonly Grant[]) {
     if ('list' in grant) {
-      grantList(grantee, buckets[grant.list], [LIST_PREFIX]);
+      grantList(grantee, bucket(grant.list), [LIST_PREFIX]);
     } else {
-      grantObjects(grantee, buckets[grant.bucket], grant.actions, grant.keys.map((key) => keyPattern(key)), grant.why);
+      grantObjects(grantee, bucket(grant.bucket), grant.actions, grant.keys.map((key) => keyPattern(key)), grant.why);
     }
   }
 }

@@ -1,4 +1,7 @@
-import { Duration, Stack } from 'aws-cdk-lib';
+import { Duration, Stack, Validations } from 'aws-cdk-lib';
+import type * as batch from 'aws-cdk-lib/aws-batch';
+import type * as dynamodb from 'aws-cdk-lib/aws-dynamodb';
+import * as iam from 'aws-cdk-lib/aws-iam';
 import type * as s3 from 'aws-cdk-lib/aws-s3';
 import { Construct } from 'constructs';
 import { grantStageAccess } from './bucket-access';
@@ -15,7 +18,14 @@ export interface StageFunctionsProps {
    * @default 3600
    */
   readonly urlExpirySeconds?: number;
+  /** The team registry (limits, counters, admission records, cost ledger). */
+  readonly teamsTable: dynamodb.ITable;
+  /** The GPU job queue, where the ends of a job look up its Batch jobs to price them. */
+  readonly jobQueue: batch.IJobQueue;
 }
+
+/** Item actions the admission and release code uses (transactions need no action of their own). */
+const REGISTRY_ACTIONS = ['dynamodb:GetItem', 'dynamodb:PutItem', 'dynamodb:UpdateItem', 'dynamodb:DeleteItem', 'dynamodb:Query', 'dynamodb:ConditionCheckItem'];
 
 /**
  * Packages shipped as files beside the bundle: sharp's linux-x64 native binary, and WASM modules
@@ -42,6 +52,13 @@ export class StageFunctions extends Construct {
   public readonly markFailed: LambdaFunction;
   /** Records a truthful terminal `status.json` for a timed-out, stopped or failed execution. */
   public readonly reconcile: LambdaFunction;
+  /** Admits the job against its team's limits before the first GPU minute. */
+  public readonly admit: LambdaFunction;
+  /**
+   * Functions that answer a waiting execution's task token (admit; the job ends that release a
+   * slot): the stack grants them states:SendTaskSuccess/SendTaskFailure on the state machine.
+   */
+  public readonly taskResponders: LambdaFunction[];
 
   constructor(scope: Construct, id: string, props: StageFunctionsProps) {
     super(scope, id);
@@ -90,5 +107,30 @@ export class StageFunctions extends Construct {
       environment: { ARTIFACTS_BUCKET: artifacts.bucketName, ...metricsEnv },
     });
     grantStageAccess(this.reconcile.executionRole, props, 'reconcile');
+
+    const teamsEnv = { TEAMS_TABLE: props.teamsTable.tableName };
+    this.admit = new LambdaFunction(this, 'Admit', {
+      stage: 'admit',
+      memorySize: 256,
+      timeout: Duration.seconds(30),
+      environment: { ...environment, ...teamsEnv },
+    });
+    grantStageAccess(this.admit.executionRole, props, 'admit');
+    this.admit.executionRole.addToPrincipalPolicy(new iam.PolicyStatement({ actions: REGISTRY_ACTIONS, resources: [props.teamsTable.tableArn] }));
+
+    // The ends of a job charge its cost and release its slot (lambdas/shared/accounting.ts).
+    for (const fn of [this.finalize, this.markFailed, this.reconcile]) {
+      fn.addEnvironment('TEAMS_TABLE', props.teamsTable.tableName);
+      fn.addEnvironment('JOB_QUEUE', props.jobQueue.jobQueueArn);
+      const role = fn.executionRole;
+      role.addToPrincipalPolicy(new iam.PolicyStatement({ actions: REGISTRY_ACTIONS, resources: [props.teamsTable.tableArn] }));
+      // ListJobs, DescribeJobs and DescribeComputeEnvironments support no resource-level permission.
+      role.addToPrincipalPolicy(new iam.PolicyStatement({ actions: ['batch:ListJobs', 'batch:DescribeJobs', 'batch:DescribeComputeEnvironments'], resources: ['*'] }));
+      Validations.of(role).acknowledge({
+        id: 'AwsSolutions-IAM5[Resource::*]',
+        reason: 'X-Ray (PutTraceSegments, PutTelemetryRecords) and the read-only Batch calls that price a job (ListJobs, DescribeJobs, DescribeComputeEnvironments) support no resource-level permissions.',
+      });
+    }
+    this.taskResponders = [this.admit, this.finalize, this.markFailed, this.reconcile];
   }
 }

@@ -47,7 +47,7 @@ export interface StorageProps {
 export class Storage extends Construct {
   /** Customer uploads; EventBridge notifications enabled so `job.json` can start a run. */
   public readonly inbox: s3.Bucket;
-  /** Pipeline outputs and base models; versioned. */
+  /** Pipeline outputs and base models; versioned; EventBridge notifications enabled so every status.json write is announced. */
   public readonly artifacts: s3.Bucket;
   /** Target of server access logs and VPC flow logs. */
   public readonly logs: s3.Bucket;
@@ -123,6 +123,11 @@ export class Storage extends Construct {
       ],
       removalPolicy: RemovalPolicy.RETAIN,
     });
+    // Every status.json write, whoever writes it, becomes an "Object Created" event that the announce
+    // function turns into a job state change event (infra/constructs/announce.ts). Set like the inbox's.
+    (this.artifacts.node.defaultChild as s3.CfnBucket).notificationConfiguration = {
+      eventBridgeConfiguration: { eventBridgeEnabled: true },
+    };
   }
 }
 

@@ -19,6 +19,8 @@ export interface WorkflowFunctions {
   readonly validate: StepFunction;
   /** `lambdas/normalize`. */
   readonly normalize: StepFunction;
+  /** `lambdas/admit`: the team's limits, before the first GPU minute (answers its task token). */
+  readonly admit: StepFunction;
   /** `lambdas/finalize`. */
   readonly finalize: StepFunction;
   /** `lambdas/mark-failed`. */
@@ -61,6 +63,7 @@ export interface WorkflowProps {
 export const STATE_NAMES = {
   validate: 'Validate',
   normalize: 'Normalize',
+  admit: 'Admit',
   caption: 'Caption',
   train: 'Train',
   evaluate: 'Evaluate',
@@ -102,8 +105,14 @@ export const LAMBDA_STATE_MARGIN = Duration.seconds(30);
 
 /**
  * The job state machine (STANDARD, JSONPath):
- * `Validate -> Normalize -> Caption -> Train -> Evaluate -> Finalize -> Succeeded`,
+ * `Validate -> Normalize -> Admit -> Caption -> Train -> Evaluate -> Finalize -> Succeeded`,
  * with every task caught into `MarkFailed -> Failed`.
+ *
+ * Admit invokes `lambdas/admit` with `.waitForTaskToken` (payload `{ teamId, jobId, taskToken }`):
+ * the execution waits there while its team is at its concurrency limit, until a release answers the
+ * token; a rejected job's token is failed with the admission code (caught into MarkFailed). Its
+ * decision is kept at `$.admit.result`. Its timeout is the execution's: a job may wait for a slot as
+ * long as its execution may run.
  *
  * Input:
  * ```json
@@ -171,6 +180,16 @@ export class Workflow extends Construct {
 
     const validate = catchInto(lambdaStep(this, STATE_NAMES.validate, functions.validate, 'validate', jobRef), 'validate');
     const normalize = catchInto(lambdaStep(this, STATE_NAMES.normalize, functions.normalize, 'normalize', jobRef), 'normalize');
+    const executionTimeout = props.timeout ?? Duration.hours(12);
+    const admit = catchInto(
+      lambdaStep(this, STATE_NAMES.admit, functions.admit, 'admit', { ...jobRef, taskToken: sfn.JsonPath.taskToken }, {
+        integrationPattern: sfn.IntegrationPattern.WAIT_FOR_TASK_TOKEN,
+        timeout: executionTimeout,
+        // The token's answer is the decision itself, not a Lambda response.
+        resultSelector: { 'result.$': '$' },
+      }),
+      'admit',
+    );
     const gpuStep = (name: string, stage: 'caption' | 'train' | 'evaluate') =>
       catchInto(batchStep(this, name, batchJobs.jobQueue, batchJobs[stage], stage, stageTimeout(stage, batchJobs.gpuWait)), stage);
     const caption = gpuStep(STATE_NAMES.caption, 'caption');
@@ -179,7 +198,7 @@ export class Workflow extends Construct {
     const finalize = catchInto(lambdaStep(this, STATE_NAMES.finalize, functions.finalize, 'finalize', jobRef), 'finalize');
     const succeeded = new sfn.Succeed(this, STATE_NAMES.succeeded);
 
-    const definition = validate.next(normalize).next(caption).next(train).next(evaluate).next(finalize).next(succeeded);
+    const definition = validate.next(normalize).next(admit).next(caption).next(train).next(evaluate).next(finalize).next(succeeded);
 
     this.logGroup = new logs.LogGroup(this, 'Logs', {
       // The vendedlogs prefix keeps the CloudWatch Logs resource policy small (AWS guidance).
@@ -192,10 +211,10 @@ export class Workflow extends Construct {
       definitionBody: sfn.DefinitionBody.fromChainable(definition),
       stateMachineType: sfn.StateMachineType.STANDARD,
       queryLanguage: sfn.QueryLanguage.JSON_PATH,
-      timeout: props.timeout ?? Duration.hours(12),
+      timeout: executionTimeout,
       tracingEnabled: true,
       logs: { destination: this.logGroup, level: sfn.LogLevel.ALL, includeExecutionData: true },
-      comment: 'Avatar LoRA job: validate, normalize, caption, train, evaluate, finalize',
+      comment: 'Avatar LoRA job: validate, normalize, admit, caption, train, evaluate, finalize',
     });
 
     const role = this.stateMachine.role;
@@ -213,7 +232,7 @@ export class Workflow extends Construct {
       id: 'AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:batch:<AWS::Region>:<AWS::AccountId>:job/*]',
       reason: 'batch:TerminateJob stops the Batch job of a stopped or timed-out execution, and batch:TagResource tags (team, job, stage) a job at SubmitJob; job ARNs carry a random id known only after SubmitJob, so both are scoped to jobs of this account and region.',
     });
-    for (const fn of [functions.validate, functions.normalize, functions.finalize, functions.markFailed]) {
+    for (const fn of [functions.validate, functions.normalize, functions.admit, functions.finalize, functions.markFailed]) {
       Validations.of(role).acknowledge({
         id: iam5ResourceFinding(this, fn.functionArn, ':*'),
         reason: 'LambdaInvoke grants the function and its versions/aliases (<arn>:*) so a published version can be invoked; nothing else.',
@@ -254,15 +273,17 @@ function lambdaStep(
   fn: StepFunction,
   stage: string,
   payload: Record<string, unknown>,
+  callback?: { integrationPattern: sfn.IntegrationPattern; timeout: Duration; resultSelector: Record<string, unknown> },
 ): tasks.LambdaInvoke {
   const task = new tasks.LambdaInvoke(scope, name, {
     lambdaFunction: fn,
     payload: sfn.TaskInput.fromObject(payload),
     payloadResponseOnly: false,
-    taskTimeout: sfn.Timeout.duration((fn.timeout ?? Duration.seconds(3)).plus(LAMBDA_STATE_MARGIN)),
+    integrationPattern: callback?.integrationPattern,
+    taskTimeout: sfn.Timeout.duration(callback?.timeout ?? (fn.timeout ?? Duration.seconds(3)).plus(LAMBDA_STATE_MARGIN)),
     // Replaced by the explicit retry below (adds throttling and TransientError, full jitter).
     retryOnServiceExceptions: false,
-    resultSelector: { 'result.$': '$.Payload' },
+    resultSelector: callback?.resultSelector ?? { 'result.$': '$.Payload' },
     resultPath: `$.${stage}`,
   });
   task.addRetry({

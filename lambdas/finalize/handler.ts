@@ -7,6 +7,7 @@ import { createHash } from 'node:crypto';
 import type { Readable } from 'node:stream';
 import { GetObjectCommand } from '@aws-sdk/client-s3';
 import { getSignedUrl } from '@aws-sdk/s3-request-presigner';
+import { type Accounting, accountingFromEnv, endJob } from '../shared/accounting';
 import { type Manifest, ManifestSchema, STAGES } from '../shared/contract';
 import { requireEnv } from '../shared/env';
 import { type StageContext, stageHandler } from '../shared/handler';
@@ -22,6 +23,8 @@ const HASH_CONCURRENCY = 4;
 
 export interface FinalizeOptions {
   readonly urlExpirySeconds: number;
+  /** The team's accounting: charge the job, free its slot, resume waiting jobs (absent in unit tests of the manifest alone). */
+  readonly accounting?: Accounting;
 }
 
 export interface FinalizeResult {
@@ -67,8 +70,11 @@ export async function finalize(ctx: StageContext, options: FinalizeOptions): Pro
       expiresIn: options.urlExpirySeconds,
     }),
   }), { concurrency: HASH_CONCURRENCY, stopOnError: true });
+  // Charged before the manifest: a retry after a failure here charges once (endJob is idempotent).
+  const cost = options.accounting ? (await endJob(options.accounting, ctx.job)).cost : undefined;
   const manifest: Manifest = ManifestSchema.parse({
     ...ctx.job,
+    ...(cost ? { cost } : {}),
     createdAt: created.toISOString(),
     urlExpiresAt: new Date(created.getTime() + options.urlExpirySeconds * 1000).toISOString(),
     artifacts,
@@ -81,8 +87,11 @@ export async function finalize(ctx: StageContext, options: FinalizeOptions): Pro
     stage: 'finalize',
     progress: { fraction: 1, message: `${artifacts.length} artifacts in manifest.json` },
     finishedAt: ctx.now().toISOString(),
+    ...(cost ? { cost } : {}),
   }, ctx.now());
   return { manifestKey, artifacts: artifacts.length };
 }
 
-export const handler = stageHandler('finalize', (ctx) => finalize(ctx, { urlExpirySeconds: Number(requireEnv('URL_EXPIRY_SECONDS')) }));
+export const handler = stageHandler('finalize', (ctx) =>
+  finalize(ctx, { urlExpirySeconds: Number(requireEnv('URL_EXPIRY_SECONDS')), accounting: accountingFromEnv(ctx.now) }),
+);

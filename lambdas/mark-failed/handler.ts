@@ -5,6 +5,7 @@
  * Failures the customer cannot fix also count one `SystemFailures` metric (shared/metrics.ts).
  */
 import { z } from 'zod';
+import { type Accounting, accountingFromEnv, endJob } from '../shared/accounting';
 import { type ErrorInfo, ErrorInfoSchema, ExecutionInputSchema, type Stage, StageSchema, type Status } from '../shared/contract';
 import { contextFromEnv, type StageContext } from '../shared/handler';
 import { toLambdaError } from '../shared/errors';
@@ -41,7 +42,10 @@ function parseJson(text: string | undefined): unknown {
 /** Reads the error that a stage raised into code, message and offending input. */
 export function describeFailure(stage: Stage, error: string, cause: string | undefined): ErrorInfo {
   const parsed = parseJson(cause) as Record<string, unknown> | undefined;
-  if (error === 'States.Timeout') {
+  // A Lambda that runs past its own timeout fails the state before the state's TimeoutSeconds does:
+  // Step Functions reports it as Lambda.Unknown with the runtime's "Task timed out after N seconds".
+  const lambdaTimedOut = parsed?.errorType === 'Sandbox.Timedout' || /Task timed out after/.test(String(parsed?.errorMessage ?? ''));
+  if (error === 'States.Timeout' || lambdaTimedOut) {
     return { code: 'TIMEOUT', message: `the ${stage} stage ran past its time limit and was stopped; retry the job, and if it recurs use fewer photos or steps` };
   }
   if (error === 'Local.GpuUnavailable') {
@@ -74,22 +78,36 @@ export function describeFailure(stage: Stage, error: string, cause: string | und
   return { code: error.replace(/^.*\./, '').replace(/([a-z])([A-Z])/g, '$1_$2').toUpperCase(), message: `${stage} failed: ${message}` };
 }
 
-export async function markFailed(ctx: StageContext, input: z.output<typeof MarkFailedInputSchema>): Promise<Status> {
+/**
+ * The status stage of a failed state. Admit is no pipeline stage (no S3 prefix, no container): it
+ * gates caption, and its failures (admission codes, a wait past the execution's time) are
+ * recorded at `caption`, as its queued status is.
+ */
+function stageOfState(name: string): Stage {
+  return name === 'admit' ? 'caption' : StageSchema.catch('validate').parse(name);
+}
+
+export async function markFailed(ctx: StageContext, input: z.output<typeof MarkFailedInputSchema>, accounting?: Accounting): Promise<Status> {
   const [name, failure] = Object.entries(input.failure)[0] ?? ['validate', { Error: 'States.TaskFailed', Cause: undefined }];
-  const stage = StageSchema.catch('validate').parse(name);
+  const stage = stageOfState(name);
   const previous = await readStatus(ctx.s3, ctx.artifactsBucket, ctx.job);
   // A container reports its failure in status.json before exiting; that beats Batch's summary.
   const reported = previous?.state === 'failed' && previous.stage === stage ? previous.error : undefined;
-  const error = reported ?? describeFailure(stage, failure.Error, failure.Cause);
+  const error =
+    name === 'admit' && failure.Error === 'States.Timeout'
+      ? { code: 'TIMEOUT', message: `the job waited for a free slot of team "${ctx.job.teamId}" longer than the workflow allows and was stopped; submit it again when fewer of the team's jobs run, or ask the operator to raise its concurrency limit` }
+      : (reported ?? describeFailure(stage, failure.Error, failure.Cause));
   console.log(JSON.stringify({ level: 'error', message: 'job failed', stage, ...ctx.job, error }));
   if (!isClientError(failure.Error)) emitSystemFailure({ job: ctx.job, stage, code: error.code, source: 'mark-failed' });
-  return writeStatus(ctx.s3, ctx.artifactsBucket, ctx.job, { state: 'failed', stage, error, finishedAt: ctx.now().toISOString() }, ctx.now());
+  // What ran is charged and the slot freed before the terminal status is written.
+  const cost = accounting ? (await endJob(accounting, ctx.job)).cost : undefined;
+  return writeStatus(ctx.s3, ctx.artifactsBucket, ctx.job, { state: 'failed', stage, error, finishedAt: ctx.now().toISOString(), ...(cost ? { cost } : {}) }, ctx.now());
 }
 
 export async function handler(event: unknown): Promise<Status> {
   try {
     const input = MarkFailedInputSchema.parse(event);
-    return await markFailed(contextFromEnv({ teamId: input.teamId, jobId: input.jobId }), input);
+    return await markFailed(contextFromEnv({ teamId: input.teamId, jobId: input.jobId }), input, accountingFromEnv());
   } catch (error) {
     throw toLambdaError(error);
   }

@@ -9,6 +9,7 @@
  * malformed event is logged and ignored; retrying it could never succeed.
  */
 import { z } from 'zod';
+import { type Accounting, accountingFromEnv, endJob } from '../shared/accounting';
 import { type ErrorInfo, IdSchema, type Status, TERMINAL_STATES } from '../shared/contract';
 import { requireEnv } from '../shared/env';
 import type { JobRef } from '../shared/keys';
@@ -37,6 +38,8 @@ export interface ReconcileDeps {
   readonly s3: S3Client;
   readonly artifactsBucket: string;
   readonly now: () => Date;
+  /** The team's accounting: charge what ran, free the slot or the queue place, resume waiting jobs. */
+  readonly accounting?: Accounting;
 }
 
 export type ReconcileResult =
@@ -89,6 +92,9 @@ export async function reconcile(event: unknown, deps: ReconcileDeps): Promise<Re
   }
   const { status: executionStatus, executionArn, error } = parsed.data.detail;
   const ref: JobRef = { teamId: job.data.teamId, jobId: job.data.jobId };
+  // Whatever status.json says, an ended execution holds nothing any more: a stopped job waiting for
+  // a slot leaves the queue, a timed-out running one frees its slot. Idempotent (MarkFailed may have done it).
+  const cost = deps.accounting ? (await endJob(deps.accounting, ref)).cost : undefined;
 
   for (let attempt = 1; attempt <= MAX_ATTEMPTS; attempt++) {
     const current = await readStatusVersioned(deps.s3, deps.artifactsBucket, ref);
@@ -107,6 +113,7 @@ export async function reconcile(event: unknown, deps: ReconcileDeps): Promise<Re
       updatedAt: at,
       finishedAt: at,
       error: terminal.error,
+      ...(cost ? { cost } : {}),
     };
     if (await replaceStatusIfUnchanged(deps.s3, deps.artifactsBucket, ref, next, current.etag)) {
       console.log(JSON.stringify({ level: 'info', message: 'terminal status recorded', ...ref, executionArn, executionStatus, code: terminal.error.code }));
@@ -119,5 +126,5 @@ export async function reconcile(event: unknown, deps: ReconcileDeps): Promise<Re
 }
 
 export async function handler(event: unknown): Promise<ReconcileResult> {
-  return reconcile(event, { s3: s3Client(), artifactsBucket: requireEnv('ARTIFACTS_BUCKET'), now: () => new Date() });
+  return reconcile(event, { s3: s3Client(), artifactsBucket: requireEnv('ARTIFACTS_BUCKET'), now: () => new Date(), accounting: accountingFromEnv() });
 }

@@ -7,7 +7,7 @@ import { type JobEntry, keyPattern, LAYOUT } from './layout';
 
 export type AccessBucket = 'inbox' | 'artifacts';
 /** Object actions a stage may be granted; exact names only, so no `s3:*`-style wildcard slips in. */
-export type ObjectAction = 's3:GetObject' | 's3:PutObject' | 's3:DeleteObject';
+export type ObjectAction = 's3:GetObject' | 's3:GetObjectVersion' | 's3:PutObject' | 's3:DeleteObject';
 
 /** `actions` on the objects of `bucket` under the key templates `keys`; `why` is told to cdk-nag. */
 export interface ObjectGrant {
@@ -80,6 +80,22 @@ export const STAGE_ACCESS = {
     },
   ],
   'mark-failed': [status(STATUS_REASON)],
+  admit: [{ bucket: 'artifacts', actions: ['s3:GetObject'], keys: [jobKey('plan')], why: 'admit estimates the job from its plan' }, status(STATUS_REASON)],
+  announce: [
+    // GetObjectVersion: the event names the version written, which is read rather than the current one.
+    {
+      bucket: 'artifacts',
+      actions: ['s3:GetObject', 's3:GetObjectVersion'],
+      keys: [jobKey('status')],
+      why: 'announce reads the status.json write an event names; team and job ids are only known at run time',
+    },
+    {
+      bucket: 'artifacts',
+      actions: ['s3:GetObject', 's3:PutObject'],
+      keys: [jobKey('lastState')],
+      why: "announce keeps the job's last announced state next to it (erased with it)",
+    },
+  ],
   reconcile: [status(STATUS_REASON)],
   caption: [
     status(GPU_STATUS_REASON),

@@ -29,6 +29,8 @@ export const ADMISSION_CODES = [
   'PHOTO_LIMIT',
   'KIND_NOT_ALLOWED',
   'OPTION_NOT_ALLOWED',
+  /** A job id whose job already ran and ended (a resubmission under the same id): never admitted again. */
+  'JOB_ALREADY_ENDED',
 ] as const;
 export type AdmissionCode = (typeof ADMISSION_CODES)[number];
 
@@ -62,13 +64,16 @@ export interface AdmissionResult {
   readonly duplicate: boolean;
 }
 
+/** A waiting job's decision, with the Step Functions task token its execution waits on (if one was stored). */
+export type WokenJob = AdmissionResult & { readonly taskToken?: string };
+
 export interface ReleaseResult {
   /** False when the job held nothing (already released, rejected or unknown): nothing changed. */
   readonly released: boolean;
-  /** Jobs of the team taken off the queue and admitted by this release: the caller starts their stage. */
-  readonly admitted: AdmissionResult[];
-  /** Waiting jobs that turned out not to fit the budget any more. */
-  readonly rejected: AdmissionResult[];
+  /** Jobs of the team taken off the queue and admitted by this release: the caller resumes their executions. */
+  readonly admitted: WokenJob[];
+  /** Waiting jobs that turned out not to fit the budget any more: the caller fails their executions. */
+  readonly rejected: WokenJob[];
 }
 
 type JobState = 'waiting' | 'admitted' | 'rejected' | 'released';
@@ -80,6 +85,8 @@ interface JobItem {
   estimateGpuSeconds: number;
   result: AdmissionResult;
   waitKey?: string;
+  /** The task token the job's execution waits on (Admit state, `.waitForTaskToken`). */
+  taskToken?: string;
   createdAt: string;
   updatedAt: string;
   chargedMicroUsd?: number;
@@ -91,18 +98,32 @@ const MAX_ATTEMPTS = 50;
 
 class Retry extends Error {}
 
+export interface AdmitOptions {
+  /**
+   * The Step Functions task token the job's execution waits on. Stored on the job item with the
+   * decision, so the release that admits a waiting job can resume its execution (SendTaskSuccess).
+   * A retried invocation brings a new token: a still-waiting job keeps the newest one.
+   */
+  readonly taskToken?: string;
+}
+
 /** Decides and records admission of one job. Safe to call again for the same job. */
-export async function admit(registry: TeamRegistry, request: AdmissionRequest): Promise<AdmissionResult> {
+export async function admit(registry: TeamRegistry, request: AdmissionRequest, options: AdmitOptions = {}): Promise<AdmissionResult> {
   for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
     const existing = await getJob(registry, request.teamId, request.jobId);
-    if (existing) return { ...existing.result, duplicate: true };
+    if (existing) {
+      if (existing.state === 'waiting' && options.taskToken && existing.taskToken !== options.taskToken && !(await replaceToken(registry, request, options.taskToken))) {
+        continue; // admitted or released meanwhile: report what it is now
+      }
+      return { ...existing.result, duplicate: true };
+    }
     const team = await currentTeam(registry, request.teamId);
     if (!team) {
       // Not recorded: an unknown team must not be able to create items in the registry.
       return result(request, 'rejected', 'TEAM_UNKNOWN', `team "${request.teamId}" is not registered: ask the operator to add it (npm run team -- add ${request.teamId})`);
     }
     try {
-      return await decide(registry, team, request);
+      return await decide(registry, team, request, options.taskToken);
     } catch (error) {
       if (!(error instanceof Retry)) throw error;
       await backoff(attempt);
@@ -111,12 +132,32 @@ export async function admit(registry: TeamRegistry, request: AdmissionRequest): 
   throw new Error(`admission of ${request.teamId}/${request.jobId} did not settle after ${MAX_ATTEMPTS} attempts (heavy contention); retry later`);
 }
 
-async function decide(registry: TeamRegistry, team: TeamRecord, request: AdmissionRequest): Promise<AdmissionResult> {
+/** Keeps the newest task token of a still-waiting job; false when the job stopped waiting meanwhile. */
+async function replaceToken(registry: TeamRegistry, request: Pick<AdmissionRequest, 'teamId' | 'jobId'>, taskToken: string): Promise<boolean> {
+  try {
+    await registry.doc.send(
+      new UpdateCommand({
+        TableName: registry.tableName,
+        Key: jobKey(request.teamId, request.jobId),
+        UpdateExpression: 'SET taskToken = :token',
+        ConditionExpression: '#state = :waiting',
+        ExpressionAttributeNames: { '#state': 'state' },
+        ExpressionAttributeValues: { ':token': taskToken, ':waiting': 'waiting' },
+      }),
+    );
+    return true;
+  } catch (error) {
+    if ((error as Error).name === 'ConditionalCheckFailedException') return false;
+    throw error;
+  }
+}
+
+async function decide(registry: TeamRegistry, team: TeamRecord, request: AdmissionRequest, taskToken?: string): Promise<AdmissionResult> {
   const { config, usage } = team;
   const terminal = staticCheck(config, request) ?? budgetCheck(team, request);
   const now = registry.now().toISOString();
   const estimateMicroUsd = toMicroUsd(request.estimate.usd);
-  const jobBase = { request, estimateMicroUsd, estimateGpuSeconds: request.estimate.gpuSeconds, createdAt: now, updatedAt: now };
+  const jobBase = { request, estimateMicroUsd, estimateGpuSeconds: request.estimate.gpuSeconds, createdAt: now, updatedAt: now, ...(taskToken ? { taskToken } : {}) };
   const putJob = (item: Omit<JobItem, keyof typeof jobBase>): TransactItem => ({
     Put: {
       TableName: registry.tableName,
@@ -312,8 +353,8 @@ export async function release(registry: TeamRegistry, teamId: string, jobId: str
  * Called by release, and by the admin command when a team is resumed or its limits raised.
  */
 export async function admitWaiting(registry: TeamRegistry, teamId: string): Promise<Omit<ReleaseResult, 'released'>> {
-  const admitted: AdmissionResult[] = [];
-  const rejected: AdmissionResult[] = [];
+  const admitted: WokenJob[] = [];
+  const rejected: WokenJob[] = [];
   for (let attempt = 0; attempt < MAX_ATTEMPTS; ) {
     const team = await currentTeam(registry, teamId);
     if (!team || team.config.suspended || team.usage.running >= team.config.maxConcurrentJobs) break;
@@ -335,16 +376,17 @@ export async function admitWaiting(registry: TeamRegistry, teamId: string): Prom
           TableName: registry.tableName,
           Key: jobKey(teamId, job.request.jobId),
           UpdateExpression: 'SET #state = :to, #result = :result, updatedAt = :now',
-          ConditionExpression: '#state = :waiting',
+          // The token read is still the job's (a retried Admit replaces it): the caller resumes the right task.
+          ConditionExpression: job.taskToken ? '#state = :waiting AND taskToken = :token' : '#state = :waiting',
           ExpressionAttributeNames: { '#state': 'state', '#result': 'result' },
-          ExpressionAttributeValues: { ':to': terminal ? 'rejected' : 'admitted', ':result': outcome, ':now': now, ':waiting': 'waiting' },
+          ExpressionAttributeValues: { ':to': terminal ? 'rejected' : 'admitted', ':result': outcome, ':now': now, ':waiting': 'waiting', ...(job.taskToken ? { ':token': job.taskToken } : {}) },
         },
       },
     ];
     if (!terminal) items.push(reserve(registry, team, job.request));
     try {
       await transact(registry, items);
-      (terminal ? rejected : admitted).push(outcome);
+      (terminal ? rejected : admitted).push({ ...outcome, ...(job.taskToken ? { taskToken: job.taskToken } : {}) });
     } catch (error) {
       if (!(error instanceof Retry)) throw error;
       // Another release took this job or the slot: look again.
@@ -374,6 +416,15 @@ async function currentTeam(registry: TeamRegistry, teamId: string): Promise<Team
     if ((error as Error).name !== 'ConditionalCheckFailedException') throw error;
   }
   return registry.get(teamId);
+}
+
+/** A job's admission record: its state and what it reserved (undefined when it never reached admission). */
+export async function admissionOf(
+  registry: TeamRegistry,
+  teamId: string,
+  jobId: string,
+): Promise<Pick<JobItem, 'state' | 'estimateMicroUsd' | 'estimateGpuSeconds' | 'result' | 'chargedMicroUsd' | 'chargedGpuSeconds'> | undefined> {
+  return getJob(registry, teamId, jobId);
 }
 
 async function getJob(registry: TeamRegistry, teamId: string, jobId: string): Promise<JobItem | undefined> {

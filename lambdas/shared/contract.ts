@@ -311,6 +311,27 @@ export const ErrorInfoSchema = z
   .strict();
 export type ErrorInfo = z.infer<typeof ErrorInfoSchema>;
 
+/**
+ * What a job cost, written into its terminal `status.json` and into `manifest.json`: GPU time from
+ * AWS Batch's attempt records priced per instance type and Spot/on demand (lambdas/shared/cost.ts).
+ */
+export const CostSchema = z
+  .object({
+    /** US dollars, to the micro-dollar. */
+    usd: z.number().min(0),
+    /** Billed GPU seconds (running time plus start-up, every attempt). */
+    gpuSeconds: z.number().min(0),
+    /** Dollars per stage (`caption`, `train`, `evaluate`). */
+    breakdown: z.record(z.string(), z.number().min(0)),
+    /**
+     * True when part of the figure is not from Batch's records: an instance type assumed for a
+     * reclaimed instance, or the admission estimate charged because the records could not be read.
+     */
+    estimated: z.boolean(),
+  })
+  .strict();
+export type Cost = z.infer<typeof CostSchema>;
+
 /** `status.json`: rewritten at every transition and by the GPU jobs for progress. */
 export const StatusSchema = z
   .object({
@@ -339,6 +360,8 @@ export const StatusSchema = z
     updatedAt: z.string(),
     finishedAt: z.string().optional(),
     error: ErrorInfoSchema.optional(),
+    /** What the job cost; set when it ended (succeeded, failed or cancelled) and it had been admitted. */
+    cost: CostSchema.optional(),
   })
   .strict();
 export type Status = z.infer<typeof StatusSchema>;
@@ -376,6 +399,8 @@ export const ManifestSchema = z
         runnerUp: z.object({ checkpoint: z.string(), epoch: z.number().int(), strength: z.number(), tag: z.string() }).nullable(),
       })
       .optional(),
+    /** What the job cost (as in its final status.json); absent when no team accounting ran. */
+    cost: CostSchema.optional(),
   })
   .strict();
 export type Manifest = z.infer<typeof ManifestSchema>;

@@ -5,8 +5,8 @@
  * `source`: `avatar.jobs`; `detail-type`: `Avatar Job State Change`; `detail`: {@link JobStateChangeSchema}.
  * Rule pattern for one team's finished jobs:
  * `{ "source": ["avatar.jobs"], "detail-type": ["Avatar Job State Change"], "detail": { "teamId": ["acme"], "state": ["succeeded", "failed", "cancelled"] } }`.
- * The status writers call PutEvents with {@link jobStateChangeEntry} (wired once the status writer
- * and admission land on main).
+ * Published by `announce` (lambdas/announce/handler.ts) from the artifacts bucket's events for every
+ * status.json write, whoever wrote it, with {@link jobStateChangeEntry}.
  */
 import { createHash } from 'node:crypto';
 import { z } from 'zod';

@@ -3,7 +3,8 @@
  * clients, and turn failures into named Lambda errors that Step Functions Retry/Catch can match.
  */
 import type { S3Client } from '@aws-sdk/client-s3';
-import { describeIssues, ExecutionInputSchema, type Stage } from './contract';
+import type { z } from 'zod';
+import { describeIssues, type ExecutionInput, ExecutionInputSchema, type Stage } from './contract';
 import { requireEnv } from './env';
 import { InvalidInputError, toLambdaError } from './errors';
 import type { JobRef } from './keys';
@@ -33,15 +34,20 @@ export function contextFromEnv(job: JobRef): StageContext {
  * invocation carries the stage, team and job; each invocation publishes its stage's outcome and
  * duration as metrics.
  */
-export function stageHandler<T>(stage: Stage | 'admit', core: (ctx: StageContext) => Promise<T>): (event: unknown) => Promise<T> {
+export function stageHandler<T, I extends ExecutionInput = ExecutionInput>(
+  stage: Stage | 'admit',
+  core: (ctx: StageContext, input: I) => Promise<T>,
+  /** The event's schema when a stage takes more than the job reference (admit: its task token). */
+  inputSchema: z.ZodType<I> = ExecutionInputSchema as unknown as z.ZodType<I>,
+): (event: unknown) => Promise<T> {
   return async (event) => {
     const started = performance.now();
     logger.appendKeys({ stage });
     try {
-      const parsed = ExecutionInputSchema.safeParse(event);
+      const parsed = inputSchema.safeParse(event);
       if (!parsed.success) throw new InvalidInputError('BAD_EXECUTION_INPUT', describeIssues(parsed.error, 'execution input'));
       logger.appendKeys({ teamId: parsed.data.teamId, jobId: parsed.data.jobId });
-      const result = await core(contextFromEnv(parsed.data));
+      const result = await core(contextFromEnv({ teamId: parsed.data.teamId, jobId: parsed.data.jobId }), parsed.data);
       logger.info('stage succeeded');
       publishStageMetrics(stage, 'StageSucceeded', performance.now() - started);
       return result;

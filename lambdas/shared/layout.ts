@@ -54,6 +54,8 @@ export const LAYOUT = {
   /** Artifacts: the job API's webhook delivery attempts. */
   notify: 'notify/',
   webhookDelivery: 'notify/webhook-{eventId}.json',
+  /** Artifacts: the job's last announced state (lambdas/announce), replaced only by a conditional write. */
+  lastState: 'notify/last-state.json',
 
   validate: VALIDATE,
   validateReport: `${VALIDATE}report.json`,

@@ -4,7 +4,7 @@ import { type Status, StatusSchema } from './contract';
 import { type JobRef, keys } from './keys';
 import { getJson, isMissingObject, putJson } from './s3';
 
-export type StatusUpdate = Pick<Status, 'state' | 'stage'> & Partial<Pick<Status, 'progress' | 'error' | 'finishedAt'>>;
+export type StatusUpdate = Pick<Status, 'state' | 'stage'> & Partial<Pick<Status, 'progress' | 'error' | 'finishedAt' | 'cost'>>;
 
 export async function readStatus(s3: S3Client, bucket: string, job: JobRef): Promise<Status | undefined> {
   const raw = await getJson(s3, bucket, keys.status(job));

@@ -8,8 +8,10 @@ import { join } from 'node:path';
 import './polyfill';
 import { StateMachine } from 'aws-local-stepfunctions';
 import type { StateMachineDefinition } from './definition';
+import type { TaskTokens } from './task-tokens';
 
 const LAMBDA_INVOKE = 'arn:aws:states:::lambda:invoke';
+const LAMBDA_INVOKE_CALLBACK = 'arn:aws:states:::lambda:invoke.waitForTaskToken';
 const BATCH_SUBMIT_SYNC = 'arn:aws:states:::batch:submitJob.sync';
 
 /** `Validate` -> `validate`, `MarkFailed` -> `mark-failed`: the state name and the handler folder are one name. */
@@ -66,6 +68,11 @@ export interface WorkflowEvent {
 export interface RunOptions {
   readonly lambda?: LambdaRunner;
   readonly batch: BatchRunner;
+  /**
+   * The local task-token endpoint (scripts/local/task-tokens.ts), needed by a definition with a
+   * `.waitForTaskToken` state: the state invokes its Lambda, then waits until the token is answered.
+   */
+  readonly taskTokens?: TaskTokens;
   /** Called for each state entered, exited, retried or failed (the local CLI prints them). */
   readonly onEvent?: (event: WorkflowEvent) => void;
 }
@@ -109,6 +116,8 @@ export function startWorkflow(definition: StateMachineDefinition, input: unknown
   // Fires when the execution stops or times out, so Batch states can terminate their jobs.
   const stopped = new AbortController();
   const handlers: Record<string, (input: unknown) => Promise<unknown>> = {};
+  // One token per execution ($$.Task.Token): the context object is fixed for a local run.
+  const taskToken = options.taskTokens?.open();
   const retryIntervals: Record<string, number> = {};
   for (const [name, state] of Object.entries(definition.States)) {
     if (state.Type !== 'Task') continue;
@@ -116,6 +125,14 @@ export function startWorkflow(definition: StateMachineDefinition, input: unknown
     retryIntervals[name] = 0; // the intervals are asserted on the template; locally we only care that it retries
     if (state.Resource === LAMBDA_INVOKE) {
       handlers[name] = async (params) => ({ Payload: await lambda(stage, (params as { Payload: unknown }).Payload) });
+    } else if (state.Resource === LAMBDA_INVOKE_CALLBACK) {
+      const tokens = options.taskTokens;
+      if (!tokens) throw new Error(`state ${name} waits for a task token: pass taskTokens (scripts/local/teams.ts sets one up)`);
+      // The function's own error fails the task; otherwise the answer to the token is the result.
+      handlers[name] = async (params) => {
+        await lambda(stage, (params as { Payload: unknown }).Payload);
+        return tokens.wait(taskToken!);
+      };
     } else if (state.Resource === BATCH_SUBMIT_SYNC) {
       handlers[name] = async (params) => options.batch(stage, params as SubmitJobParameters, { signal: stopped.signal });
     } else {
@@ -126,6 +143,7 @@ export function startWorkflow(definition: StateMachineDefinition, input: unknown
   const machine = new StateMachine(withAwsTaskTimeouts(definition) as never, { validationOptions: { checkArn: false } });
   const execution = machine.run(input as never, {
     overrides: { taskResourceLocalHandlers: handlers as never, retryIntervalOverrides: retryIntervals },
+    ...(taskToken ? { context: { Task: { Token: taskToken } } as never } : {}),
   });
   const events: WorkflowEvent[] = [];
   const record = (event: WorkflowEvent) => {

@@ -11,7 +11,7 @@ const fnProps = (fn: { functionArn: string }) => s.json.Resources[logicalId(s.st
 describe('stage functions', () => {
   it('run Node.js 22 on x86_64 with active tracing, every one of them', () => {
     const fns = resourcesOfType(s.json, 'AWS::Lambda::Function');
-    expect(fns).toHaveLength(8); // 5 stages, reconcile, the job API and its webhook sender (infra/constructs/api.ts)
+    expect(fns).toHaveLength(10); // 5 stages, admit, reconcile, the job API, its webhook sender (infra/constructs/api.ts), announce (infra/constructs/announce.ts)
     for (const [, fn] of fns) {
       expect(fn.Properties).toMatchObject({ Runtime: 'nodejs22.x', Architectures: ['x86_64'], TracingConfig: { Mode: 'Active' } });
       expect(fn.Properties.Environment.Variables).toMatchObject({ SERVICE_NAME: 'avatar', NODE_OPTIONS: '--enable-source-maps' });
@@ -32,6 +32,7 @@ describe('stage functions', () => {
     expect(fnProps(f.finalize).MemorySize).toBe(512);
     expect(fnProps(f.markFailed).MemorySize).toBe(256);
     expect(fnProps(f.reconcile)).toMatchObject({ MemorySize: 256, Timeout: 30 });
+    expect(fnProps(f.admit)).toMatchObject({ MemorySize: 256, Timeout: 30 });
   });
 
   it('name the stack for the SystemFailures metric in mark-failed and reconcile', () => {

@@ -105,10 +105,11 @@ describe('storage', () => {
     });
   });
 
-  it('enables EventBridge notifications on the inbox without a custom resource', () => {
-    expect(s.json.Resources[bucketIds().inbox]!.Properties.NotificationConfiguration).toEqual({
-      EventBridgeConfiguration: { EventBridgeEnabled: true },
-    });
+  it('enables EventBridge notifications on the inbox and the artifacts (status.json writes) without a custom resource', () => {
+    for (const id of [bucketIds().inbox, bucketIds().artifacts]) {
+      expect(s.json.Resources[id]!.Properties.NotificationConfiguration).toEqual({ EventBridgeConfiguration: { EventBridgeEnabled: true } });
+    }
+    expect(s.json.Resources[bucketIds().logs]!.Properties.NotificationConfiguration).toBeUndefined();
     expect(resourcesOfType(s.json, 'Custom::S3BucketNotifications')).toEqual([]);
   });
 

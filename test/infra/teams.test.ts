@@ -72,3 +72,49 @@ describe('Teams construct', () => {
     expect(logicalId(s.stack, s.stack.teams.table.tableName)).toMatch(/^TeamsTable/);
   });
 });
+
+describe('admission and release grants', () => {
+  const fns = () => s.stack.functions;
+  const tableArn = () => `<${logicalId(s.stack, s.stack.teams.table.tableArn)}>`;
+
+  it('lets exactly admit, finalize, mark-failed and reconcile answer task tokens, of this state machine only', () => {
+    const smArn = `<${logicalId(s.stack, s.stack.workflow.stateMachine.stateMachineArn)}>`;
+    const responders = resourcesOfType(s.json, 'AWS::IAM::Policy').filter(([, p]) =>
+      (p.Properties.PolicyDocument.Statement as { Action: string | string[] }[]).some((st) => ([] as string[]).concat(st.Action).some((a) => a.startsWith('states:SendTask'))),
+    );
+    expect(responders).toHaveLength(1);
+    const [, policy] = responders[0]!;
+    expect(policy.Properties.PolicyDocument.Statement).toEqual([
+      { Effect: 'Allow', Action: ['states:SendTaskSuccess', 'states:SendTaskFailure'], Resource: expect.anything() },
+    ]);
+    expect(flatten(policy.Properties.PolicyDocument.Statement[0].Resource)).toBe(smArn);
+    const roles = (policy.Properties.Roles as { Ref: string }[]).map((r) => r.Ref).sort();
+    const expected = [fns().admit, fns().finalize, fns().markFailed, fns().reconcile].map((f) => logicalId(s.stack, f.executionRole.roleName)).sort();
+    expect(roles).toEqual(expected);
+  });
+
+  it('gives the registry\'s item actions, and no scan or table admin, to admit and the job ends only', () => {
+    const registryActions = ['dynamodb:GetItem', 'dynamodb:PutItem', 'dynamodb:UpdateItem', 'dynamodb:DeleteItem', 'dynamodb:Query', 'dynamodb:ConditionCheckItem'];
+    const holders = (['validate', 'normalize', 'admit', 'finalize', 'markFailed', 'reconcile'] as const).filter((name) =>
+      statementsOf(s, fns()[name].executionRole).some((st) => actionsOf(st).some((a) => a.startsWith('dynamodb:'))),
+    );
+    expect(holders).toEqual(['admit', 'finalize', 'markFailed', 'reconcile']);
+    for (const name of holders) {
+      const dynamo = statementsOf(s, fns()[name].executionRole).filter((st) => actionsOf(st).some((a) => a.startsWith('dynamodb:')));
+      expect(dynamo).toHaveLength(1);
+      expect(actionsOf(dynamo[0]!).sort()).toEqual([...registryActions].sort());
+      expect(flatten(dynamo[0]!.Resource)).toBe(tableArn());
+    }
+  });
+
+  it('lets the job ends read Batch job records to price them; admit reads only the plan and status of a job', () => {
+    for (const name of ['finalize', 'markFailed', 'reconcile'] as const) {
+      const batchReads = statementsOf(s, fns()[name].executionRole).filter((st) => actionsOf(st).some((a) => a.startsWith('batch:')));
+      expect(batchReads.flatMap(actionsOf).sort()).toEqual(['batch:DescribeComputeEnvironments', 'batch:DescribeJobs', 'batch:ListJobs']);
+    }
+    const admitS3 = statementsOf(s, fns().admit.executionRole).filter((st) => actionsOf(st).some((a) => a.startsWith('s3:')));
+    const resources = admitS3.flatMap((st) => ([] as unknown[]).concat(st.Resource).map(flatten)).sort();
+    expect(resources.every((r) => r.endsWith('/teams/*/jobs/*/normalize/plan.json') || r.endsWith('/teams/*/jobs/*/status.json'))).toBe(true);
+    expect(admitS3.flatMap(actionsOf)).not.toContain('s3:DeleteObject');
+  });
+});

@@ -41,14 +41,30 @@ describe('workflow definition', () => {
   it('runs the stages in order and ends in Succeeded', () => {
     const order: string[] = [];
     for (let name: string | undefined = asl.StartAt; name; name = asl.States[name].Next) order.push(name);
-    expect(order).toEqual(['Validate', 'Normalize', 'Caption', 'Train', 'Evaluate', 'Finalize', 'Succeeded']);
+    expect(order).toEqual(['Validate', 'Normalize', 'Admit', 'Caption', 'Train', 'Evaluate', 'Finalize', 'Succeeded']);
     expect(asl.States.Succeeded.Type).toBe('Succeed');
   });
 
   it('has exactly the contract states', () => {
     expect(Object.keys(asl.States).sort()).toEqual(
-      ['Caption', 'Evaluate', 'Failed', 'Finalize', 'MarkFailed', 'Normalize', 'Succeeded', 'Train', 'Validate'].sort(),
+      ['Admit', 'Caption', 'Evaluate', 'Failed', 'Finalize', 'MarkFailed', 'Normalize', 'Succeeded', 'Train', 'Validate'].sort(),
     );
+  });
+
+  it('Admit waits on a task token for its decision, as long as the execution may run, and catches into MarkFailed', () => {
+    expect(asl.States.Admit).toMatchObject({
+      Type: 'Task',
+      Resource: expect.stringMatching(/:states:::lambda:invoke\.waitForTaskToken$/),
+      Parameters: {
+        FunctionName: `<${logicalId(s.stack, s.stack.functions.admit.functionArn)}>`,
+        Payload: { 'teamId.$': '$.teamId', 'jobId.$': '$.jobId', 'taskToken.$': '$$.Task.Token' },
+      },
+      ResultSelector: { 'result.$': '$' },
+      ResultPath: '$.admit',
+      TimeoutSeconds: 6 * 3600,
+      Catch: [{ ErrorEquals: ['States.ALL'], ResultPath: '$.failure.admit', Next: 'MarkFailed' }],
+    });
+    expect(asl.States.Admit.Retry).toEqual([{ ErrorEquals: LAMBDA_ERRORS, IntervalSeconds: 2, BackoffRate: 2, MaxAttempts: 5, JitterStrategy: 'FULL' }]);
   });
 
   it.each(Object.entries(LAMBDA_STAGES))('%s invokes its own function with the job reference', (state, stage) => {
@@ -147,7 +163,7 @@ describe('workflow definition', () => {
 
   it('gives every task state its own timeout', () => {
     const tasks = Object.entries<any>(asl.States).filter(([, st]) => st.Type === 'Task');
-    expect(tasks.map(([name]) => name).sort()).toEqual(['Caption', 'Evaluate', 'Finalize', 'MarkFailed', 'Normalize', 'Train', 'Validate']);
+    expect(tasks.map(([name]) => name).sort()).toEqual(['Admit', 'Caption', 'Evaluate', 'Finalize', 'MarkFailed', 'Normalize', 'Train', 'Validate']);
     for (const [, st] of tasks) expect(st.TimeoutSeconds).toBeGreaterThan(0);
   });
 });

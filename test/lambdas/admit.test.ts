@@ -1,5 +1,6 @@
 import { afterAll, beforeAll, expect, it } from 'vitest';
-import { admitJob, type AdmitDeps } from '../../lambdas/admit/handler';
+import { type AdmitDeps, admitJob } from '../../lambdas/admit/handler';
+import { release } from '../../lambdas/shared/admission';
 import { type DatasetPlan, JobSpecSchema, StatusSchema } from '../../lambdas/shared/contract';
 import { keys } from '../../lambdas/shared/keys';
 import { planTraining } from '../../lambdas/shared/plan';
@@ -47,7 +48,11 @@ describeWithMoto('admit stage', () => {
 
     expect(result.outcome).toBe('admitted');
     const expected = estimateJobCost(dataset.plan, team('acme').allowedInstanceTypes, DEFAULT_PRICES);
-    expect((await deps.registry.get('acme'))!.usage).toMatchObject({ running: 1, reservedMicroUsd: toMicroUsd(expected.usd), reservedGpuSeconds: expected.gpuSeconds });
+    expect((await deps.registry.get('acme'))!.usage).toMatchObject({
+      running: 1,
+      reservedMicroUsd: toMicroUsd(expected.usd),
+      reservedGpuSeconds: expected.gpuSeconds,
+    });
   });
 
   it('queues a job over the concurrency limit with a queued status.json carrying the code and numbers', async () => {
@@ -79,6 +84,24 @@ describeWithMoto('admit stage', () => {
   it('rejects an unregistered team and a missing plan, naming them', async () => {
     await putPlan('ghost', 'j', 20);
     await expect(admitJob({ teamId: 'ghost', jobId: 'j' }, deps)).rejects.toMatchObject({ code: 'TEAM_UNKNOWN' });
-    await expect(admitJob({ teamId: 'acme', jobId: 'none' }, deps)).rejects.toMatchObject({ code: 'MISSING_PLAN', input: 'teams/acme/jobs/none/normalize/plan.json' });
+    await expect(admitJob({ teamId: 'acme', jobId: 'none' }, deps)).rejects.toMatchObject({
+      code: 'MISSING_PLAN',
+      input: 'teams/acme/jobs/none/normalize/plan.json',
+    });
+  });
+
+  it('refuses to admit again a job that already ran and ended (JOB_ALREADY_ENDED), so it never runs unreserved', async () => {
+    const registry = await freshRegistry(moto.endpoint);
+    await registry.add(team('acme'));
+    const local = { ...deps, registry };
+    await putPlan('acme', 'done', 20);
+    expect((await admitJob({ teamId: 'acme', jobId: 'done' }, local)).outcome).toBe('admitted');
+    await release(registry, 'acme', 'done', { usd: 0.5, gpuSeconds: 600 });
+
+    await expect(admitJob({ teamId: 'acme', jobId: 'done' }, local)).rejects.toMatchObject({
+      code: 'JOB_ALREADY_ENDED',
+      message: expect.stringContaining('under a new jobId'),
+    });
+    expect((await registry.get('acme'))!.usage.running).toBe(0);
   });
 });

@@ -5,6 +5,7 @@ import type { StageContext } from '../../lambdas/shared/handler';
 import { readStatus, writeStatus } from '../../lambdas/shared/status';
 import { type Moto, startMoto } from '../../scripts/local/moto';
 import { describeWithMoto } from '../helpers/suites';
+import { rejectTask } from '../../lambdas/shared/accounting';
 
 /** The Cause Step Functions records for an error thrown by one of our Lambda handlers. */
 function lambdaCause(error: Error): string {
@@ -77,6 +78,24 @@ describeWithMoto('markFailed', () => {
     ctx = { s3: moto.s3(), inboxBucket: 'inbox', artifactsBucket: 'artifacts-bucket', job: { teamId: 'team-a', jobId: 'job-1' }, now: () => new Date('2026-11-26T12:00:00Z') };
   });
   afterAll(() => moto?.stop());
+
+  it('records an Admit failure at stage caption: a wait past the workflow\'s time says so; a rejection keeps its code and numbers', async () => {
+    const waited = { teamId: 'team-a', jobId: 'waited' };
+    await markFailed({ ...ctx, job: waited }, MarkFailedInputSchema.parse({ ...waited, failure: { admit: { Error: 'States.Timeout', Cause: 'state timed out' } } }));
+    expect(await readStatus(ctx.s3, ctx.artifactsBucket, waited)).toMatchObject({
+      state: 'failed',
+      stage: 'caption',
+      error: { code: 'TIMEOUT', message: expect.stringContaining('waited for a free slot of team "team-a"') },
+    });
+
+    const refused = { teamId: 'team-a', jobId: 'refused' };
+    const failure = rejectTask('token', { teamId: 'team-a', jobId: 'refused', outcome: 'rejected', code: 'BUDGET_EXHAUSTED', message: 'over budget', limit: 10, used: 9.5, estimate: 2, unit: 'USD', duplicate: false });
+    await markFailed({ ...ctx, job: refused }, MarkFailedInputSchema.parse({ ...refused, failure: { admit: { Error: failure.input.error, Cause: failure.input.cause } } }));
+    expect(await readStatus(ctx.s3, ctx.artifactsBucket, refused)).toMatchObject({
+      stage: 'caption',
+      error: { code: 'BUDGET_EXHAUSTED', message: 'over budget (limit 10 USD, used 9.5, this job 2)' },
+    });
+  });
 
   it('writes status.json failed with the stage and error, keeping createdAt', async () => {
     await writeStatus(ctx.s3, ctx.artifactsBucket, ctx.job, { state: 'running', stage: 'normalize' }, new Date('2026-11-26T11:00:00Z'));

@@ -5,7 +5,13 @@ import { StatusSchema } from '../../lambdas/shared/contract';
 import { keys } from '../../lambdas/shared/keys';
 import { getJson } from '../../lambdas/shared/s3';
 import { readStatus, writeStatus } from '../../lambdas/shared/status';
-import { type Moto, startMoto } from '../../scripts/local/moto';
+import { SFNClient } from '@aws-sdk/client-sfn';
+import type { Accounting } from '../../lambdas/shared/accounting';
+import { admit, type AdmissionRequest } from '../../lambdas/shared/admission';
+import { DEFAULT_PRICES } from '../../lambdas/shared/prices';
+import { LOCAL_CREDENTIALS, LOCAL_REGION, type Moto, startMoto } from '../../scripts/local/moto';
+import { startTaskTokens, type TaskTokens } from '../../scripts/local/task-tokens';
+import { freshRegistry, team } from '../teams/helpers';
 import { describeWithMoto } from '../helpers/suites';
 
 const BUCKET = 'reconcile-artifacts';
@@ -165,5 +171,54 @@ describeWithMoto('reconcile', () => {
     const { result, records } = await captureLogs(() => reconcile(event, deps));
     expect(result).toMatchObject({ action: 'ignored' });
     expect(records).toEqual([expect.objectContaining({ level: 'warn', message: 'malformed execution event ignored' })]);
+  });
+});
+
+// With the team's accounting (moto's DynamoDB and the local task-token endpoint): an execution that
+// ends without MarkFailed still gives back what its job held.
+describeWithMoto('reconcile releases what the job held', () => {
+  let moto: Moto;
+  let tokens: TaskTokens;
+  let s3: S3Client;
+  const AC_BUCKET = 'reconcile-accounting';
+  const request = (jobId: string): AdmissionRequest => ({ teamId: 'acme', jobId, kind: 'character', photos: 20, optimizer: 'AdamW8bit', network: 'lora', targetSteps: 1875, estimate: { usd: 2, gpuSeconds: 3600 } });
+
+  beforeAll(async () => {
+    moto = await startMoto({ serializeDynamoDb: true });
+    tokens = await startTaskTokens();
+    await moto.createBucket(AC_BUCKET);
+    s3 = moto.s3();
+  });
+  afterAll(async () => {
+    await tokens?.stop();
+    await moto?.stop();
+  });
+
+  it('a stopped waiting job leaves the queue (cancelled, cost 0); a timed-out running one frees its slot for the next, which resumes', async () => {
+    const registry = await freshRegistry(moto.endpoint);
+    await registry.add(team('acme', { maxConcurrentJobs: 1 }));
+    // Batch has no job of this one on the queue (it timed out before its first GPU job started): charged $0.
+    const accounting: Accounting = {
+      registry,
+      sfn: new SFNClient({ endpoint: tokens.endpoint, region: LOCAL_REGION, credentials: LOCAL_CREDENTIALS }),
+      gpuJobs: async () => [],
+      resolveInstance: async () => ({ instanceType: 'g5.xlarge', spot: false }),
+      prices: DEFAULT_PRICES,
+    };
+    const deps: ReconcileDeps = { s3, artifactsBucket: AC_BUCKET, now: () => new Date('2026-12-02T12:00:00Z'), accounting };
+    await admit(registry, request('running'));
+    await admit(registry, request('stopped'), { taskToken: tokens.open() });
+    const nextToken = tokens.open();
+    await admit(registry, request('next'), { taskToken: nextToken });
+    for (const jobId of ['running', 'stopped', 'next']) await writeStatus(s3, AC_BUCKET, { teamId: 'acme', jobId }, { state: jobId === 'running' ? 'running' : 'queued', stage: jobId === 'running' ? 'train' : 'caption' });
+
+    const stopped = await captureLogs(() => reconcile(executionEvent('ABORTED', { teamId: 'acme', jobId: 'stopped' }), deps));
+    expect(stopped.result).toMatchObject({ action: 'written', status: { state: 'cancelled', cost: { usd: 0, gpuSeconds: 0, estimated: false } } });
+    expect((await registry.items('acme', 'WAIT#')).map((w) => w.jobId)).toEqual(['next']);
+
+    const timedOut = await captureLogs(() => reconcile(executionEvent('TIMED_OUT', { teamId: 'acme', jobId: 'running' }), deps));
+    expect(timedOut.result).toMatchObject({ action: 'written', status: { state: 'failed', error: { code: 'TIMEOUT' }, cost: { usd: 0, gpuSeconds: 0, breakdown: {}, estimated: false } } });
+    expect(await tokens.wait(nextToken)).toMatchObject({ jobId: 'next', outcome: 'admitted' });
+    expect((await registry.get('acme'))!.usage).toMatchObject({ running: 1, reservedMicroUsd: 2_000_000 });
   });
 });

@@ -2,11 +2,13 @@
  * `npm run team`, run as the operator runs it (a separate process) against moto's DynamoDB: each
  * command's effect is read back from the table, and bad settings exit 2 naming the flag.
  */
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 import { BatchClient, CreateSchedulingPolicyCommand, DescribeSchedulingPoliciesCommand } from '@aws-sdk/client-batch';
+import { BudgetsClient, DescribeBudgetCommand, DescribeNotificationsForBudgetCommand } from '@aws-sdk/client-budgets';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { admit } from '../../lambdas/shared/admission';
+import { startTaskTokens } from '../../scripts/local/task-tokens';
 import { teamsDocumentClient, TeamRegistry } from '../../lambdas/shared/teams';
 import { LOCAL_CREDENTIALS, LOCAL_REGION, type Moto, startMoto } from '../helpers/moto';
 import { describeWithMoto } from '../helpers/suites';
@@ -142,5 +144,51 @@ describeWithMoto('npm run team', () => {
     const run = team(['list', '--endpoint', moto.endpoint], { AVATAR_TEAMS_TABLE: '' });
     expect(run.status).toBe(2);
     expect(run.stderr).toContain('--table NAME or AVATAR_TEAMS_TABLE');
+  });
+
+  it('resume and update answer the task token each admitted job waits on, so its execution goes on by itself', async () => {
+    // The local Step Functions task-token endpoint; the command runs as a separate process reaching it.
+    const tokens = await startTaskTokens();
+    ok(['add', 'echo', '--max-concurrent', '1']);
+    const job = (jobId: string) => ({ teamId: 'echo', jobId, kind: 'character', photos: 10, optimizer: 'AdamW8bit', network: 'lora', targetSteps: 1000, estimate: { usd: 1, gpuSeconds: 600 } });
+    await admit(registry, job('running'));
+    const waitingToken = tokens.open();
+    expect(await admit(registry, job('waiting'), { taskToken: waitingToken })).toMatchObject({ outcome: 'waiting' });
+    const run = (args: string[]) =>
+      new Promise<{ status: number | null; stderr: string }>((resolve) => {
+        const child = spawn(join(ROOT, 'node_modules', '.bin', 'tsx'), [join(ROOT, 'scripts', 'team.ts'), ...args, '--endpoint', moto.endpoint], {
+          env: { ...process.env, AWS_ACCESS_KEY_ID: 'testing', AWS_SECRET_ACCESS_KEY: 'testing', AWS_REGION: LOCAL_REGION, AVATAR_TEAMS_TABLE: table, AWS_ENDPOINT_URL_SFN: tokens.endpoint },
+        });
+        let stderr = '';
+        child.stderr.on('data', (d) => (stderr += d));
+        child.on('exit', (status) => resolve({ status, stderr }));
+      });
+
+    const updated = await run(['update', 'echo', '--max-concurrent', '2']);
+
+    expect(updated.status, updated.stderr).toBe(0);
+    expect(await tokens.wait(waitingToken)).toMatchObject({ teamId: 'echo', jobId: 'waiting', outcome: 'admitted' });
+    await tokens.stop();
+  });
+
+  // moto emulates Budgets (CreateBudget with notifications, DescribeBudget, DeleteBudget); it sends no e-mail.
+  it('add creates the team\'s AWS Budgets alert on its team tag, update replaces it, delete-budget removes it', async () => {
+    const budgets = new BudgetsClient({ endpoint: moto.endpoint, region: LOCAL_REGION, credentials: LOCAL_CREDENTIALS });
+    const account = '123456789012';
+    const describe = () => budgets.send(new DescribeBudgetCommand({ AccountId: account, BudgetName: 'avatar-team-foxtrot' }));
+
+    ok(['add', 'foxtrot', '--budget-usd', '250', '--alert-email', 'ops@foxtrot.example', '--budgets-account', account]);
+
+    const { Budget } = await describe();
+    expect(Budget).toMatchObject({ BudgetName: 'avatar-team-foxtrot', BudgetType: 'COST', TimeUnit: 'MONTHLY', BudgetLimit: { Amount: '250', Unit: 'USD' }, CostFilters: { TagKeyValue: ['user:team$foxtrot'] } });
+    const { Notifications } = await budgets.send(new DescribeNotificationsForBudgetCommand({ AccountId: account, BudgetName: 'avatar-team-foxtrot' }));
+    expect(Notifications?.map((n) => [n.NotificationType, n.Threshold, n.ThresholdType])).toEqual([['ACTUAL', 80, 'PERCENTAGE'], ['FORECASTED', 100, 'PERCENTAGE']]);
+
+    ok(['update', 'foxtrot', '--budget-usd', '400', '--budgets-account', account]);
+    expect((await describe()).Budget?.BudgetLimit).toMatchObject({ Amount: '400' });
+
+    ok(['delete-budget', 'foxtrot', '--budgets-account', account]);
+    await expect(describe()).rejects.toMatchObject({ name: 'NotFoundException' });
+    expect(team(['add', 'golf', '--budgets-account', '12345', '--endpoint', moto.endpoint]).stderr).toContain('--budgets-account: "12345" is not a 12-digit AWS account id');
   });
 });

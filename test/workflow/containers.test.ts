@@ -20,6 +20,7 @@ import { getJson, putBytes, putJson } from '../../lambdas/shared/s3';
 import { syntheticPhotos } from '../../scripts/local/demo-photos';
 import { stateMachineDefinition, synthesizeTemplate } from '../../scripts/local/definition';
 import { submittedJob } from '../../scripts/local/gpu';
+import { localTeams, type LocalTeams } from '../../scripts/local/teams';
 import { configureHandlers, type Moto, startMoto } from '../../scripts/local/moto';
 import { BatchJobFailed, type BatchRunner, runWorkflow } from '../../scripts/local/workflow';
 import { describeWithMoto } from '../helpers/suites';
@@ -31,6 +32,7 @@ const ARTIFACTS = 'ct-artifacts';
 
 describeWithMoto(existsSync(PYTHON) ? 'pipeline with the container entrypoints' : 'pipeline with the container entrypoints (skipped: no .venv; run bash scripts/python-env.sh)', () => {
   let moto: Moto;
+  let teams: LocalTeams;
   let work: string;
   let template: ReturnType<typeof synthesizeTemplate>;
   const ran: Array<{ stage: string; command: string[]; status: number | null }> = [];
@@ -41,6 +43,7 @@ describeWithMoto(existsSync(PYTHON) ? 'pipeline with the container entrypoints' 
     await moto.createBucket(INBOX);
     await moto.createBucket(ARTIFACTS);
     configureHandlers(moto.endpoint, { inboxBucket: INBOX, artifactsBucket: ARTIFACTS, urlExpirySeconds: 600 });
+    teams = await localTeams(moto.endpoint, ['team-a']);
     template = synthesizeTemplate();
     work = mkdtempSync(join(tmpdir(), 'avatar-containers-'));
     const blip = spawnSync(PYTHON, ['-c', `import sys; from tiny_blip import save_tiny_blip; save_tiny_blip(__import__('pathlib').Path(sys.argv[1]))`, join(work, 'blip')], {
@@ -49,7 +52,10 @@ describeWithMoto(existsSync(PYTHON) ? 'pipeline with the container entrypoints' 
     });
     expect(blip.status, blip.stderr).toBe(0);
   });
-  afterAll(() => moto?.stop());
+  afterAll(async () => {
+    await teams?.stop();
+    await moto?.stop();
+  });
 
   /** Batch, locally: the job definition's command from the template, run as a process. */
   const processes: BatchRunner = async (stage, params) => {
@@ -101,7 +107,7 @@ describeWithMoto(existsSync(PYTHON) ? 'pipeline with the container entrypoints' 
       training: { network: 'lora', networkDim: 8, networkAlpha: 8, repeats: 1, epochs: 3 },
     });
 
-    const result = await runWorkflow(stateMachineDefinition(template), job, { batch: processes });
+    const result = await runWorkflow(stateMachineDefinition(template), job, { taskTokens: teams.taskTokens, batch: processes });
 
     expect(ran.map((r) => [r.stage, r.command.join(' '), r.status])).toEqual([
       ['caption', 'python -m captioner run', 0],

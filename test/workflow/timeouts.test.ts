@@ -5,10 +5,12 @@
  * one second in the test's copy of the definition (the real values are asserted on the template);
  * the stuck GPU job is a stand-in that never answers, a fault that cannot be caused here for real.
  */
+import { SendTaskSuccessCommand, SFNClient } from '@aws-sdk/client-sfn';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { readStatus, writeStatus } from '../../lambdas/shared/status';
 import { type StateMachineDefinition, stateMachineDefinition, synthesizeTemplate } from '../../scripts/local/definition';
 import { inProcessLambda, type LambdaRunner, runWorkflow } from '../../scripts/local/workflow';
+import { localTeams, type LocalTeams } from '../../scripts/local/teams';
 import { configureHandlers, type Moto, startMoto } from '../../scripts/local/moto';
 import { describeWithMoto } from '../helpers/suites';
 
@@ -17,6 +19,7 @@ const ARTIFACTS = 'timeout-artifacts';
 
 describeWithMoto('state timeouts, executed locally', () => {
   let moto: Moto;
+  let teams: LocalTeams;
   let definition: StateMachineDefinition;
 
   beforeAll(async () => {
@@ -24,9 +27,13 @@ describeWithMoto('state timeouts, executed locally', () => {
     await moto.createBucket(INBOX);
     await moto.createBucket(ARTIFACTS);
     configureHandlers(moto.endpoint, { inboxBucket: INBOX, artifactsBucket: ARTIFACTS, urlExpirySeconds: 600 });
+    teams = await localTeams(moto.endpoint, ['team-t']);
     definition = stateMachineDefinition(synthesizeTemplate());
   });
-  afterAll(() => moto?.stop());
+  afterAll(async () => {
+    await teams?.stop();
+    await moto?.stop();
+  });
 
   it('ends a GPU stage stuck past its TimeoutSeconds in MarkFailed with TIMEOUT naming the stage', async () => {
     expect(definition.States.Train!.TimeoutSeconds).toBeGreaterThan(3600);
@@ -34,10 +41,14 @@ describeWithMoto('state timeouts, executed locally', () => {
     const job = { teamId: 'team-t', jobId: 'stuck-train' };
     await writeStatus(moto.s3(), ARTIFACTS, job, { state: 'running', stage: 'train' });
     // The intake stages are not under test: they answer at once; MarkFailed is the real handler.
-    const lambda: LambdaRunner = async (stage, payload) => (stage === 'mark-failed' ? inProcessLambda(stage, payload) : {});
+    // Admit answers its task token at once, as the real one does for a team with a free slot.
+    const lambda: LambdaRunner = async (stage, payload) => {
+      if (stage === 'admit') await new SFNClient({}).send(new SendTaskSuccessCommand({ taskToken: (payload as { taskToken: string }).taskToken, output: '{}' }));
+      return stage === 'mark-failed' ? inProcessLambda(stage, payload) : {};
+    };
     const batchStages: string[] = [];
 
-    const result = await runWorkflow(shortened, job, {
+    const result = await runWorkflow(shortened, job, { taskTokens: teams.taskTokens,
       lambda,
       batch: async (stage) => {
         batchStages.push(stage);

@@ -14,6 +14,7 @@ import { start } from '../../lambdas/start/handler';
 import { type StateMachineDefinition, stateMachineDefinition, synthesizeTemplate } from '../../scripts/local/definition';
 import { noGpuRunner } from '../../scripts/local/gpu';
 import { BatchJobFailed, type BatchRunner, inProcessLambda, type LambdaRunner, type RunResult, runWorkflow } from '../../scripts/local/workflow';
+import { localTeams, type LocalTeams } from '../../scripts/local/teams';
 import { configureHandlers, LOCAL_CREDENTIALS, LOCAL_REGION, type Moto, startMoto } from '../../scripts/local/moto';
 import { syntheticPhotos } from '../../scripts/local/demo-photos';
 import { describeWithMoto } from '../helpers/suites';
@@ -23,6 +24,7 @@ const ARTIFACTS = 'wf-artifacts';
 
 describeWithMoto('state machine, executed locally', () => {
   let moto: Moto;
+  let teams: LocalTeams;
   let definition: StateMachineDefinition;
   let photos: Array<{ name: string; bytes: Buffer }>;
 
@@ -31,10 +33,14 @@ describeWithMoto('state machine, executed locally', () => {
     await moto.createBucket(INBOX);
     await moto.createBucket(ARTIFACTS);
     configureHandlers(moto.endpoint, { inboxBucket: INBOX, artifactsBucket: ARTIFACTS, urlExpirySeconds: 600 });
+    teams = await localTeams(moto.endpoint, ['team-a', 'team-b']);
     definition = stateMachineDefinition(synthesizeTemplate());
     photos = await syntheticPhotos(12);
   });
-  afterAll(() => moto?.stop());
+  afterAll(async () => {
+    await teams?.stop();
+    await moto?.stop();
+  });
 
   async function submit(job: JobRef, spec: unknown = { token: 'zwxobj', classWord: 'mug', kind: 'object' }): Promise<void> {
     const s3 = moto.s3();
@@ -69,11 +75,11 @@ describeWithMoto('state machine, executed locally', () => {
     const job = { teamId: 'team-a', jobId: 'happy' };
     await submit(job);
 
-    const result = await runWorkflow(definition, job, { batch: gpuStandIn });
+    const result = await runWorkflow(definition, job, { taskTokens: teams.taskTokens, batch: gpuStandIn });
 
     expect(result.cause).toBeUndefined();
     expect(result.succeeded).toBe(true);
-    expect(entered(result)).toEqual(expect.arrayContaining(['Validate', 'Normalize', 'Caption', 'Train', 'Evaluate', 'Finalize']));
+    expect(entered(result)).toEqual(expect.arrayContaining(['Validate', 'Normalize', 'Admit', 'Caption', 'Train', 'Evaluate', 'Finalize']));
     expect(entered(result)).not.toContain('MarkFailed');
     expect(await statusOf(job)).toMatchObject({ state: 'succeeded', stage: 'finalize' });
     const manifest = ManifestSchema.parse(await getJson(moto.s3(), ARTIFACTS, keys.manifest(job)));
@@ -93,7 +99,7 @@ describeWithMoto('state machine, executed locally', () => {
       return gpuStandIn(stage, params);
     };
 
-    const result = await runWorkflow(definition, job, { batch: flaky });
+    const result = await runWorkflow(definition, job, { taskTokens: teams.taskTokens, batch: flaky });
 
     expect(result.succeeded).toBe(true);
     expect(retried(result)).toEqual(['Train']);
@@ -112,7 +118,7 @@ describeWithMoto('state machine, executed locally', () => {
       return inProcessLambda(stage, payload);
     };
 
-    const result = await runWorkflow(definition, job, { batch: gpuStandIn, lambda: throttled });
+    const result = await runWorkflow(definition, job, { taskTokens: teams.taskTokens, batch: gpuStandIn, lambda: throttled });
 
     expect(result.succeeded).toBe(true);
     expect(retried(result)).toEqual(['Normalize']);
@@ -128,12 +134,12 @@ describeWithMoto('state machine, executed locally', () => {
       return gpuStandIn(stage, params);
     };
 
-    const result = await runWorkflow(definition, job, { batch: failing });
+    const result = await runWorkflow(definition, job, { taskTokens: teams.taskTokens, batch: failing });
 
     expect(result.succeeded).toBe(false);
     expect(result.error).toBe('JobFailed');
     expect(retried(result)).toEqual([]);
-    expect(entered(result)).toEqual(['Validate', 'Normalize', 'Caption', 'Train', 'MarkFailed', 'Failed']);
+    expect(entered(result)).toEqual(['Validate', 'Normalize', 'Admit', 'Caption', 'Train', 'MarkFailed', 'Failed']);
     const status = await statusOf(job);
     expect(status).toMatchObject({ state: 'failed', stage: 'train', error: { code: 'BATCH_JOB_FAILED' } });
     expect(status?.error?.message).toContain('exit code 1');
@@ -145,7 +151,7 @@ describeWithMoto('state machine, executed locally', () => {
     await submit(job, { token: 'zwxobj', classWord: 'mug', kind: 'object', learningRate: 0.1 });
     const batchCalls: string[] = [];
 
-    const result = await runWorkflow(definition, job, { batch: async (stage, params) => (batchCalls.push(stage), gpuStandIn(stage, params)) });
+    const result = await runWorkflow(definition, job, { taskTokens: teams.taskTokens, batch: async (stage, params) => (batchCalls.push(stage), gpuStandIn(stage, params)) });
 
     expect(result.succeeded).toBe(false);
     expect(batchCalls).toEqual([]);
@@ -159,7 +165,7 @@ describeWithMoto('state machine, executed locally', () => {
     const job = { teamId: 'team-a', jobId: 'no-gpu' };
     await submit(job);
 
-    const result = await runWorkflow(definition, job, { batch: noGpuRunner({ ok: false, reason: 'no Docker engine is running on this machine' }) });
+    const result = await runWorkflow(definition, job, { taskTokens: teams.taskTokens, batch: noGpuRunner({ ok: false, reason: 'no Docker engine is running on this machine' }) });
 
     expect(result.succeeded).toBe(false);
     const status = await statusOf(job);

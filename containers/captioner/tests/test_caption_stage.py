@@ -193,3 +193,47 @@ def test_a_terminal_status_is_not_overwritten_by_an_interruption(job_env):
     s3.put_object(Bucket=bucket, Key=PREFIX + "status.json", Body=json.dumps(failed))
     status.interrupted(Interrupted())
     assert _status(s3, bucket) == failed
+
+
+def test_progress_never_brings_a_cancelled_job_back_to_running(job_env):
+    """reconcile writes `cancelled` while the stage still runs (TerminateJob's SIGTERM is on its way)."""
+    from avatar_job import Job, Status
+
+    s3, bucket = _seed(job_env, json.loads(json.dumps(PLAN)))
+    job = Job.from_env()
+    status = Status(job, "caption", attempt=(1, 3))
+    assert status.progress(0.1, "captioning", force=True)
+    cancelled = {"teamId": "team-a", "jobId": "recipe-25", "state": "cancelled", "stage": "caption", "createdAt": CREATED,
+                 "updatedAt": CREATED, "finishedAt": CREATED, "error": {"code": "CANCELLED", "message": "the execution was stopped"}}
+    s3.put_object(Bucket=bucket, Key=PREFIX + "status.json", Body=json.dumps(cancelled))
+
+    assert status.progress(0.5, "captioning", force=True) is False
+    status.fail(__import__("avatar_job").StageError("CAPTION_FAILED", "late failure"))
+    assert _status(s3, bucket) == cancelled
+
+
+def test_a_terminal_write_between_the_read_and_the_write_wins(job_env):
+    """The status write is conditional on the ETag it read: a terminal status written in between is
+    seen on the retry (moto enforces IfMatch on PutObject) and left alone."""
+    from avatar_job import Job, Status
+
+    s3, bucket = _seed(job_env, json.loads(json.dumps(PLAN)))
+    job = Job.from_env()
+    status = Status(job, "caption", attempt=(1, 3))
+    assert status.progress(0.1, "captioning", force=True)
+    cancelled = {"teamId": "team-a", "jobId": "recipe-25", "state": "cancelled", "stage": "caption", "createdAt": CREATED,
+                 "updatedAt": CREATED, "finishedAt": CREATED, "error": {"code": "CANCELLED", "message": "the execution was stopped"}}
+    real_get = job.s3.get_object
+    raced = []
+
+    def get_then_race(**kwargs):
+        out = real_get(**kwargs)
+        if not raced:  # the workflow writes right after this stage read the status
+            raced.append(True)
+            s3.put_object(Bucket=bucket, Key=PREFIX + "status.json", Body=json.dumps(cancelled))
+        return out
+
+    job.s3.get_object = get_then_race
+    assert status.progress(0.5, "captioning", force=True) is False
+    assert raced and _status(s3, bucket) == cancelled
+

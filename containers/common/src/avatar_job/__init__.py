@@ -23,6 +23,8 @@ from . import layout
 
 SCHEMA_PATH = Path(__file__).with_name("contract.schema.json")
 STATUS_THROTTLE_S = 15.0
+# A job in one of these states is over: no stage writes its status.json again.
+TERMINAL_STATES = ("failed", "succeeded", "cancelled")
 # The job definitions' retryAttempts (infra/constructs/gpu-batch.ts): Batch reruns a Spot-reclaimed job
 # up to this many attempts in all.
 DEFAULT_BATCH_ATTEMPTS = 3
@@ -189,10 +191,37 @@ class Status:
         except (StageError, json.JSONDecodeError):
             pass
 
-    def _write(self, doc: dict) -> None:
+    def _write(self, doc: dict) -> bool:
+        """Writes status.json unless it is already terminal; False when it was left alone.
+
+        Conditional on the ETag just read: the workflow (reconcile, mark-failed) may write a terminal
+        status at any moment, e.g. `cancelled` while TerminateJob's SIGTERM is on its way here, and a
+        progress write racing it must lose rather than bring a stopped job back to `running`.
+        """
         validate("Status", doc, layout.STATUS)
-        self.job.put_json(layout.STATUS, doc)
-        self.last_write = self.clock()
+        body = (json.dumps(doc, indent=2) + "\n").encode()
+        key = self.job.key(layout.STATUS)
+        for _ in range(5):
+            try:
+                current = self.job.s3.get_object(Bucket=self.job.artifacts_bucket, Key=key)
+                state = json.loads(current["Body"].read()).get("state")
+                condition = {"IfMatch": current["ETag"]}
+            except self.job.s3.exceptions.NoSuchKey:
+                state, condition = None, {"IfNoneMatch": "*"}
+            except json.JSONDecodeError:
+                state, condition = None, {}
+            if state in TERMINAL_STATES:
+                print(f"{self.stage}: status.json is already {state}; leaving it", file=sys.stderr)
+                return False
+            try:
+                self.job.s3.put_object(Bucket=self.job.artifacts_bucket, Key=key, Body=body, ContentType="application/json", **condition)
+            except self.job.s3.exceptions.ClientError as e:
+                if e.response.get("Error", {}).get("Code") not in ("PreconditionFailed", "ConditionalRequestConflict"):
+                    raise
+                continue  # someone wrote in between: read again
+            self.last_write = self.clock()
+            return True
+        raise StageError("STATUS_CONFLICT", "status.json kept changing under this stage's writes; see the job log")
 
     def _base(self, state: str) -> dict:
         return {"teamId": self.job.team_id, "jobId": self.job.job_id, "state": state, "stage": self.stage,
@@ -210,22 +239,16 @@ class Status:
             # JSON has no NaN; a non-finite loss is reported through the error instead.
             if v is not None and not (isinstance(v, float) and not math.isfinite(v)):
                 progress[k] = v
-        self._write({**self._base("running"), "progress": progress})
+        if not self._write({**self._base("running"), "progress": progress}):
+            return False
         self.last_progress = progress
         return True
 
     def interrupted(self, error: Interrupted) -> None:
         """`running` while Batch still has an attempt left (it retries a Spot reclaim), else `failed`.
 
-        A terminal status someone else already wrote (the workflow after a stopped execution) stays.
+        A terminal status someone else already wrote (the workflow after a stopped execution) stays (_write).
         """
-        try:
-            current = json.loads(self.job.get_bytes(layout.STATUS))
-        except (StageError, json.JSONDecodeError):
-            current = {}
-        if current.get("state") in ("failed", "succeeded", "cancelled"):
-            print(f"{self.stage}: status.json is already {current['state']}; leaving it", file=sys.stderr)
-            return
         attempt, attempts = self.attempt, self.attempts
         if attempt >= attempts:
             self.fail(StageError("INTERRUPTED", f"interrupted (attempt {attempt} of {attempts}) and Batch makes no more attempts; "

@@ -1,0 +1,39 @@
+/**
+ * The team registry for local runs and workflow tests: a fresh table on the local endpoint (moto's
+ * DynamoDB), the teams registered, the local task-token endpoint for the Admit state, and the
+ * environment the handlers read (as the CDK stack sets it in Lambda). There is no Batch locally:
+ * JOB_QUEUE names a queue the endpoint does not have, so a job's GPU cost falls back to its
+ * admission estimate, marked `estimated`.
+ */
+import { DynamoDBClient } from '@aws-sdk/client-dynamodb';
+import { createTeamsTable, TEAM_DEFAULTS, type TeamConfig, TeamRegistry, teamsDocumentClient } from '../../lambdas/shared/teams';
+import { LOCAL_CREDENTIALS, LOCAL_REGION } from './moto';
+import { startTaskTokens, type TaskTokens } from './task-tokens';
+
+export interface LocalTeams {
+  readonly registry: TeamRegistry;
+  readonly taskTokens: TaskTokens;
+  stop(): Promise<void>;
+}
+
+let tables = 0;
+
+/** Generous limits: a local run is admitted unless a test sets tighter ones. */
+const LOCAL_LIMITS: Partial<TeamConfig> = { maxConcurrentJobs: 10, monthlyBudgetUsd: 1000, monthlyGpuHours: 1000 };
+
+export async function localTeams(endpoint: string, teams: Array<string | (Partial<TeamConfig> & { teamId: string })>): Promise<LocalTeams> {
+  const config = { endpoint, region: LOCAL_REGION, credentials: LOCAL_CREDENTIALS };
+  const tableName = `avatar-teams-local-${process.pid}-${++tables}`;
+  await createTeamsTable(new DynamoDBClient(config), tableName);
+  const registry = new TeamRegistry(teamsDocumentClient(config), tableName);
+  for (const t of teams) await registry.add({ ...TEAM_DEFAULTS, ...LOCAL_LIMITS, ...(typeof t === 'string' ? { teamId: t } : t) });
+  const taskTokens = await startTaskTokens();
+  Object.assign(process.env, {
+    TEAMS_TABLE: tableName,
+    JOB_QUEUE: 'local-no-batch',
+    AWS_ENDPOINT_URL_DYNAMODB: endpoint,
+    AWS_ENDPOINT_URL_BATCH: endpoint,
+    AWS_ENDPOINT_URL_SFN: taskTokens.endpoint,
+  });
+  return { registry, taskTokens, stop: () => taskTokens.stop() };
+}
