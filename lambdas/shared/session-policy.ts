@@ -9,7 +9,7 @@
  */
 import { type Grant, STAGE_ACCESS } from './access';
 import { IdSchema } from './contract';
-import { keyPattern, LAYOUT } from './layout';
+import { keyPattern } from './layout';
 
 /** The GPU stages a session policy is minted for. */
 export type GpuStage = 'caption' | 'train' | 'evaluate';
@@ -17,20 +17,22 @@ export type GpuStage = 'caption' | 'train' | 'evaluate';
 /**
  * The session policy for `stage` working on job `jobId` of team `teamId` in the artifacts bucket: the
  * stage's own grants (lambdas/shared/access.ts, which the role has too) with this job's ids in place of
- * the wildcards, and its listing limited to its own folder.
+ * the wildcards, and its listing limited to the folders it writes.
  */
 export function jobSessionPolicy(stage: GpuStage, teamId: string, jobId: string, artifactsBucketArn: string): { Version: string; Statement: object[] } {
   const ids = { teamId: IdSchema.parse(teamId), jobId: IdSchema.parse(jobId) };
-  const statements = (STAGE_ACCESS[stage] as readonly Grant[]).map((grant, i) => {
+  const grants = STAGE_ACCESS[stage] as readonly Grant[];
+  // The role lists teams/*; the session lists only the folders it writes (train its resume state).
+  const ownFolders = grants.flatMap((g) => ('actions' in g && g.actions.includes('s3:PutObject') ? g.keys.filter((k) => k.endsWith('/')) : []));
+  const statements = grants.map((grant, i) => {
     if ('list' in grant) {
-      // train lists its own resume state (the role lists teams/*).
-      const prefix = keyPattern(LAYOUT.jobPrefix + LAYOUT[stage], ids).replace(/\*$/, '');
+      const prefixes = ownFolders.map((folder) => keyPattern(folder, ids).replace(/\*$/, ''));
       return {
         Sid: `List${i}`,
         Effect: 'Allow',
         Action: ['s3:ListBucket'],
         Resource: [artifactsBucketArn],
-        Condition: { StringLike: { 's3:prefix': [prefix, `${prefix}*`] } },
+        Condition: { StringLike: { 's3:prefix': prefixes.flatMap((p) => [p, `${p}*`]) } },
       };
     }
     return {
