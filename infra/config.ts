@@ -61,6 +61,12 @@ export const AvatarConfigSchema = z
      */
     maxVcpus: z.number().int().min(4).max(1024).default(16),
     /**
+     * Warm path: vCPUs of GPU instances kept running while idle, so a job skips the instance start,
+     * image pull and model fetch (~6 minutes, estimated). 0 (the default) scales to zero; 4 keeps one
+     * g5.xlarge (~$730/month on demand). Applied to the first compute environment in the queue's order.
+     */
+    minVcpus: z.number().int().min(0).max(1024).default(0),
+    /**
      * Minutes a GPU job may wait in RUNNABLE for capacity (no Spot/on-demand capacity, a vCPU quota,
      * or no instance type that fits) before Batch cancels it and the job fails with GPU_CAPACITY_UNAVAILABLE.
      * Batch accepts 10 minutes to 24 hours.
@@ -109,6 +115,18 @@ export const AvatarConfigSchema = z
         message: config.spot
           ? `must be at least ${needed}: with spot on, the ceiling is split between the Spot and on-demand environments and each needs room for the smallest configured instance type (${smallest} vCPUs); raise maxVcpus or set spot to false`
           : `must be at least ${smallest}, the vCPUs of the smallest configured instance type`,
+      });
+    }
+  })
+  .superRefine((config, ctx) => {
+    // The warm instances run in the first environment, which gets only part of maxVcpus with Spot on.
+    const first = splitVcpus(config.maxVcpus, config.spot);
+    const ceiling = config.spot ? first.spot : first.onDemand;
+    if (config.minVcpus > ceiling) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['minVcpus'],
+        message: `must be at most ${ceiling}, the ceiling of the ${config.spot ? 'Spot' : 'on-demand'} environment that keeps the warm instances (maxVcpus ${config.maxVcpus}${config.spot ? ', split with on-demand' : ''}); raise maxVcpus or lower minVcpus`,
       });
     }
   })

@@ -76,6 +76,7 @@ export class AvatarStack extends Stack {
       logsBucket: storage.logs,
       instanceTypes: config.instanceTypes,
       maxVcpus: config.maxVcpus,
+      minVcpus: config.minVcpus,
       gpuWait: Duration.minutes(config.gpuWaitMinutes),
       spot: config.spot,
       rootVolumeGiB: config.rootVolumeGiB,
@@ -83,7 +84,7 @@ export class AvatarStack extends Stack {
     });
 
     const teams = new Teams(this, 'Teams');
-    teams.attachTo(gpu.jobQueue, [gpu.caption, gpu.train, gpu.evaluate]);
+    teams.attachTo(gpu.jobQueue, [gpu.train, gpu.evaluate]);
 
     const functions = new StageFunctions(this, 'Stages', {
       inbox: storage.inbox,

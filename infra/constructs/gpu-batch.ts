@@ -32,6 +32,13 @@ export interface GpuBatchProps {
    */
   readonly maxVcpus?: number;
   /**
+   * vCPUs kept running while idle (the warm path), in the first environment of the queue's order
+   * (Spot when enabled: Batch places a job in the first environment that can take it, so warm
+   * capacity anywhere else would sit idle while that one scales up).
+   * @default 0 (scale to zero)
+   */
+  readonly minVcpus?: number;
+  /**
    * How long a job may wait in RUNNABLE for capacity before the queue cancels it.
    * @default Duration.minutes(30)
    */
@@ -55,16 +62,14 @@ export interface GpuBatchProps {
 
 /**
  * GPU compute for the caption, train and evaluate stages on AWS Batch: the network
- * ({@link GpuNetwork}), the Spot/on-demand fleet and its queue ({@link GpuCompute}) and one job
- * definition per stage ({@link GpuJobDefinitions}), whose task roles reach only their stage's keys
- * (lambdas/shared/access.ts).
+ * ({@link GpuNetwork}), the Spot/on-demand fleet and its queue ({@link GpuCompute}) and two jobs from
+ * one image ({@link GpuJobDefinitions}: caption then train, and evaluate), whose task roles reach only
+ * their stages' keys (lambdas/shared/access.ts).
  */
 export class GpuBatch extends Construct {
   /** Queue every GPU job is submitted to (Spot first when enabled). */
   public readonly jobQueue: batch.JobQueue;
-  /** `python -m captioner run`. */
-  public readonly caption: batch.EcsJobDefinition;
-  /** `python -m trainer train`. */
+  /** `python -m avatar_job caption train`: the caption stage, then the train stage. */
   public readonly train: batch.EcsJobDefinition;
   /** `python -m trainer evaluate`. */
   public readonly evaluate: batch.EcsJobDefinition;
@@ -87,6 +92,11 @@ export class GpuBatch extends Construct {
     if (Math.min(ceilings.onDemand, spot ? ceilings.spot : Infinity) < JOB_VCPUS) {
       throw new GpuBatchError(`maxVcpus ${maxVcpus} leaves an environment below one job (${JOB_VCPUS} vCPUs): with spot, use at least ${2 * JOB_VCPUS}`);
     }
+    const minVcpus = props.minVcpus ?? 0;
+    const firstCeiling = spot ? ceilings.spot : ceilings.onDemand;
+    if (!Number.isInteger(minVcpus) || minVcpus < 0 || minVcpus > firstCeiling) {
+      throw new GpuBatchError(`minVcpus must be an integer from 0 to ${firstCeiling} (the first environment's ceiling), got ${minVcpus}`);
+    }
 
     // The parts build in this construct's scope, so the resources keep the logical IDs they had
     // when this was one construct (a changed ID makes CloudFormation replace the VPC and fleet).
@@ -96,6 +106,7 @@ export class GpuBatch extends Construct {
       network,
       instanceTypes,
       ceilings,
+      minVcpus,
       gpuWait: this.gpuWait,
       rootVolumeGiB: props.rootVolumeGiB ?? 200,
     });
@@ -106,10 +117,9 @@ export class GpuBatch extends Construct {
       artifacts: props.artifacts,
       baseModelKey: props.baseModelKey ?? DEFAULT_BASE_MODEL_KEY,
     });
-    for (const stage of ['caption', 'train', 'evaluate'] as const) {
-      grantStageAccess(jobs[stage].jobRole, props, stage);
+    for (const job of ['train', 'evaluate'] as const) {
+      grantStageAccess(jobs[job].jobRole, props, job);
     }
-    this.caption = jobs.caption.definition;
     this.train = jobs.train.definition;
     this.evaluate = jobs.evaluate.definition;
   }

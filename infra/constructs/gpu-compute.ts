@@ -8,7 +8,7 @@ import type { GpuNetwork } from './gpu-network';
 
 /** Host directory that keeps the base model between jobs on the same instance. */
 export const MODEL_CACHE_HOST_PATH = '/var/cache/avatar';
-/** The user the container images run as (`useradd --uid 1000` in both Dockerfiles under containers). */
+/** The user the GPU image runs as (`useradd --uid 1000` in containers/trainer/Dockerfile). */
 export const CONTAINER_UID = 1000;
 /**
  * Seconds ECS waits after SIGTERM before SIGKILL (`ECS_CONTAINER_STOP_TIMEOUT` on the hosts). A Spot
@@ -34,6 +34,8 @@ export interface GpuComputeProps {
   readonly instanceTypes: readonly string[];
   /** vCPU ceiling of each environment (`spot: 0`: no Spot environment); see `splitVcpus`. */
   readonly ceilings: { readonly spot: number; readonly onDemand: number };
+  /** vCPUs kept running while idle (the warm path), in the first environment of the queue's order. */
+  readonly minVcpus: number;
   /** How long a job may wait in RUNNABLE for capacity before the queue cancels it. */
   readonly gpuWait: Duration;
   /** Encrypted gp3 root volume size of each instance, in GiB. */
@@ -42,7 +44,7 @@ export interface GpuComputeProps {
 
 /**
  * The GPU fleet and its queue. A Spot environment (price-capacity-optimized) is ordered before an
- * on-demand one (best-fit-progressive), scaling from 0 to the given ceilings (Batch may overshoot one
+ * on-demand one (best-fit-progressive), scaling from `minVcpus` (the first one; 0 for the other) to the given ceilings (Batch may overshoot one
  * environment's ceiling by at most one instance to place a job), on the ECS AL2023 NVIDIA AMI, with an
  * encrypted gp3 root volume and IMDSv2 required. The environments use the launch template's latest
  * version number, so an edit to it reaches them on the next deploy. The hosts drain on a Spot
@@ -81,17 +83,20 @@ export class GpuCompute {
       instanceRole,
       updateToLatestImageVersion: true,
     } satisfies batch.ManagedEc2EcsComputeEnvironmentProps;
+    const spot = props.ceilings.spot > 0;
     const onDemand = new batch.ManagedEc2EcsComputeEnvironment(scope, 'OnDemand', {
       ...computeProps,
+      minvCpus: spot ? 0 : props.minVcpus,
       maxvCpus: props.ceilings.onDemand,
       spot: false,
       allocationStrategy: batch.AllocationStrategy.BEST_FIT_PROGRESSIVE,
     });
     const environments = [onDemand];
     const order: batch.OrderedComputeEnvironment[] = [];
-    if (props.ceilings.spot > 0) {
+    if (spot) {
       const spotEnv = new batch.ManagedEc2EcsComputeEnvironment(scope, 'Spot', {
         ...computeProps,
+        minvCpus: props.minVcpus,
         maxvCpus: props.ceilings.spot,
         spot: true,
         allocationStrategy: batch.AllocationStrategy.SPOT_PRICE_CAPACITY_OPTIMIZED,

@@ -24,8 +24,8 @@ export const NOFILE_LIMIT = 65_536;
 export const JOB_ATTEMPTS = 3;
 /** Longest single attempt of each GPU stage (the job definition timeout). */
 export const ATTEMPT_TIMEOUTS = {
-  caption: Duration.hours(1),
-  train: Duration.hours(4),
+  /** Caption (BLIP, minutes; at most 1 h) then train (at most 4 h), in one job. */
+  train: Duration.hours(5),
   evaluate: Duration.hours(2),
 } as const;
 export type GpuStage = keyof typeof ATTEMPT_TIMEOUTS;
@@ -50,18 +50,19 @@ export interface GpuJob {
 }
 
 /**
- * One job definition per GPU stage: one GPU each, `/dev/shm` and `nofile` sized for the data
- * loaders, the host model cache mounted, and a retry strategy that resubmits a job after a Spot
- * reclaim (`Host EC2*`) or an image pull/start failure and stops on anything else. The Step Functions
- * tasks do not resubmit failed jobs. The task roles start empty; {@link GpuBatch} grants them their
- * stage's keys.
+ * One image (containers/trainer/Dockerfile, both packages) and two job definitions, one GPU each:
+ * `train` runs the caption stage and then the train stage (`python -m avatar_job caption train`, one
+ * process each, so BLIP's memory is freed before kohya starts), `evaluate` runs evaluate. Every stage
+ * keeps its own name, S3 prefix and status reports; a retried `train` job does not caption again and
+ * resumes training from the newest state. Both jobs have `/dev/shm` and `nofile` sized for the data
+ * loaders, the host model cache mounted, and a retry strategy that resubmits a job after a Spot reclaim
+ * (`Host EC2*`) or an image pull/start failure and stops on anything else. The Step Functions tasks do
+ * not resubmit failed jobs. The task roles start empty; {@link GpuBatch} grants them their stages' keys.
  *
  * Builds its resources in `scope` (the {@link GpuBatch}), so they keep their logical IDs.
  */
 export class GpuJobDefinitions {
-  /** `python -m captioner run`. */
-  public readonly caption: GpuJob;
-  /** `python -m trainer train`. */
+  /** `python -m avatar_job caption train`: the caption stage, then the train stage. */
   public readonly train: GpuJob;
   /** `python -m trainer evaluate`. */
   public readonly evaluate: GpuJob;
@@ -82,17 +83,15 @@ export class GpuJobDefinitions {
     });
 
     const platform = ecrAssets.Platform.LINUX_AMD64;
-    // Both images build from containers/ (for the shared job runtime in common/src); each asset leaves
-    // out the other image's folder so a change to one does not rebuild the other.
-    const captionerImage = ecs.ContainerImage.fromAsset(CONTAINERS_DIR, { file: 'captioner/Dockerfile', exclude: ['trainer'], platform });
-    // Built once: train and evaluate run the same image with different commands.
-    const trainerAsset = new ecrAssets.DockerImageAsset(scope, 'TrainerImage', {
+    // One image for both jobs, built once from containers/ (both packages and the shared job runtime
+    // in common/src); a cold instance pulls it once.
+    const imageAsset = new ecrAssets.DockerImageAsset(scope, 'GpuImage', {
       directory: CONTAINERS_DIR,
       file: 'trainer/Dockerfile',
-      exclude: ['captioner'],
+      exclude: ['*/tests', '**/__pycache__'],
       platform,
     });
-    const trainerImage = ecs.ContainerImage.fromDockerImageAsset(trainerAsset);
+    const image = ecs.ContainerImage.fromDockerImageAsset(imageAsset);
 
     const region = Stack.of(scope).region;
     const baseEnv = {
@@ -109,7 +108,7 @@ export class GpuJobDefinitions {
       // A SIGTERM before the last attempt leaves status `running`: Batch retries a Spot reclaim.
       AVATAR_BATCH_ATTEMPTS: String(JOB_ATTEMPTS),
     };
-    const newJob = (stage: GpuStage, image: ecs.ContainerImage, command: string[], extraEnv: Record<string, string> = {}): GpuJob => {
+    const newJob = (stage: GpuStage, command: string[], extraEnv: Record<string, string> = {}): GpuJob => {
       const jobRole = new iam.Role(scope, `${pascal(stage)}JobRole`, {
         assumedBy: new iam.ServicePrincipal('ecs-tasks.amazonaws.com'),
         description: `Task role of the ${stage} GPU job`,
@@ -146,9 +145,8 @@ export class GpuJobDefinitions {
     };
 
     const modelEnv = { AVATAR_BASE_MODEL_KEY: props.baseModelKey };
-    this.caption = newJob('caption', captionerImage, ['python', '-m', 'captioner', 'run']);
-    this.train = newJob('train', trainerImage, ['python', '-m', 'trainer', 'train'], modelEnv);
-    this.evaluate = newJob('evaluate', trainerImage, ['python', '-m', 'trainer', 'evaluate'], modelEnv);
+    this.train = newJob('train', ['python', '-m', 'avatar_job', 'caption', 'train'], modelEnv);
+    this.evaluate = newJob('evaluate', ['python', '-m', 'trainer', 'evaluate'], modelEnv);
   }
 }
 

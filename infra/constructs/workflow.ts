@@ -31,9 +31,7 @@ export interface WorkflowFunctions {
 export interface WorkflowBatchJobs {
   /** The queue every GPU job is submitted to. */
   readonly jobQueue: batch.IJobQueue;
-  /** `python -m captioner run`. */
-  readonly caption: batch.IJobDefinition;
-  /** `python -m trainer train`. */
+  /** `python -m avatar_job caption train`: the caption stage, then the train stage, in one GPU job. */
   readonly train: batch.IJobDefinition;
   /** `python -m trainer evaluate`. */
   readonly evaluate: batch.IJobDefinition;
@@ -64,7 +62,6 @@ export const STATE_NAMES = {
   validate: 'Validate',
   normalize: 'Normalize',
   admit: 'Admit',
-  caption: 'Caption',
   train: 'Train',
   evaluate: 'Evaluate',
   finalize: 'Finalize',
@@ -105,8 +102,9 @@ export const LAMBDA_STATE_MARGIN = Duration.seconds(30);
 
 /**
  * The job state machine (STANDARD, JSONPath):
- * `Validate -> Normalize -> Admit -> Caption -> Train -> Evaluate -> Finalize -> Succeeded`,
- * with every task caught into `MarkFailed -> Failed`.
+ * `Validate -> Normalize -> Admit -> Train -> Evaluate -> Finalize -> Succeeded`,
+ * with every task caught into `MarkFailed -> Failed`. `Train` is one GPU job that runs the caption
+ * stage and then the train stage (each reports as itself in status.json); `Evaluate` is the second.
  *
  * Admit invokes `lambdas/admit` with `.waitForTaskToken` (payload `{ teamId, jobId, taskToken }`):
  * the execution waits there while its team is at its concurrency limit, until a release answers the
@@ -133,7 +131,7 @@ export const LAMBDA_STATE_MARGIN = Duration.seconds(30);
  * ```json
  * { "teamId": "acme", "jobId": "job-42",
  *   "validate": { "result": {} }, "normalize": { "result": {} },
- *   "caption": { "jobId": "..." }, "train": { "jobId": "..." }, "evaluate": { "jobId": "..." },
+ *   "train": { "jobId": "..." }, "evaluate": { "jobId": "..." },
  *   "finalize": { "result": {} } }
  * ```
  *
@@ -190,15 +188,14 @@ export class Workflow extends Construct {
       }),
       'admit',
     );
-    const gpuStep = (name: string, stage: 'caption' | 'train' | 'evaluate') =>
+    const gpuStep = (name: string, stage: 'train' | 'evaluate') =>
       catchInto(batchStep(this, name, batchJobs.jobQueue, batchJobs[stage], stage, stageTimeout(stage, batchJobs.gpuWait)), stage);
-    const caption = gpuStep(STATE_NAMES.caption, 'caption');
     const train = gpuStep(STATE_NAMES.train, 'train');
     const evaluate = gpuStep(STATE_NAMES.evaluate, 'evaluate');
     const finalize = catchInto(lambdaStep(this, STATE_NAMES.finalize, functions.finalize, 'finalize', jobRef), 'finalize');
     const succeeded = new sfn.Succeed(this, STATE_NAMES.succeeded);
 
-    const definition = validate.next(normalize).next(admit).next(caption).next(train).next(evaluate).next(finalize).next(succeeded);
+    const definition = validate.next(normalize).next(admit).next(train).next(evaluate).next(finalize).next(succeeded);
 
     this.logGroup = new logs.LogGroup(this, 'Logs', {
       // The vendedlogs prefix keeps the CloudWatch Logs resource policy small (AWS guidance).
@@ -214,7 +211,7 @@ export class Workflow extends Construct {
       timeout: executionTimeout,
       tracingEnabled: true,
       logs: { destination: this.logGroup, level: sfn.LogLevel.ALL, includeExecutionData: true },
-      comment: 'Avatar LoRA job: validate, normalize, admit, caption, train, evaluate, finalize',
+      comment: 'Avatar LoRA job: validate, normalize, admit, caption+train (one GPU job), evaluate, finalize',
     });
 
     const role = this.stateMachine.role;

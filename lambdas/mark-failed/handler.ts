@@ -20,6 +20,8 @@ export const MarkFailedInputSchema = ExecutionInputSchema.extend({
 export type MarkFailedInput = z.input<typeof MarkFailedInputSchema>;
 
 const BATCH_STAGES: ReadonlySet<Stage> = new Set(['caption', 'train', 'evaluate']);
+/** The stages a state's GPU job runs, when more than its own (infra/constructs/workflow.ts). */
+const STAGES_OF_STATE: Partial<Record<Stage, readonly Stage[]>> = { train: ['caption', 'train'] };
 
 /**
  * The reasons the job queue cancels a job that waited in RUNNABLE too long (its
@@ -89,14 +91,16 @@ function stageOfState(name: string): Stage {
 
 export async function markFailed(ctx: StageContext, input: z.output<typeof MarkFailedInputSchema>, accounting?: Accounting): Promise<Status> {
   const [name, failure] = Object.entries(input.failure)[0] ?? ['validate', { Error: 'States.TaskFailed', Cause: undefined }];
-  const stage = stageOfState(name);
+  let stage = stageOfState(name);
   const previous = await readStatus(ctx.s3, ctx.artifactsBucket, ctx.job);
-  // A container reports its failure in status.json before exiting; that beats Batch's summary.
-  const reported = previous?.state === 'failed' && previous.stage === stage ? previous.error : undefined;
+  // A container reports its failure in status.json before exiting; that beats Batch's summary. The
+  // Train state's job runs the caption stage first, so a failure reported by caption is kept as caption's.
+  const reported = previous?.state === 'failed' && (STAGES_OF_STATE[stage] ?? [stage]).includes(previous.stage) ? previous : undefined;
   const error =
     name === 'admit' && failure.Error === 'States.Timeout'
       ? { code: 'TIMEOUT', message: `the job waited for a free slot of team "${ctx.job.teamId}" longer than the workflow allows and was stopped; submit it again when fewer of the team's jobs run, or ask the operator to raise its concurrency limit` }
-      : (reported ?? describeFailure(stage, failure.Error, failure.Cause));
+      : (reported?.error ?? describeFailure(stage, failure.Error, failure.Cause));
+  if (reported) stage = reported.stage;
   console.log(JSON.stringify({ level: 'error', message: 'job failed', stage, ...ctx.job, error }));
   if (!isClientError(failure.Error)) emitSystemFailure({ job: ctx.job, stage, code: error.code, source: 'mark-failed' });
   // What ran is charged and the slot freed before the terminal status is written.

@@ -1,7 +1,8 @@
 /**
  * What each stage's role may touch, in terms of the key layout (layout.ts): the stack grants exactly
  * these (infra/constructs/bucket-access.ts `grantStageAccess`), so a layout change moves the IAM key
- * patterns with it. Every stage writes only under its own folder, plus status.json.
+ * patterns with it. Every stage writes only under its own folder, plus status.json. The GPU entries
+ * are per Batch job: `train` runs the caption and train stages, so it has both stages' grants.
  */
 import { type JobEntry, keyPattern, LAYOUT } from './layout';
 
@@ -97,24 +98,16 @@ export const STAGE_ACCESS = {
     },
   ],
   reconcile: [status(STATUS_REASON)],
-  caption: [
-    status(GPU_STATUS_REASON),
-    {
-      bucket: 'artifacts',
-      actions: ['s3:GetObject'],
-      keys: [jobKey('normalize')],
-      why: 'caption reads the dataset images, user captions and plan normalize wrote',
-    },
-    { bucket: 'artifacts', actions: ['s3:PutObject'], keys: [jobKey('caption')], why: 'caption writes caption files and captions.json under the job' },
-  ],
+  // One Batch job runs the caption stage and then the train stage (infra/constructs/gpu-jobs.ts).
   train: [
     status(GPU_STATUS_REASON),
     {
       bucket: 'artifacts',
       actions: ['s3:GetObject'],
       keys: [jobKey('normalize'), jobKey('caption')],
-      why: 'train reads the dataset, plan and captions of the job',
+      why: 'caption and train read the dataset, user captions and plan normalize wrote; train and a retried caption read the captions',
     },
+    { bucket: 'artifacts', actions: ['s3:PutObject'], keys: [jobKey('caption')], why: 'caption writes caption files and captions.json under the job' },
     models('train'),
     {
       bucket: 'artifacts',

@@ -11,8 +11,8 @@ import { type Grant, STAGE_ACCESS } from './access';
 import { IdSchema } from './contract';
 import { keyPattern } from './layout';
 
-/** The GPU stages a session policy is minted for. */
-export type GpuStage = 'caption' | 'train' | 'evaluate';
+/** The GPU jobs a session policy is minted for (`train` runs the caption stage too). */
+export type GpuStage = 'train' | 'evaluate';
 
 /**
  * The session policy for `stage` working on job `jobId` of team `teamId` in the artifacts bucket: the
@@ -22,7 +22,7 @@ export type GpuStage = 'caption' | 'train' | 'evaluate';
 export function jobSessionPolicy(stage: GpuStage, teamId: string, jobId: string, artifactsBucketArn: string): { Version: string; Statement: object[] } {
   const ids = { teamId: IdSchema.parse(teamId), jobId: IdSchema.parse(jobId) };
   const grants = STAGE_ACCESS[stage] as readonly Grant[];
-  // The role lists teams/*; the session lists only the folders it writes (train its resume state).
+  // The role lists teams/*; the session lists only the folders it writes (train its resume state, a retried caption its own captions).
   const ownFolders = grants.flatMap((g) => ('actions' in g && g.actions.includes('s3:PutObject') ? g.keys.filter((k) => k.endsWith('/')) : []));
   const statements = grants.map((grant, i) => {
     if ('list' in grant) {

@@ -85,7 +85,8 @@ export function submittedJob(target: LocalJobTarget, params: SubmitJobParameters
   };
 }
 
-const IMAGE_OF: Record<string, string> = { caption: 'captioner', train: 'trainer', evaluate: 'trainer' };
+// One GPU image for both jobs (containers/trainer/Dockerfile).
+const IMAGE_OF: Record<string, string> = { train: 'trainer', evaluate: 'trainer' };
 
 export interface DockerRunnerOptions extends LocalJobTarget {
   /** Host folder mounted at /cache (base model cache across jobs, as on the Batch hosts). */

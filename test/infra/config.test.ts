@@ -7,6 +7,7 @@ describe('loadConfig', () => {
       rawPhotoRetentionDays: 30,
       jobDataRetentionDays: 30,
       maxVcpus: 16,
+      minVcpus: 0,
       gpuWaitMinutes: 30,
       instanceTypes: ['g5.xlarge', 'g5.2xlarge'],
       spot: true,
@@ -77,5 +78,13 @@ describe('loadConfig', () => {
 
   it('reports malformed JSON context as such', () => {
     expect(() => loadConfig('{maxVcpus: 8}')).toThrow(/context "avatar" is not valid JSON/);
+  });
+
+  it('keeps no warm GPU by default and refuses a warm floor above the first environment\'s ceiling', () => {
+    expect(loadConfig({ minVcpus: 4 }).minVcpus).toBe(4);
+    // spot on: maxVcpus 16 gives the Spot environment 8.
+    expect(() => loadConfig({ minVcpus: 12 })).toThrow(/minVcpus: must be at most 8, the ceiling of the Spot environment/);
+    expect(loadConfig({ minVcpus: 12, spot: false }).minVcpus).toBe(12);
+    expect(() => loadConfig({ minVcpus: -4 })).toThrow(/minVcpus/);
   });
 });

@@ -1,6 +1,7 @@
+import { DockerImageAsset } from 'aws-cdk-lib/aws-ecr-assets';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { CONTAINER_STOP_TIMEOUT_S } from '../../infra/constructs/gpu-compute';
-import { logicalId, resourcesOfType, synth, type Synthesized } from './helpers';
+import { logicalId, resourcesOfType, type Synthesized, synth } from './helpers';
 
 let s: Synthesized;
 let onDemandOnly: Synthesized;
@@ -11,10 +12,10 @@ beforeAll(() => {
   odd = synth({ maxVcpus: 13 });
 });
 
-const computeEnvs = (x: Synthesized) => resourcesOfType(x.json, 'AWS::Batch::ComputeEnvironment').map(([id, r]) => ({ id, ...r.Properties }) as Record<string, any>);
+const computeEnvs = (x: Synthesized) =>
+  resourcesOfType(x.json, 'AWS::Batch::ComputeEnvironment').map(([id, r]) => ({ id, ...r.Properties }) as Record<string, any>);
 const jobDefs = (x: Synthesized) => resourcesOfType(x.json, 'AWS::Batch::JobDefinition').map(([id, r]) => ({ id, ...r.Properties }) as Record<string, any>);
-const jobDef = (stage: 'caption' | 'train' | 'evaluate') =>
-  s.json.Resources[logicalId(s.stack, s.stack.gpu[stage].jobDefinitionArn)]!.Properties;
+const jobDef = (stage: 'train' | 'evaluate') => s.json.Resources[logicalId(s.stack, s.stack.gpu[stage].jobDefinitionArn)]!.Properties;
 
 describe('compute environments', () => {
   it('creates one Spot and one on-demand managed EC2 environment', () => {
@@ -40,7 +41,7 @@ describe('compute environments', () => {
     expect(envs.reduce((sum, e) => sum + e.ComputeResources.MaxvCpus, 0)).toBeLessThanOrEqual(max);
   });
 
-  it('points both environments at the launch template\'s latest version number, so edits reach them', () => {
+  it("points both environments at the launch template's latest version number, so edits reach them", () => {
     const [[ltId]] = resourcesOfType(s.json, 'AWS::EC2::LaunchTemplate');
     for (const env of computeEnvs(s)) {
       expect(env.ComputeResources.LaunchTemplate).toEqual({
@@ -71,7 +72,7 @@ describe('compute environments', () => {
     expect(lt.Properties.LaunchTemplateData.MetadataOptions).toMatchObject({ HttpTokens: 'required', HttpPutResponseHopLimit: 1 });
   });
 
-  it('hands the host model cache to the containers\' user (UID 1000) in MIME multipart user data', () => {
+  it("hands the host model cache to the containers' user (UID 1000) in MIME multipart user data", () => {
     const [[, lt]] = resourcesOfType(s.json, 'AWS::EC2::LaunchTemplate') as [[string, any]];
     const userData = JSON.stringify(lt.Properties.LaunchTemplateData.UserData);
     expect(userData).toContain('Content-Type: multipart/mixed');
@@ -99,12 +100,14 @@ describe('compute environments', () => {
   it('cancels a job that waits in RUNNABLE for capacity longer than gpuWaitMinutes', () => {
     const [[, queue]] = resourcesOfType(s.json, 'AWS::Batch::JobQueue') as [[string, any]];
     expect(queue.Properties.JobStateTimeLimitActions).toEqual(
-      ['CAPACITY:INSUFFICIENT_INSTANCE_CAPACITY', 'MISCONFIGURATION:COMPUTE_ENVIRONMENT_MAX_RESOURCE', 'MISCONFIGURATION:JOB_RESOURCE_REQUIREMENT'].map((reason) => ({
-        Action: 'CANCEL',
-        State: 'RUNNABLE',
-        MaxTimeSeconds: 20 * 60,
-        Reason: reason,
-      })),
+      ['CAPACITY:INSUFFICIENT_INSTANCE_CAPACITY', 'MISCONFIGURATION:COMPUTE_ENVIRONMENT_MAX_RESOURCE', 'MISCONFIGURATION:JOB_RESOURCE_REQUIREMENT'].map(
+        (reason) => ({
+          Action: 'CANCEL',
+          State: 'RUNNABLE',
+          MaxTimeSeconds: 20 * 60,
+          Reason: reason,
+        }),
+      ),
     );
   });
 
@@ -151,9 +154,9 @@ describe('network', () => {
 });
 
 describe('job definitions', () => {
-  it('define caption, train and evaluate, each asking for exactly one GPU', () => {
+  it('define two GPU jobs, caption+train and evaluate, each asking for exactly one GPU', () => {
     const defs = jobDefs(s);
-    expect(defs).toHaveLength(3);
+    expect(defs).toHaveLength(2);
     for (const def of defs) {
       expect(def.ContainerProperties.ResourceRequirements).toContainEqual({ Type: 'GPU', Value: '1' });
     }
@@ -168,8 +171,8 @@ describe('job definitions', () => {
   });
 
   it.each([
-    ['caption', ['python', '-m', 'captioner', 'run'], 3600],
-    ['train', ['python', '-m', 'trainer', 'train'], 4 * 3600],
+    // caption (at most 1 h) then train (at most 4 h), one process each
+    ['train', ['python', '-m', 'avatar_job', 'caption', 'train'], 5 * 3600],
     ['evaluate', ['python', '-m', 'trainer', 'evaluate'], 2 * 3600],
   ] as const)('%s runs %j with a timeout of %i s', (stage, command, seconds) => {
     const def = jobDef(stage);
@@ -192,10 +195,12 @@ describe('job definitions', () => {
     }
   });
 
-  it('share one trainer image between train and evaluate, and use the captioner image for caption', () => {
-    const image = (stage: 'caption' | 'train' | 'evaluate') => JSON.stringify(jobDef(stage).ContainerProperties.Image);
+  it('run both jobs from the one GPU image, built once from containers/trainer/Dockerfile', () => {
+    const image = (stage: 'train' | 'evaluate') => JSON.stringify(jobDef(stage).ContainerProperties.Image);
     expect(image('train')).toBe(image('evaluate'));
-    expect(image('caption')).not.toBe(image('train'));
+    const assets = s.stack.node.findAll().filter((c): c is DockerImageAsset => c instanceof DockerImageAsset);
+    expect(assets).toHaveLength(1);
+    expect(JSON.stringify(jobDef('train').ContainerProperties.Image)).toContain(assets[0]!.imageTag);
   });
 
   it('mount the host model cache at /cache and tell the code where it is', () => {
@@ -206,9 +211,8 @@ describe('job definitions', () => {
   });
 
   it('pass bucket names and offline switches, and the base model key to train and evaluate', () => {
-    const env = (stage: 'caption' | 'train' | 'evaluate') =>
-      Object.fromEntries(jobDef(stage).ContainerProperties.Environment.map((e: any) => [e.Name, e.Value]));
-    for (const stage of ['caption', 'train', 'evaluate'] as const) {
+    const env = (stage: 'train' | 'evaluate') => Object.fromEntries(jobDef(stage).ContainerProperties.Environment.map((e: any) => [e.Name, e.Value]));
+    for (const stage of ['train', 'evaluate'] as const) {
       expect(env(stage)).toMatchObject({
         AVATAR_INBOX_BUCKET: { Ref: logicalId(s.stack, s.stack.storage.inbox.bucketName) },
         AVATAR_ARTIFACTS_BUCKET: { Ref: logicalId(s.stack, s.stack.storage.artifacts.bucketName) },
@@ -217,7 +221,6 @@ describe('job definitions', () => {
         TRANSFORMERS_OFFLINE: '1',
       });
     }
-    expect(env('caption').AVATAR_BASE_MODEL_KEY).toBeUndefined();
     expect(env('train').AVATAR_BASE_MODEL_KEY).toBe('models/sd15/v1-5-pruned-emaonly.safetensors');
     expect(env('evaluate').AVATAR_BASE_MODEL_KEY).toBe('models/sd15/v1-5-pruned-emaonly.safetensors');
   });
@@ -229,9 +232,19 @@ describe('job definitions', () => {
     }
   });
 
-  it('log with awslogs and give each stage its own job role', () => {
+  it('log with awslogs and give each GPU job its own job role', () => {
     const roles = jobDefs(s).map((d) => JSON.stringify(d.ContainerProperties.JobRoleArn));
-    expect(new Set(roles).size).toBe(3);
+    expect(new Set(roles).size).toBe(2);
     for (const def of jobDefs(s)) expect(def.ContainerProperties.LogConfiguration.LogDriver).toBe('awslogs');
+  });
+});
+
+describe('warm path (minVcpus)', () => {
+  it('keeps the warm vCPUs in the first environment of the queue and none elsewhere', () => {
+    const warm = synth({ minVcpus: 4 });
+    const mins = Object.fromEntries(computeEnvs(warm).map((e) => [e.ComputeResources.Type, e.ComputeResources.MinvCpus]));
+    expect(mins).toEqual({ SPOT: 4, EC2: 0 });
+    const onDemandWarm = synth({ minVcpus: 4, spot: false });
+    expect(computeEnvs(onDemandWarm).map((e) => e.ComputeResources.MinvCpus)).toEqual([4]);
   });
 });

@@ -53,17 +53,10 @@ describe('least-privilege S3 access', () => {
     });
   });
 
-  it('the caption job reads the normalized dataset, writes only caption/ and status.json', () => {
-    expect(s3Grants(s, s.stack.gpu.caption.container.jobRole!)).toEqual({
-      's3:GetObject': sorted([job(A, 'normalize/*'), job(A, 'status.json')]),
-      's3:PutObject': sorted([job(A, 'caption/*'), job(A, 'status.json')]),
-    });
-  });
-
-  it('the train job reads dataset, captions and models, reads and writes train/, prunes only its old state', () => {
+  it('the caption+train job reads dataset, captions and models, writes caption/ and train/, prunes only its old state', () => {
     expect(s3Grants(s, s.stack.gpu.train.container.jobRole!)).toEqual({
       's3:GetObject': sorted([job(A, 'normalize/*'), job(A, 'caption/*'), `${A}/models/*`, job(A, 'train/*'), job(A, 'status.json')]),
-      's3:PutObject': sorted([job(A, 'train/*'), job(A, 'status.json')]),
+      's3:PutObject': sorted([job(A, 'caption/*'), job(A, 'train/*'), job(A, 'status.json')]),
       's3:DeleteObject': [job(A, 'train/state/*')],
       's3:ListBucket': [A],
     });
@@ -84,7 +77,7 @@ describe('least-privilege S3 access', () => {
   });
 
   it('no GPU job can read the inbox', () => {
-    for (const stage of ['caption', 'train', 'evaluate'] as const) {
+    for (const stage of ['train', 'evaluate'] as const) {
       const grants = Object.values(s3Grants(s, s.stack.gpu[stage].container.jobRole!)).flat();
       expect(grants.filter((r) => r.startsWith(I))).toEqual([]);
     }
@@ -106,7 +99,7 @@ describe('least-privilege S3 access', () => {
 describe('batch roles', () => {
   it('the execution role only pulls images and writes logs', () => {
     const role = s.stack.gpu.train.container.executionRole;
-    expect(s.stack.gpu.caption.container.executionRole).toBe(role);
+    expect(s.stack.gpu.evaluate.container.executionRole).toBe(role);
     const actions = statementsOf(s, role).flatMap(actionsOf);
     expect(actions.filter((a) => !a.startsWith('ecr:') && !a.startsWith('logs:'))).toEqual([]);
     expect(actions).toContain('ecr:BatchGetImage');
@@ -130,7 +123,6 @@ describe('IAM key patterns derived from the key layout (lambdas/shared/access.ts
     finalize: s.stack.functions.finalize.executionRole,
     'mark-failed': s.stack.functions.markFailed.executionRole,
     reconcile: s.stack.functions.reconcile.executionRole,
-    caption: s.stack.gpu.caption.container.jobRole!,
     train: s.stack.gpu.train.container.jobRole!,
     evaluate: s.stack.gpu.evaluate.container.jobRole!,
     api: s.stack.api.function.executionRole,
@@ -150,31 +142,20 @@ describe('IAM key patterns derived from the key layout (lambdas/shared/access.ts
     return grants;
   };
 
-  it.each([
-    'start',
-    'validate',
-    'normalize',
-    'finalize',
-    'mark-failed',
-    'reconcile',
-    'caption',
-    'train',
-    'evaluate',
-    'api',
-    'notify',
-    'admit',
-    'announce',
-  ] as const)('the %s role is granted exactly the object keys its access entry derives from the layout', (stage) => {
-    // The job API's erasure (s3:DeleteObject and DeleteObjectVersion on every version under teams/*)
-    // is granted beside the table, in infra/constructs/api.ts.
-    const { 's3:ListBucket': _list, 's3:ListBucketVersions': _versions, ...objects } = s3Grants(s, roles()[stage]);
-    if (stage === 'api') {
-      expect(objects['s3:DeleteObjectVersion']).toEqual([`${A}/teams/*`, `${I}/teams/*`].sort());
-      delete objects['s3:DeleteObjectVersion'];
-      delete objects['s3:DeleteObject'];
-    }
-    expect(objects).toEqual(derived(stage));
-  });
+  it.each(['start', 'validate', 'normalize', 'finalize', 'mark-failed', 'reconcile', 'train', 'evaluate', 'api', 'notify', 'admit', 'announce'] as const)(
+    'the %s role is granted exactly the object keys its access entry derives from the layout',
+    (stage) => {
+      // The job API's erasure (s3:DeleteObject and DeleteObjectVersion on every version under teams/*)
+      // is granted beside the table, in infra/constructs/api.ts.
+      const { 's3:ListBucket': _list, 's3:ListBucketVersions': _versions, ...objects } = s3Grants(s, roles()[stage]);
+      if (stage === 'api') {
+        expect(objects['s3:DeleteObjectVersion']).toEqual([`${A}/teams/*`, `${I}/teams/*`].sort());
+        delete objects['s3:DeleteObjectVersion'];
+        delete objects['s3:DeleteObject'];
+      }
+      expect(objects).toEqual(derived(stage));
+    },
+  );
 
   // An IAM wildcard: `*` matches any run of characters, "/" included.
   const matches = (pattern: string, key: string) =>
@@ -194,15 +175,18 @@ describe('IAM key patterns derived from the key layout (lambdas/shared/access.ts
     state: 'ohwx-state',
     file: 'ohwx-01-seed1.png',
   };
-  const writers = ['validate', 'normalize', 'caption', 'train', 'evaluate'] as const;
+  const writers = ['validate', 'normalize', 'train', 'evaluate'] as const;
+  // The folder each role writes: its stage's, and the train job's role also caption's (it runs both).
+  const folders = { validate: ['validate'], normalize: ['normalize'], train: ['caption', 'train'], evaluate: ['evaluate'] } as const;
 
-  it('every key under a stage folder is writable by that stage and by no other stage', () => {
-    const entries = (Object.keys(LAYOUT) as LayoutEntry[]).filter((e) => writers.some((w) => LAYOUT[e].startsWith(LAYOUT[w])));
+  it('every key under a stage folder is writable by the role that runs that stage and by no other', () => {
+    const entries = (Object.keys(LAYOUT) as LayoutEntry[]).filter((e) => writers.some((w) => folders[w].some((f) => LAYOUT[e].startsWith(`${f}/`))));
     expect(entries).toEqual(expect.arrayContaining(['plan', 'captions', 'checkpoint', 'finalModel', 'trainState', 'scores', 'report']));
     for (const entry of entries) {
       const key = fillKey(LAYOUT.jobPrefix + LAYOUT[entry], sample) + (LAYOUT[entry].endsWith('/') ? 'x' : '');
       const owners = writers.filter((w) => stagePatterns(w, 'artifacts', 's3:PutObject').some((p) => matches(p, key)));
-      expect({ entry, owners }).toEqual({ entry, owners: [LAYOUT[entry].split('/')[0]] });
+      const folder = LAYOUT[entry].split('/')[0]!;
+      expect({ entry, owners }).toEqual({ entry, owners: writers.filter((w) => (folders[w] as readonly string[]).includes(folder)) });
     }
   });
 

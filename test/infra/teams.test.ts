@@ -45,7 +45,7 @@ describe('Teams construct', () => {
 
   it('submits every GPU job with the team as share identifier, a stage priority and team/job/stage tags', () => {
     const batchStates = Object.entries<any>(asl.States).filter(([, st]) => String(st.Resource).includes(':batch:submitJob'));
-    expect(batchStates.map(([name]) => name).sort()).toEqual(['Caption', 'Evaluate', 'Train']);
+    expect(batchStates.map(([name]) => name).sort()).toEqual(['Evaluate', 'Train']);
     for (const [name, state] of batchStates) {
       const stage = name.toLowerCase() as keyof typeof STAGE_PRIORITY;
       expect(state.Parameters).toMatchObject({

@@ -12,7 +12,7 @@ beforeAll(() => {
 });
 
 const LAMBDA_STAGES = { Validate: 'validate', Normalize: 'normalize', Finalize: 'finalize' } as const;
-const BATCH_STAGES = { Caption: 'caption', Train: 'train', Evaluate: 'evaluate' } as const;
+const BATCH_STAGES = { Train: 'train', Evaluate: 'evaluate' } as const;
 const LAMBDA_ERRORS = [
   'Lambda.ServiceException',
   'Lambda.AWSLambdaException',
@@ -41,13 +41,14 @@ describe('workflow definition', () => {
   it('runs the stages in order and ends in Succeeded', () => {
     const order: string[] = [];
     for (let name: string | undefined = asl.StartAt; name; name = asl.States[name].Next) order.push(name);
-    expect(order).toEqual(['Validate', 'Normalize', 'Admit', 'Caption', 'Train', 'Evaluate', 'Finalize', 'Succeeded']);
+    // Train is one GPU job: the caption stage, then the train stage.
+    expect(order).toEqual(['Validate', 'Normalize', 'Admit', 'Train', 'Evaluate', 'Finalize', 'Succeeded']);
     expect(asl.States.Succeeded.Type).toBe('Succeed');
   });
 
   it('has exactly the contract states', () => {
     expect(Object.keys(asl.States).sort()).toEqual(
-      ['Admit', 'Caption', 'Evaluate', 'Failed', 'Finalize', 'MarkFailed', 'Normalize', 'Succeeded', 'Train', 'Validate'].sort(),
+      ['Admit', 'Evaluate', 'Failed', 'Finalize', 'MarkFailed', 'Normalize', 'Succeeded', 'Train', 'Validate'].sort(),
     );
   });
 
@@ -153,8 +154,7 @@ describe('workflow definition', () => {
 
   it.each([
     // attempts x (GPU wait 45 min + start-up 15 min + attempt timeout); gpuWaitMinutes is 45 in this synth
-    ['Caption', 3 * (45 * 60 + 15 * 60 + 3600)],
-    ['Train', 3 * (45 * 60 + 15 * 60 + 4 * 3600)],
+    ['Train', 3 * (45 * 60 + 15 * 60 + 5 * 3600)],
     ['Evaluate', 3 * (45 * 60 + 15 * 60 + 2 * 3600)],
   ])('%s times out after every Batch attempt may have waited, started and run (%i s), leaving the job definition timeout alone', (state, seconds) => {
     expect(asl.States[state].TimeoutSeconds).toBe(seconds);
@@ -163,7 +163,7 @@ describe('workflow definition', () => {
 
   it('gives every task state its own timeout', () => {
     const tasks = Object.entries<any>(asl.States).filter(([, st]) => st.Type === 'Task');
-    expect(tasks.map(([name]) => name).sort()).toEqual(['Admit', 'Caption', 'Evaluate', 'Finalize', 'MarkFailed', 'Normalize', 'Train', 'Validate']);
+    expect(tasks.map(([name]) => name).sort()).toEqual(['Admit', 'Evaluate', 'Finalize', 'MarkFailed', 'Normalize', 'Train', 'Validate']);
     for (const [, st] of tasks) expect(st.TimeoutSeconds).toBeGreaterThan(0);
   });
 });

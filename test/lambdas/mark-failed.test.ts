@@ -143,4 +143,20 @@ describeWithMoto('markFailed', () => {
     const status = await readStatus(ctx.s3, ctx.artifactsBucket, job);
     expect(status?.error).toEqual({ code: 'NAN_LOSS', message: 'loss became NaN at step 40: lower unetLr' });
   });
+
+  it('keeps a failure the caption stage reported inside the Train state (one GPU job: caption, then train) as caption\'s', async () => {
+    const job = { teamId: 'team-a', jobId: 'job-5' };
+    await writeStatus(ctx.s3, ctx.artifactsBucket, job, { state: 'failed', stage: 'caption', error: { code: 'BAD_IMAGE', message: 'cannot decode a.png', input: 'a.png' } });
+
+    await markFailed({ ...ctx, job }, MarkFailedInputSchema.parse({ ...job, failure: { train: { Error: 'States.TaskFailed', Cause: '{"Status":"FAILED","StatusReason":"exit 1","Attempts":[]}' } } }));
+
+    expect(await readStatus(ctx.s3, ctx.artifactsBucket, job)).toMatchObject({
+      state: 'failed', stage: 'caption', error: { code: 'BAD_IMAGE', message: 'cannot decode a.png', input: 'a.png' },
+    });
+    // Not the other way round: evaluate's job runs no caption stage.
+    const other = { teamId: 'team-a', jobId: 'job-6' };
+    await writeStatus(ctx.s3, ctx.artifactsBucket, other, { state: 'failed', stage: 'caption', error: { code: 'BAD_IMAGE', message: 'old' } });
+    await markFailed({ ...ctx, job: other }, MarkFailedInputSchema.parse({ ...other, failure: { evaluate: { Error: 'States.TaskFailed', Cause: '{"Status":"FAILED","StatusReason":"exit 1","Attempts":[]}' } } }));
+    expect(await readStatus(ctx.s3, ctx.artifactsBucket, other)).toMatchObject({ stage: 'evaluate', error: { code: 'BATCH_JOB_FAILED' } });
+  });
 });

@@ -17,7 +17,7 @@ describe('local Batch stages in Docker', () => {
   let bin: string;
   let log: string;
   let template: ReturnType<typeof synthesizeTemplate>;
-  let captionParams: SubmitJobParameters;
+  let trainParams: SubmitJobParameters;
   const path = process.env.PATH;
 
   beforeAll(() => {
@@ -31,9 +31,9 @@ describe('local Batch stages in Docker', () => {
     recorder('nvidia-smi', 'echo "GPU 0: NVIDIA A10G (UUID: GPU-0)"');
     template = synthesizeTemplate();
     const definition = stateMachineDefinition(template);
-    const caption = definition.States.Caption as unknown as { Parameters: Record<string, unknown> };
-    captionParams = {
-      JobName: 'team-a-job-1-caption',
+    const caption = definition.States.Train as unknown as { Parameters: Record<string, unknown> };
+    trainParams = {
+      JobName: 'team-a-job-1-train',
       JobQueue: caption.Parameters.JobQueue as string,
       JobDefinition: caption.Parameters.JobDefinition as string,
       ContainerOverrides: { Environment: [{ Name: 'AVATAR_TEAM_ID', Value: 'team-a' }, { Name: 'AVATAR_JOB_ID', Value: 'job-1' }] },
@@ -57,13 +57,13 @@ describe('local Batch stages in Docker', () => {
   it('builds the image from containers/ and runs the job definition command with the GPU, host network, cache and job env', async () => {
     process.env.PATH = `${bin}:${path}`;
 
-    await runner()('caption', captionParams);
+    await runner()('train', trainParams);
 
     const [build, run] = calls();
-    expect(build).toEqual(['docker', 'build', '-t', 'avatar-captioner:local', '-f', join(ROOT, 'containers/captioner/Dockerfile'), join(ROOT, 'containers')]);
+    expect(build).toEqual(['docker', 'build', '-t', 'avatar-trainer:local', '-f', join(ROOT, 'containers/trainer/Dockerfile'), join(ROOT, 'containers')]);
     expect(run!.slice(0, 8)).toEqual(['docker', 'run', '--rm', '--gpus', 'all', '--network', 'host', '-v']);
     expect(run).toContain('/tmp/avatar-cache:/cache');
-    expect(run!.slice(-5)).toEqual(['avatar-captioner:local', 'python', '-m', 'captioner', 'run']);
+    expect(run!.slice(-6)).toEqual(['avatar-trainer:local', 'python', '-m', 'avatar_job', 'caption', 'train']);
     for (const env of ['AVATAR_TEAM_ID=team-a', 'AVATAR_JOB_ID=job-1', 'AVATAR_ARTIFACTS_BUCKET=out', 'AWS_ENDPOINT_URL_S3=http://127.0.0.1:5000', 'AVATAR_CACHE_DIR=/cache', 'HF_HUB_OFFLINE=1']) {
       expect(run).toContain(env);
     }
@@ -73,7 +73,7 @@ describe('local Batch stages in Docker', () => {
     process.env.PATH = `${bin}:${path}`;
     process.env.FAKE_DOCKER_RUN_EXIT = '3';
 
-    const failure = await runner()('caption', captionParams).catch((e: unknown) => e);
+    const failure = await runner()('train', trainParams).catch((e: unknown) => e);
 
     expect(failure).toBeInstanceOf(BatchJobFailed);
     expect(JSON.parse((failure as Error).message)).toMatchObject({ Status: 'FAILED', Attempts: [{ Container: { ExitCode: 3 } }] });

@@ -30,12 +30,12 @@ describeWithMoto('npm run local', () => {
     const result = runLocal(['--job', 'cli-demo', '--out', out], cwd);
 
     expect(result.status, result.stderr).toBe(3);
-    expect(result.stdout).toMatch(/✓ Validate[\s\S]*✓ Normalize[\s\S]*▶ Caption/);
+    expect(result.stdout).toMatch(/✓ Validate[\s\S]*✓ Normalize[\s\S]*▶ Train/);
     expect(result.stdout).toContain('stopped before captioning (exit 3)');
     expect(result.stdout).toContain('validate: 12 of 12 photos accepted');
     expect(result.stdout).toMatch(/plan: 12 images x \d+ repeats x \d+ epochs \/ batch 1 = \d+ steps/);
     const status = StatusSchema.parse(JSON.parse(readFileSync(join(out, 'status.json'), 'utf8')));
-    expect(status).toMatchObject({ teamId: 'local', jobId: 'cli-demo', state: 'failed', stage: 'caption', error: { code: 'GPU_UNAVAILABLE' } });
+    expect(status).toMatchObject({ teamId: 'local', jobId: 'cli-demo', state: 'failed', stage: 'train', error: { code: 'GPU_UNAVAILABLE' } });
     expect(existsSync(join(out, 'validate', 'report.json'))).toBe(true);
     expect(existsSync(join(out, 'normalize', 'plan.json'))).toBe(true);
     const folder = readdirSync(join(out, 'normalize')).find((d) => /^\d+_zwxdemo$/.test(d));

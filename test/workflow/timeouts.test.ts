@@ -59,7 +59,7 @@ describeWithMoto('state timeouts, executed locally', () => {
 
     expect(result.succeeded).toBe(false);
     expect(result.error).toBe('JobFailed');
-    expect(batchStages).toEqual(['caption', 'train']);
+    expect(batchStages).toEqual(['train']); // caption+train is one GPU job
     expect(result.events).toContainEqual(expect.objectContaining({ type: 'StateFailed', state: 'Train', error: 'States.Timeout' }));
     expect(await readStatus(moto.s3(), ARTIFACTS, job)).toMatchObject({
       state: 'failed',

@@ -54,11 +54,12 @@ describeWithMoto('state machine, executed locally', () => {
     const job = { teamId: env.AVATAR_TEAM_ID, jobId: env.AVATAR_JOB_ID };
     const s3 = moto.s3();
     const plan: DatasetPlan = await getValidJson(s3, ARTIFACTS, keys.plan(job), DatasetPlanSchema);
-    const dir = keys.stage(job, stage as 'caption');
-    if (stage === 'caption') {
-      for (const image of plan.images) await putBytes(s3, ARTIFACTS, `${dir}${plan.plan.folder}/${image.replace(/\.png$/, '.txt')}`, `photo of ${plan.spec.token}, a mug`, 'text/plain');
-      await putJson(s3, ARTIFACTS, `${dir}captions.json`, {});
-    } else if (stage === 'train') {
+    const dir = keys.stage(job, stage as 'train');
+    if (stage === 'train') {
+      // One GPU job: the caption stage, then the train stage.
+      const captions = keys.stage(job, 'caption');
+      for (const image of plan.images) await putBytes(s3, ARTIFACTS, `${captions}${plan.plan.folder}/${image.replace(/\.png$/, '.txt')}`, `photo of ${plan.spec.token}, a mug`, 'text/plain');
+      await putJson(s3, ARTIFACTS, `${captions}captions.json`, {});
       for (let epoch = 1; epoch < plan.plan.epochs; epoch++) await putBytes(s3, ARTIFACTS, `${dir}${plan.outputName}-${String(epoch).padStart(6, '0')}.safetensors`, `epoch ${epoch}`, 'application/octet-stream');
       await putBytes(s3, ARTIFACTS, `${dir}${plan.outputName}.safetensors`, 'final', 'application/octet-stream');
     } else {
@@ -71,7 +72,7 @@ describeWithMoto('state machine, executed locally', () => {
   const entered = (result: RunResult) => result.events.filter((e) => e.type === 'StateEntered').map((e) => e.state);
   const retried = (result: RunResult) => result.events.filter((e) => e.type === 'StateRetried').map((e) => e.state);
 
-  it('runs validate -> normalize -> caption -> train -> evaluate -> finalize and marks the job succeeded', async () => {
+  it('runs validate -> normalize -> caption+train (one GPU job) -> evaluate -> finalize and marks the job succeeded', async () => {
     const job = { teamId: 'team-a', jobId: 'happy' };
     await submit(job);
 
@@ -79,7 +80,8 @@ describeWithMoto('state machine, executed locally', () => {
 
     expect(result.cause).toBeUndefined();
     expect(result.succeeded).toBe(true);
-    expect(entered(result)).toEqual(expect.arrayContaining(['Validate', 'Normalize', 'Admit', 'Caption', 'Train', 'Evaluate', 'Finalize']));
+    expect(entered(result)).toEqual(expect.arrayContaining(['Validate', 'Normalize', 'Admit', 'Train', 'Evaluate', 'Finalize']));
+    expect(entered(result)).not.toContain('Caption');
     expect(entered(result)).not.toContain('MarkFailed');
     expect(await statusOf(job)).toMatchObject({ state: 'succeeded', stage: 'finalize' });
     const manifest = ManifestSchema.parse(await getJson(moto.s3(), ARTIFACTS, keys.manifest(job)));
@@ -139,7 +141,7 @@ describeWithMoto('state machine, executed locally', () => {
     expect(result.succeeded).toBe(false);
     expect(result.error).toBe('JobFailed');
     expect(retried(result)).toEqual([]);
-    expect(entered(result)).toEqual(['Validate', 'Normalize', 'Admit', 'Caption', 'Train', 'MarkFailed', 'Failed']);
+    expect(entered(result)).toEqual(['Validate', 'Normalize', 'Admit', 'Train', 'MarkFailed', 'Failed']);
     const status = await statusOf(job);
     expect(status).toMatchObject({ state: 'failed', stage: 'train', error: { code: 'BATCH_JOB_FAILED' } });
     expect(status?.error?.message).toContain('exit code 1');
@@ -169,7 +171,7 @@ describeWithMoto('state machine, executed locally', () => {
 
     expect(result.succeeded).toBe(false);
     const status = await statusOf(job);
-    expect(status).toMatchObject({ state: 'failed', stage: 'caption', error: { code: 'GPU_UNAVAILABLE' } });
+    expect(status).toMatchObject({ state: 'failed', stage: 'train', error: { code: 'GPU_UNAVAILABLE' } });
     expect(status?.error?.message).toContain('no Docker engine');
     expect(status?.error?.message).toContain('npx cdk deploy');
     const written = (await listAll(moto.s3(), ARTIFACTS, keys.stage(job, 'normalize'))).map((o) => o.key);

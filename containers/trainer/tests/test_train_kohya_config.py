@@ -1,5 +1,6 @@
 """The kohya TOML built from plan.json, read back the way kohya reads it (tomllib, no conversion)."""
 import json
+import os
 import tomllib
 from pathlib import Path
 
@@ -134,3 +135,68 @@ def test_missing_sd_scripts_is_a_clear_error(monkeypatch, tmp_path):
     with pytest.raises(StageError) as e:
         kohya.launch_command(Path("/w/config.toml"), None)
     assert e.value.code == "KOHYA_MISSING"
+
+
+def test_recipe_config_carries_every_speed_setting():
+    # The fast path for the recipe on a 24 GB A10G: memory-efficient attention, latents encoded once
+    # (to disk, in batches of 4), persistent workers, bf16, and no gradient checkpointing.
+    cfg = _config(FIXTURE, attention="sdpa", gpu_gib=22.0, workers=3)
+    fast = {"sdpa": True, "cache_latents": True, "cache_latents_to_disk": True, "vae_batch_size": 4,
+            "max_data_loader_n_workers": 3, "persistent_data_loader_workers": True, "mixed_precision": "bf16"}
+    assert {k: cfg.get(k) for k in fast} == fast
+    assert "gradient_checkpointing" not in cfg and "xformers" not in cfg
+    # ... and the recipe's results are untouched: the same steps, rates, rank and alpha.
+    recipe = {"max_train_epochs": 5, "train_batch_size": 1, "unet_lr": 1e-4, "text_encoder_lr": 5e-5,
+              "network_dim": 128, "network_alpha": 128.0, "lr_scheduler": "polynomial", "optimizer_type": "AdamW8bit"}
+    assert {k: cfg[k] for k in recipe} == recipe
+
+
+def test_no_workers_means_no_persistent_workers():
+    # kohya refuses persistent_data_loader_workers with 0 workers.
+    cfg = _config(FIXTURE, workers=0)
+    assert (cfg["max_data_loader_n_workers"], cfg["persistent_data_loader_workers"]) == (0, False)
+
+
+def test_no_latent_cache_when_colour_augmentation_is_on():
+    cfg = _config(_plan(cacheLatents=False, colorAug=True))
+    assert (cfg["cache_latents"], cfg["cache_latents_to_disk"]) == (False, False)
+    ds = kohya.dataset_config(_plan(cacheLatents=False, colorAug=True), WORK / "dataset")
+    assert ds["datasets"][0]["subsets"][0]["color_aug"] is True
+
+
+def test_a10g_trains_768_batch_2_without_gradient_checkpointing_but_a_16_gb_card_needs_it():
+    a10g = 22.0  # what torch reports for a 24 GB A10G
+    assert kohya.needs_gradient_checkpointing(512, 1, 128, a10g) is False
+    assert kohya.needs_gradient_checkpointing(768, 2, 128, a10g) is False
+    assert kohya.needs_gradient_checkpointing(768, 2, 128, 14.6) is True  # a 16 GB T4
+
+
+@pytest.mark.parametrize("cpus, shm, cache, workers", [
+    (4, 2**30, True, 3),            # g5.xlarge job: one vCPU left to the training process
+    (16, None, True, 8),            # kohya's cap
+    (1, 2**30, True, 0),
+    (4, 64 * 2**20, True, 3),       # cached latents: tiny batches, Docker's default /dev/shm is enough
+    (4, 64 * 2**20, False, 0),      # decoded images through a 64 MiB /dev/shm would crash workers
+    (4, 256 * 2**20, False, 2),
+])
+def test_data_loader_workers_follow_vcpus_and_shared_memory(cpus, shm, cache, workers):
+    assert kohya.data_loader_workers(cpus, shm, cache) == workers
+
+
+def test_attention_prefers_xformers_when_installed(monkeypatch):
+    import importlib.util
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: object() if name == "xformers" else None)
+    assert kohya.attention({}) == "xformers"
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    assert kohya.attention({}) == "sdpa"
+    assert kohya.attention({"AVATAR_ATTENTION": "sdpa"}) == "sdpa"
+    with pytest.raises(StageError) as e:
+        kohya.attention({"AVATAR_ATTENTION": "flash"})
+    assert e.value.input == "AVATAR_ATTENTION"
+
+
+def test_available_cpus_and_shm_are_read_from_this_machine():
+    assert 1 <= kohya.available_cpus() <= (os.cpu_count() or 1)
+    shm = kohya.shm_bytes()
+    assert shm is None or shm > 0

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import json
 from pathlib import PurePosixPath
 
 from PIL import Image, UnidentifiedImageError
@@ -21,11 +22,33 @@ def _open_image(data: bytes, name: str) -> Image.Image:
         raise StageError("BAD_IMAGE", f"cannot decode {name} ({e}); rerun normalize or remove the photo", name)
 
 
+def already_captioned(job: Job, plan: dict, prefix: str) -> bool:
+    """True when an earlier attempt of this job captioned exactly this plan.
+
+    captions.json is written last, after every caption file, so its presence with the same folder,
+    prefix and images means the stage finished; a retried caption+train job then skips BLIP. Any
+    doubt (missing, unreadable, another plan, a caption file gone) means caption again.
+    """
+    folder = plan["plan"]["folder"]
+    try:
+        done = json.loads(job.get_bytes(layout.CAPTIONS))
+        written = {PurePosixPath(k).name for k in job.list(layout.caption_folder(folder))}
+    except (StageError, ValueError, job.s3.exceptions.ClientError):
+        return False
+    stems = [f"{PurePosixPath(n).stem}.txt" for n in plan["images"]]
+    return (done.get("folder"), done.get("prefix")) == (folder, prefix) \
+        and [c.get("image") for c in done.get("captions", [])] == plan["images"] and set(stems) <= written
+
+
 def caption_stage(job: Job, status: Status) -> None:
     plan = job.load_plan()
     spec, folder = plan["spec"], plan["plan"]["folder"]
     settings = spec["captioning"]
     prefix = render_prefix(settings["prefix"], spec["token"], spec["classWord"])
+    if already_captioned(job, plan, prefix):
+        print(f"caption: {layout.CAPTIONS} already covers the {len(plan['images'])} images of this plan; not captioning again", flush=True)
+        status.progress(1.0, f"captions already written for {len(plan['images'])} images (an earlier attempt)", force=True)
+        return
     user = set(plan["userCaptions"])
     images = plan["images"]
     stem = {name: PurePosixPath(name).stem for name in images}

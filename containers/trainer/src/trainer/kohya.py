@@ -5,6 +5,7 @@ string "512,512" and list flags are TOML arrays.
 """
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 import re
@@ -65,15 +66,67 @@ def check_plan(plan: dict) -> None:
 
 
 def needs_gradient_checkpointing(resolution: int, batch: int, dim: int, gpu_gib: float | None) -> bool:
-    """Trades ~20% speed for memory only when the run would not fit otherwise.
+    """Trades ~20-30% speed for memory only when the run would not fit otherwise.
 
-    Rough peak for SD1.5 LoRA with sdpa and 8-bit Adam: 7 GiB at 512px batch 1 dim 128, growing
-    with pixels x batch; unknown GPU memory (CPU test runs) means no checkpointing.
+    Rough peak for SD1.5 LoRA with sdpa, cached latents and 8-bit Adam: 7 GiB at 512px batch 1 dim
+    128, growing with pixels x batch (bench/gpu prints the measured peak to recalibrate this); unknown
+    GPU memory (CPU test runs) means no checkpointing. An A10G (24 GB) runs even 768px batch 2 without it.
     """
     if gpu_gib is None:
         return False
     need = 5.0 + 2.0 * (resolution / 512) ** 2 * batch + dim / 128
     return need > 0.9 * gpu_gib
+
+
+def attention(environ: dict | None = None) -> str:
+    """xformers when the image has it (AVATAR_ATTENTION overrides: xformers, sdpa or none), else sdpa.
+
+    Both are memory-efficient attention kernels that give the same results up to float rounding;
+    plain attention would need gradient checkpointing far sooner.
+    """
+    env = os.environ if environ is None else environ
+    if choice := env.get("AVATAR_ATTENTION"):
+        if choice not in ("xformers", "sdpa", "none"):
+            raise StageError("BAD_ENV", f"AVATAR_ATTENTION is {choice!r}; use xformers, sdpa or none", "AVATAR_ATTENTION")
+        return choice
+    return "xformers" if importlib.util.find_spec("xformers") is not None else "sdpa"
+
+
+SHM_PER_WORKER = 128 * 2**20  # what a worker's prefetched batches can need in /dev/shm without cached latents
+
+
+def data_loader_workers(cpus: int, shm_bytes: int | None, cache_latents: bool) -> int:
+    """Data loader workers: one per vCPU left after the training process, at most 8 (kohya's cap).
+
+    Workers hand batches over through /dev/shm; Docker's default is 64 MiB, so the job definition
+    sets sharedMemorySize. With cached latents a batch is a few hundred KB; without them, decoded
+    images need ~SHM_PER_WORKER each, so a small /dev/shm gets fewer workers (0 = load in the
+    training process) instead of a "bus error" mid-run.
+    """
+    workers = max(0, min(8, cpus - 1))
+    if not cache_latents and shm_bytes is not None:
+        workers = min(workers, shm_bytes // SHM_PER_WORKER)
+    return workers
+
+
+def available_cpus() -> int:
+    """vCPUs this process may use: the affinity mask, capped by a cgroup v2 CPU quota if one is set."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        if quota != "max":
+            cpus = min(cpus, max(1, int(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return cpus
+
+
+def shm_bytes(path: str = "/dev/shm") -> int | None:
+    try:
+        st = os.statvfs(path)
+        return st.f_frsize * st.f_blocks
+    except OSError:
+        return None
 
 
 def dataset_config(plan: dict, dataset_dir: Path) -> dict:
@@ -113,7 +166,12 @@ def dataset_toml(cfg: dict) -> str:
 def training_config(plan: dict, *, base_model: Path, dataset_toml_path: Path, output_dir: Path,
                     tokenizer_dir: Path, attention: str = "sdpa", gpu_gib: float | None = None,
                     workers: int = 2) -> dict:
-    """The train_network.py arguments, by argparse dest name."""
+    """The train_network.py arguments, by argparse dest name.
+
+    Speed settings that leave recipe.md's results alone (same steps, rates, dim/alpha, precision):
+    memory-efficient attention, latents encoded once (to disk, beside the images) instead of
+    every step, persistent data loader workers, and no gradient checkpointing where memory allows.
+    """
     p, t = plan["plan"], plan["spec"]["training"]
     network = t["network"]
     cfg: dict = {
@@ -140,8 +198,11 @@ def training_config(plan: dict, *, base_model: Path, dataset_toml_path: Path, ou
         "network_alpha": float(t["networkAlpha"]),
         "mixed_precision": t["mixedPrecision"],
         "caption_extension": ".txt",
+        # kohya cannot cache with color_aug or random_crop: the contract rejects cacheLatents with
+        # colorAug and offers no random crop, so the recipe caches.
         "cache_latents": t["cacheLatents"],
         "cache_latents_to_disk": t["cacheLatents"],
+        "vae_batch_size": 4,  # encodes the latents 4 at a time: the same latents, sooner
         "seed": t["seed"],
         "max_data_loader_n_workers": workers,
         "persistent_data_loader_workers": workers > 0,

@@ -111,8 +111,8 @@ def train_stage(job: Job, status: Status) -> None:
     config = kohya.training_config(
         plan, base_model=base["path"], dataset_toml_path=dataset_toml, output_dir=output_dir,
         tokenizer_dir=Path(os.environ.get("AVATAR_TOKENIZER_CACHE_DIR") or "/opt/tokenizers"),
-        attention=os.environ.get("AVATAR_ATTENTION", "sdpa"), gpu_gib=_gpu_gib(),
-        workers=min(2, os.cpu_count() or 1),
+        attention=kohya.attention(), gpu_gib=_gpu_gib(),
+        workers=kohya.data_loader_workers(kohya.available_cpus(), kohya.shm_bytes(), t["cacheLatents"]),
     )
     config_toml.write_text(kohya.toml_table(config))
     job.upload(dataset_toml, layout.DATASET_TOML)
