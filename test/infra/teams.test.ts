@@ -39,7 +39,7 @@ describe('Teams construct', () => {
 
   it('makes every GPU job definition propagate its tags to the ECS task', () => {
     const definitions = resourcesOfType(s.json, 'AWS::Batch::JobDefinition');
-    expect(definitions).toHaveLength(3);
+    expect(definitions).toHaveLength(2); // Train (caption then train) and Evaluate;
     for (const [, d] of definitions) expect(d.Properties.PropagateTags).toBe(true);
   });
 
