@@ -1,5 +1,9 @@
 import { z } from 'zod';
 import { IdSchema } from '../lambdas/shared/contract';
+import { LAYOUT } from '../lambdas/shared/layout';
+
+/** The base model train and evaluate read unless the deployment names another (artifacts bucket). */
+export const DEFAULT_BASE_MODEL_KEY = `${LAYOUT.models}sd15/v1-5-pruned-emaonly.safetensors`;
 
 /**
  * Silo mode: the stack deployed into one team's own AWS account. Its cost scope is the account
@@ -90,8 +94,8 @@ export const AvatarConfigSchema = z
     /** Artifacts-bucket key of the base model the operator uploads (under `models/`). */
     baseModelKey: z
       .string()
-      .regex(/^models\/[A-Za-z0-9._\-/]+$/, { message: 'must be an artifacts-bucket key under models/' })
-      .default('models/sd15/v1-5-pruned-emaonly.safetensors'),
+      .regex(new RegExp(`^${LAYOUT.models}[A-Za-z0-9._\\-/]+$`), { message: `must be an artifacts-bucket key under ${LAYOUT.models}` })
+      .default(DEFAULT_BASE_MODEL_KEY),
     /** Deploy for one team in its own account (absent: pool mode, many teams in one account). */
     silo: SiloConfigSchema.optional(),
   })

@@ -1,6 +1,7 @@
 import { CfnOutput, Duration, Stack, type StackProps } from 'aws-cdk-lib';
 import * as iam from 'aws-cdk-lib/aws-iam';
 import { Construct } from 'constructs';
+import { LAYOUT } from '../lambdas/shared/layout';
 import type { AvatarConfig } from './config';
 import { Alarms } from './constructs/alarms';
 import { Announce } from './constructs/announce';
@@ -150,7 +151,7 @@ export class AvatarStack extends Stack {
     if (config.silo) this.silo = new SiloBudget(this, 'Silo', config.silo);
 
     new CfnOutput(this, 'InboxBucketName', { value: storage.inbox.bucketName, description: 'Upload photos and job.json here' });
-    new CfnOutput(this, 'ArtifactsBucketName', { value: storage.artifacts.bucketName, description: 'Results; upload base models under models/' });
+    new CfnOutput(this, 'ArtifactsBucketName', { value: storage.artifacts.bucketName, description: `Results; upload base models under ${LAYOUT.models}` });
     new CfnOutput(this, 'StateMachineArn', { value: workflow.stateMachine.stateMachineArn });
     new CfnOutput(this, 'DeadLetterQueueUrl', { value: trigger.deadLetterQueue.queueUrl });
     new CfnOutput(this, 'JobQueueArn', { value: gpu.jobQueue.jobQueueArn });

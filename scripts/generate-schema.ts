@@ -1,12 +1,17 @@
-/** Writes the contract's JSON Schema into each container (`npm run schema`). */
+/** Writes the contract's JSON Schema and the key layout into the containers (`npm run schema`). */
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
+import { LAYOUT_TARGETS, layoutJson } from '../lambdas/shared/layout';
 import { SCHEMA_TARGETS, contractJsonSchema } from '../lambdas/shared/schema';
 
 const root = join(__dirname, '..');
-const text = contractJsonSchema();
-for (const target of SCHEMA_TARGETS) {
-  mkdirSync(dirname(join(root, target)), { recursive: true });
-  writeFileSync(join(root, target), text);
-  console.log(`wrote ${target}`);
+for (const [targets, text] of [
+  [SCHEMA_TARGETS, contractJsonSchema()],
+  [LAYOUT_TARGETS, layoutJson()],
+] as const) {
+  for (const target of targets) {
+    mkdirSync(dirname(join(root, target)), { recursive: true });
+    writeFileSync(join(root, target), text);
+    console.log(`wrote ${target}`);
+  }
 }

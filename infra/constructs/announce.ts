@@ -5,11 +5,13 @@ import * as destinations from 'aws-cdk-lib/aws-lambda-destinations';
 import type * as s3 from 'aws-cdk-lib/aws-s3';
 import type * as sqs from 'aws-cdk-lib/aws-sqs';
 import { Construct } from 'constructs';
-import { grantObjects, JOB_PREFIX } from './bucket-access';
+import { jobKey } from '../../lambdas/shared/access';
+import { keyPattern } from '../../lambdas/shared/layout';
+import { grantStageAccess } from './bucket-access';
 import { LambdaFunction } from './lambda-function';
 
 /** The artifacts key every status writer rewrites: `teams/<team>/jobs/<job>/status.json`. */
-export const STATUS_KEY_PATTERN = `${JOB_PREFIX}/status.json`;
+export const STATUS_KEY_PATTERN = keyPattern(jobKey('status'));
 
 /** Props of {@link Announce}. */
 export interface AnnounceProps {
@@ -45,21 +47,7 @@ export class Announce extends Construct {
       retryAttempts: 2,
     });
     const role = this.function.executionRole;
-    // GetObjectVersion: the event names the version written, which is read rather than the current one.
-    grantObjects(
-      role,
-      props.artifacts,
-      ['s3:GetObject', 's3:GetObjectVersion'],
-      [STATUS_KEY_PATTERN],
-      'announce reads the status.json write an event names; team and job ids are only known at run time',
-    );
-    grantObjects(
-      role,
-      props.artifacts,
-      ['s3:GetObject', 's3:PutObject'],
-      [`${JOB_PREFIX}/notify/last-state.json`],
-      "announce keeps the job's last announced state next to it (erased with it)",
-    );
+    grantStageAccess(role, { artifacts: props.artifacts }, 'announce');
     events.EventBus.fromEventBusName(this, 'DefaultBus', 'default').grantPutEventsTo(role);
 
     this.rule = new events.Rule(this, 'StatusWritten', {

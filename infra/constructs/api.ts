@@ -11,7 +11,9 @@ import type * as s3 from 'aws-cdk-lib/aws-s3';
 import type * as sfn from 'aws-cdk-lib/aws-stepfunctions';
 import { Construct } from 'constructs';
 import { EVENT_SOURCE, JOB_STATE_CHANGE } from '../../lambdas/shared/events';
-import { grantList, grantObjects, JOB_PREFIX } from './bucket-access';
+import { LIST_PREFIX } from '../../lambdas/shared/access';
+import { keyPattern, LAYOUT } from '../../lambdas/shared/layout';
+import { grantStageAccess } from './bucket-access';
 import { LambdaFunction } from './lambda-function';
 
 /** Props of {@link JobApi}. */
@@ -114,31 +116,21 @@ export class JobApi extends Construct {
     );
     const why = 'the job API acts on jobs of the calling team, whose ids are only known per request (the team comes from the verified token)';
     // Photos are uploaded by the caller through POST policies this role signs; job.json starts the job.
-    grantObjects(role, props.inbox, ['s3:PutObject'], [`${JOB_PREFIX}/photos/*`, `${JOB_PREFIX}/job.json`], why);
-    grantObjects(role, props.artifacts, ['s3:GetObject'], ['teams/*'], `${why}; results are signed with this role`);
-    grantObjects(
-      role,
-      props.artifacts,
-      ['s3:PutObject'],
-      [`${JOB_PREFIX}/request.json`, `${JOB_PREFIX}/status.json`, 'teams/*/idempotency/*', 'teams/*/tombstones/*'],
-      why,
-    );
-    grantList(role, props.inbox, ['teams/*']);
-    grantList(role, props.artifacts, ['teams/*']);
+    grantStageAccess(role, props, 'api');
     // Erasure: every version and delete marker of a job in both buckets.
     for (const bucket of [props.inbox, props.artifacts]) {
       role.addToPrincipalPolicy(
         new iam.PolicyStatement({
           actions: ['s3:ListBucketVersions'],
           resources: [bucket.bucketArn],
-          conditions: { StringLike: { 's3:prefix': ['teams/*'] } },
+          conditions: { StringLike: { 's3:prefix': [LIST_PREFIX] } },
         }),
       );
       role.addToPrincipalPolicy(
-        new iam.PolicyStatement({ actions: ['s3:DeleteObject', 's3:DeleteObjectVersion'], resources: [bucket.arnForObjects('teams/*')] }),
+        new iam.PolicyStatement({ actions: ['s3:DeleteObject', 's3:DeleteObjectVersion'], resources: [bucket.arnForObjects(keyPattern(LAYOUT.teams))] }),
       );
       Validations.of(role).acknowledge({
-        id: `AwsSolutions-IAM5[Resource::<${Stack.of(this).resolve(bucket.bucketArn)['Fn::GetAtt'][0]}.Arn>/teams/*]`,
+        id: `AwsSolutions-IAM5[Resource::<${Stack.of(this).resolve(bucket.bucketArn)['Fn::GetAtt'][0]}.Arn>/${keyPattern(LAYOUT.teams)}]`,
         reason: `${why}: erasure deletes every version under the job's prefix (and its idempotency key)`,
       });
     }
@@ -186,20 +178,7 @@ export class JobApi extends Construct {
       description: 'Avatar job webhooks',
       environment: { ARTIFACTS_BUCKET: props.artifacts.bucketName },
     });
-    grantObjects(
-      this.notifyFunction.executionRole,
-      props.artifacts,
-      ['s3:GetObject'],
-      [`${JOB_PREFIX}/request.json`],
-      'notify reads the webhook of the job an event names',
-    );
-    grantObjects(
-      this.notifyFunction.executionRole,
-      props.artifacts,
-      ['s3:PutObject'],
-      [`${JOB_PREFIX}/notify/*`],
-      'notify records delivery attempts next to the job',
-    );
+    grantStageAccess(this.notifyFunction.executionRole, props, 'notify');
     new events.Rule(this, 'JobStateChanged', {
       description: 'Sends job webhooks',
       eventPattern: { source: [EVENT_SOURCE], detailType: [JOB_STATE_CHANGE] },

@@ -1,13 +1,39 @@
 import { Validations } from 'aws-cdk-lib';
 import * as iam from 'aws-cdk-lib/aws-iam';
 import type * as s3 from 'aws-cdk-lib/aws-s3';
+import { type AccessStage, type Grant, JOB_PREFIX_PATTERN, LIST_PREFIX, type ObjectAction, STAGE_ACCESS } from '../../lambdas/shared/access';
+import { keyPattern } from '../../lambdas/shared/layout';
 import { iam5ResourceFinding } from './nag';
 
-/** The key layout every stage shares: `teams/<team>/jobs/<job>/...` in both buckets. */
-export const JOB_PREFIX = 'teams/*/jobs/*';
+/** The job prefix every stage shares, `teams/*\/jobs/*` in both buckets (lambdas/shared/layout.ts). */
+export const JOB_PREFIX = JOB_PREFIX_PATTERN;
 
-/** Object actions a stage may be granted; exact names only, so no `s3:*`-style wildcard slips in. */
-export type ObjectAction = 's3:GetObject' | 's3:GetObjectVersion' | 's3:PutObject' | 's3:DeleteObject';
+export type { ObjectAction };
+
+/** The buckets a stage's grants name (lambdas/shared/access.ts); a stage may need only one. */
+export interface StageBuckets {
+  readonly inbox?: s3.IBucket;
+  readonly artifacts: s3.IBucket;
+}
+
+/**
+ * Grants `grantee` exactly what `STAGE_ACCESS[stage]` lists: the IAM key patterns derived from the
+ * key layout, so no stage's keys are typed twice.
+ */
+export function grantStageAccess(grantee: iam.Role, buckets: StageBuckets, stage: AccessStage): void {
+  const bucket = (name: keyof StageBuckets): s3.IBucket => {
+    const found = buckets[name];
+    if (!found) throw new Error(`grantStageAccess: the ${stage} stage's grants name the ${name} bucket; pass it`);
+    return found;
+  };
+  for (const grant of STAGE_ACCESS[stage] as readonly Grant[]) {
+    if ('list' in grant) {
+      grantList(grantee, bucket(grant.list), [LIST_PREFIX]);
+    } else {
+      grantObjects(grantee, bucket(grant.bucket), grant.actions, grant.keys.map((key) => keyPattern(key)), grant.why);
+    }
+  }
+}
 
 /**
  * Grants `actions` on the objects of `bucket` matching each key pattern (e.g. `teams/*\/jobs/*\/status.json`)

@@ -4,7 +4,7 @@ import type * as dynamodb from 'aws-cdk-lib/aws-dynamodb';
 import * as iam from 'aws-cdk-lib/aws-iam';
 import type * as s3 from 'aws-cdk-lib/aws-s3';
 import { Construct } from 'constructs';
-import { grantList, grantObjects, JOB_PREFIX } from './bucket-access';
+import { grantStageAccess } from './bucket-access';
 import { LambdaFunction } from './lambda-function';
 
 /** Props of {@link StageFunctions}. */
@@ -27,8 +27,6 @@ export interface StageFunctionsProps {
 /** Item actions the admission and release code uses (transactions need no action of their own). */
 const REGISTRY_ACTIONS = ['dynamodb:GetItem', 'dynamodb:PutItem', 'dynamodb:UpdateItem', 'dynamodb:DeleteItem', 'dynamodb:Query', 'dynamodb:ConditionCheckItem'];
 
-const STATUS = `${JOB_PREFIX}/status.json`;
-
 /**
  * Packages shipped as files beside the bundle: sharp's linux-x64 native binary, and WASM modules
  * whose .wasm files and model weights are read from disk at run time (lambdas/validate).
@@ -37,7 +35,6 @@ const DECODE_MODULES = ['sharp', 'heic-decode'];
 // Face detection runs BlazeFace on ONNX Runtime's native CPU runtime; @vladmandic/human ships the
 // model's graph and weights, read from disk (bench/bundled-validate.ts runs the bundle).
 const FACE_MODULES = ['@vladmandic/human', 'onnxruntime-node'];
-const STATUS_REASON = 'Every stage rewrites the status.json of the job it runs; team and job ids are only known at run time';
 
 /**
  * The Lambda steps of the workflow (`validate`, `normalize`, `finalize`, `mark-failed`), and
@@ -75,11 +72,7 @@ export class StageFunctions extends Construct {
       environment,
       nodeModules: [...DECODE_MODULES, ...FACE_MODULES],
     });
-    const validateRole = this.validate.executionRole;
-    grantObjects(validateRole, inbox, ['s3:GetObject'], [`${JOB_PREFIX}/*`], 'validate reads the job.json and photos of the job it checks');
-    grantList(validateRole, inbox, ['teams/*']);
-    grantObjects(validateRole, artifacts, ['s3:PutObject'], [`${JOB_PREFIX}/validate/*`], 'validate writes its report and contact sheet under the job');
-    grantObjects(validateRole, artifacts, ['s3:GetObject', 's3:PutObject'], [STATUS], STATUS_REASON);
+    grantStageAccess(this.validate.executionRole, props, 'validate');
 
     this.normalize = new LambdaFunction(this, 'Normalize', {
       stage: 'normalize',
@@ -87,12 +80,7 @@ export class StageFunctions extends Construct {
       timeout: Duration.minutes(15),
       environment,
     });
-    const normalizeRole = this.normalize.executionRole;
-    grantObjects(normalizeRole, inbox, ['s3:GetObject'], [`${JOB_PREFIX}/*`], 'normalize reads the user captions uploaded beside the photos of the job');
-    grantObjects(normalizeRole, artifacts, ['s3:GetObject'], [`${JOB_PREFIX}/validate/*`], 'normalize reads the validate report of the job');
-    // The dataset lives under the stage's own prefix (lambdas/shared/keys.ts): normalize/<repeats>_<token>/, normalize/plan.json.
-    grantObjects(normalizeRole, artifacts, ['s3:PutObject'], [`${JOB_PREFIX}/normalize/*`], 'normalize writes the dataset and plan of the job');
-    grantObjects(normalizeRole, artifacts, ['s3:GetObject', 's3:PutObject'], [STATUS], STATUS_REASON);
+    grantStageAccess(this.normalize.executionRole, props, 'normalize');
 
     this.finalize = new LambdaFunction(this, 'Finalize', {
       stage: 'finalize',
@@ -100,10 +88,7 @@ export class StageFunctions extends Construct {
       timeout: Duration.minutes(5),
       environment: { ...environment, URL_EXPIRY_SECONDS: String(props.urlExpirySeconds ?? 3600) },
     });
-    const finalizeRole = this.finalize.executionRole;
-    grantObjects(finalizeRole, artifacts, ['s3:GetObject'], [`${JOB_PREFIX}/*`], 'finalize reads and presigns every output of the job');
-    grantList(finalizeRole, artifacts, ['teams/*']);
-    grantObjects(finalizeRole, artifacts, ['s3:PutObject'], [`${JOB_PREFIX}/manifest.json`, STATUS], 'finalize writes the manifest and final status of the job');
+    grantStageAccess(this.finalize.executionRole, props, 'finalize');
 
     // The SystemFailures metric (lambdas/shared/metrics.ts) carries the stack name as its dimension.
     const metricsEnv = { METRICS_STACK_NAME: Stack.of(this).stackName };
@@ -113,7 +98,7 @@ export class StageFunctions extends Construct {
       timeout: Duration.minutes(1),
       environment: { ...environment, ...metricsEnv },
     });
-    grantObjects(this.markFailed.executionRole, artifacts, ['s3:GetObject', 's3:PutObject'], [STATUS], STATUS_REASON);
+    grantStageAccess(this.markFailed.executionRole, props, 'mark-failed');
 
     this.reconcile = new LambdaFunction(this, 'Reconcile', {
       stage: 'reconcile',
@@ -121,7 +106,7 @@ export class StageFunctions extends Construct {
       timeout: Duration.seconds(30),
       environment: { ARTIFACTS_BUCKET: artifacts.bucketName, ...metricsEnv },
     });
-    grantObjects(this.reconcile.executionRole, artifacts, ['s3:GetObject', 's3:PutObject'], [STATUS], STATUS_REASON);
+    grantStageAccess(this.reconcile.executionRole, props, 'reconcile');
 
     const teamsEnv = { TEAMS_TABLE: props.teamsTable.tableName };
     this.admit = new LambdaFunction(this, 'Admit', {
@@ -130,8 +115,7 @@ export class StageFunctions extends Construct {
       timeout: Duration.seconds(30),
       environment: { ...environment, ...teamsEnv },
     });
-    grantObjects(this.admit.executionRole, artifacts, ['s3:GetObject'], [`${JOB_PREFIX}/normalize/plan.json`], 'admit estimates the job from its plan');
-    grantObjects(this.admit.executionRole, artifacts, ['s3:GetObject', 's3:PutObject'], [STATUS], STATUS_REASON);
+    grantStageAccess(this.admit.executionRole, props, 'admit');
     this.admit.executionRole.addToPrincipalPolicy(new iam.PolicyStatement({ actions: REGISTRY_ACTIONS, resources: [props.teamsTable.tableArn] }));
 
     // The ends of a job charge its cost and release its slot (lambdas/shared/accounting.ts).

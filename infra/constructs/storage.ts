@@ -1,6 +1,7 @@
 import { Duration, RemovalPolicy, Validations } from 'aws-cdk-lib';
 import * as s3 from 'aws-cdk-lib/aws-s3';
 import { Construct } from 'constructs';
+import { LAYOUT } from '../../lambdas/shared/layout';
 
 /** Props of {@link Storage}. */
 export interface StorageProps {
@@ -88,7 +89,7 @@ export class Storage extends Construct {
         abortUploads,
         {
           id: 'expire-raw-photos',
-          prefix: 'teams/',
+          prefix: LAYOUT.teams,
           expiration: Duration.days(rawPhotoRetentionDays),
         },
       ],
@@ -111,7 +112,7 @@ export class Storage extends Construct {
         {
           // The job's current objects become noncurrent here; the rule below then removes them.
           id: 'expire-job-data',
-          prefix: 'teams/',
+          prefix: LAYOUT.teams,
           expiration: Duration.days(jobDataRetentionDays),
         },
         {

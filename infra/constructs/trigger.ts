@@ -6,11 +6,13 @@ import type * as s3 from 'aws-cdk-lib/aws-s3';
 import type * as sfn from 'aws-cdk-lib/aws-stepfunctions';
 import * as sqs from 'aws-cdk-lib/aws-sqs';
 import { Construct } from 'constructs';
-import { grantObjects, JOB_PREFIX } from './bucket-access';
+import { jobKey } from '../../lambdas/shared/access';
+import { keyPattern } from '../../lambdas/shared/layout';
+import { grantStageAccess } from './bucket-access';
 import { LambdaFunction } from './lambda-function';
 
 /** The inbox key that starts a job: `teams/<team>/jobs/<job>/job.json`. */
-export const JOB_SPEC_KEY_PATTERN = `${JOB_PREFIX}/job.json`;
+export const JOB_SPEC_KEY_PATTERN = keyPattern(jobKey('spec'));
 
 /** Props of {@link Trigger}. */
 export interface TriggerProps {
@@ -73,13 +75,7 @@ export class Trigger extends Construct {
       retryAttempts: 2,
     });
     props.stateMachine.grantStartExecution(this.startFunction.executionRole);
-    grantObjects(
-      this.startFunction.executionRole,
-      props.artifacts,
-      ['s3:PutObject'],
-      [`${JOB_PREFIX}/status.json`],
-      'start records the queued status of the job it starts; team and job ids are only known at run time',
-    );
+    grantStageAccess(this.startFunction.executionRole, props, 'start');
 
     this.rule = new events.Rule(this, 'JobCreated', {
       description: 'Starts the avatar workflow when a job.json lands in the inbox',

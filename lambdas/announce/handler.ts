@@ -26,7 +26,8 @@ import { describeIssues, IdSchema, JOB_STATES, StageSchema, type Status, StatusS
 import { requireEnv } from '../shared/env';
 import { InvalidInputError, TransientError, toLambdaError } from '../shared/errors';
 import { type JobStateChange, JobStateChangeSchema, jobStateChangeEntry, stateChange } from '../shared/events';
-import { type JobRef, jobPrefix } from '../shared/keys';
+import { type JobRef, jobKey } from '../shared/keys';
+import { keyHint, keyRegExp, LAYOUT } from '../shared/layout';
 import { isMissingObject, s3Client } from '../shared/s3';
 
 const ObjectCreatedEvent = z.object({
@@ -65,7 +66,7 @@ export const LastStateSchema = z
   .strict();
 export type LastState = z.infer<typeof LastStateSchema>;
 
-export const lastStateKey = (job: JobRef) => `${jobPrefix(job)}notify/last-state.json`;
+export const lastStateKey = (job: JobRef) => jobKey(job, 'lastState');
 
 /**
  * How long a claimed, unpublished announcement belongs to the invocation that claimed it; longer than
@@ -75,18 +76,18 @@ export const CLAIM_LEASE_MS = 2 * 60_000;
 const MAX_ROUNDS = 5;
 
 /** A status.json key of exactly `teams/<teamId>/jobs/<jobId>/status.json`. */
-const STATUS_KEY = /^teams\/([^/]+)\/jobs\/([^/]+)\/status\.json$/;
+const STATUS_KEY = keyRegExp(LAYOUT.jobPrefix + LAYOUT.status);
 
 /**
  * The job a status key belongs to, or why it is not one. The rule's `teams/*\/jobs/*\/status.json`
  * also matches keys such as `teams/t/jobs/j/train/status.json` (EventBridge's `*` matches "/").
  */
 export function parseStatusKey(key: string): JobRef | { ignored: string } {
-  const match = STATUS_KEY.exec(key);
-  const teamId = match && IdSchema.safeParse(match[1]);
-  const jobId = match && IdSchema.safeParse(match[2]);
+  const match = STATUS_KEY.exec(key)?.groups;
+  const teamId = match && IdSchema.safeParse(match.teamId);
+  const jobId = match && IdSchema.safeParse(match.jobId);
   if (!match || !teamId?.success || !jobId?.success) {
-    return { ignored: `${key} is not a job status key (teams/<teamId>/jobs/<jobId>/status.json with ids of lowercase letters, digits and "-")` };
+    return { ignored: `${key} is not a job status key (${keyHint(LAYOUT.jobPrefix + LAYOUT.status)} with ids of lowercase letters, digits and "-")` };
   }
   return { teamId: teamId.data, jobId: jobId.data };
 }

@@ -18,6 +18,7 @@ import { z } from 'zod';
 import { describeIssues, type ErrorInfo, JobSpecSchema, ManifestSchema, STAGES, type Status, StatusSchema } from '../shared/contract';
 import { AppError } from '../shared/errors';
 import { type JobRef, jobPrefix, keys } from '../shared/keys';
+import { fillKey, LAYOUT } from '../shared/layout';
 import { getJson, listAll } from '../shared/s3';
 import { readStatus } from '../shared/status';
 import type { TeamRegistry } from '../shared/teams';
@@ -63,8 +64,8 @@ export class ApiError extends AppError {
 /** One body for "missing" and "another team's": a caller never learns that someone else's job exists. */
 export const notFound = (jobId: string) => new ApiError(404, 'JOB_NOT_FOUND', `no job "${jobId}" for your team: check the job id`, jobId);
 
-const idempotencyKey = (teamId: string, key: string) => `teams/${teamId}/idempotency/${sha256(key)}.json`;
-const tombstoneKey = (job: JobRef) => `teams/${job.teamId}/tombstones/${job.jobId}.json`;
+const idempotencyKey = (teamId: string, key: string) => fillKey(LAYOUT.idempotencyKey, { teamId, hash: sha256(key) });
+const tombstoneKey = (job: JobRef) => fillKey(LAYOUT.tombstone, { teamId: job.teamId, jobId: job.jobId });
 
 function sha256(text: string): string {
   return createHash('sha256').update(text).digest('hex');
@@ -194,7 +195,7 @@ export async function listJobs(deps: ApiDeps, teamId: string, query: { state?: J
     .send(
       new ListObjectsV2Command({
         Bucket: deps.artifactsBucket,
-        Prefix: `teams/${teamId}/jobs/`,
+        Prefix: fillKey(LAYOUT.teamJobs, { teamId }),
         Delimiter: '/',
         MaxKeys: query.limit,
         ContinuationToken: query.cursor,
@@ -319,7 +320,7 @@ export async function results(deps: ApiDeps, teamId: string, jobId: string): Pro
     ? manifest.data.artifacts.map((a) => ({ key: a.key, name: a.name, stage: a.stage, size: a.size, sha256: a.sha256 }))
     : (await listAll(deps.s3, deps.artifactsBucket, prefix))
         .map((o) => ({ key: o.key, name: o.key.slice(prefix.length), size: o.size }))
-        .filter((o) => stages.has(o.name.split('/')[0]) && !o.name.startsWith('train/state/'))
+        .filter((o) => stages.has(o.name.split('/')[0]) && !o.name.startsWith(LAYOUT.trainState))
         .map((o) => ({ ...o, stage: o.name.split('/')[0] }));
   const lifetime = await linkLifetime(deps.s3, deps.urlExpirySeconds, deps.now());
   const artifacts = await Promise.all(

@@ -1,6 +1,6 @@
 /** The API's record of a created job, `teams/<t>/jobs/<j>/request.json` (artifacts bucket). */
 import { z } from 'zod';
-import { type JobRef, jobPrefix } from '../shared/keys';
+import { type JobRef, jobKey } from '../shared/keys';
 
 export const RequestRecordSchema = z.object({
   teamId: z.string(),
@@ -15,4 +15,4 @@ export const RequestRecordSchema = z.object({
 });
 export type RequestRecord = z.infer<typeof RequestRecordSchema>;
 
-export const requestKey = (job: JobRef) => `${jobPrefix(job)}request.json`;
+export const requestKey = (job: JobRef) => jobKey(job, 'request');

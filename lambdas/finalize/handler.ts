@@ -11,13 +11,14 @@ import { type Accounting, accountingFromEnv, endJob } from '../shared/accounting
 import { type Manifest, ManifestSchema, STAGES } from '../shared/contract';
 import { requireEnv } from '../shared/env';
 import { type StageContext, stageHandler } from '../shared/handler';
-import { jobPrefix, keys } from '../shared/keys';
 import pMap from 'p-map';
+import { jobKey, jobPrefix, keys } from '../shared/keys';
+import { LAYOUT } from '../shared/layout';
 import { getJson, listAll, putJson } from '../shared/s3';
 import { writeStatus } from '../shared/status';
 
 /** Stage outputs handed out; training state is internal (resume after Spot) and stays private. */
-const PRIVATE = [/^train\/state\//];
+const PRIVATE = [LAYOUT.trainState];
 const HASH_CONCURRENCY = 4;
 
 export interface FinalizeOptions {
@@ -33,7 +34,7 @@ export interface FinalizeResult {
 
 /** The evaluate stage's recommendation (evaluate/scores.json), trimmed to what a client acts on. */
 async function recommendation(ctx: StageContext): Promise<Manifest['recommendation']> {
-  const scores = (await getJson(ctx.s3, ctx.artifactsBucket, `${keys.stage(ctx.job, 'evaluate')}scores.json`, 20_000_000)) as
+  const scores = (await getJson(ctx.s3, ctx.artifactsBucket, jobKey(ctx.job, 'scores'), 20_000_000)) as
     | { recommendation?: Record<string, unknown> & { runnerUp?: Record<string, unknown> | null } }
     | undefined;
   const r = scores?.recommendation;
@@ -55,7 +56,7 @@ export async function finalize(ctx: StageContext, options: FinalizeOptions): Pro
   const stageDirs = new Set<string>(STAGES);
   const objects = (await listAll(ctx.s3, ctx.artifactsBucket, prefix))
     .map((o) => ({ ...o, name: o.key.slice(prefix.length) }))
-    .filter((o) => stageDirs.has(o.name.split('/')[0]) && !PRIVATE.some((p) => p.test(o.name)))
+    .filter((o) => stageDirs.has(o.name.split('/')[0]) && !PRIVATE.some((p) => o.name.startsWith(p)))
     .sort((a, b) => a.name.localeCompare(b.name));
 
   const created = ctx.now();

@@ -10,7 +10,7 @@ import { describeIssues } from '../shared/contract';
 import { requireEnv } from '../shared/env';
 import { InvalidInputError, toLambdaError } from '../shared/errors';
 import { JobStateChangeSchema } from '../shared/events';
-import { jobPrefix } from '../shared/keys';
+import { jobKey } from '../shared/keys';
 import { getJson, putJson, s3Client } from '../shared/s3';
 import { type DeliveryResult, deliverWebhook, type WebhookOptions } from '../shared/webhook';
 
@@ -23,7 +23,7 @@ export interface NotifyDeps {
   readonly webhook?: Omit<WebhookOptions, 'secret' | 'record'>;
 }
 
-export const deliveryKey = (teamId: string, jobId: string, eventId: string) => `${jobPrefix({ teamId, jobId })}notify/webhook-${eventId}.json`;
+export const deliveryKey = (teamId: string, jobId: string, eventId: string) => jobKey({ teamId, jobId }, 'webhookDelivery', { eventId });
 
 export async function notify(event: unknown, deps: NotifyDeps): Promise<DeliveryResult | undefined> {
   const parsed = EventSchema.safeParse(event);

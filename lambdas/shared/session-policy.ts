@@ -7,33 +7,40 @@
  * the effective permission is the intersection, i.e. exactly job J of team T. Team and job ids
  * cannot contain `/` (IdSchema), so the prefixes below are exact.
  */
+import { type Grant, STAGE_ACCESS } from './access';
 import { IdSchema } from './contract';
+import { keyPattern } from './layout';
+
+/** The GPU jobs a session policy is minted for (`train` runs the caption stage too). */
+export type GpuStage = 'train' | 'evaluate';
 
 /**
- * What each GPU job may do inside its own job, mirroring the role grants of infra/constructs/gpu-batch.ts.
- * The `train` job runs the caption stage and then the train stage, so it writes both folders.
+ * The session policy for `stage` working on job `jobId` of team `teamId` in the artifacts bucket: the
+ * stage's own grants (lambdas/shared/access.ts, which the role has too) with this job's ids in place of
+ * the wildcards, and its listing limited to the folders it writes.
  */
-export const GPU_STAGE_ACCESS = {
-  train: { read: ['normalize/*', 'caption/*', 'train/*'], write: ['caption/*', 'train/*'], delete: ['train/state/*'], models: true },
-  evaluate: { read: ['train/*', 'normalize/plan.json'], write: ['evaluate/*'], delete: [] as string[], models: true },
-} as const;
-export type GpuStage = keyof typeof GPU_STAGE_ACCESS;
-
-/** The session policy for `stage` working on job `jobId` of team `teamId` in the artifacts bucket. */
 export function jobSessionPolicy(stage: GpuStage, teamId: string, jobId: string, artifactsBucketArn: string): { Version: string; Statement: object[] } {
-  const access = GPU_STAGE_ACCESS[stage];
-  const job = `${artifactsBucketArn}/teams/${IdSchema.parse(teamId)}/jobs/${IdSchema.parse(jobId)}/`;
-  const statements: object[] = [
-    { Sid: 'Status', Effect: 'Allow', Action: ['s3:GetObject', 's3:PutObject'], Resource: [`${job}status.json`] },
-    { Sid: 'Read', Effect: 'Allow', Action: ['s3:GetObject'], Resource: access.read.map((f) => `${job}${f}`) },
-    { Sid: 'Write', Effect: 'Allow', Action: ['s3:PutObject'], Resource: access.write.map((f) => `${job}${f}`) },
-  ];
-  if (access.delete.length) statements.push({ Sid: 'Delete', Effect: 'Allow', Action: ['s3:DeleteObject'], Resource: access.delete.map((f) => `${job}${f}`) });
-  if (stage === 'train') {
-    // train lists its own resume state, and a retried caption its own captions (the role lists teams/*).
-    const prefixes = ['train/', 'caption/'].map((f) => `teams/${teamId}/jobs/${jobId}/${f}`);
-    statements.push({ Sid: 'List', Effect: 'Allow', Action: ['s3:ListBucket'], Resource: [artifactsBucketArn], Condition: { StringLike: { 's3:prefix': prefixes.flatMap((p) => [p, `${p}*`]) } } });
-  }
-  if (access.models) statements.push({ Sid: 'Models', Effect: 'Allow', Action: ['s3:GetObject'], Resource: [`${artifactsBucketArn}/models/*`] });
+  const ids = { teamId: IdSchema.parse(teamId), jobId: IdSchema.parse(jobId) };
+  const grants = STAGE_ACCESS[stage] as readonly Grant[];
+  // The role lists teams/*; the session lists only the folders it writes (train its resume state, a retried caption its own captions).
+  const ownFolders = grants.flatMap((g) => ('actions' in g && g.actions.includes('s3:PutObject') ? g.keys.filter((k) => k.endsWith('/')) : []));
+  const statements = grants.map((grant, i) => {
+    if ('list' in grant) {
+      const prefixes = ownFolders.map((folder) => keyPattern(folder, ids).replace(/\*$/, ''));
+      return {
+        Sid: `List${i}`,
+        Effect: 'Allow',
+        Action: ['s3:ListBucket'],
+        Resource: [artifactsBucketArn],
+        Condition: { StringLike: { 's3:prefix': prefixes.flatMap((p) => [p, `${p}*`]) } },
+      };
+    }
+    return {
+      Sid: `Objects${i}`,
+      Effect: 'Allow',
+      Action: [...grant.actions],
+      Resource: grant.keys.map((key) => `${artifactsBucketArn}/${keyPattern(key, ids)}`),
+    };
+  });
   return { Version: '2012-10-17', Statement: statements };
 }

@@ -11,6 +11,7 @@ import { IdSchema, type Status, StatusSchema, describeIssues } from '../shared/c
 import { requireEnv } from '../shared/env';
 import { InvalidInputError, toLambdaError } from '../shared/errors';
 import { type JobRef, keys, parseSpecKey } from '../shared/keys';
+import { keyHint, keyRegExp, LAYOUT } from '../shared/layout';
 import { s3Client } from '../shared/s3';
 
 const ObjectCreatedEvent = z.object({
@@ -99,7 +100,7 @@ export async function start(event: unknown, deps: StartDeps): Promise<StartResul
 }
 
 /** A `job.json` one folder or more below a job (`teams/<t>/jobs/<j>/photos/job.json`). */
-const NESTED_SPEC_KEY = /^teams\/([^/]+)\/jobs\/([^/]+)\/(?:[^/]+\/)+job\.json$/;
+const IN_JOB = keyRegExp(LAYOUT.jobPrefix, { rest: true });
 
 /**
  * Why an event the trigger rule matched is not a job to start, or undefined when it may be one.
@@ -110,9 +111,10 @@ const NESTED_SPEC_KEY = /^teams\/([^/]+)\/jobs\/([^/]+)\/(?:[^/]+\/)+job\.json$/
  */
 export function ignoredReason(event: unknown): string | undefined {
   const key = ObjectCreatedEvent.safeParse(event).data?.detail.object.key;
-  const nested = key === undefined ? null : NESTED_SPEC_KEY.exec(key);
-  if (!nested || !IdSchema.safeParse(nested[1]).success || !IdSchema.safeParse(nested[2]).success) return undefined;
-  return `${key} is inside a job's folders, not a job spec key (teams/<teamId>/jobs/<jobId>/job.json)`;
+  const inJob = key === undefined ? undefined : IN_JOB.exec(key)?.groups;
+  const nested = inJob?.rest?.endsWith(`/${LAYOUT.spec}`) ? inJob : undefined;
+  if (!nested || !IdSchema.safeParse(nested.teamId).success || !IdSchema.safeParse(nested.jobId).success) return undefined;
+  return `${key} is inside a job's folders, not a job spec key (${keyHint(LAYOUT.jobPrefix + LAYOUT.spec)})`;
 }
 
 /** An event that matched the trigger rule but starts nothing. */

@@ -9,6 +9,7 @@
 import { createHash } from 'node:crypto';
 import sharp from 'sharp';
 import type { JobSpec, Kind } from '../shared/contract';
+import { LAYOUT } from '../shared/layout';
 import { planTraining, trainingResolution } from '../shared/plan';
 import type { ValidateConfig } from './config';
 import { renderContactSheet } from './contact-sheet';
@@ -281,7 +282,7 @@ export function tooFewMessage(report: Report): string {
   return (
     `only ${accepted} of ${files} photos are usable; ${aJob(report.kind)} needs at least ${countRule.min} ` +
     `(${countRule.idealMin}-${countRule.idealMax} is ideal). Dropped: ${dropped.join('; ') || 'none'}. ` +
-    'Upload more sharp, well-lit photos (see validate/report.json for each reason) and submit the job again.'
+    `Upload more sharp, well-lit photos (see ${LAYOUT.validateReport} for each reason) and submit the job again.`
   );
 }
 

@@ -9,7 +9,7 @@ import { type JobRef, keys } from '../shared/keys';
 
 /** Where validate writes an accepted photo's dataset PNG (`output` name), for normalize to copy. */
 export function cropKey(job: JobRef, output: string): string {
-  return `${keys.stage(job, 'validate')}crops/${output}`;
+  return keys.crop(job, output);
 }
 
 /** Stable reason codes; clients may switch on them. */

@@ -1,7 +1,7 @@
-import { beforeAll, describe, expect, it } from 'vitest';
 import { DockerImageAsset } from 'aws-cdk-lib/aws-ecr-assets';
-import { CONTAINER_STOP_TIMEOUT_S } from '../../infra/constructs/gpu-batch';
-import { logicalId, resourcesOfType, synth, type Synthesized } from './helpers';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { CONTAINER_STOP_TIMEOUT_S } from '../../infra/constructs/gpu-compute';
+import { logicalId, resourcesOfType, type Synthesized, synth } from './helpers';
 
 let s: Synthesized;
 let onDemandOnly: Synthesized;
@@ -12,10 +12,10 @@ beforeAll(() => {
   odd = synth({ maxVcpus: 13 });
 });
 
-const computeEnvs = (x: Synthesized) => resourcesOfType(x.json, 'AWS::Batch::ComputeEnvironment').map(([id, r]) => ({ id, ...r.Properties }) as Record<string, any>);
+const computeEnvs = (x: Synthesized) =>
+  resourcesOfType(x.json, 'AWS::Batch::ComputeEnvironment').map(([id, r]) => ({ id, ...r.Properties }) as Record<string, any>);
 const jobDefs = (x: Synthesized) => resourcesOfType(x.json, 'AWS::Batch::JobDefinition').map(([id, r]) => ({ id, ...r.Properties }) as Record<string, any>);
-const jobDef = (stage: 'train' | 'evaluate') =>
-  s.json.Resources[logicalId(s.stack, s.stack.gpu[stage].jobDefinitionArn)]!.Properties;
+const jobDef = (stage: 'train' | 'evaluate') => s.json.Resources[logicalId(s.stack, s.stack.gpu[stage].jobDefinitionArn)]!.Properties;
 
 describe('compute environments', () => {
   it('creates one Spot and one on-demand managed EC2 environment', () => {
@@ -41,7 +41,7 @@ describe('compute environments', () => {
     expect(envs.reduce((sum, e) => sum + e.ComputeResources.MaxvCpus, 0)).toBeLessThanOrEqual(max);
   });
 
-  it('points both environments at the launch template\'s latest version number, so edits reach them', () => {
+  it("points both environments at the launch template's latest version number, so edits reach them", () => {
     const [[ltId]] = resourcesOfType(s.json, 'AWS::EC2::LaunchTemplate');
     for (const env of computeEnvs(s)) {
       expect(env.ComputeResources.LaunchTemplate).toEqual({
@@ -72,7 +72,7 @@ describe('compute environments', () => {
     expect(lt.Properties.LaunchTemplateData.MetadataOptions).toMatchObject({ HttpTokens: 'required', HttpPutResponseHopLimit: 1 });
   });
 
-  it('hands the host model cache to the containers\' user (UID 1000) in MIME multipart user data', () => {
+  it("hands the host model cache to the containers' user (UID 1000) in MIME multipart user data", () => {
     const [[, lt]] = resourcesOfType(s.json, 'AWS::EC2::LaunchTemplate') as [[string, any]];
     const userData = JSON.stringify(lt.Properties.LaunchTemplateData.UserData);
     expect(userData).toContain('Content-Type: multipart/mixed');
@@ -100,12 +100,14 @@ describe('compute environments', () => {
   it('cancels a job that waits in RUNNABLE for capacity longer than gpuWaitMinutes', () => {
     const [[, queue]] = resourcesOfType(s.json, 'AWS::Batch::JobQueue') as [[string, any]];
     expect(queue.Properties.JobStateTimeLimitActions).toEqual(
-      ['CAPACITY:INSUFFICIENT_INSTANCE_CAPACITY', 'MISCONFIGURATION:COMPUTE_ENVIRONMENT_MAX_RESOURCE', 'MISCONFIGURATION:JOB_RESOURCE_REQUIREMENT'].map((reason) => ({
-        Action: 'CANCEL',
-        State: 'RUNNABLE',
-        MaxTimeSeconds: 20 * 60,
-        Reason: reason,
-      })),
+      ['CAPACITY:INSUFFICIENT_INSTANCE_CAPACITY', 'MISCONFIGURATION:COMPUTE_ENVIRONMENT_MAX_RESOURCE', 'MISCONFIGURATION:JOB_RESOURCE_REQUIREMENT'].map(
+        (reason) => ({
+          Action: 'CANCEL',
+          State: 'RUNNABLE',
+          MaxTimeSeconds: 20 * 60,
+          Reason: reason,
+        }),
+      ),
     );
   });
 
@@ -209,8 +211,7 @@ describe('job definitions', () => {
   });
 
   it('pass bucket names and offline switches, and the base model key to train and evaluate', () => {
-    const env = (stage: 'train' | 'evaluate') =>
-      Object.fromEntries(jobDef(stage).ContainerProperties.Environment.map((e: any) => [e.Name, e.Value]));
+    const env = (stage: 'train' | 'evaluate') => Object.fromEntries(jobDef(stage).ContainerProperties.Environment.map((e: any) => [e.Name, e.Value]));
     for (const stage of ['train', 'evaluate'] as const) {
       expect(env(stage)).toMatchObject({
         AVATAR_INBOX_BUCKET: { Ref: logicalId(s.stack, s.stack.storage.inbox.bucketName) },
@@ -247,4 +248,3 @@ describe('warm path (minVcpus)', () => {
     expect(computeEnvs(onDemandWarm).map((e) => e.ComputeResources.MinvCpus)).toEqual([4]);
   });
 });
-

@@ -1,5 +1,8 @@
+import type * as iam from 'aws-cdk-lib/aws-iam';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { actionsOf, flatten, logicalId, resourcesOfType, s3Grants, statementsOf, synth, type Synthesized } from './helpers';
+import { type AccessStage, stagePatterns } from '../../lambdas/shared/access';
+import { fillKey, LAYOUT, type LayoutEntry } from '../../lambdas/shared/layout';
+import { actionsOf, flatten, logicalId, resourcesOfType, type Synthesized, s3Grants, statementsOf, synth } from './helpers';
 
 let s: Synthesized;
 let I: string; // inbox logical id
@@ -109,5 +112,90 @@ describe('batch roles', () => {
     );
     expect(instanceRoles).toHaveLength(1);
     expect(JSON.stringify(instanceRoles[0]![1].Properties.ManagedPolicyArns)).toContain('service-role/AmazonEC2ContainerServiceforEC2Role');
+  });
+});
+
+describe('IAM key patterns derived from the key layout (lambdas/shared/access.ts)', () => {
+  const roles = (): Record<AccessStage, iam.IRole> => ({
+    start: s.stack.trigger.startFunction.executionRole,
+    validate: s.stack.functions.validate.executionRole,
+    normalize: s.stack.functions.normalize.executionRole,
+    finalize: s.stack.functions.finalize.executionRole,
+    'mark-failed': s.stack.functions.markFailed.executionRole,
+    reconcile: s.stack.functions.reconcile.executionRole,
+    train: s.stack.gpu.train.container.jobRole!,
+    evaluate: s.stack.gpu.evaluate.container.jobRole!,
+    api: s.stack.api.function.executionRole,
+    notify: s.stack.api.notifyFunction.executionRole,
+    admit: s.stack.functions.admit.executionRole,
+    announce: s.stack.announce.function.executionRole,
+  });
+  const derived = (stage: AccessStage) => {
+    const grants: Record<string, string[]> = {};
+    for (const action of ['s3:GetObject', 's3:GetObjectVersion', 's3:PutObject', 's3:DeleteObject'] as const) {
+      const resources = [
+        ...stagePatterns(stage, 'inbox', action).map((p) => `${I}/${p}`),
+        ...stagePatterns(stage, 'artifacts', action).map((p) => `${A}/${p}`),
+      ];
+      if (resources.length > 0) grants[action] = resources.sort();
+    }
+    return grants;
+  };
+
+  it.each(['start', 'validate', 'normalize', 'finalize', 'mark-failed', 'reconcile', 'train', 'evaluate', 'api', 'notify', 'admit', 'announce'] as const)(
+    'the %s role is granted exactly the object keys its access entry derives from the layout',
+    (stage) => {
+      // The job API's erasure (s3:DeleteObject and DeleteObjectVersion on every version under teams/*)
+      // is granted beside the table, in infra/constructs/api.ts.
+      const { 's3:ListBucket': _list, 's3:ListBucketVersions': _versions, ...objects } = s3Grants(s, roles()[stage]);
+      if (stage === 'api') {
+        expect(objects['s3:DeleteObjectVersion']).toEqual([`${A}/teams/*`, `${I}/teams/*`].sort());
+        delete objects['s3:DeleteObjectVersion'];
+        delete objects['s3:DeleteObject'];
+      }
+      expect(objects).toEqual(derived(stage));
+    },
+  );
+
+  // An IAM wildcard: `*` matches any run of characters, "/" included.
+  const matches = (pattern: string, key: string) =>
+    new RegExp(
+      `^${pattern
+        .split('*')
+        .map((p) => p.replace(/[.+?^${}()|[\]\\]/g, '\\$&'))
+        .join('.*')}$`,
+    ).test(key);
+  const sample = {
+    teamId: 'team-a',
+    jobId: 'job-1',
+    name: 'ohwx',
+    folder: '10_ohwx',
+    stem: 'ohwx-01',
+    epoch: 3,
+    state: 'ohwx-state',
+    file: 'ohwx-01-seed1.png',
+  };
+  const writers = ['validate', 'normalize', 'train', 'evaluate'] as const;
+  // The folder each role writes: its stage's, and the train job's role also caption's (it runs both).
+  const folders = { validate: ['validate'], normalize: ['normalize'], train: ['caption', 'train'], evaluate: ['evaluate'] } as const;
+
+  it('every key under a stage folder is writable by the role that runs that stage and by no other', () => {
+    const entries = (Object.keys(LAYOUT) as LayoutEntry[]).filter((e) => writers.some((w) => folders[w].some((f) => LAYOUT[e].startsWith(`${f}/`))));
+    expect(entries).toEqual(expect.arrayContaining(['plan', 'captions', 'checkpoint', 'finalModel', 'trainState', 'scores', 'report']));
+    for (const entry of entries) {
+      const key = fillKey(LAYOUT.jobPrefix + LAYOUT[entry], sample) + (LAYOUT[entry].endsWith('/') ? 'x' : '');
+      const owners = writers.filter((w) => stagePatterns(w, 'artifacts', 's3:PutObject').some((p) => matches(p, key)));
+      const folder = LAYOUT[entry].split('/')[0]!;
+      expect({ entry, owners }).toEqual({ entry, owners: writers.filter((w) => (folders[w] as readonly string[]).includes(folder)) });
+    }
+  });
+
+  it('status.json is writable by every stage (not by notify and announce), the manifest only by finalize', () => {
+    const status = fillKey(LAYOUT.jobPrefix + LAYOUT.status, sample);
+    const manifest = fillKey(LAYOUT.jobPrefix + LAYOUT.manifest, sample);
+    for (const stage of Object.keys(roles()) as AccessStage[]) {
+      expect(stagePatterns(stage, 'artifacts', 's3:PutObject').some((p) => matches(p, status))).toBe(!['notify', 'announce'].includes(stage));
+      expect(stagePatterns(stage, 'artifacts', 's3:PutObject').some((p) => matches(p, manifest))).toBe(stage === 'finalize');
+    }
   });
 });

@@ -153,12 +153,13 @@ def test_losses_belong_to_the_epoch_of_their_step_even_when_stdout_runs_ahead(tm
 
     from conftest import REPO
     from trainer.progress import Event
-    from trainer.train import Run
+    from trainer.publish import Publisher
+    from trainer.supervise import Supervisor
 
     plan = json.loads((REPO / "test/fixtures/contract/plan-recipe-25.json").read_text())
     plan["plan"].update(epochs=4, totalSteps=8)
-    run = Run(job=None, status=_Progress(), plan=plan, workdir=tmp_path)
-    run.diary = {"lossPerEpoch": {}}
+    run = Supervisor(_Progress(), plan, Publisher(None, plan, tmp_path / "output"))
+    run.publisher.diary = {"lossPerEpoch": {}}
     # kohya's stdout (epoch lines) is read by another thread than its stderr (tqdm): here every
     # epoch line arrives before the first step line, as happens when the pipes drain unevenly.
     for epoch in range(1, 5):
@@ -166,36 +167,38 @@ def test_losses_belong_to_the_epoch_of_their_step_even_when_stdout_runs_ahead(tm
     for step, loss in enumerate([0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2], start=1):
         run.on_event(Event("step", step=step, total=8, loss=loss))
 
-    assert run.diary["lossPerEpoch"] == {"1": 0.8, "2": 0.6, "3": 0.4, "4": 0.2}
+    assert run.publisher.diary["lossPerEpoch"] == {"1": 0.8, "2": 0.6, "3": 0.4, "4": 0.2}
     assert run.epoch == 4
 
 
 def test_a_resumed_run_reports_steps_and_losses_after_the_resumed_epochs(tmp_path):
     from conftest import REPO
-    from trainer.train import Run
+    from trainer.publish import Publisher
+    from trainer.supervise import Supervisor
 
     plan = json.loads((REPO / "test/fixtures/contract/plan-recipe-25.json").read_text())
     plan["plan"].update(epochs=2, totalSteps=4)
-    run = Run(job=None, status=_Progress(), plan=plan, workdir=tmp_path)
-    run.diary = {"lossPerEpoch": {"1": 1.05}}
-    run.epoch = run.resumed_epoch = 1  # what find_resume_state sets for anantn-000001-state
+    # Resumed from anantn-000001-state (what find_resume_state returns with epoch 1).
+    run = Supervisor(_Progress(), plan, Publisher(None, plan, tmp_path / "output"), resumed_epoch=1)
+    run.publisher.diary = {"lossPerEpoch": {"1": 1.05}}
     for stream in ("out", "err"):
         for ev in _events(_transcript("kohya-resume-transcript", stream)):
             run.on_event(ev)
     assert (run.step, run.total, run.epoch) == (4, 4, 2)
-    assert run.diary["lossPerEpoch"] == {"1": 1.05, "2": 1.04}
+    assert run.publisher.diary["lossPerEpoch"] == {"1": 1.05, "2": 1.04}
     assert [c[1] for c in run.status.calls if c[1].startswith("step")] == ["step 3/4", "step 4/4", "step 4/4", "step 4/4"]
 
 
 def test_what_kohya_has_moved_past_is_proven(tmp_path):
-    """The real run's lines, in order, against the write order (see trainer.train.write_rank)."""
+    """The real run's lines, in order, against the write order (see trainer.publish.write_rank)."""
     from conftest import REPO
-    from trainer.train import Run, write_rank
+    from trainer.publish import Publisher, write_rank
+    from trainer.supervise import Supervisor
 
     plan = json.loads((REPO / "test/fixtures/contract/plan-recipe-25.json").read_text())
     plan["plan"].update(epochs=2, totalSteps=4)
-    run = Run(job=None, status=_Progress(), plan=plan, workdir=tmp_path)
-    run.diary = {"lossPerEpoch": {}}
+    run = Supervisor(_Progress(), plan, Publisher(None, plan, tmp_path / "output"))
+    run.publisher.diary = {"lossPerEpoch": {}}
     out = tmp_path / "out"
     (out / "anantn-000001-state").mkdir(parents=True)
     for name in ("anantn-000001.safetensors", "anantn.safetensors"):
@@ -205,12 +208,12 @@ def test_what_kohya_has_moved_past_is_proven(tmp_path):
     assert ranks == {"anantn-000001.safetensors": 1, "anantn-000001-state": 2, "anantn-state": 3, "anantn.safetensors": 4}
 
     def proofs(stream):
-        run.proven = 0
+        run.publisher.proven = 0
         seen = []
         for ev in _events(_transcript("kohya-transcript", stream)):
             run.on_event(ev)
             if ev.kind != "step":
-                seen.append((ev.kind, ev.epoch, run.proven))
+                seen.append((ev.kind, ev.epoch, run.publisher.proven))
         return seen
 
     # stdout and stderr are read apart: each proves on its own. "epoch 2/2" proves epoch 1's

@@ -273,7 +273,7 @@ def test_a_sigterm_on_the_last_attempt_fails_the_job(seeded):
 
 def test_the_kill_grace_stays_inside_the_container_stop_timeout(monkeypatch):
     from avatar_job import StageError
-    from trainer.train import kill_grace_s
+    from trainer.supervise import kill_grace_s
 
     for stop, grace in (("120", 30.0), ("30", 7.5), ("8", 2.0), ("600", 30.0)):
         monkeypatch.setenv("AVATAR_STOP_TIMEOUT_S", stop)
@@ -330,8 +330,7 @@ def test_a_base_model_without_sha256_metadata_is_refused(seeded, monkeypatch):
 
 
 def test_resume_takes_the_newest_state_whose_upload_was_finished_and_verified(seeded, capsys):
-    from avatar_job import Status
-    from trainer.train import Run
+    from trainer.download import find_resume_state
 
     s3, bucket, env, tmp = seeded
     job = Job.from_env()
@@ -349,9 +348,9 @@ def test_resume_takes_the_newest_state_whose_upload_was_finished_and_verified(se
     upload("anantn-000002-state", full(2), marker=False)  # the upload was cut short: no manifest
     upload("anantn-000003-state", full(3), lie=b"other")  # a file differs from its manifest
 
-    run = Run(job, Status(job, "train"), small_plan(), tmp / "work")
-    assert run.find_resume_state() == tmp / "work/output/anantn-000001-state"
-    assert (run.resumed_epoch, run.epoch) == (1, 1)
+    plan = small_plan()
+    found = find_resume_state(job, plan["outputName"], plan["plan"]["epochs"], tmp / "work/output")
+    assert found == (tmp / "work/output/anantn-000001-state", 1)
     assert sorted(p.name for p in (tmp / "work/output").iterdir()) == ["anantn-000001-state"]
     assert sorted(p.name for p in (tmp / "work/output/anantn-000001-state").iterdir()) == ["model.safetensors", "train_state.json"]
     out = capsys.readouterr()

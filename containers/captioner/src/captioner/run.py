@@ -7,7 +7,7 @@ from pathlib import PurePosixPath
 
 from PIL import Image, UnidentifiedImageError
 
-from avatar_job import Job, StageError, Status
+from avatar_job import Job, StageError, Status, layout
 
 from . import blip
 from .text import ensure_prefix, remove_traits, render_prefix
@@ -31,8 +31,8 @@ def already_captioned(job: Job, plan: dict, prefix: str) -> bool:
     """
     folder = plan["plan"]["folder"]
     try:
-        done = json.loads(job.get_bytes("caption/captions.json"))
-        written = {PurePosixPath(k).name for k in job.list(f"caption/{folder}/")}
+        done = json.loads(job.get_bytes(layout.CAPTIONS))
+        written = {PurePosixPath(k).name for k in job.list(layout.caption_folder(folder))}
     except (StageError, ValueError, job.s3.exceptions.ClientError):
         return False
     stems = [f"{PurePosixPath(n).stem}.txt" for n in plan["images"]]
@@ -46,7 +46,7 @@ def caption_stage(job: Job, status: Status) -> None:
     settings = spec["captioning"]
     prefix = render_prefix(settings["prefix"], spec["token"], spec["classWord"])
     if already_captioned(job, plan, prefix):
-        print(f"caption: caption/captions.json already covers the {len(plan['images'])} images of this plan; not captioning again", flush=True)
+        print(f"caption: {layout.CAPTIONS} already covers the {len(plan['images'])} images of this plan; not captioning again", flush=True)
         status.progress(1.0, f"captions already written for {len(plan['images'])} images (an earlier attempt)", force=True)
         return
     user = set(plan["userCaptions"])
@@ -56,7 +56,7 @@ def caption_stage(job: Job, status: Status) -> None:
     captions: dict[str, tuple[str, str]] = {}
     for name in images:
         if name in user:
-            rel = f"normalize/{folder}/{stem[name]}.txt"
+            rel = layout.dataset_file(folder, f"{stem[name]}.txt")
             # kohya reads only the first line of a caption file.
             text = job.get_bytes(rel).decode("utf-8", errors="replace").strip().splitlines()
             if not text or not text[0].strip():
@@ -73,15 +73,15 @@ def caption_stage(job: Job, status: Status) -> None:
         s = blip.Settings(settings["numBeams"], settings["minLength"], settings["maxLength"])
         for i in range(0, len(todo), s.batch_size):
             batch = todo[i : i + s.batch_size]
-            pictures = [_open_image(job.get_bytes(f"normalize/{folder}/{n}"), n) for n in batch]
+            pictures = [_open_image(job.get_bytes(layout.dataset_file(folder, n)), n) for n in batch]
             for name, text in zip(batch, model.caption(pictures, s)):
                 captions[name] = (ensure_prefix(remove_traits(text, settings["commonTraits"]), prefix), "blip")
             done = i + len(batch)
             status.progress(0.1 + 0.85 * done / len(todo), f"captioned {done}/{len(todo)} images")
 
     for name in images:
-        job.put_bytes(f"caption/{folder}/{stem[name]}.txt", (captions[name][0] + "\n").encode(), "text/plain; charset=utf-8")
-    job.put_json("caption/captions.json", {
+        job.put_bytes(layout.caption_file(folder, stem[name]), (captions[name][0] + "\n").encode(), "text/plain; charset=utf-8")
+    job.put_json(layout.CAPTIONS, {
         "folder": folder,
         "prefix": prefix,
         "commonTraits": settings["commonTraits"],

@@ -19,6 +19,8 @@ from typing import Any, Callable
 import boto3
 import jsonschema
 
+from . import layout
+
 SCHEMA_PATH = Path(__file__).with_name("contract.schema.json")
 STATUS_THROTTLE_S = 15.0
 # A job in one of these states is over: no stage writes its status.json again.
@@ -121,7 +123,7 @@ class Job:
 
     @property
     def prefix(self) -> str:
-        return f"teams/{self.team_id}/jobs/{self.job_id}/"
+        return layout.job_prefix(self.team_id, self.job_id)
 
     def key(self, rel: str) -> str:
         return self.prefix + rel
@@ -159,14 +161,14 @@ class Job:
         return out
 
     def load_plan(self) -> dict:
-        raw = self.get_bytes("normalize/plan.json")
+        raw = self.get_bytes(layout.PLAN)
         try:
             plan = json.loads(raw)
         except json.JSONDecodeError as e:
-            raise StageError("INVALID_DATASETPLAN", f"normalize/plan.json is not JSON ({e}); rerun the normalize stage", "normalize/plan.json")
-        validate("DatasetPlan", plan, "normalize/plan.json")
+            raise StageError("INVALID_DATASETPLAN", f"{layout.PLAN} is not JSON ({e}); rerun the normalize stage", layout.PLAN)
+        validate("DatasetPlan", plan, layout.PLAN)
         if (plan["teamId"], plan["jobId"]) != (self.team_id, self.job_id):
-            raise StageError("INVALID_DATASETPLAN", f"plan.json belongs to {plan['teamId']}/{plan['jobId']}, not this job", "normalize/plan.json")
+            raise StageError("INVALID_DATASETPLAN", f"plan.json belongs to {plan['teamId']}/{plan['jobId']}, not this job", layout.PLAN)
         plan.setdefault("userCaptions", [])
         return plan
 
@@ -184,7 +186,7 @@ class Status:
         self.last_progress: dict = {"fraction": 0.0, "message": ""}
         self.created_at = now()
         try:
-            existing = json.loads(job.get_bytes("status.json"))
+            existing = json.loads(job.get_bytes(layout.STATUS))
             self.created_at = existing.get("createdAt") or self.created_at
         except (StageError, json.JSONDecodeError):
             pass
@@ -196,9 +198,9 @@ class Status:
         status at any moment, e.g. `cancelled` while TerminateJob's SIGTERM is on its way here, and a
         progress write racing it must lose rather than bring a stopped job back to `running`.
         """
-        validate("Status", doc, "status.json")
+        validate("Status", doc, layout.STATUS)
         body = (json.dumps(doc, indent=2) + "\n").encode()
-        key = self.job.key("status.json")
+        key = self.job.key(layout.STATUS)
         for _ in range(5):
             try:
                 current = self.job.s3.get_object(Bucket=self.job.artifacts_bucket, Key=key)

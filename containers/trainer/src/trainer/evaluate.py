@@ -22,10 +22,10 @@ import os
 import tempfile
 from dataclasses import dataclass
 from importlib import metadata
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
-from avatar_job import Job, StageError, Status, now
+from avatar_job import Job, StageError, Status, layout, now
 from . import prompt_sets, recommend, report, scores
 from .render import contact_sheet, grid, outline
 from .verify import read_header, sha256
@@ -50,21 +50,17 @@ class Checkpoint:
     name: str
     epoch: int
     final: bool
-
-    @property
-    def rel(self) -> str:
-        return f"train/{self.name}"
+    rel: str
 
     @property
     def label(self) -> str:
-        return f"{self.name.removesuffix('.safetensors')} (e{self.epoch})"
+        return f"{PurePosixPath(self.name).stem} (e{self.epoch})"
 
 
 def checkpoints(plan: dict) -> list[Checkpoint]:
-    """kohya's names (docs/kohya.md, Outputs): one per epoch before the last, then the final file."""
+    """kohya's names (docs/kohya.md, Outputs; keys from avatar_job.layout): one per epoch before the last, then the final file."""
     name, epochs = plan["outputName"], plan["plan"]["epochs"]
-    return [Checkpoint(f"{name}-{e:06d}.safetensors", e, False) for e in range(1, epochs)] + \
-        [Checkpoint(f"{name}.safetensors", epochs, True)]
+    return [Checkpoint(layout.file_name(key), e, e == epochs, key) for e, key in enumerate(layout.checkpoints(name, epochs), start=1)]
 
 
 def prompts(plan: dict) -> list[str]:
@@ -78,7 +74,7 @@ def strength_label(s: float) -> str:
 
 def cell_rel(output_name: str, ckpt: Checkpoint, strength: float, prompt_index: int, n_prompts: int) -> str:
     suffix = f"-p{prompt_index}" if n_prompts > 1 else ""
-    return f"evaluate/cells/{output_name}-e{ckpt.epoch}-s{strength_label(strength)}{suffix}.png"
+    return layout.cell(f"{output_name}-e{ckpt.epoch}-s{strength_label(strength)}{suffix}.png")
 
 
 def numbered(rel: str, index: int, count: int) -> str:
@@ -120,9 +116,10 @@ def load_training_photos(job: Job, plan: dict) -> list[Any]:
 
     folder, out = plan["plan"]["folder"], []
     for name in plan["images"]:
-        rel = f"normalize/{folder}/{name}"
-        if "/" in name or name in ("", ".", ".."):
-            raise StageError("INVALID_DATASETPLAN", f"image name {name!r} is not a plain file name; rerun the normalize stage", "normalize/plan.json")
+        try:
+            rel = layout.dataset_file(folder, name)
+        except ValueError:
+            raise StageError("INVALID_DATASETPLAN", f"image name {name!r} is not a plain file name; rerun the normalize stage", layout.PLAN)
         try:
             with Image.open(io.BytesIO(job.get_bytes(rel))) as im:
                 out.append(im.convert("RGB"))
@@ -295,7 +292,7 @@ def evaluate_stage(job: Job, status: Status) -> None:
         pixels, nan = render(text)
         base.append(pixels)
         base_nan.append(nan)
-        job.put_bytes(numbered("evaluate/base.png", i, len(texts)), _png(pixels), "image/png")
+        job.put_bytes(numbered(layout.BASE, i, len(texts)), _png(pixels), "image/png")
         rendered("base model")
 
     cells: list[dict] = []
@@ -333,7 +330,7 @@ def evaluate_stage(job: Job, status: Status) -> None:
         "settings": {**{k: ev[k] for k in ("negativePrompt", "steps", "cfgScale", "sampler", "seed", "width", "height")},
                      "strengthApplied": "diffusers/PEFT adapter weight on the U-Net and text-encoder LoRA layers (set_adapters)"},
         "baseModel": source, "versions": _versions(), "prompts": texts, "trainingPhotos": len(photo_images),
-        "base": [{"prompt": t, "image": numbered("evaluate/base.png", i, len(texts)), **base_scores[i]} for i, t in enumerate(texts)],
+        "base": [{"prompt": t, "image": numbered(layout.BASE, i, len(texts)), **base_scores[i]} for i, t in enumerate(texts)],
         "checkpoints": [{"name": c.name, "epoch": c.epoch, "final": c.final, "sha256": heads[c.name].get("Metadata", {}).get("sha256")} for c in ckpts],
         "grids": [], "cells": [{k: v for k, v in c.items() if k != "_at"} for c in cells], "pairs": table, "recommendation": None,
     }
@@ -341,20 +338,20 @@ def evaluate_stage(job: Job, status: Status) -> None:
         rec = recommend.recommend(table, plan["plan"]["epochs"])
     except StageError:
         # The scores that led here stay readable for whoever investigates.
-        job.put_json("evaluate/scores.json", doc)
+        job.put_json(layout.SCORES, doc)
         raise
     doc["recommendation"] = rec
 
     chosen = next(c for c in ckpts if c.name == rec["checkpoint"])
     grid_pngs = []
     for i, text in enumerate(texts):
-        rel = numbered("evaluate/grid.png", i, len(texts))
+        rel = numbered(layout.GRID, i, len(texts))
         picture = grid([[Image.fromarray(images[i, r, c]) for c in range(len(ckpts))] for r in range(len(strengths))],
                        [c.label for c in ckpts], [f"strength {strength_label(s)}" for s in strengths])
         picture = outline(picture, (ev["width"], ev["height"]), strengths.index(rec["strength"]), ckpts.index(chosen))
         grid_pngs.append(_encode(picture))
         job.put_bytes(rel, grid_pngs[-1], "image/png")
-        doc["grids"].append({"image": rel, "prompt": text, "promptIndex": i, "base": numbered("evaluate/base.png", i, len(texts)),
+        doc["grids"].append({"image": rel, "prompt": text, "promptIndex": i, "base": numbered(layout.BASE, i, len(texts)),
                              "columns": [c.name for c in ckpts], "rows": strengths,
                              "outlined": {"column": ckpts.index(chosen), "row": strengths.index(rec["strength"])}})
 
@@ -366,7 +363,7 @@ def evaluate_stage(job: Job, status: Status) -> None:
     for n, text in enumerate(pack_texts):
         for seed in seeds:
             pixels, nan = render(text, seed)
-            rel = f"evaluate/pack/{name}-{n + 1:02d}-seed{seed}.png"
+            rel = layout.pack_image(f"{name}-{n + 1:02d}-seed{seed}.png")
             job.put_bytes(rel, _png(pixels), "image/png")
             pack.append({"prompt": text, "promptIndex": n, "seed": seed, "image": rel})
             pack_pixels.append(pixels)
@@ -378,20 +375,20 @@ def evaluate_stage(job: Job, status: Status) -> None:
         item.update(sc)
     sheet = _encode(contact_sheet([Image.fromarray(p) for p in pack_pixels],
                                   [f"{p['promptIndex'] + 1}. seed {p['seed']}" for p in pack], columns=min(4, 2 * len(seeds))))
-    job.put_bytes("evaluate/pack.png", sheet, "image/png")
+    job.put_bytes(layout.PACK_SHEET, sheet, "image/png")
     doc["pack"] = {"checkpoint": chosen.name, "strength": rec["strength"], "tag": rec["tag"], "prompts": pack_texts, "seeds": seeds,
-                   "contactSheet": "evaluate/pack.png", "images": pack}
-    doc["report"] = "evaluate/report.html"
-    job.put_json("evaluate/scores.json", doc)
+                   "contactSheet": layout.PACK_SHEET, "images": pack}
+    doc["report"] = layout.REPORT
+    job.put_json(layout.SCORES, doc)
 
-    diary = optional_json(job, "train/diary.json")
+    diary = optional_json(job, layout.DIARY)
     html = report.build(scores=doc, grid_pngs=grid_pngs, pack_png=sheet,
-                        contact_sheet_png=optional_input(job, "validate/contact-sheet.png"),
-                        captions=optional_json(job, "caption/captions.json"), diary=diary,
+                        contact_sheet_png=optional_input(job, layout.CONTACT_SHEET),
+                        captions=optional_json(job, layout.CAPTIONS), diary=diary,
                         times=report.stage_times(status.created_at, diary, started, now()))
-    job.put_bytes("evaluate/report.html", html.encode(), "text/html; charset=utf-8")
+    job.put_bytes(layout.REPORT, html.encode(), "text/html; charset=utf-8")
     status.progress(1.0, f"evaluated {len(ckpts)} checkpoints x {len(strengths)} strengths x {len(texts)} prompts; recommended "
-                    f"{rec['tag']}; avatar pack of {len(pack)} images; see evaluate/report.html", force=True)
+                    f"{rec['tag']}; avatar pack of {len(pack)} images; see {layout.REPORT}", force=True)
 
 
 def _encode(picture) -> bytes:

@@ -5,7 +5,9 @@ docs/training.md, Reading the grid: the best likeness while the prompt still win
 """
 from __future__ import annotations
 
-from avatar_job import StageError
+from pathlib import PurePosixPath
+
+from avatar_job import StageError, layout
 
 ADHERENCE_MARGIN = 0.10   # keep pairs whose adherence is within 10% of the best pair's
 LIKENESS_TIE = 0.005      # likeness this close to the best counts as a tie
@@ -30,7 +32,7 @@ def strength_text(s: float) -> str:
 
 def tag(checkpoint: str, strength: float) -> str:
     """The A1111 prompt tag: <lora:FILE STEM:STRENGTH>."""
-    return f"<lora:{checkpoint.removesuffix('.safetensors')}:{strength_text(strength)}>"
+    return f"<lora:{PurePosixPath(checkpoint).stem}:{strength_text(strength)}>"
 
 
 def pairs(cells: list[dict]) -> list[dict]:
@@ -70,8 +72,8 @@ def recommend(table: list[dict], epochs: int) -> dict:
             raise StageError("NO_USABLE_CHECKPOINT", "spec.evaluation.strengths has no strength above 0, so no LoRA was tested; "
                              "use the recipe's 1.0-0.5", "spec.evaluation.strengths")
         raise StageError("NO_USABLE_CHECKPOINT", f"every one of the {len(with_lora)} checkpoint/strength pairs rendered a broken image "
-                         f"({', '.join(why)}; see evaluate/scores.json and grid.png): retrain with a lower learning rate or fewer "
-                         "epochs, or check the photos", "evaluate/scores.json")
+                         f"({', '.join(why)}; see {layout.SCORES} and {layout.file_name(layout.GRID)}): retrain with a lower learning "
+                         "rate or fewer epochs, or check the photos", layout.SCORES)
     best_adherence = max(p["adherence"] for p in usable)
     floor = best_adherence - ADHERENCE_MARGIN * abs(best_adherence)
     candidates = [p for p in usable if p["adherence"] >= floor]

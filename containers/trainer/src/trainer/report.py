@@ -11,6 +11,8 @@ import base64
 import html
 from datetime import datetime
 
+from avatar_job import layout
+
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 CSS = """
 body{font:15px/1.45 system-ui,-apple-system,"DejaVu Sans",sans-serif;margin:0;background:#f4f4f6;color:#1d1d22}
@@ -142,7 +144,7 @@ def build(*, scores: dict, grid_pngs: list[bytes], pack_png: bytes, contact_shee
 
     out.append("<section><h2>Training</h2>")
     loss = (diary or {}).get("lossPerEpoch") or {}
-    out.append(loss_svg(loss) if loss else '<p class="muted">No loss per epoch was recorded (train/diary.json missing or empty).</p>')
+    out.append(loss_svg(loss) if loss else f'<p class="muted">No loss per epoch was recorded ({layout.DIARY} missing or empty).</p>')
     out.append("<table><tr><th>stage</th><th>started</th><th>finished</th><th>took</th></tr>"
                + "".join(f"<tr><td>{esc(s)}</td><td>{esc(a)}</td><td>{esc(b)}</td><td class=\"num\">{esc(d)}</td></tr>" for s, a, b, d in times)
                + "</table>")
@@ -151,13 +153,13 @@ def build(*, scores: dict, grid_pngs: list[bytes], pack_png: bytes, contact_shee
     out.append("</section>")
 
     out.append("<section><h2>Photos</h2>" + _img(contact_sheet_png, "the intake contact sheet",
-                                                  "No intake contact sheet (validate/contact-sheet.png) was found.") + "</section>")
+                                                  f"No intake contact sheet ({layout.CONTACT_SHEET}) was found.") + "</section>")
     out.append("<section><h2>Captions</h2>")
     if captions and captions.get("captions"):
         out.append("<table><tr><th>image</th><th>caption</th><th>by</th></tr>" + "".join(
             f"<tr><td>{esc(c.get('image', ''))}</td><td>{esc(c.get('caption', ''))}</td><td>{esc(c.get('source', ''))}</td></tr>"
             for c in captions["captions"]) + "</table>")
     else:
-        out.append('<p class="muted">No captions (caption/captions.json) were found.</p>')
+        out.append(f'<p class="muted">No captions ({layout.CAPTIONS}) were found.</p>')
     out.append("</section></main></body></html>\n")
     return "".join(out)
