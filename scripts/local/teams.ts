@@ -21,9 +21,14 @@ let tables = 0;
 /** Generous limits: a local run is admitted unless a test sets tighter ones. */
 const LOCAL_LIMITS: Partial<TeamConfig> = { maxConcurrentJobs: 10, monthlyBudgetUsd: 1000, monthlyGpuHours: 1000 };
 
-export async function localTeams(endpoint: string, teams: Array<string | (Partial<TeamConfig> & { teamId: string })>): Promise<LocalTeams> {
+export async function localTeams(
+  endpoint: string,
+  teams: Array<string | (Partial<TeamConfig> & { teamId: string })>,
+  /** `tableName`: a fixed name for the registry table (the local API's, which tests open by name); by default a fresh one. */
+  options: { tableName?: string } = {},
+): Promise<LocalTeams> {
   const config = { endpoint, region: LOCAL_REGION, credentials: LOCAL_CREDENTIALS };
-  const tableName = `avatar-teams-local-${process.pid}-${++tables}`;
+  const tableName = options.tableName ?? `avatar-teams-local-${process.pid}-${++tables}`;
   await createTeamsTable(new DynamoDBClient(config), tableName);
   const registry = new TeamRegistry(teamsDocumentClient(config), tableName);
   for (const t of teams) await registry.add({ ...TEAM_DEFAULTS, ...LOCAL_LIMITS, ...(typeof t === 'string' ? { teamId: t } : t) });
