@@ -16,7 +16,6 @@
  *   capacity) and then fails with GPU_UNAVAILABLE, as `npm run local` does; a stop ends the wait.
  */
 import type { AddressInfo } from 'node:net';
-import { BatchClient, CreateComputeEnvironmentCommand, CreateJobQueueCommand } from '@aws-sdk/client-batch';
 import { PutBucketVersioningCommand, type S3Client } from '@aws-sdk/client-s3';
 import { CreateStateMachineCommand, DescribeExecutionCommand, SFNClient } from '@aws-sdk/client-sfn';
 import { serve } from '@hono/node-server';
@@ -31,7 +30,7 @@ import { stateMachineDefinition, synthesizeTemplate } from '../local/definition'
 import { checkGpu, GpuUnavailable } from '../local/gpu';
 import { configureHandlers, LOCAL_CREDENTIALS, LOCAL_REGION, type Moto, startMoto } from '../local/moto';
 import { executionStatusChangeEvent } from '../local/sfn';
-import { type LocalTeams, localTeams } from '../local/teams';
+import { emptyJobQueue, type LocalTeams, localTeams } from '../local/teams';
 import { inProcessLambda, startWorkflow } from '../local/workflow';
 import { DEMO_TEAMS, LOCAL_ISSUER, localKeyPair, TEAM_SCOPE_PREFIX } from './local-auth';
 
@@ -57,29 +56,6 @@ export interface LocalApi {
   /** Settles when the local run of a job ends (for tests). */
   run(job: JobRef): Promise<unknown> | undefined;
   stop(): Promise<void>;
-}
-
-/**
- * An empty Batch job queue in moto, for the accounting's cost lookup (ListJobs by job name): the
- * local API never submits a GPU job, so a job that ends is charged what Batch records for it,
- * nothing, rather than its admission estimate (which is charged when Batch cannot be read).
- */
-async function emptyJobQueue(endpoint: string): Promise<string> {
-  // The compute environment's service role must exist; moto's IAM speaks the query protocol (no IAM
-  // client among the dependencies; moto does not check the signature, only the service it names).
-  const role = await fetch(endpoint, {
-    method: 'POST',
-    body: new URLSearchParams({ Action: 'CreateRole', Version: '2010-05-08', RoleName: 'avatar-local-batch', AssumeRolePolicyDocument: '{}' }),
-    headers: { 'content-type': 'application/x-www-form-urlencoded', authorization: `AWS4-HMAC-SHA256 Credential=${LOCAL_CREDENTIALS.accessKeyId}/20260101/${LOCAL_REGION}/iam/aws4_request, SignedHeaders=host, Signature=local` },
-  });
-  const roleArn = /<Arn>([^<]+)<\/Arn>/.exec(await role.text())?.[1];
-  if (!role.ok || !roleArn) throw new Error(`moto: CreateRole for the local job queue failed (HTTP ${role.status})`);
-  const batch = new BatchClient({ endpoint, region: LOCAL_REGION, credentials: LOCAL_CREDENTIALS });
-  const ce = await batch.send(new CreateComputeEnvironmentCommand({ computeEnvironmentName: 'avatar-local', type: 'UNMANAGED', state: 'ENABLED', serviceRole: roleArn }));
-  const queue = await batch.send(
-    new CreateJobQueueCommand({ jobQueueName: 'avatar-local-gpu', priority: 1, state: 'ENABLED', computeEnvironmentOrder: [{ order: 1, computeEnvironment: ce.computeEnvironmentArn! }] }),
-  );
-  return queue.jobQueueName!;
 }
 
 class Aborted extends Error {
@@ -116,6 +92,7 @@ export async function startLocalApi(options: LocalApiOptions = {}): Promise<Loca
       { tableName: LOCAL_TEAMS_TABLE },
     );
     const { registry, taskTokens } = teams;
+    // It never submits a GPU job: a job that ends is charged what Batch records for it, nothing.
     process.env.JOB_QUEUE = await emptyJobQueue(moto.endpoint);
     const gpu = checkGpu();
     if (gpu.ok) log(`GPU found (${gpu.reason}), but the local API runs GPU stages as unavailable; use npm run local for a GPU run`);

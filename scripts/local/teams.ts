@@ -5,6 +5,7 @@
  * JOB_QUEUE names a queue the endpoint does not have, so a job's GPU cost falls back to its
  * admission estimate, marked `estimated`.
  */
+import { BatchClient, CreateComputeEnvironmentCommand, CreateJobQueueCommand } from '@aws-sdk/client-batch';
 import { DynamoDBClient } from '@aws-sdk/client-dynamodb';
 import { createTeamsTable, TEAM_DEFAULTS, type TeamConfig, TeamRegistry, teamsDocumentClient } from '../../lambdas/shared/teams';
 import { LOCAL_CREDENTIALS, LOCAL_REGION } from './moto';
@@ -41,4 +42,28 @@ export async function localTeams(
     AWS_ENDPOINT_URL_SFN: taskTokens.endpoint,
   });
   return { registry, taskTokens, stop: () => taskTokens.stop() };
+}
+
+/**
+ * An empty Batch job queue in moto, to set as JOB_QUEUE for a run that submits no GPU job (the local
+ * API; `npm run local` without a GPU): the accounting's cost lookup (ListJobs by job name) finds
+ * nothing, so an ending job is charged nothing rather than its admission estimate (which is charged
+ * when Batch cannot be read). Returns the queue's name.
+ */
+export async function emptyJobQueue(endpoint: string): Promise<string> {
+  // The compute environment's service role must exist; moto's IAM speaks the query protocol (no IAM
+  // client among the dependencies; moto does not check the signature, only the service it names).
+  const role = await fetch(endpoint, {
+    method: 'POST',
+    body: new URLSearchParams({ Action: 'CreateRole', Version: '2010-05-08', RoleName: 'avatar-local-batch', AssumeRolePolicyDocument: '{}' }),
+    headers: { 'content-type': 'application/x-www-form-urlencoded', authorization: `AWS4-HMAC-SHA256 Credential=${LOCAL_CREDENTIALS.accessKeyId}/20260101/${LOCAL_REGION}/iam/aws4_request, SignedHeaders=host, Signature=local` },
+  });
+  const roleArn = /<Arn>([^<]+)<\/Arn>/.exec(await role.text())?.[1];
+  if (!role.ok || !roleArn) throw new Error(`moto: CreateRole for the local job queue failed (HTTP ${role.status})`);
+  const batch = new BatchClient({ endpoint, region: LOCAL_REGION, credentials: LOCAL_CREDENTIALS });
+  const ce = await batch.send(new CreateComputeEnvironmentCommand({ computeEnvironmentName: 'avatar-local', type: 'UNMANAGED', state: 'ENABLED', serviceRole: roleArn }));
+  const queue = await batch.send(
+    new CreateJobQueueCommand({ jobQueueName: 'avatar-local-gpu', priority: 1, state: 'ENABLED', computeEnvironmentOrder: [{ order: 1, computeEnvironment: ce.computeEnvironmentArn! }] }),
+  );
+  return queue.jobQueueName!;
 }
