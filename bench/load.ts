@@ -8,6 +8,12 @@
  * so the terminal codes are not all one. Meanwhile every job's status.json is read over and over
  * and parsed with the contract's StatusSchema.
  *
+ * Admission is real: the Admit state invokes the admit handler against a team registry in moto's
+ * DynamoDB (serialised, as real DynamoDB's conditional writes are) and waits for its task token.
+ * Two of the four teams have fewer slots than jobs in flight, so some jobs wait in
+ * CONCURRENCY_LIMIT; every one of them must be resumed by a job ending and still reach its planned
+ * terminal state.
+ *
  * Prints jobs, wall time, terminal states by code, lost, duplicated, status reads and parse
  * failures; exits 1 if a job is lost, started twice, ends other than planned, a status.json read
  * does not parse, or anything is left running.
@@ -27,12 +33,20 @@ import { syntheticPhotos } from '../scripts/local/demo-photos';
 import { configureHandlers, startMoto } from '../scripts/local/moto';
 import { LocalStepFunctions } from '../scripts/local/sfn';
 import { gpuStandIn } from '../scripts/local/standins';
+import { localTeams } from '../scripts/local/teams';
 
 const JOBS = Number(process.env.BENCH_LOAD_JOBS ?? 100);
 const DEADLINE_MS = Number(process.env.BENCH_LOAD_DEADLINE_S ?? 420) * 1000;
 const INBOX = 'load-inbox';
 const ARTIFACTS = 'load-artifacts';
 const SPEC = { token: 'zwxmug', classWord: 'mug', kind: 'object', training: { epochs: 3, repeats: 1 } };
+/** Jobs go to team-<i % 4>; team-0 and team-1 have fewer slots than jobs, so admission makes some wait. */
+const TEAMS = [
+  { teamId: 'team-0', maxConcurrentJobs: 10 },
+  { teamId: 'team-1', maxConcurrentJobs: 20 },
+  { teamId: 'team-2', maxConcurrentJobs: 30 },
+  { teamId: 'team-3', maxConcurrentJobs: 30 },
+];
 
 /** What happens to job i, and the terminal status it must end with. */
 interface Plan {
@@ -47,18 +61,21 @@ function plan(i: number): Plan {
   const job = { teamId: `team-${i % 4}`, jobId: `load-${String(i).padStart(3, '0')}` };
   const events = i % 10 === 3 ? 'twice-at-once' : i % 10 === 7 ? 'replayed-later' : 'once';
   if (i % 20 === 5) return { job, events, fault: { kind: 'spotReclaim', at: () => new Promise((r) => setTimeout(r, 50)), stage: 'train', attempts: 'first' }, expect: 'succeeded' };
-  if (i % 20 === 9) return { job, events, fault: { kind: 'imagePull', stage: 'caption', attempts: 'first' }, expect: 'succeeded' };
+  if (i % 20 === 9) return { job, events, fault: { kind: 'imagePull', stage: 'train', attempts: 'first' }, expect: 'succeeded' };
   if (i % 25 === 12) return { job, events, fault: { kind: 'imagePull', stage: 'evaluate', attempts: 'all' }, expect: 'BATCH_JOB_FAILED' };
   if (i % 25 === 17) return { job, events, badSpec: true, expect: 'INVALID_JOB_SPEC' };
   return { job, events, expect: 'succeeded' };
 }
 
 async function main(): Promise<number> {
-  const moto = await startMoto();
+  const moto = await startMoto({ serializeDynamoDb: true });
+  let stopTeams: () => Promise<void> = async () => undefined;
   try {
     await moto.createBucket(INBOX);
     await moto.createBucket(ARTIFACTS);
     configureHandlers(moto.endpoint, { inboxBucket: INBOX, artifactsBucket: ARTIFACTS, urlExpirySeconds: 600 });
+    const teams = await localTeams(moto.endpoint, TEAMS);
+    stopTeams = () => teams.stop();
     const template = synthesizeTemplate();
     const definition = stateMachineDefinition(template);
     const photos = await syntheticPhotos(10, 512);
@@ -74,7 +91,7 @@ async function main(): Promise<number> {
       env: { AVATAR_INBOX_BUCKET: INBOX, AVATAR_ARTIFACTS_BUCKET: ARTIFACTS },
       stopTimeoutMs: 2_000,
     });
-    const sfn = new LocalStepFunctions(definition, 'arn:aws:states:us-east-1:123456789012:stateMachine:load', { batch: batch.runner() });
+    const sfn = new LocalStepFunctions(definition, 'arn:aws:states:us-east-1:123456789012:stateMachine:load', { batch: batch.runner(), taskTokens: teams.taskTokens });
     const deps = { s3: moto.s3(), sfn: sfn as never, inboxBucket: INBOX, artifactsBucket: ARTIFACTS, stateMachineArn: sfn.stateMachineArn, now: () => new Date() };
     const event = (job: JobRef) => ({ 'detail-type': 'Object Created', source: 'aws.s3', detail: { bucket: { name: INBOX }, object: { key: keys.spec(job) } } });
 
@@ -87,6 +104,8 @@ async function main(): Promise<number> {
 
     let reads = 0;
     let parseFailures = 0;
+    /** Jobs seen waiting for a slot of their team (status.json queued with CONCURRENCY_LIMIT). */
+    const waited = new Set<string>();
     const failures: string[] = [];
     const terminal = new Map<string, string>();
     let polling = true;
@@ -110,6 +129,8 @@ async function main(): Promise<number> {
           if (!parsed.success) {
             parseFailures++;
             failures.push(`${keys.status(p.job)}: ${String(parsed.error).slice(0, 200)}`);
+          } else if (parsed.data.state === 'queued' && parsed.data.error?.code === 'CONCURRENCY_LIMIT') {
+            waited.add(`${p.job.teamId}/${p.job.jobId}`);
           }
         }
         await new Promise((r) => setTimeout(r, 1_000)); // a client polling its job: one sweep, then a pause
@@ -176,6 +197,8 @@ async function main(): Promise<number> {
     console.log(`  wall time            ${wallS.toFixed(1)} s (includes a 7.5 s wait for late replays)`);
     console.log(`  terminal states      ${[...byCode].sort((a, b) => b[1] - a[1]).map(([code, n]) => `${code}=${n}`).join(', ')}`);
     console.log(`  planned outcomes     ${JOBS - unexpected}/${JOBS} as planned${unexpected ? `; ${unexpectedDetail.slice(0, 5).join('; ')}` : ''}`);
+    const waitedBy = TEAMS.map((t) => `${t.teamId} (max ${t.maxConcurrentJobs}) ${[...waited].filter((j) => j.startsWith(`${t.teamId}/`)).length}`).join(', ');
+    console.log(`  admission waits      ${waited.size} jobs seen queued in CONCURRENCY_LIMIT: ${waitedBy}; all resumed: ${[...waited].every((j) => !terminal.get(j)!.startsWith('still '))}`);
     console.log(`  executions started   ${sfn.launches.size} (not started: ${notStarted}; start errors: ${startErrors.length}${startErrors.length ? `: ${startErrors[0]}` : ''})`);
     console.log(`  lost = ${lost}`);
     console.log(`  duplicated = ${duplicated}`);
@@ -186,6 +209,7 @@ async function main(): Promise<number> {
     console.log(ok ? 'bench:load: OK' : 'bench:load: FAILED');
     return ok ? 0 : 1;
   } finally {
+    await stopTeams();
     await moto.stop();
   }
 }

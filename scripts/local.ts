@@ -25,7 +25,7 @@ import { configureHandlers, LOCAL_CREDENTIALS, LOCAL_REGION, startMoto } from '.
 import { stateMachineDefinition, synthesizeTemplate } from './local/definition';
 import { syntheticPhotos } from './local/demo-photos';
 import { checkGpu, dockerRunner, noGpuRunner } from './local/gpu';
-import { localTeams } from './local/teams';
+import { emptyJobQueue, localTeams } from './local/teams';
 import { runWorkflow } from './local/workflow';
 
 export const EXIT = { succeeded: 0, failed: 1, usage: 2, noGpu: 3 } as const;
@@ -123,6 +123,8 @@ async function main(): Promise<number> {
     log(gpu.ok ? `GPU: ${gpu.reason}` : `GPU: none (${gpu.reason}); the run will stop before captioning`);
     const cacheDir = join(dirname(out), '..', 'cache');
     mkdirSync(cacheDir, { recursive: true });
+    // No GPU: no Batch job runs, so the job is charged nothing (its estimate is charged when a GPU run has no Batch records to read).
+    if (!gpu.ok) process.env.JOB_QUEUE = await emptyJobQueue(moto.endpoint);
     const batch = gpu.ok ? dockerRunner({ template, endpoint: moto.endpoint, inboxBucket: INBOX, artifactsBucket: ARTIFACTS, cacheDir, log }) : noGpuRunner(gpu);
 
     const failedStates = new Set<string>(); // a caught failure still exits its state: print ✗ only

@@ -6,25 +6,32 @@
  * - The inbox's EventBridge rule: after the API writes job.json, the real `start` handler runs
  *   (StartExecution against moto) and the synthesized state machine runs locally.
  * - StopExecution goes to moto; the local run watches moto's execution status and, once ABORTED,
- *   refuses every further task, as Step Functions runs no state after a stop.
- * - The team registry: a DynamoDB table in moto holding the demo teams alpha and beta.
+ *   refuses every further task and stops the local execution, as Step Functions runs no state after
+ *   a stop; then the reconcile handler gets the ABORTED status change, as the EventBridge rule
+ *   delivers it in AWS, and frees the job's slot or queue place.
+ * - The team registry: a DynamoDB table in moto (serialised, as real DynamoDB's conditional writes
+ *   are) holding the demo teams alpha and beta, read by the Admit state's handler; its task token is
+ *   answered through the local task-token endpoint (scripts/local/teams.ts).
  * - Batch stages without Docker and a GPU: the job waits `gpuWaitMs` (a Batch job RUNNABLE with no
  *   capacity) and then fails with GPU_UNAVAILABLE, as `npm run local` does; a stop ends the wait.
  */
 import type { AddressInfo } from 'node:net';
-import { DynamoDBClient } from '@aws-sdk/client-dynamodb';
 import { PutBucketVersioningCommand, type S3Client } from '@aws-sdk/client-s3';
 import { CreateStateMachineCommand, DescribeExecutionCommand, SFNClient } from '@aws-sdk/client-sfn';
 import { serve } from '@hono/node-server';
 import { createApp } from '../../lambdas/api/app';
 import { localKeys } from '../../lambdas/api/auth';
 import type { JobRef } from '../../lambdas/shared/keys';
-import { createTeamsTable, TEAM_DEFAULTS, TeamRegistry, teamsDocumentClient } from '../../lambdas/shared/teams';
+import { accountingFromEnv } from '../../lambdas/shared/accounting';
+import { TEAM_DEFAULTS } from '../../lambdas/shared/teams';
+import { reconcile } from '../../lambdas/reconcile/handler';
 import { start } from '../../lambdas/start/handler';
 import { stateMachineDefinition, synthesizeTemplate } from '../local/definition';
 import { checkGpu, GpuUnavailable } from '../local/gpu';
 import { configureHandlers, LOCAL_CREDENTIALS, LOCAL_REGION, type Moto, startMoto } from '../local/moto';
-import { inProcessLambda, runWorkflow } from '../local/workflow';
+import { executionStatusChangeEvent } from '../local/sfn';
+import { emptyJobQueue, type LocalTeams, localTeams } from '../local/teams';
+import { inProcessLambda, startWorkflow } from '../local/workflow';
 import { DEMO_TEAMS, LOCAL_ISSUER, localKeyPair, TEAM_SCOPE_PREFIX } from './local-auth';
 
 export const LOCAL_INBOX = 'avatar-local-inbox';
@@ -60,9 +67,10 @@ class Aborted extends Error {
 
 export async function startLocalApi(options: LocalApiOptions = {}): Promise<LocalApi> {
   const log = options.log ?? (() => undefined);
-  const moto = await startMoto();
+  const moto = await startMoto({ serializeDynamoDb: true });
   const runs = new Map<string, Promise<unknown>>();
   let server: ReturnType<typeof serve> | undefined;
+  let teams: LocalTeams | undefined;
   try {
     configureHandlers(moto.endpoint, { inboxBucket: LOCAL_INBOX, artifactsBucket: LOCAL_ARTIFACTS, urlExpirySeconds: options.urlExpirySeconds ?? 3600 });
     const s3 = moto.s3();
@@ -76,6 +84,16 @@ export async function startLocalApi(options: LocalApiOptions = {}): Promise<Loca
       new CreateStateMachineCommand({ name: 'avatar-local', roleArn: 'arn:aws:iam::123456789012:role/local', definition: JSON.stringify(definition) }),
     );
     const stateMachineArn = machine.stateMachineArn!;
+    // The team registry in moto's DynamoDB, with the demo teams at the registry's default limits, and
+    // the task-token endpoint the Admit state waits on.
+    teams = await localTeams(
+      moto.endpoint,
+      DEMO_TEAMS.map((teamId) => ({ teamId, ...TEAM_DEFAULTS })),
+      { tableName: LOCAL_TEAMS_TABLE },
+    );
+    const { registry, taskTokens } = teams;
+    // It never submits a GPU job: a job that ends is charged what Batch records for it, nothing.
+    process.env.JOB_QUEUE = await emptyJobQueue(moto.endpoint);
     const gpu = checkGpu();
     if (gpu.ok) log(`GPU found (${gpu.reason}), but the local API runs GPU stages as unavailable; use npm run local for a GPU run`);
 
@@ -89,6 +107,7 @@ export async function startLocalApi(options: LocalApiOptions = {}): Promise<Loca
         { s3, sfn, inboxBucket: LOCAL_INBOX, artifactsBucket: LOCAL_ARTIFACTS, stateMachineArn, now: () => new Date() },
       );
       if (started.duplicate) return;
+      const startDate = Date.now();
       const executionArn = `${stateMachineArn.replace(':stateMachine:', ':execution:')}:${started.executionName}`;
       let aborted = false;
       let timer: NodeJS.Timeout | undefined;
@@ -108,10 +127,15 @@ export async function startLocalApi(options: LocalApiOptions = {}): Promise<Loca
         return aborted;
       };
       log(`job ${job.teamId}/${job.jobId}: execution ${started.executionName} running locally`);
-      const run = runWorkflow(definition, started.job, {
+      // Lambda calls under way: a stopped execution's last call still finishes, as in AWS.
+      const calls = new Set<Promise<unknown>>();
+      const execution = startWorkflow(definition, started.job, {
+        taskTokens,
         lambda: async (stage, payload) => {
           if (await isAborted()) throw new Aborted();
-          return inProcessLambda(stage, payload);
+          const call = inProcessLambda(stage, payload);
+          calls.add(call);
+          return call.finally(() => calls.delete(call));
         },
         batch: async () => {
           if (await isAborted()) throw new Aborted();
@@ -119,19 +143,22 @@ export async function startLocalApi(options: LocalApiOptions = {}): Promise<Loca
           if (await isAborted()) throw new Aborted();
           throw new GpuUnavailable(gpu.ok ? 'the local API does not run GPU containers' : gpu.reason);
         },
-      }).then((result) => {
+      });
+      // A stop also ends a state that waits (Admit's task token, a GPU wait).
+      void stopped.then(() => execution.stop());
+      const run = execution.result.then(async (result) => {
         clearInterval(timer);
+        if (aborted) {
+          await Promise.allSettled(calls);
+          // The ABORTED status change, to reconcile as the EventBridge rule would: it frees the slot.
+          const event = executionStatusChangeEvent({ name: started.executionName, arn: executionArn, input: JSON.stringify(started.job), startDate }, stateMachineArn, 'ABORTED');
+          await reconcile(event, { s3, artifactsBucket: LOCAL_ARTIFACTS, now: () => new Date(), accounting: accountingFromEnv() });
+        }
         log(`job ${job.teamId}/${job.jobId}: local run ended (${aborted ? 'stopped' : result.succeeded ? 'succeeded' : result.error})`);
         return result;
       });
       runs.set(`${job.teamId}/${job.jobId}`, run);
     };
-
-    // The team registry in moto's DynamoDB, with the demo teams at the registry's default limits.
-    const dynamo = { endpoint: moto.endpoint, region: LOCAL_REGION, credentials: LOCAL_CREDENTIALS };
-    await createTeamsTable(new DynamoDBClient(dynamo), LOCAL_TEAMS_TABLE);
-    const registry = new TeamRegistry(teamsDocumentClient(dynamo), LOCAL_TEAMS_TABLE);
-    for (const teamId of DEMO_TEAMS) await registry.add({ teamId, ...TEAM_DEFAULTS });
 
     const { jwks } = await localKeyPair();
     const app = createApp({
@@ -164,11 +191,13 @@ export async function startLocalApi(options: LocalApiOptions = {}): Promise<Loca
       async stop() {
         await new Promise<void>((resolve) => (server ? server.close(() => resolve()) : resolve()));
         await Promise.allSettled(runs.values());
+        await teams?.stop();
         await moto.stop();
       },
     };
   } catch (error) {
     server?.close();
+    await teams?.stop();
     await moto.stop();
     throw error;
   }

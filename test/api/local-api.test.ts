@@ -129,7 +129,8 @@ describeWithMoto('job API over the local AWS endpoint', () => {
       return ['succeeded', 'failed', 'cancelled'].includes(job.state);
     });
     expect(final.state).toBe('failed');
-    expect(final.stage).toBe('caption');
+    // The Train state's GPU job (caption, then train) found no GPU: it failed before any stage reported.
+    expect(final.stage).toBe('train');
     expect(final.status.error.code).toBe('GPU_UNAVAILABLE');
     expect(seen).toContain('queued/caption'); // normalize finished: "waiting for a GPU"
     expect(final.photos).toBe(20);
@@ -343,7 +344,7 @@ describeWithMoto('job API over the local AWS endpoint', () => {
   it('cancels a running job: the execution is stopped, no state runs after, status is cancelled', async () => {
     const jobId = await createAndUpload('alpha');
     expect((await call('alpha', 'POST', `/jobs/${jobId}/start`)).status).toBe(202);
-    // Running: normalize is done and the caption GPU job waits for capacity.
+    // Running: normalize is done; the job is queued for a GPU (admission, then the caption+train job's wait for capacity).
     await waitFor('alpha', jobId, (job) => job.stage === 'caption' && job.state === 'queued');
     const cancelled = await call('alpha', 'POST', `/jobs/${jobId}/cancel`);
     expect(cancelled.status).toBe(200);
@@ -472,7 +473,7 @@ describeWithMoto('job API over the local AWS endpoint', () => {
     const watched = await avatar(['status', jobId, '--watch', '--interval', '0.5', '--json']);
     expect(watched.code).toBe(1); // it did not succeed
     const status = JSON.parse(watched.stdout);
-    expect(status).toMatchObject({ jobId, state: 'failed', stage: 'caption' });
+    expect(status).toMatchObject({ jobId, state: 'failed', stage: 'train' });
     expect(status.status.error.code).toBe('GPU_UNAVAILABLE');
 
     const out = join(dir, 'out');
@@ -489,7 +490,7 @@ describeWithMoto('job API over the local AWS endpoint', () => {
 
     const human = await avatar(['status', jobId]);
     expect(human.code).toBe(0);
-    expect(human.stdout).toContain(`${jobId}: failed, stage caption`);
+    expect(human.stdout).toContain(`${jobId}: failed, stage train`);
 
     const cancel = await avatar(['cancel', jobId]);
     expect(cancel.code).toBe(1);

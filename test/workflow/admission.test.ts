@@ -94,7 +94,7 @@ describeWithMoto('admission in the state machine, executed locally', () => {
     expect(b.cause).toBeUndefined();
     expect(b.succeeded).toBe(true);
     // The second job's GPU stages ran only after the first job's last one: the slot was handed over.
-    expect(log.indexOf('second:caption')).toBeGreaterThan(log.indexOf('first:evaluate'));
+    expect(log.indexOf('second:train')).toBeGreaterThan(log.indexOf('first:evaluate'));
     expect(entered(b)).toEqual(['Validate', 'Normalize', 'Admit', 'Train', 'Evaluate', 'Finalize', 'Succeeded']);
     expect((b.output as { admit: { result: unknown } }).admit.result).toMatchObject({ outcome: 'admitted', jobId: 'second' });
     const done = await statusOf(second);

@@ -9,9 +9,13 @@
  * What is simulated, because it cannot be caused on this machine: a Spot reclaim (the emulator
  * stops the container the way ECS does, with or without Spot draining as the launch template's
  * user data says), an image pull failure and a GPU capacity shortage (the emulator writes the job
- * record Batch writes for them). Everything else is real: the trainer entrypoint
- * (`python -m trainer train` with the kohya stand-in of its tests), signals, S3, the handlers.
+ * record Batch writes for them). Everything else is real: the GPU job's entrypoint
+ * (`python -m avatar_job caption train`: the captioner with the tiny BLIP of its tests, then the
+ * trainer with the kohya stand-in of its tests), signals, S3, the handlers, and admission (the
+ * Admit state's task token answered through the local task-token endpoint, the team registry in
+ * moto's DynamoDB).
  */
+import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -29,6 +33,7 @@ import { syntheticPhotos } from '../../scripts/local/demo-photos';
 import { configureHandlers, type Moto, startMoto } from '../../scripts/local/moto';
 import { LocalStepFunctions } from '../../scripts/local/sfn';
 import { gpuStandIn } from '../../scripts/local/standins';
+import { type LocalTeams, localTeams } from '../../scripts/local/teams';
 import { inProcessLambda, type LambdaRunner, type RunResult, runWorkflow } from '../../scripts/local/workflow';
 import { availability, describeWithMoto } from '../helpers/suites';
 
@@ -45,16 +50,19 @@ type Template = ReturnType<typeof synthesizeTemplate>;
 
 describeWithMoto('fault injection through the local harness', () => {
   let moto: Moto;
+  let teams: LocalTeams;
   let template: Template;
   let definition: StateMachineDefinition;
   let photos: Array<{ name: string; bytes: Buffer }>;
   let work: string;
 
   beforeAll(async () => {
-    moto = await startMoto();
+    // DynamoDB serialised as real DynamoDB's conditional writes are: the concurrent S3 events test admits concurrently.
+    moto = await startMoto({ serializeDynamoDb: true });
     await moto.createBucket(INBOX);
     await moto.createBucket(ARTIFACTS);
     configureHandlers(moto.endpoint, { inboxBucket: INBOX, artifactsBucket: ARTIFACTS, urlExpirySeconds: 600 });
+    teams = await localTeams(moto.endpoint, ['team-f']);
     template = synthesizeTemplate();
     definition = stateMachineDefinition(template);
     // The smallest set an object job accepts (10), at a size the intake accepts (short side >= 384).
@@ -63,8 +71,19 @@ describeWithMoto('fault injection through the local harness', () => {
     // The trainer checks the base model against the sha256 in its metadata, and caches it; the kohya stand-in never reads it.
     const model = Buffer.alloc(4096, 7);
     await moto.s3().send(new PutObjectCommand({ Bucket: ARTIFACTS, Key: 'models/sd15/v1-5-pruned-emaonly.safetensors', Body: model, Metadata: { sha256: createHash('sha256').update(model).digest('hex') } }));
+    // The captioner's tiny BLIP (its tests' fixture, built from code: no weights are downloaded).
+    if (existsSync(PYTHON)) {
+      const blip = spawnSync(PYTHON, ['-c', 'import sys, pathlib; from tiny_blip import save_tiny_blip; save_tiny_blip(pathlib.Path(sys.argv[1]))', join(work, 'blip')], {
+        encoding: 'utf8',
+        env: { ...process.env, PYTHONPATH: join(ROOT, 'containers/captioner/tests') },
+      });
+      expect(blip.status, blip.stderr).toBe(0);
+    }
+  }, 120_000);
+  afterAll(async () => {
+    await teams?.stop();
+    await moto?.stop();
   });
-  afterAll(() => moto?.stop());
 
   const SPEC = { token: 'zwxmug', classWord: 'mug', kind: 'object', training: { network: 'lora', networkDim: 8, networkAlpha: 8, repeats: 1, epochs: 3 } };
 
@@ -79,13 +98,15 @@ describeWithMoto('fault injection through the local harness', () => {
   const emulator = (launch: ContainerLauncher, faults?: (job: { stage: string; attempt: number }) => AttemptFault | undefined, extra: { msPerTemplateSecond?: number; stopTimeoutMs?: number } = {}) =>
     new BatchEmulator(template, { launch, faults, env: { ...batchEnv, AWS_ENDPOINT_URL_S3: moto.endpoint }, stopTimeoutMs: extra.stopTimeoutMs ?? 5_000, msPerTemplateSecond: extra.msPerTemplateSecond });
 
-  /** The real `python -m trainer train` for train; the S3-boundary stand-in for caption and evaluate. */
+  /** The real `python -m avatar_job caption train` (captioner, then trainer) for train; the S3-boundary stand-in for evaluate. */
   function trainerLauncher(kohyaEnv: Record<string, string>, evaluate: ContainerLauncher = functionContainer(standIn())): { launch: ContainerLauncher; argsLog: string } {
     const argsLog = join(mkdtempSync(join(work, 'args-')), 'kohya-args.jsonl');
     const trainer = processContainer({
       python: PYTHON,
       env: (spec) => ({
-        PYTHONPATH: [join(ROOT, 'containers/common/src'), join(ROOT, 'containers/trainer/src')].join(':'),
+        // The one GPU image: both stage packages and the shared runtime.
+        PYTHONPATH: ['common', 'captioner', 'trainer'].map((p) => join(ROOT, 'containers', p, 'src')).join(':'),
+        AVATAR_BLIP_MODEL_DIR: join(work, 'blip'),
         // Each attempt starts on a fresh host: nothing carries over but S3.
         AVATAR_CACHE_DIR: mkdtempSync(join(work, `cache-${spec.attempt}-`)),
         AVATAR_WORK_DIR: mkdtempSync(join(work, `train-${spec.attempt}-`)),
@@ -94,8 +115,7 @@ describeWithMoto('fault injection through the local harness', () => {
         ...kohyaEnv,
       }),
     });
-    const stage = functionContainer(standIn());
-    return { launch: (spec) => (spec.stage === 'train' ? trainer(spec) : spec.stage === 'evaluate' ? evaluate(spec) : stage(spec)), argsLog };
+    return { launch: (spec) => (spec.stage === 'train' ? trainer(spec) : evaluate(spec)), argsLog };
   }
 
   const statusOf = async (job: JobRef): Promise<Status> => StatusSchema.parse(await getJson(moto.s3(), ARTIFACTS, keys.status(job)));
@@ -164,7 +184,7 @@ describeWithMoto('fault injection through the local harness', () => {
     await upload(job);
     const batch = emulator(functionContainer(standIn()), ({ stage, attempt }) => (stage === 'train' && attempt === 1 ? { kind: 'imagePull' } : undefined));
 
-    const result = await runWorkflow(definition, job, { batch: batch.runner() });
+    const result = await runWorkflow(definition, job, { batch: batch.runner(), taskTokens: teams.taskTokens });
 
     expect(result.cause).toBeUndefined();
     expect(result.succeeded).toBe(true);
@@ -184,16 +204,17 @@ describeWithMoto('fault injection through the local harness', () => {
   it('image pull failure on every attempt: the job fails after the retry strategy\'s 3 attempts with BATCH_JOB_FAILED naming CannotPullContainerError', async () => {
     const job = { teamId: 'team-f', jobId: 'pull-never' };
     await upload(job);
-    const batch = emulator(functionContainer(standIn()), ({ stage }) => (stage === 'caption' ? { kind: 'imagePull' } : undefined));
+    const batch = emulator(functionContainer(standIn()), ({ stage }) => (stage === 'train' ? { kind: 'imagePull' } : undefined));
 
-    const result = await runWorkflow(definition, job, { batch: batch.runner() });
+    const result = await runWorkflow(definition, job, { batch: batch.runner(), taskTokens: teams.taskTokens });
 
     expect(result.error).toBe('JobFailed');
-    expect(entered(result)).toEqual(['Validate', 'Normalize', 'Caption', 'MarkFailed', 'Failed']);
-    const caption = [...batch.jobs.values()].find((j) => j.stage === 'caption')!;
-    expect(caption.detail.Attempts).toHaveLength(3);
+    expect(entered(result)).toEqual(['Validate', 'Normalize', 'Admit', 'Train', 'MarkFailed', 'Failed']);
+    const train = [...batch.jobs.values()].find((j) => j.stage === 'train')!;
+    expect(train.detail.Attempts).toHaveLength(3);
+    // The image never ran, so no stage reported a failure: it is the Train state's job's.
     const status = await statusOf(job);
-    expect(status).toMatchObject({ state: 'failed', stage: 'caption', error: { code: 'BATCH_JOB_FAILED' } });
+    expect(status).toMatchObject({ state: 'failed', stage: 'train', error: { code: 'BATCH_JOB_FAILED' } });
     expect(status.error!.message).toContain('3 attempt(s)');
     expect(status.error!.message).toContain('CannotPullContainerError');
     expect(status.finishedAt).toBeDefined();
@@ -229,7 +250,7 @@ describeWithMoto('fault injection through the local harness', () => {
       ({ stage, attempt }) => (stage === 'train' && attempt === 1 ? { kind: 'spotReclaim', at: reclaimMidEpoch2 } : undefined),
     );
 
-    const result = await runWorkflow(definition, job, { batch: batch.runner() });
+    const result = await runWorkflow(definition, job, { batch: batch.runner(), taskTokens: teams.taskTokens });
 
     expect(result.cause).toBeUndefined();
     const train = [...batch.jobs.values()].find((j) => j.stage === 'train')!;
@@ -270,7 +291,7 @@ describeWithMoto('fault injection through the local harness', () => {
     // A lost host, not a drained one: no SIGTERM, nothing gets to clean up.
     const batch = emulator(launch, ({ stage, attempt }) => (stage === 'train' && attempt === 1 ? { kind: 'spotReclaim', at: midSave, graceful: false } : undefined));
 
-    const result = await runWorkflow(definition, job, { batch: batch.runner() });
+    const result = await runWorkflow(definition, job, { batch: batch.runner(), taskTokens: teams.taskTokens });
 
     expect(result.cause).toBeUndefined();
     const calls = readFileSync(argsLog, 'utf8').trim().split('\n').map((l) => JSON.parse(l) as string[]);
@@ -294,10 +315,10 @@ describeWithMoto('fault injection through the local harness', () => {
     const { launch, argsLog } = trainerLauncher({}, failingEvaluate);
     const batch = emulator(launch);
 
-    const result = await runWorkflow(definition, job, { batch: batch.runner() });
+    const result = await runWorkflow(definition, job, { batch: batch.runner(), taskTokens: teams.taskTokens });
 
     expect(result.error).toBe('JobFailed');
-    expect(entered(result)).toEqual(['Validate', 'Normalize', 'Caption', 'Train', 'Evaluate', 'MarkFailed', 'Failed']);
+    expect(entered(result)).toEqual(['Validate', 'Normalize', 'Admit', 'Train', 'Evaluate', 'MarkFailed', 'Failed']);
     expect(await statusOf(job)).toMatchObject({ state: 'failed', stage: 'evaluate', error: { code: 'INTERNAL_ERROR' } });
     const trainPrefix = keys.stage(job, 'train');
     const before = await checkpointVersions(trainPrefix);
@@ -305,7 +326,7 @@ describeWithMoto('fault injection through the local harness', () => {
 
     // The product has no retry-from-evaluate path: the same job.json event is a duplicate, and
     // nothing runs again (start refuses a second execution of a job).
-    const sfn = new LocalStepFunctions(definition, 'arn:aws:states:us-east-1:123456789012:stateMachine:local', { batch: batch.runner() });
+    const sfn = new LocalStepFunctions(definition, 'arn:aws:states:us-east-1:123456789012:stateMachine:local', { batch: batch.runner(), taskTokens: teams.taskTokens });
     sfn.executions.set('team-f_eval-fails', { name: 'team-f_eval-fails', arn: 'arn:local', input: JSON.stringify(job), startDate: Date.now(), status: 'FAILED', handle: undefined as never, finished: Promise.resolve(result) });
     const replay = await start(s3Event(job), { s3: moto.s3(), sfn: sfn as never, inboxBucket: INBOX, artifactsBucket: ARTIFACTS, stateMachineArn: sfn.stateMachineArn, now: () => new Date() });
     expect(replay.duplicate).toBe(true);
@@ -346,7 +367,7 @@ describeWithMoto('fault injection through the local harness', () => {
     const job = { teamId: 'team-f', jobId: 'twice' };
     await upload(job);
     const batch = emulator(functionContainer(standIn()));
-    const sfn = new LocalStepFunctions(definition, 'arn:aws:states:us-east-1:123456789012:stateMachine:local', { batch: batch.runner() });
+    const sfn = new LocalStepFunctions(definition, 'arn:aws:states:us-east-1:123456789012:stateMachine:local', { batch: batch.runner(), taskTokens: teams.taskTokens });
     const deps = { s3: moto.s3(), sfn: sfn as never, inboxBucket: INBOX, artifactsBucket: ARTIFACTS, stateMachineArn: sfn.stateMachineArn, now: () => new Date() };
 
     const [a, b] = await Promise.all([start(s3Event(job), deps), start(s3Event(job), deps)]);
@@ -368,7 +389,7 @@ describeWithMoto('fault injection through the local harness', () => {
     const s3 = moto.s3();
     await putJson(s3, INBOX, keys.spec(job), SPEC);
     const batch = emulator(functionContainer(standIn()));
-    const sfn = new LocalStepFunctions(definition, 'arn:aws:states:us-east-1:123456789012:stateMachine:local', { batch: batch.runner() });
+    const sfn = new LocalStepFunctions(definition, 'arn:aws:states:us-east-1:123456789012:stateMachine:local', { batch: batch.runner(), taskTokens: teams.taskTokens });
     const deps = { s3, sfn: sfn as never, inboxBucket: INBOX, artifactsBucket: ARTIFACTS, stateMachineArn: sfn.stateMachineArn, now: () => new Date() };
 
     await start(s3Event(job), deps);
@@ -396,15 +417,15 @@ describeWithMoto('fault injection through the local harness', () => {
     const job = { teamId: 'team-f', jobId: 'no-gpu-capacity' };
     await upload(job);
     // 1 template second = 1 ms: a 30-minute limit passes in 1.8 s.
-    const batch = emulator(functionContainer(standIn()), ({ stage }) => (stage === 'caption' ? { kind: 'noCapacity' } : undefined), { msPerTemplateSecond: 1 });
+    const batch = emulator(functionContainer(standIn()), ({ stage }) => (stage === 'train' ? { kind: 'noCapacity' } : undefined), { msPerTemplateSecond: 1 });
 
-    const result = await runWorkflow(definition, job, { batch: batch.runner() });
+    const result = await runWorkflow(definition, job, { batch: batch.runner(), taskTokens: teams.taskTokens });
 
-    const caption = [...batch.jobs.values()].find((j) => j.stage === 'caption')!;
-    expect(caption.detail).toMatchObject({ Status: 'FAILED', StatusReason: BATCH_REASONS.canceledByTimeLimit('CAPACITY:INSUFFICIENT_INSTANCE_CAPACITY'), Attempts: [] });
+    const train = [...batch.jobs.values()].find((j) => j.stage === 'train')!;
+    expect(train.detail).toMatchObject({ Status: 'FAILED', StatusReason: BATCH_REASONS.canceledByTimeLimit('CAPACITY:INSUFFICIENT_INSTANCE_CAPACITY'), Attempts: [] });
     expect(result.error).toBe('JobFailed');
     const status = await statusOf(job);
-    expect(status).toMatchObject({ state: 'failed', stage: 'caption', error: { code: 'GPU_CAPACITY_UNAVAILABLE' } });
+    expect(status).toMatchObject({ state: 'failed', stage: 'train', error: { code: 'GPU_CAPACITY_UNAVAILABLE' } });
     await expectNothingRunning(batch);
     expect(await orphans()).toEqual([]);
   });
@@ -420,7 +441,7 @@ describeWithMoto('fault injection through the local harness', () => {
     const lambda: LambdaRunner = (stage, payload) => (stage === 'normalize' ? new Promise((_, reject) => hung.signal.addEventListener('abort', () => reject(new Error('abandoned')))) : inProcessLambda(stage, payload));
     const batch = emulator(functionContainer(standIn()));
 
-    const result = await runWorkflow(scaled, job, { batch: batch.runner(), lambda });
+    const result = await runWorkflow(scaled, job, { batch: batch.runner(), taskTokens: teams.taskTokens, lambda });
     hung.abort();
 
     expect(result.events.filter((e) => e.type === 'StateFailed' && e.state === 'Normalize').map((e) => e.error)).toEqual(['States.Timeout']);
@@ -445,7 +466,7 @@ describeWithMoto('fault injection through the local harness', () => {
     };
     const batch = emulator(functionContainer(standIn()));
 
-    const result = await runWorkflow(definition, job, { batch: batch.runner(), lambda });
+    const result = await runWorkflow(definition, job, { batch: batch.runner(), taskTokens: teams.taskTokens, lambda });
 
     expect(entered(result)).toEqual(['Validate', 'Normalize', 'MarkFailed', 'Failed']);
     expect(await statusOf(job)).toMatchObject({ state: 'failed', stage: 'normalize', error: { code: 'TIMEOUT' } });
@@ -471,7 +492,7 @@ describeWithMoto('fault injection through the local harness', () => {
     const { launch } = trainerLauncher({ FAKE_KOHYA_STEP_DELAY: '0.5' });
     const batch = emulator(launch);
     const reconcile = (await import(RECONCILE)) as { handler: (event: unknown) => Promise<unknown> };
-    const sfn = new LocalStepFunctions(definition, 'arn:aws:states:us-east-1:123456789012:stateMachine:local', { batch: batch.runner() }, (event) =>
+    const sfn = new LocalStepFunctions(definition, 'arn:aws:states:us-east-1:123456789012:stateMachine:local', { batch: batch.runner(), taskTokens: teams.taskTokens }, (event) =>
       ['ABORTED', 'TIMED_OUT', 'FAILED'].includes(event.detail.status) ? reconcile.handler(event) : Promise.resolve(),
     );
     const deps = { s3: moto.s3(), sfn: sfn as never, inboxBucket: INBOX, artifactsBucket: ARTIFACTS, stateMachineArn: sfn.stateMachineArn, now: () => new Date() };
@@ -499,11 +520,11 @@ describeWithMoto('fault injection through the local harness', () => {
     expect(hasReconcile, `${RECONCILE} exists`).toBe(true);
     const job = { teamId: 'team-f', jobId: 'exec-timeout' };
     await upload(job);
-    // The execution's TimeoutSeconds scaled down to 20 s; the caption job waits for capacity with no queue limit hit first.
+    // The execution's TimeoutSeconds scaled down to 20 s; the train job waits for capacity with no queue limit hit first.
     const scaled = { ...definition, TimeoutSeconds: 20 };
-    const batch = emulator(functionContainer(standIn()), ({ stage }) => (stage === 'caption' ? { kind: 'noCapacity', reason: 'MISCONFIGURATION:SERVICE_ROLE_PERMISSIONS' } : undefined));
+    const batch = emulator(functionContainer(standIn()), ({ stage }) => (stage === 'train' ? { kind: 'noCapacity', reason: 'MISCONFIGURATION:SERVICE_ROLE_PERMISSIONS' } : undefined));
     const reconcile = (await import(RECONCILE)) as { handler: (event: unknown) => Promise<unknown> };
-    const sfn = new LocalStepFunctions(scaled, 'arn:aws:states:us-east-1:123456789012:stateMachine:local', { batch: batch.runner() }, (event) =>
+    const sfn = new LocalStepFunctions(scaled, 'arn:aws:states:us-east-1:123456789012:stateMachine:local', { batch: batch.runner(), taskTokens: teams.taskTokens }, (event) =>
       ['ABORTED', 'TIMED_OUT', 'FAILED'].includes(event.detail.status) ? reconcile.handler(event) : Promise.resolve(),
     );
     const deps = { s3: moto.s3(), sfn: sfn as never, inboxBucket: INBOX, artifactsBucket: ARTIFACTS, stateMachineArn: sfn.stateMachineArn, now: () => new Date() };
