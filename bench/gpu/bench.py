@@ -257,25 +257,25 @@ def run_stage_in_process(stage: str, job_id: str, env: dict) -> tuple[int, float
 
 
 def train_once(res: int, batch: int, args, env: dict, s3, bucket: str, out: Path) -> dict:
-    from trainer import train as train_mod
+    from trainer.supervise import Supervisor
 
     job_id = f"r{res}-b{batch}"
     plan = plan_for(res, batch, args.steps, job_id, args.cpu)
     seed_job(s3, bucket, plan, 64 if args.cpu else res)
     events: list[tuple[float, int]] = []
-    original = train_mod.Run.on_event
+    original = Supervisor.on_event
 
     def timed(self, ev):  # every optimizer step kohya reports, with the time it arrived
         if ev.kind == "step":
             events.append((time.monotonic(), ev.step))
         return original(self, ev)
 
-    train_mod.Run.on_event = timed
+    Supervisor.on_event = timed
     try:
         with PeakMemory() as mem:
             rc, wall, status = run_stage_in_process("train", job_id, {**env, "AVATAR_WORK_DIR": str(out / f"work-{job_id}")})
     finally:
-        train_mod.Run.on_event = original
+        Supervisor.on_event = original
     row = {"config": f"{res}px batch {batch}", "resolution": res, "batch": batch, "steps": plan["plan"]["totalSteps"],
            "wallS": round(wall, 1), "peakGpuGiB": mem.gib, "ok": rc == 0}
     if rc != 0:
