@@ -127,7 +127,12 @@ describeWithMoto(existsSync(PYTHON) ? 'pipeline with the container entrypoints' 
     const job = { teamId: 'team-a', jobId: 'reclaimed' };
     const s3 = moto.s3();
     for (const p of await syntheticPhotos(10, 640)) await putBytes(s3, INBOX, `${keys.photosPrefix(job)}${p.name}`, p.bytes, 'image/jpeg');
-    await putBytes(s3, ARTIFACTS, 'models/sd15/v1-5-pruned-emaonly.safetensors', Buffer.alloc(4096, 7), 'application/octet-stream');
+    const base = Buffer.alloc(4096, 7);
+    // The operator uploads the base model with its sha256 in the object's metadata (README, Deploy).
+    await s3.send(new PutObjectCommand({
+      Bucket: ARTIFACTS, Key: 'models/sd15/v1-5-pruned-emaonly.safetensors', Body: base,
+      Metadata: { sha256: createHash('sha256').update(base).digest('hex') },
+    }));
     await putJson(s3, INBOX, keys.spec(job), {
       token: 'zwxmug', classWord: 'mug', kind: 'object',
       captioning: { numBeams: 2, minLength: 3, maxLength: 8, commonTraits: [] },
@@ -165,7 +170,7 @@ describeWithMoto(existsSync(PYTHON) ? 'pipeline with the container entrypoints' 
         });
       attempts.push(await run('attempt-1', { FAKE_KOHYA_HANG_AFTER_EPOCH: '2' }, true));
       etagAfterReclaim = await captionsEtag();
-      attempts.push(await run('attempt-2', { AVATAR_BLIP_MODEL_DIR: join(work, 'no-blip-here') }, false));
+      attempts.push(await run('attempt-2', { AVATAR_BLIP_MODEL_DIR: join(work, 'no-blip-here'), AWS_BATCH_JOB_ATTEMPT: '2' }, false));
       const last = attempts.at(-1)!;
       if (last.code !== 0) throw new BatchJobFailed({ JobName: params.JobName, StatusReason: 'Essential container in task exited', Attempts: [{ Container: { ExitCode: last.code ?? undefined } }] });
       return { JobId: 'train-retried' };
@@ -173,7 +178,8 @@ describeWithMoto(existsSync(PYTHON) ? 'pipeline with the container entrypoints' 
 
     const result = await runWorkflow(stateMachineDefinition(template), job, { taskTokens: teams.taskTokens, batch: reclaimedOnce });
 
-    expect(attempts.map((a) => a.code)).toEqual([1, 0]);
+    // Attempt 1 of 3 was interrupted: it leaves status running for Batch's retry and exits 143 (SIGTERM).
+    expect(attempts.map((a) => a.code)).toEqual([143, 0]);
     expect(attempts[1]!.stdout).toContain('caption/captions.json already covers the 10 images of this plan; not captioning again');
     expect(attempts[1]!.stdout).toMatch(/--resume \S*zwxmug-00000[12]-state/);
     expect(await captionsEtag()).toBe(etagAfterReclaim);
