@@ -449,7 +449,10 @@ def main(argv: list[str] | None = None) -> int:
         s3 = boto3.client("s3")
         s3.create_bucket(Bucket=bucket)
         s3.create_bucket(Bucket="bench-inbox")
-        s3.upload_file(str(base), bucket, BASE_KEY)
+        from trainer.verify import sha256
+
+        # As the operator uploads it: the stages check every cached copy against this sha256.
+        s3.upload_file(str(base), bucket, BASE_KEY, ExtraArgs={"Metadata": {"sha256": sha256(base)}})
 
         rows = []
         for res, batch in args.configs:
