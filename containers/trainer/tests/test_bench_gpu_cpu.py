@@ -22,7 +22,9 @@ def test_bench_gpu_cpu_mode_runs_train_and_evaluate_and_projects_the_recipe(tmp_
     train = {r["config"]: r for r in results["train"]}
     assert set(train) == {"512px batch 1", "512px batch 2"}
     for r in train.values():
-        assert r["ok"] is True and r["steps"] == 2 and r["itPerS"] > 0 and r["imagesPerS"] == round(r["itPerS"] * r["batch"], 2)
+        assert r["ok"] is True and r["steps"] == 2 and r["itPerS"] > 0
+        # Both figures are rounded to 2 decimals from the same unrounded rate: equal within that rounding.
+        assert abs(r["imagesPerS"] - r["itPerS"] * r["batch"]) <= 0.005 * (r["batch"] + 1) + 1e-9
         assert r["peakGpuGiB"] is None  # no GPU here: reported as n/a, never invented
     ev = results["evaluate"]
     # 1 prompt x (base + 2 checkpoints x 1 strength) for the grid, plus the avatar pack's renders.
