@@ -86,17 +86,23 @@ describeWithMoto(existsSync(PYTHON) ? 'pipeline with the container entrypoints' 
     return { JobId: `${stage}-process` };
   };
 
+  /**
+   * The base model as the operator uploads it: with its sha256 in the object's metadata (README, Deploy),
+   * which the trainer checks its cached copy against. The kohya stand-in never reads its bytes.
+   */
+  const uploadBaseModel = async () => {
+    const base = Buffer.alloc(4096, 7);
+    await moto.s3().send(new PutObjectCommand({
+      Bucket: ARTIFACTS, Key: 'models/sd15/v1-5-pruned-emaonly.safetensors', Body: base,
+      Metadata: { sha256: createHash('sha256').update(base).digest('hex') },
+    }));
+  };
+
   it('captions and trains in one GPU job through the real entrypoints and finalizes a manifest with the LoRA', async () => {
     const job = { teamId: 'team-a', jobId: 'containers' };
     const s3 = moto.s3();
     for (const p of await syntheticPhotos(12, 640)) await putBytes(s3, INBOX, `${keys.photosPrefix(job)}${p.name}`, p.bytes, 'image/jpeg');
-    // The trainer checks the cached base model against the sha256 the operator uploads it with; the
-    // kohya stand-in never reads it.
-    const base = Buffer.alloc(4096, 7);
-    await s3.send(new PutObjectCommand({
-      Bucket: ARTIFACTS, Key: 'models/sd15/v1-5-pruned-emaonly.safetensors', Body: base,
-      Metadata: { sha256: createHash('sha256').update(base).digest('hex') },
-    }));
+    await uploadBaseModel();
     await putJson(s3, INBOX, keys.spec(job), {
       token: 'zwxmug',
       classWord: 'mug',
@@ -127,12 +133,7 @@ describeWithMoto(existsSync(PYTHON) ? 'pipeline with the container entrypoints' 
     const job = { teamId: 'team-a', jobId: 'reclaimed' };
     const s3 = moto.s3();
     for (const p of await syntheticPhotos(10, 640)) await putBytes(s3, INBOX, `${keys.photosPrefix(job)}${p.name}`, p.bytes, 'image/jpeg');
-    const base = Buffer.alloc(4096, 7);
-    // The operator uploads the base model with its sha256 in the object's metadata (README, Deploy).
-    await s3.send(new PutObjectCommand({
-      Bucket: ARTIFACTS, Key: 'models/sd15/v1-5-pruned-emaonly.safetensors', Body: base,
-      Metadata: { sha256: createHash('sha256').update(base).digest('hex') },
-    }));
+    await uploadBaseModel();
     await putJson(s3, INBOX, keys.spec(job), {
       token: 'zwxmug', classWord: 'mug', kind: 'object',
       captioning: { numBeams: 2, minLength: 3, maxLength: 8, commonTraits: [] },
