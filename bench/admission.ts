@@ -15,8 +15,8 @@
  */
 import { DynamoDBClient } from '@aws-sdk/client-dynamodb';
 import { QueryCommand } from '@aws-sdk/lib-dynamodb';
-import { admit, type AdmissionRequest, type AdmissionResult, release } from '../lambdas/shared/admission';
-import { createTeamsTable, fromMicroUsd, TEAM_DEFAULTS, teamsDocumentClient, TeamRegistry } from '../lambdas/shared/teams';
+import { type AdmissionRequest, type AdmissionResult, admit, release } from '../lambdas/shared/admission';
+import { createTeamsTable, fromMicroUsd, TEAM_DEFAULTS, TeamRegistry, teamsDocumentClient } from '../lambdas/shared/teams';
 import { LOCAL_CREDENTIALS, LOCAL_REGION, startMoto } from '../scripts/local/moto';
 
 const JOBS = 100;
@@ -100,7 +100,14 @@ async function main(): Promise<number> {
     const sampler = (async () => {
       while (sampling) {
         for (const t of TEAMS) {
-          const out = await doc.send(new QueryCommand({ TableName: 'bench-teams', KeyConditionExpression: 'pk = :pk', ExpressionAttributeValues: { ':pk': `TEAM#${t.teamId}` }, ConsistentRead: true }));
+          const out = await doc.send(
+            new QueryCommand({
+              TableName: 'bench-teams',
+              KeyConditionExpression: 'pk = :pk',
+              ExpressionAttributeValues: { ':pk': `TEAM#${t.teamId}` },
+              ConsistentRead: true,
+            }),
+          );
           const items = out.Items ?? [];
           const teamItem = items.find((i) => i.sk === 'TEAM')!;
           const admittedItems = items.filter((i) => String(i.sk).startsWith('JOB#') && i.state === 'admitted').length;
@@ -163,13 +170,23 @@ async function main(): Promise<number> {
       const s = stats.get(t.teamId)!;
       const record = (await registry.get(t.teamId))!;
       const waitingLeft = (await registry.items(t.teamId, 'WAIT#')).length;
-      const over = Math.max(0, s.maxRunningBookkeeping - t.maxConcurrentJobs, s.maxRunningCounter - t.maxConcurrentJobs, s.maxAdmittedItems - t.maxConcurrentJobs);
+      const over = Math.max(
+        0,
+        s.maxRunningBookkeeping - t.maxConcurrentJobs,
+        s.maxRunningCounter - t.maxConcurrentJobs,
+        s.maxAdmittedItems - t.maxConcurrentJobs,
+      );
       overAdmitted += over;
-      if (record.usage.running !== 0 || record.usage.reservedMicroUsd !== 0) violations.push(`${t.teamId} holds ${record.usage.running} slots / ${record.usage.reservedMicroUsd} µ$ after the run`);
-      if (record.usage.spentMicroUsd !== s.chargedMicroUsd) violations.push(`${t.teamId} spent ${record.usage.spentMicroUsd} µ$ in the table, ${s.chargedMicroUsd} charged`);
+      if (record.usage.running !== 0 || record.usage.reservedMicroUsd !== 0)
+        violations.push(`${t.teamId} holds ${record.usage.running} slots / ${record.usage.reservedMicroUsd} µ$ after the run`);
+      if (record.usage.spentMicroUsd !== s.chargedMicroUsd)
+        violations.push(`${t.teamId} spent ${record.usage.spentMicroUsd} µ$ in the table, ${s.chargedMicroUsd} charged`);
       if (waitingLeft !== 0) violations.push(`${t.teamId} has ${waitingLeft} jobs still waiting`);
       if (s.inconsistentSnapshots !== 0) violations.push(`${t.teamId}: ${s.inconsistentSnapshots} snapshots where the counter disagreed with the job items`);
-      const rejectedText = Object.entries(s.rejected).map(([c, n]) => `${c} ${n}`).join(', ') || 'none';
+      const rejectedText =
+        Object.entries(s.rejected)
+          .map(([c, n]) => `${c} ${n}`)
+          .join(', ') || 'none';
       rows.push(
         `${t.teamId}: limit ${t.maxConcurrentJobs} concurrent, budget $${t.monthlyBudgetUsd}\n` +
           `  submitted ${s.submitted}: admitted at once ${s.admittedAtOnce}, waited (CONCURRENCY_LIMIT) ${s.waitedOnConcurrency} -> admitted later ${s.admittedAfterWaiting}; rejected: ${rejectedText}\n` +
@@ -182,7 +199,9 @@ async function main(): Promise<number> {
       return o === 'completed' || o?.startsWith('rejected');
     }).length;
     const lost = JOBS - accounted;
-    console.log(`bench:admission: ${JOBS} submissions (+${DUPLICATES} duplicate events) across ${TEAMS.length} teams against moto DynamoDB at ${moto.endpoint}`);
+    console.log(
+      `bench:admission: ${JOBS} submissions (+${DUPLICATES} duplicate events) across ${TEAMS.length} teams against moto DynamoDB at ${moto.endpoint}`,
+    );
     for (const row of rows) console.log(row);
     console.log(`duplicate events answered as duplicates: ${duplicatesAnsweredAsDuplicate} of ${DUPLICATES}`);
     console.log(`over-admitted = ${overAdmitted}, lost = ${lost} (every job completed or rejected with its code: ${accounted} of ${JOBS})`);

@@ -15,9 +15,9 @@ import { buildSync } from 'esbuild';
 import { keys } from '../lambdas/shared/keys';
 import { getJson } from '../lambdas/shared/s3';
 import { ReportSchema } from '../lambdas/validate/report';
-import { buildCorpus } from '../test/fixtures/photos/build';
 import { LOCAL_CREDENTIALS, LOCAL_REGION, startMoto } from '../scripts/local/moto';
-import { ARTIFACTS, INBOX, context, uploadJob } from '../test/lambdas/validate-fixtures';
+import { buildCorpus } from '../test/fixtures/photos/build';
+import { ARTIFACTS, context, INBOX, uploadJob } from '../test/lambdas/validate-fixtures';
 
 const ROOT = join(__dirname, '..');
 /** The validate function's nodeModules (infra/constructs/stage-functions.ts: DECODE_MODULES + FACE_MODULES). */
@@ -33,8 +33,15 @@ function copyModules(names: readonly string[], to: string, seen = new Set<string
     if (seen.has(name) || !existsSync(from)) continue; // optional platform packages may be absent
     seen.add(name);
     cpSync(from, join(to, 'node_modules', name), { recursive: true, dereference: true });
-    const pkg = JSON.parse(readFileSync(join(from, 'package.json'), 'utf8')) as Record<'dependencies' | 'optionalDependencies' | 'peerDependencies', object | undefined>;
-    copyModules([pkg.dependencies, pkg.optionalDependencies, pkg.peerDependencies].flatMap((d) => Object.keys(d ?? {})), to, seen);
+    const pkg = JSON.parse(readFileSync(join(from, 'package.json'), 'utf8')) as Record<
+      'dependencies' | 'optionalDependencies' | 'peerDependencies',
+      object | undefined
+    >;
+    copyModules(
+      [pkg.dependencies, pkg.optionalDependencies, pkg.peerDependencies].flatMap((d) => Object.keys(d ?? {})),
+      to,
+      seen,
+    );
   }
 }
 

@@ -7,9 +7,9 @@
  */
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
+import type * as TfCore from '@tensorflow/tfjs-core';
 import * as ort from 'onnxruntime-node';
 import sharp from 'sharp';
-import type * as TfCore from '@tensorflow/tfjs-core';
 import { blazeFaceGraph, INPUT_NAME, INPUT_SIZE, modelInput } from '../lambdas/validate/blazeface';
 import { detectFacesHere } from '../lambdas/validate/faces';
 import { encodeModel } from '../lambdas/validate/onnx';
@@ -30,13 +30,22 @@ async function main(): Promise<void> {
   const corpus = await buildCorpus();
   const thumbs = await Promise.all(
     FILES.map(async (f) => {
-      const { data, info } = await sharp(readFileSync(join(corpus, f))).resize(320, 320, { fit: 'inside' }).removeAlpha().raw().toBuffer({ resolveWithObject: true });
+      const { data, info } = await sharp(readFileSync(join(corpus, f)))
+        .resize(320, 320, { fit: 'inside' })
+        .removeAlpha()
+        .raw()
+        .toBuffer({ resolveWithObject: true });
       return { data, width: info.width, height: info.height };
     }),
   );
 
   // As the intake's worker runs it: one thread, all graph optimisations.
-  const session = await ort.InferenceSession.create(encodeModel(await blazeFaceGraph()), { intraOpNumThreads: 1, interOpNumThreads: 1, executionMode: 'sequential', graphOptimizationLevel: 'all' });
+  const session = await ort.InferenceSession.create(encodeModel(await blazeFaceGraph()), {
+    intraOpNumThreads: 1,
+    interOpNumThreads: 1,
+    executionMode: 'sequential',
+    graphOptimizationLevel: 'all',
+  });
   const onnx = (i: number) => {
     const t = thumbs[i % thumbs.length]!;
     return session.run({ [INPUT_NAME]: new ort.Tensor('float32', modelInput(t.data, t.width, t.height), [1, 3, INPUT_SIZE, INPUT_SIZE]) });
@@ -46,7 +55,7 @@ async function main(): Promise<void> {
   const tfjs = async (i: number) => {
     const input = reference.input(thumbs[i % thumbs.length]!);
     const outputs = reference.model.execute(input) as TfCore.Tensor[];
-    outputs.forEach((o) => o.dataSync());
+    for (const o of outputs) o.dataSync();
     reference.tf.dispose([input, ...outputs]);
   };
 

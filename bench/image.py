@@ -9,6 +9,7 @@ measured once (its date is printed), and --update-snapshot rewrites that snapsho
 Sizes of things no lock pins (base images, apt packages, BLIP's weights) are estimates, marked "est."
 with their source. Compressed ~ what ECR sends; unpacked ~ what the host extracts (the slow part on few vCPUs).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,7 +17,6 @@ import io
 import json
 import re
 import sys
-import time
 import urllib.request
 import zipfile
 from datetime import date
@@ -34,7 +34,11 @@ EST = {
     "python:3.11-slim-bookworm": (45 * MB, 130 * MB, "Docker Hub's python:3.11-slim-bookworm amd64 (~45 MB compressed, ~130 MB unpacked)"),
     "uv-python": (30 * MB, 100 * MB, "uv's python-build-standalone 3.11 install_only (~30 MB archive, ~100 MB unpacked)"),
     "uv": (20 * MB, 45 * MB, "the uv binary copied from ghcr.io/astral-sh/uv (~20 MB compressed)"),
-    "apt-git-gl": (40 * MB, 120 * MB, "git, libgl1, libglib2.0-0 and their dependencies on Ubuntu 22.04 (apt's download/installed sizes, rounded up)"),
+    "apt-git-gl": (
+        40 * MB,
+        120 * MB,
+        "git, libgl1, libglib2.0-0 and their dependencies on Ubuntu 22.04 (apt's download/installed sizes, rounded up)",
+    ),
     "apt-min": (1 * MB, 2 * MB, "ca-certificates"),
     "sd-scripts": (3 * MB, 8 * MB, "sd-scripts' source without .git"),
     "configs": (1 * MB, 2 * MB, "the CLIP tokenizer and SD 1.5 configs (json and merges.txt)"),
@@ -45,8 +49,16 @@ EST = {
 }
 # The CUDA user-space libraries of nvidia/cuda:*-runtime are the same ones the nvidia-* wheels carry:
 # their wheel sizes stand in for that base image's CUDA layers.
-CUDA_RUNTIME_WHEELS = ["nvidia-cublas-cu12", "nvidia-cufft-cu12", "nvidia-curand-cu12", "nvidia-cusolver-cu12",
-                       "nvidia-cusparse-cu12", "nvidia-cuda-nvrtc-cu12", "nvidia-cuda-runtime-cu12", "nvidia-nvjitlink-cu12"]
+CUDA_RUNTIME_WHEELS = [
+    "nvidia-cublas-cu12",
+    "nvidia-cufft-cu12",
+    "nvidia-curand-cu12",
+    "nvidia-cusolver-cu12",
+    "nvidia-cusparse-cu12",
+    "nvidia-cuda-nvrtc-cu12",
+    "nvidia-cuda-runtime-cu12",
+    "nvidia-nvjitlink-cu12",
+]
 BUILD_TOOLS = {"uv", "apt-git-gl", "setuptools"}
 
 
@@ -66,8 +78,9 @@ def parse_lock(path: Path) -> dict[str, tuple[str, set[str]]]:
 def wheel_fits(filename: str) -> bool:
     tags = filename[:-4].split("-")[-3:]
     py, abi, plat = tags
-    return (py in ("cp311", "py3", "py2.py3") or "cp311" in py or abi == "abi3") and \
-        (plat == "any" or ("x86_64" in plat and "manylinux" in plat))
+    return (py in ("cp311", "py3", "py2.py3") or "cp311" in py or abi == "abi3") and (
+        plat == "any" or ("x86_64" in plat and "manylinux" in plat)
+    )
 
 
 class RangeFile(io.RawIOBase):
@@ -137,7 +150,9 @@ def sizes(offline: bool) -> tuple[dict[str, dict], str]:
         return snap["wheels"], f"snapshot of {snap['measured']} (bench/image-sizes.json)"
     wanted = {(n, v): h for lock in locks.values() for n, (v, h) in lock.items()}
     try:
-        return {n: measure(n, v, h) for (n, v), h in sorted(wanted.items())}, f"PyPI, {date.today().isoformat()} (cached in .cache/bench-image)"
+        return {
+            n: measure(n, v, h) for (n, v), h in sorted(wanted.items())
+        }, f"PyPI, {date.today().isoformat()} (cached in .cache/bench-image)"
     except OSError as e:  # no route to PyPI: the snapshot, said so
         print(f"bench:image: PyPI unreachable ({e}); using the snapshot", file=sys.stderr)
         return sizes(offline=True)
@@ -189,15 +204,27 @@ def main(argv=None) -> int:
             ("code", est("code"), ""),
         ],
         "now: one image (containers/trainer/Dockerfile, multi-stage)": [
-            ("FROM python:3.11-slim-bookworm (est.; CUDA comes from the wheels, the driver from the host)", est("python:3.11-slim-bookworm"), ""),
+            (
+                "FROM python:3.11-slim-bookworm (est.; CUDA comes from the wheels, the driver from the host)",
+                est("python:3.11-slim-bookworm"),
+                "",
+            ),
             # Split so no layer passes ~2 GB and Docker pulls and unpacks them in parallel.
             ("COPY venv: nvidia-cudnn + nvidia-cublas", pkgs(["nvidia-cudnn-cu12", "nvidia-cublas-cu12"]), ""),
-            ("COPY venv: the other nvidia-* CUDA wheels", pkgs([n for n in nvidia if n not in ("nvidia-cudnn-cu12", "nvidia-cublas-cu12")]), ""),
+            (
+                "COPY venv: the other nvidia-* CUDA wheels",
+                pkgs([n for n in nvidia if n not in ("nvidia-cudnn-cu12", "nvidia-cublas-cu12")]),
+                "",
+            ),
             ("COPY venv: torch", pkgs(["torch"]), ""),
             ("COPY venv: everything else in the trainer lock (captioner's is a subset)", pkgs(rest_trainer), ""),
             ("BLIP large fp16 weights (est.)", est("blip-fp16"), ""),
             ("CLIP ViT-B/32 scorer weights (est.)", est("clip-b32"), ""),
-            ("sd-scripts + tokenizer + SD1.5 configs + code (est.)", tuple(a + b + c for a, b, c in zip(est("sd-scripts"), est("configs"), est("code"))), ""),
+            (
+                "sd-scripts + tokenizer + SD1.5 configs + code (est.)",
+                tuple(a + b + c for a, b, c in zip(est("sd-scripts"), est("configs"), est("code"))),
+                "",
+            ),
         ],
     }
     print(f"bench:image: wheel sizes from {source}; compressed = pulled from ECR, unpacked = extracted on the host")
@@ -214,11 +241,15 @@ def main(argv=None) -> int:
         totals[image] = (c_sum, u_sum)
     today = [v for k, v in totals.items() if "before" in k]
     proposed = totals[next(k for k in totals if k.startswith("now"))]
-    print(f"\nbefore, a cold instance that ran caption and then train pulled both images: {gb(sum(c for c, _ in today))} compressed, "
-          f"{gb(sum(u for _, u in today))} unpacked; the one image: {gb(proposed[0])} compressed, {gb(proposed[1])} unpacked")
+    print(
+        f"\nbefore, a cold instance that ran caption and then train pulled both images: {gb(sum(c for c, _ in today))} compressed, "
+        f"{gb(sum(u for _, u in today))} unpacked; the one image: {gb(proposed[0])} compressed, {gb(proposed[1])} unpacked"
+    )
     dup = pkgs(sorted(set(locks["captioner"]) & set(locks["trainer"])))
-    print(f"installed twice before (both locks): {gb(dup[0])} compressed, of which torch + nvidia-*: {gb(pkgs(['torch', *nvidia])[0])}; "
-          f"plus the CUDA runtime base under each pip install: {gb(cuda_base[0])} est.")
+    print(
+        f"installed twice before (both locks): {gb(dup[0])} compressed, of which torch + nvidia-*: {gb(pkgs(['torch', *nvidia])[0])}; "
+        f"plus the CUDA runtime base under each pip install: {gb(cuda_base[0])} est."
+    )
     top = sorted(locks["trainer"], key=lambda n: -wheels[n]["compressed"])[:8]
     print("largest wheels: " + ", ".join(f"{n} {wheels[n]['compressed'] / 1e6:.0f} MB" for n in top))
     print("estimates: " + "; ".join(f"{k}: {v[2]}" for k, v in EST.items()))

@@ -7,18 +7,18 @@
  * like the bare side reads them; what the stages write stays in memory (it counts in the RSS).
  * Targets: intake keeps at least half the bare throughput; a 50-photo job fits a 2048 MB Lambda.
  */
-import { existsSync, mkdirSync, readFileSync, readdirSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { CopyObjectCommand, GetObjectCommand, ListObjectsV2Command, PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
+import pMap from 'p-map';
 import sharp from 'sharp';
+import { normalize } from '../lambdas/normalize/core';
 import { KindSchema } from '../lambdas/shared/contract';
 import type { StageContext } from '../lambdas/shared/handler';
 import { keys } from '../lambdas/shared/keys';
 import { DEFAULT_CONFIG } from '../lambdas/validate/config';
-import pMap from 'p-map';
-import { normalize } from '../lambdas/normalize/core';
 import { validate } from '../lambdas/validate/core';
 import { corpusUnavailable, sampleDir, subject } from '../test/fixtures/photos/build';
 
@@ -32,15 +32,21 @@ async function phonePhotos(count: number): Promise<string> {
   if (!src) throw new Error(corpusUnavailable());
   const work = `${dir}.tmp-${process.pid}`;
   mkdirSync(work, { recursive: true });
-  await pMap(Array.from({ length: count }, (_, i) => i), async (i) => {
-    const { data, info } = await (await subject(src, i + 1, 1000, 750)).resize(4000, 3000).raw().toBuffer({ resolveWithObject: true });
-    for (let p = 0, x = i + 1; p < data.length; p++) {
-      x = (x * 1664525 + 1013904223) % 4294967296;
-      data[p] = Math.max(0, Math.min(255, data[p]! + ((x >>> 28) - 8)));
-    }
-    const jpeg = await sharp(data, { raw: { width: info.width, height: info.height, channels: info.channels } }).jpeg({ quality: 90 }).toBuffer();
-    writeFileSync(join(work, `phone-${String(i + 1).padStart(2, '0')}.jpg`), jpeg);
-  }, { concurrency: 2, stopOnError: true });
+  await pMap(
+    Array.from({ length: count }, (_, i) => i),
+    async (i) => {
+      const { data, info } = await (await subject(src, i + 1, 1000, 750)).resize(4000, 3000).raw().toBuffer({ resolveWithObject: true });
+      for (let p = 0, x = i + 1; p < data.length; p++) {
+        x = (x * 1664525 + 1013904223) % 4294967296;
+        data[p] = Math.max(0, Math.min(255, data[p]! + ((x >>> 28) - 8)));
+      }
+      const jpeg = await sharp(data, { raw: { width: info.width, height: info.height, channels: info.channels } })
+        .jpeg({ quality: 90 })
+        .toBuffer();
+      writeFileSync(join(work, `phone-${String(i + 1).padStart(2, '0')}.jpg`), jpeg);
+    },
+    { concurrency: 2, stopOnError: true },
+  );
   writeFileSync(join(work, '.complete'), '');
   rmSync(dir, { recursive: true, force: true });
   renameSync(work, dir);
@@ -82,7 +88,10 @@ function memoryS3(): { s3: S3Client; put(bucket: string, key: string, body: Buff
     }
     if (command instanceof PutObjectCommand) {
       const body = command.input.Body as Uint8Array | string;
-      objects.set(`${command.input.Bucket}/${command.input.Key}`, typeof body === 'string' ? Buffer.from(body) : Buffer.from(body.buffer, body.byteOffset, body.byteLength));
+      objects.set(
+        `${command.input.Bucket}/${command.input.Key}`,
+        typeof body === 'string' ? Buffer.from(body) : Buffer.from(body.buffer, body.byteOffset, body.byteLength),
+      );
       return {};
     }
     if (command instanceof CopyObjectCommand) {
@@ -93,7 +102,10 @@ function memoryS3(): { s3: S3Client; put(bucket: string, key: string, body: Buff
     }
     if (command instanceof ListObjectsV2Command) {
       const prefix = `${command.input.Bucket}/${command.input.Prefix ?? ''}`;
-      const Contents = [...objects.keys()].filter((k) => k.startsWith(prefix)).sort().map((k) => ({ Key: k.slice(command.input.Bucket!.length + 1), Size: bytesOf(objects.get(k)!).length }));
+      const Contents = [...objects.keys()]
+        .filter((k) => k.startsWith(prefix))
+        .sort()
+        .map((k) => ({ Key: k.slice(command.input.Bucket!.length + 1), Size: bytesOf(objects.get(k)!).length }));
       return { Contents, IsTruncated: false };
     }
     throw new Error(`memoryS3: ${(command as object).constructor.name} is not emulated`);
@@ -111,10 +123,17 @@ async function main(): Promise<void> {
   const count = Number(values.photos);
   const kind = KindSchema.parse(values.kind);
   const dir = await phonePhotos(count);
-  const files = readdirSync(dir).filter((f) => f.endsWith('.jpg')).sort();
-  const config = { ...DEFAULT_CONFIG, countRules: { ...DEFAULT_CONFIG.countRules, [kind]: { ...DEFAULT_CONFIG.countRules[kind], min: Math.min(10, files.length) } } };
+  const files = readdirSync(dir)
+    .filter((f) => f.endsWith('.jpg'))
+    .sort();
+  const config = {
+    ...DEFAULT_CONFIG,
+    countRules: { ...DEFAULT_CONFIG.countRules, [kind]: { ...DEFAULT_CONFIG.countRules[kind], min: Math.min(10, files.length) } },
+  };
   const spec = { token: 'ohwx', classWord: kind === 'character' ? 'woman' : kind === 'object' ? 'mug' : 'painting', kind };
-  console.log(`${files.length} photos, 4000x3000 JPEG, ${(statSync(join(dir, files[0]!)).size / 1e6).toFixed(1)} MB each; ${kind} job; ${config.concurrency} in flight; sharp.concurrency()=${sharp.concurrency()}`);
+  console.log(
+    `${files.length} photos, 4000x3000 JPEG, ${(statSync(join(dir, files[0]!)).size / 1e6).toFixed(1)} MB each; ${kind} job; ${config.concurrency} in flight; sharp.concurrency()=${sharp.concurrency()}`,
+  );
 
   const { s3, put } = memoryS3();
   const intakeJob = async (jobId: string, names: readonly string[]) => {
@@ -129,13 +148,28 @@ async function main(): Promise<void> {
   };
 
   // Warm both paths (model load, WASM compile, libvips caches) outside the timings.
-  await sharp(readFileSync(join(dir, files[0]!))).rotate().resize(512, 512, { fit: 'cover' }).png().toBuffer();
+  await sharp(readFileSync(join(dir, files[0]!)))
+    .rotate()
+    .resize(512, 512, { fit: 'cover' })
+    .png()
+    .toBuffer();
   await intakeJob('warm-up', files.slice(0, 10));
 
   // Two bare baselines over the same files: the plain reference (512 px cover crop, default PNG),
   // and the same output the intake hands to training here (the plan's resolution, PNG level 1).
   const bareTo = (size: number, png: sharp.PngOptions) =>
-    withPeakRss(() => pMap(files, async (f) => sharp(readFileSync(join(dir, f))).rotate().resize(size, size, { fit: 'cover' }).png(png).toBuffer(), { concurrency: config.concurrency, stopOnError: true }));
+    withPeakRss(() =>
+      pMap(
+        files,
+        async (f) =>
+          sharp(readFileSync(join(dir, f)))
+            .rotate()
+            .resize(size, size, { fit: 'cover' })
+            .png(png)
+            .toBuffer(),
+        { concurrency: config.concurrency, stopOnError: true },
+      ),
+    );
   const bare = await bareTo(512, {});
   const intake = await withPeakRss(() => intakeJob('bench', files));
   const resolution = intake.result.validated.resolution;
@@ -146,12 +180,16 @@ async function main(): Promise<void> {
   const { validated, normalized, validateSeconds } = intake.result;
   const cpuMs = (r: { cpuSeconds: number }) => ((r.cpuSeconds * 1000) / files.length).toFixed(0);
   console.log(`bare sharp decode-resize-encode to 512 px PNG: ${bareRate.toFixed(2)} photos/s (${bare.seconds.toFixed(1)} s; ${cpuMs(bare)} ms CPU a photo)`);
-  console.log(`bare sharp decode-resize-encode to the intake's output (${resolution} px PNG, level 1): ${bareSameRate.toFixed(2)} photos/s (${bareSame.seconds.toFixed(1)} s; ${cpuMs(bareSame)} ms CPU a photo)`);
+  console.log(
+    `bare sharp decode-resize-encode to the intake's output (${resolution} px PNG, level 1): ${bareSameRate.toFixed(2)} photos/s (${bareSame.seconds.toFixed(1)} s; ${cpuMs(bareSame)} ms CPU a photo)`,
+  );
   console.log(
     `whole intake (validate + normalize, in-memory S3): ${intakeRate.toFixed(2)} photos/s (${intake.seconds.toFixed(1)} s, validate ${validateSeconds.toFixed(1)} s; ${cpuMs(intake)} ms CPU a photo; ` +
       `${validated.accepted} accepted, ${validated.rejected} rejected; ${normalized.images} dataset images at ${validated.resolution} px)`,
   );
-  console.log(`ratio intake/bare: ${(intakeRate / bareRate).toFixed(2)} against the 512 px reference, ${(intakeRate / bareSameRate).toFixed(2)} against the same output (target >= 0.5)`);
+  console.log(
+    `ratio intake/bare: ${(intakeRate / bareRate).toFixed(2)} against the 512 px reference, ${(intakeRate / bareSameRate).toFixed(2)} against the same output (target >= 0.5)`,
+  );
   // Both sides compete with whatever else runs: from a start load above ~1.5 on this 2-core machine the figures are noise.
   console.log(`load average (1 min) at start ${startLoad.toFixed(2)}, at end ${loadavg()[0]!.toFixed(2)}`);
   console.log(`peak RSS: ${intake.peakMb.toFixed(0)} MB for the ${files.length}-photo intake (bare: ${bare.peakMb.toFixed(0)} MB; target < 2048 MB)`);

@@ -60,7 +60,13 @@ interface Plan {
 function plan(i: number): Plan {
   const job = { teamId: `team-${i % 4}`, jobId: `load-${String(i).padStart(3, '0')}` };
   const events = i % 10 === 3 ? 'twice-at-once' : i % 10 === 7 ? 'replayed-later' : 'once';
-  if (i % 20 === 5) return { job, events, fault: { kind: 'spotReclaim', at: () => new Promise((r) => setTimeout(r, 50)), stage: 'train', attempts: 'first' }, expect: 'succeeded' };
+  if (i % 20 === 5)
+    return {
+      job,
+      events,
+      fault: { kind: 'spotReclaim', at: () => new Promise((r) => setTimeout(r, 50)), stage: 'train', attempts: 'first' },
+      expect: 'succeeded',
+    };
   if (i % 20 === 9) return { job, events, fault: { kind: 'imagePull', stage: 'train', attempts: 'first' }, expect: 'succeeded' };
   if (i % 25 === 12) return { job, events, fault: { kind: 'imagePull', stage: 'evaluate', attempts: 'all' }, expect: 'BATCH_JOB_FAILED' };
   if (i % 25 === 17) return { job, events, badSpec: true, expect: 'INVALID_JOB_SPEC' };
@@ -91,9 +97,23 @@ async function main(): Promise<number> {
       env: { AVATAR_INBOX_BUCKET: INBOX, AVATAR_ARTIFACTS_BUCKET: ARTIFACTS },
       stopTimeoutMs: 2_000,
     });
-    const sfn = new LocalStepFunctions(definition, 'arn:aws:states:us-east-1:123456789012:stateMachine:load', { batch: batch.runner(), taskTokens: teams.taskTokens });
-    const deps = { s3: moto.s3(), sfn: sfn as never, inboxBucket: INBOX, artifactsBucket: ARTIFACTS, stateMachineArn: sfn.stateMachineArn, now: () => new Date() };
-    const event = (job: JobRef) => ({ 'detail-type': 'Object Created', source: 'aws.s3', detail: { bucket: { name: INBOX }, object: { key: keys.spec(job) } } });
+    const sfn = new LocalStepFunctions(definition, 'arn:aws:states:us-east-1:123456789012:stateMachine:load', {
+      batch: batch.runner(),
+      taskTokens: teams.taskTokens,
+    });
+    const deps = {
+      s3: moto.s3(),
+      sfn: sfn as never,
+      inboxBucket: INBOX,
+      artifactsBucket: ARTIFACTS,
+      stateMachineArn: sfn.stateMachineArn,
+      now: () => new Date(),
+    };
+    const event = (job: JobRef) => ({
+      'detail-type': 'Object Created',
+      source: 'aws.s3',
+      detail: { bucket: { name: INBOX }, object: { key: keys.spec(job) } },
+    });
 
     // The handlers log a JSON line per transition; 100 jobs of them would bury the result.
     // (The SDK's socket-queue warnings too: 100 jobs share one process here, not 100 Lambda sandboxes.)
@@ -163,9 +183,17 @@ async function main(): Promise<number> {
     let unexpected = 0;
     const unexpectedDetail: string[] = [];
     for (const p of plans) {
-      const status = StatusSchema.safeParse(JSON.parse(Buffer.from(await getBytes(s3, ARTIFACTS, keys.status(p.job)).catch(() => new Uint8Array(Buffer.from('null')))).toString('utf8')));
+      const status = StatusSchema.safeParse(
+        JSON.parse(Buffer.from(await getBytes(s3, ARTIFACTS, keys.status(p.job)).catch(() => new Uint8Array(Buffer.from('null')))).toString('utf8')),
+      );
       const state = status.success ? status.data.state : undefined;
-      const outcome = !status.success ? 'no status' : state === 'queued' || state === 'running' ? `still ${state}` : state === 'succeeded' ? 'succeeded' : (status.data.error?.code ?? `${state} without code`);
+      const outcome = !status.success
+        ? 'no status'
+        : state === 'queued' || state === 'running'
+          ? `still ${state}`
+          : state === 'succeeded'
+            ? 'succeeded'
+            : (status.data.error?.code ?? `${state} without code`);
       terminal.set(`${p.job.teamId}/${p.job.jobId}`, outcome);
       if (outcome !== p.expect) {
         unexpected++;
@@ -192,20 +220,36 @@ async function main(): Promise<number> {
     console.log = quiet.log;
     console.error = quiet.error;
     console.warn = quiet.warn;
-    console.log(`bench:load: ${JOBS} jobs through start -> state machine -> Lambda stages -> Batch emulator (GPU stages as in-process stand-ins), ${photos.length} photos each`);
-    console.log(`  jobs                 ${JOBS} (${deliveries} job.json events delivered; ${plans.filter((p) => p.events === 'twice-at-once').length} twice at once, ${plans.filter((p) => p.events === 'replayed-later').length} replayed 2-7 s later)`);
+    console.log(
+      `bench:load: ${JOBS} jobs through start -> state machine -> Lambda stages -> Batch emulator (GPU stages as in-process stand-ins), ${photos.length} photos each`,
+    );
+    console.log(
+      `  jobs                 ${JOBS} (${deliveries} job.json events delivered; ${plans.filter((p) => p.events === 'twice-at-once').length} twice at once, ${plans.filter((p) => p.events === 'replayed-later').length} replayed 2-7 s later)`,
+    );
     console.log(`  wall time            ${wallS.toFixed(1)} s (includes a 7.5 s wait for late replays)`);
-    console.log(`  terminal states      ${[...byCode].sort((a, b) => b[1] - a[1]).map(([code, n]) => `${code}=${n}`).join(', ')}`);
+    console.log(
+      `  terminal states      ${[...byCode]
+        .sort((a, b) => b[1] - a[1])
+        .map(([code, n]) => `${code}=${n}`)
+        .join(', ')}`,
+    );
     console.log(`  planned outcomes     ${JOBS - unexpected}/${JOBS} as planned${unexpected ? `; ${unexpectedDetail.slice(0, 5).join('; ')}` : ''}`);
     const waitedBy = TEAMS.map((t) => `${t.teamId} (max ${t.maxConcurrentJobs}) ${[...waited].filter((j) => j.startsWith(`${t.teamId}/`)).length}`).join(', ');
-    console.log(`  admission waits      ${waited.size} jobs seen queued in CONCURRENCY_LIMIT: ${waitedBy}; all resumed: ${[...waited].every((j) => !terminal.get(j)!.startsWith('still '))}`);
-    console.log(`  executions started   ${sfn.launches.size} (not started: ${notStarted}; start errors: ${startErrors.length}${startErrors.length ? `: ${startErrors[0]}` : ''})`);
+    console.log(
+      `  admission waits      ${waited.size} jobs seen queued in CONCURRENCY_LIMIT: ${waitedBy}; all resumed: ${[...waited].every((j) => !terminal.get(j)!.startsWith('still '))}`,
+    );
+    console.log(
+      `  executions started   ${sfn.launches.size} (not started: ${notStarted}; start errors: ${startErrors.length}${startErrors.length ? `: ${startErrors[0]}` : ''})`,
+    );
     console.log(`  lost = ${lost}`);
     console.log(`  duplicated = ${duplicated}`);
-    console.log(`  Batch jobs           ${jobs.length} (attempts ${jobs.reduce((n, j) => n + j.detail.Attempts.length, 0)}; retried by the retry strategy ${jobs.filter((j) => j.detail.Attempts.length > 1).length})`);
+    console.log(
+      `  Batch jobs           ${jobs.length} (attempts ${jobs.reduce((n, j) => n + j.detail.Attempts.length, 0)}; retried by the retry strategy ${jobs.filter((j) => j.detail.Attempts.length > 1).length})`,
+    );
     console.log(`  status.json reads    ${reads}, parse failures ${parseFailures}${failures.length ? `: ${failures.slice(0, 3).join('; ')}` : ''}`);
     console.log(`  left running         ${leftRunning}`);
-    const ok = lost === 0 && duplicated === 0 && parseFailures === 0 && unexpected === 0 && notStarted === 0 && startErrors.length === 0 && leftRunning === 'none';
+    const ok =
+      lost === 0 && duplicated === 0 && parseFailures === 0 && unexpected === 0 && notStarted === 0 && startErrors.length === 0 && leftRunning === 'none';
     console.log(ok ? 'bench:load: OK' : 'bench:load: FAILED');
     return ok ? 0 : 1;
   } finally {

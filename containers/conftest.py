@@ -3,6 +3,7 @@
 moto emulates S3's object API (put/get/list/multipart); it does not enforce IAM, so the tests
 say nothing about the job role's permissions.
 """
+
 import os
 import socket
 import subprocess

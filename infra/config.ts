@@ -38,9 +38,7 @@ export function instanceVcpus(instanceType: string): number | undefined {
   return size !== undefined && Object.hasOwn(SIZE_VCPUS, size) ? SIZE_VCPUS[size as keyof typeof SIZE_VCPUS] : undefined;
 }
 
-const instanceTypePattern = new RegExp(
-  `^(${SUPPORTED_GPU_FAMILIES.join('|')})\\.(${SUPPORTED_SIZES.join('|')})$`,
-);
+const instanceTypePattern = new RegExp(`^(${SUPPORTED_GPU_FAMILIES.join('|')})\\.(${SUPPORTED_SIZES.join('|')})$`);
 
 /**
  * Deployment configuration, read from the CDK context key `avatar`.
@@ -71,7 +69,12 @@ export const AvatarConfigSchema = z
      * or no instance type that fits) before Batch cancels it and the job fails with GPU_CAPACITY_UNAVAILABLE.
      * Batch accepts 10 minutes to 24 hours.
      */
-    gpuWaitMinutes: z.number().int().min(10).max(24 * 60).default(30),
+    gpuWaitMinutes: z
+      .number()
+      .int()
+      .min(10)
+      .max(24 * 60)
+      .default(30),
     /** EC2 instance types for the GPU compute environments (single-GPU g5/g6/g6e sizes). */
     instanceTypes: z
       .array(
@@ -88,7 +91,12 @@ export const AvatarConfigSchema = z
     /** Where CloudWatch alarms are emailed; no subscription when absent. */
     alarmEmail: z.email().optional(),
     /** Whole-execution timeout of the state machine, in hours. */
-    executionTimeoutHours: z.number().int().min(1).max(24 * 7).default(12),
+    executionTimeoutHours: z
+      .number()
+      .int()
+      .min(1)
+      .max(24 * 7)
+      .default(12),
     /** Size of the encrypted gp3 root volume of each GPU instance (images plus model cache). */
     rootVolumeGiB: z.number().int().min(100).max(16_384).default(200),
     /** Artifacts-bucket key of the base model the operator uploads (under `models/`). */

@@ -1,6 +1,6 @@
 import { CfnOutput, Duration, Stack, type StackProps } from 'aws-cdk-lib';
 import * as iam from 'aws-cdk-lib/aws-iam';
-import { Construct } from 'constructs';
+import type { Construct } from 'constructs';
 import { LAYOUT } from '../lambdas/shared/layout';
 import type { AvatarConfig } from './config';
 import { Alarms } from './constructs/alarms';
@@ -104,7 +104,9 @@ export class AvatarStack extends Stack {
     // so a grant inside their roles would make the functions depend on the state machine (a cycle).
     new iam.Policy(this, 'TaskResponse', {
       roles: functions.taskResponders.map((fn) => fn.executionRole),
-      statements: [new iam.PolicyStatement({ actions: ['states:SendTaskSuccess', 'states:SendTaskFailure'], resources: [workflow.stateMachine.stateMachineArn] })],
+      statements: [
+        new iam.PolicyStatement({ actions: ['states:SendTaskSuccess', 'states:SendTaskFailure'], resources: [workflow.stateMachine.stateMachineArn] }),
+      ],
     });
 
     const trigger = new Trigger(this, 'Trigger', {
@@ -156,6 +158,9 @@ export class AvatarStack extends Stack {
     new CfnOutput(this, 'DeadLetterQueueUrl', { value: trigger.deadLetterQueue.queueUrl });
     new CfnOutput(this, 'JobQueueArn', { value: gpu.jobQueue.jobQueueArn });
     new CfnOutput(this, 'TeamsTableName', { value: teams.table.tableName, description: 'AVATAR_TEAMS_TABLE of npm run team' });
-    new CfnOutput(this, 'SchedulingPolicyArn', { value: teams.schedulingPolicy.schedulingPolicyArn, description: 'AVATAR_SCHEDULING_POLICY_ARN of npm run team' });
+    new CfnOutput(this, 'SchedulingPolicyArn', {
+      value: teams.schedulingPolicy.schedulingPolicyArn,
+      description: 'AVATAR_SCHEDULING_POLICY_ARN of npm run team',
+    });
   }
 }

@@ -2,7 +2,7 @@
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { LAYOUT_TARGETS, layoutJson } from '../lambdas/shared/layout';
-import { SCHEMA_TARGETS, contractJsonSchema } from '../lambdas/shared/schema';
+import { contractJsonSchema, SCHEMA_TARGETS } from '../lambdas/shared/schema';
 
 const root = join(__dirname, '..');
 for (const [targets, text] of [

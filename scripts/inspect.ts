@@ -9,15 +9,20 @@
 import { mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
-import { DEFAULT_CLASS_WORDS, describeIssues, JobSpecSchema, type Kind } from '../lambdas/shared/contract';
-import { checkPhotos, tooFewMessage, type PhotoSource } from '../lambdas/validate/analyze';
-import { configFromEnv } from '../lambdas/validate/config';
 import { cleanCaption } from '../lambdas/normalize/caption';
+import { DEFAULT_CLASS_WORDS, describeIssues, JobSpecSchema, type Kind } from '../lambdas/shared/contract';
+import { checkPhotos, type PhotoSource, tooFewMessage } from '../lambdas/validate/analyze';
+import { configFromEnv } from '../lambdas/validate/config';
 
 async function main(): Promise<number> {
   const { values, positionals } = parseArgs({
     allowPositionals: true,
-    options: { kind: { type: 'string', default: 'character' }, token: { type: 'string', default: 'ohwx' }, out: { type: 'string' }, json: { type: 'boolean', default: false } },
+    options: {
+      kind: { type: 'string', default: 'character' },
+      token: { type: 'string', default: 'ohwx' },
+      out: { type: 'string' },
+      json: { type: 'boolean', default: false },
+    },
   });
   const dir = positionals[0];
   if (!dir) {
@@ -33,7 +38,9 @@ async function main(): Promise<number> {
   }
   const spec = parsed.data;
   const config = configFromEnv();
-  const names = readdirSync(dir).filter((n) => !n.startsWith('.') && statSync(join(dir, n)).isFile()).sort();
+  const names = readdirSync(dir)
+    .filter((n) => !n.startsWith('.') && statSync(join(dir, n)).isFile())
+    .sort();
   const captions = new Map(names.filter((n) => n.toLowerCase().endsWith('.txt')).map((n) => [n.slice(0, -4), n]));
   const sources: PhotoSource[] = names
     .filter((n) => !n.toLowerCase().endsWith('.txt'))

@@ -15,16 +15,16 @@ import { mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'n
 import { basename, dirname, join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { CreateStateMachineCommand, SFNClient } from '@aws-sdk/client-sfn';
-import { DEFAULT_CLASS_WORDS, type JobSpecInput, JobSpecSchema, KINDS, type Kind, describeIssues } from '../lambdas/shared/contract';
-import { keys, jobPrefix } from '../lambdas/shared/keys';
+import { DEFAULT_CLASS_WORDS, describeIssues, type JobSpecInput, JobSpecSchema, KINDS, type Kind } from '../lambdas/shared/contract';
+import { jobPrefix, keys } from '../lambdas/shared/keys';
 import { getBytes, getJson, listAll, putBytes, putJson } from '../lambdas/shared/s3';
-import { ReportSchema } from '../lambdas/validate/report';
 import { readStatus } from '../lambdas/shared/status';
 import { start } from '../lambdas/start/handler';
-import { configureHandlers, LOCAL_CREDENTIALS, LOCAL_REGION, startMoto } from './local/moto';
+import { ReportSchema } from '../lambdas/validate/report';
 import { stateMachineDefinition, synthesizeTemplate } from './local/definition';
 import { syntheticPhotos } from './local/demo-photos';
 import { checkGpu, dockerRunner, noGpuRunner } from './local/gpu';
+import { configureHandlers, LOCAL_CREDENTIALS, LOCAL_REGION, startMoto } from './local/moto';
 import { emptyJobQueue, localTeams } from './local/teams';
 import { runWorkflow } from './local/workflow';
 
@@ -54,7 +54,11 @@ function parse() {
     },
   });
   if (values.help) {
-    console.log(readFileSync(__filename, 'utf8').split('*/')[0].replace(/^\/\*\*?|^ \* ?/gm, ''));
+    console.log(
+      readFileSync(__filename, 'utf8')
+        .split('*/')[0]
+        .replace(/^\/\*\*?|^ \* ?/gm, ''),
+    );
     process.exit(0);
   }
   const demo = !values.photos;
@@ -72,7 +76,12 @@ function parse() {
   if (!statSync(photosDir, { throwIfNoEntry: false })?.isDirectory()) throw new UsageError(`--photos ${values.photos} is not a folder`);
   const photos = readdirSync(photosDir).filter((f) => !f.startsWith('.') && statSync(join(photosDir, f)).isFile());
   if (photos.length === 0) throw new UsageError(`--photos ${values.photos} holds no files`);
-  const jobId = values.job ?? `local-${new Date().toISOString().replace(/[^0-9]/g, '').slice(0, 14)}`;
+  const jobId =
+    values.job ??
+    `local-${new Date()
+      .toISOString()
+      .replace(/[^0-9]/g, '')
+      .slice(0, 14)}`;
   const out = resolve(values.out ?? join('.local', 'runs', values.team!, jobId));
   return { spec, photosDir, photos, job: { teamId: values.team!, jobId }, out, demo };
 }
@@ -84,14 +93,17 @@ async function main(): Promise<number> {
     args = parse();
   } catch (error) {
     if (error instanceof UsageError || (error as { code?: string }).code?.startsWith('ERR_PARSE_ARGS')) {
-      console.error(`error: ${(error as Error).message}\nusage: npm run local -- --photos <dir> --token <token> [--kind character|style|object] [--class-word <word>] [--out <dir>]`);
+      console.error(
+        `error: ${(error as Error).message}\nusage: npm run local -- --photos <dir> --token <token> [--kind character|style|object] [--class-word <word>] [--out <dir>]`,
+      );
       return EXIT.usage;
     }
     throw error;
   }
   const { spec, photosDir, photos, job, out, demo } = args;
   const log = (line: string) => console.log(line);
-  if (demo) log(`demo run: ${photos.length} generated photos in ${photosDir}, an object job with token "${spec.token}" (use --photos <dir> --token <t> for your own)`);
+  if (demo)
+    log(`demo run: ${photos.length} generated photos in ${photosDir}, an object job with token "${spec.token}" (use --photos <dir> --token <t> for your own)`);
 
   const moto = await startMoto();
   try {
@@ -125,7 +137,9 @@ async function main(): Promise<number> {
     mkdirSync(cacheDir, { recursive: true });
     // No GPU: no Batch job runs, so the job is charged nothing (its estimate is charged when a GPU run has no Batch records to read).
     if (!gpu.ok) process.env.JOB_QUEUE = await emptyJobQueue(moto.endpoint);
-    const batch = gpu.ok ? dockerRunner({ template, endpoint: moto.endpoint, inboxBucket: INBOX, artifactsBucket: ARTIFACTS, cacheDir, log }) : noGpuRunner(gpu);
+    const batch = gpu.ok
+      ? dockerRunner({ template, endpoint: moto.endpoint, inboxBucket: INBOX, artifactsBucket: ARTIFACTS, cacheDir, log })
+      : noGpuRunner(gpu);
 
     const failedStates = new Set<string>(); // a caught failure still exits its state: print ✗ only
     const result = await runWorkflow(definition, started.job, {
@@ -155,8 +169,12 @@ async function main(): Promise<number> {
     const report = ReportSchema.safeParse(await getJson(s3, ARTIFACTS, keys.validateReport(job)));
     if (report.success) {
       const { summary, plan } = report.data;
-      const reasons = Object.entries(summary.reasons).map(([code, n]) => `${code} ${n}`).join(', ');
-      log(`\nvalidate: ${summary.accepted} of ${summary.files} photos accepted${reasons ? ` (rejected: ${reasons})` : ''}; details in validate/report.json and validate/contact-sheet.png`);
+      const reasons = Object.entries(summary.reasons)
+        .map(([code, n]) => `${code} ${n}`)
+        .join(', ');
+      log(
+        `\nvalidate: ${summary.accepted} of ${summary.files} photos accepted${reasons ? ` (rejected: ${reasons})` : ''}; details in validate/report.json and validate/contact-sheet.png`,
+      );
       if (plan) log(`plan: ${plan.arithmetic}`);
       for (const warning of summary.warnings) log(`warning: ${warning}`);
     }

@@ -25,25 +25,25 @@
 import { parseArgs } from 'node:util';
 import { BatchClient } from '@aws-sdk/client-batch';
 import { DynamoDBClient } from '@aws-sdk/client-dynamodb';
-import { z } from 'zod';
 import { SFNClient } from '@aws-sdk/client-sfn';
+import type { z } from 'zod';
 import { resume } from '../lambdas/shared/accounting';
 import { admitWaiting } from '../lambdas/shared/admission';
 import { IdSchema } from '../lambdas/shared/contract';
 import { syncFairShareWeights } from '../lambdas/shared/fair-share';
-import { BudgetsClient, deleteTeamBudget, putTeamBudget, teamBudgetName } from './team-budget';
 import {
   createTeamsTable,
   fromMicroUsd,
   TEAM_DEFAULTS,
-  TeamConfigSchema,
   type TeamConfig,
+  TeamConfigSchema,
   type TeamPatch,
   TeamPatchSchema,
   type TeamRecord,
-  teamsDocumentClient,
   TeamRegistry,
+  teamsDocumentClient,
 } from '../lambdas/shared/teams';
+import { BudgetsClient, deleteTeamBudget, putTeamBudget, teamBudgetName } from './team-budget';
 
 /** Flag -> config field, for parsing and for naming the flag in errors. */
 const FLAGS = {
@@ -76,7 +76,10 @@ function settingsFrom(values: Record<string, unknown>): TeamPatch {
       if (text.trim() === '' || !Number.isFinite(n)) throw new UsageError(`--${flag}: "${text}" is not a number`);
       patch[spec.field] = n;
     } else {
-      patch[spec.field] = raw.flatMap((v) => v.split(',')).map((v) => v.trim()).filter((v) => v !== '');
+      patch[spec.field] = raw
+        .flatMap((v) => v.split(','))
+        .map((v) => v.trim())
+        .filter((v) => v !== '');
     }
   }
   return patch as TeamPatch;
@@ -118,7 +121,14 @@ export async function main(argv: string[]): Promise<number> {
   const { values, positionals } = parseArgs({
     args: argv,
     allowPositionals: true,
-    options: { ...options, table: { type: 'string' }, endpoint: { type: 'string' }, 'scheduling-policy': { type: 'string' }, 'budgets-account': { type: 'string' }, json: { type: 'boolean' } },
+    options: {
+      ...options,
+      table: { type: 'string' },
+      endpoint: { type: 'string' },
+      'scheduling-policy': { type: 'string' },
+      'budgets-account': { type: 'string' },
+      json: { type: 'boolean' },
+    },
   });
   const [command, teamArg, ...extra] = positionals;
   if (!command) throw new UsageError('give a command: add, update, suspend, resume, list, show or create-table');
@@ -133,19 +143,27 @@ export async function main(argv: string[]): Promise<number> {
   /** After a change: every team's weight into the Batch policy, when one is named. */
   const syncShares = async () => {
     if (!policyArn) return;
-    const shares = await syncFairShareWeights(new BatchClient(clientConfig), policyArn, (await registry.list()).map((t) => t.config));
+    const shares = await syncFairShareWeights(
+      new BatchClient(clientConfig),
+      policyArn,
+      (await registry.list()).map((t) => t.config),
+    );
     if (!values.json) console.log(`fair-share weights of ${shares.length} team(s) pushed to ${policyArn}`);
   };
   const budgetsAccount = (values['budgets-account'] as string | undefined) ?? process.env.AVATAR_BUDGETS_ACCOUNT_ID;
-  if (budgetsAccount !== undefined && !/^\d{12}$/.test(budgetsAccount)) throw new UsageError(`--budgets-account: "${budgetsAccount}" is not a 12-digit AWS account id`);
+  if (budgetsAccount !== undefined && !/^\d{12}$/.test(budgetsAccount))
+    throw new UsageError(`--budgets-account: "${budgetsAccount}" is not a 12-digit AWS account id`);
   /** After add/update: the team's Budgets alert, when the paying account is named. */
   const syncBudget = async (config: TeamConfig) => {
     if (!budgetsAccount) {
-      if (!values.json) console.log('no --budgets-account (AVATAR_BUDGETS_ACCOUNT_ID): the team\'s AWS Budgets alert was not created or changed');
+      if (!values.json) console.log("no --budgets-account (AVATAR_BUDGETS_ACCOUNT_ID): the team's AWS Budgets alert was not created or changed");
       return;
     }
     await putTeamBudget(new BudgetsClient(clientConfig), budgetsAccount, config);
-    if (!values.json) console.log(`AWS Budgets alert ${teamBudgetName(config.teamId)}: $${config.monthlyBudgetUsd}/month on tag team=${config.teamId}, to ${config.alertEmails.join(', ') || 'nobody (no --alert-email)'}`);
+    if (!values.json)
+      console.log(
+        `AWS Budgets alert ${teamBudgetName(config.teamId)}: $${config.monthlyBudgetUsd}/month on tag team=${config.teamId}, to ${config.alertEmails.join(', ') || 'nobody (no --alert-email)'}`,
+      );
   };
   const teamId = () => {
     const parsed = IdSchema.safeParse(teamArg);
@@ -175,7 +193,11 @@ export async function main(argv: string[]): Promise<number> {
       const woken = await admitWaiting(registry, id);
       await resume({ sfn: new SFNClient({}), log: (m, f) => console.error(`${m}: ${JSON.stringify(f)}`) }, woken.admitted, woken.rejected);
       const admitted = woken.admitted.map((a) => a.jobId);
-      print(`updated ${line(team)}${admitted.length ? `\nadmitted waiting jobs: ${admitted.join(', ')}` : ''}`, { ...summary(team), admitted, rejected: woken.rejected });
+      print(`updated ${line(team)}${admitted.length ? `\nadmitted waiting jobs: ${admitted.join(', ')}` : ''}`, {
+        ...summary(team),
+        admitted,
+        rejected: woken.rejected,
+      });
       await syncShares();
       await syncBudget(team.config);
       return 0;
@@ -189,7 +211,11 @@ export async function main(argv: string[]): Promise<number> {
       const woken = command === 'resume' ? await admitWaiting(registry, id) : { admitted: [], rejected: [] };
       await resume({ sfn: new SFNClient({}), log: (m, f) => console.error(`${m}: ${JSON.stringify(f)}`) }, woken.admitted, woken.rejected);
       const admitted = woken.admitted.map((a) => a.jobId);
-      print(`${command === 'suspend' ? 'suspended' : 'resumed'} ${line(team)}${admitted.length ? `\nadmitted waiting jobs: ${admitted.join(', ')}` : ''}`, { ...summary(team), admitted, rejected: woken.rejected });
+      print(`${command === 'suspend' ? 'suspended' : 'resumed'} ${line(team)}${admitted.length ? `\nadmitted waiting jobs: ${admitted.join(', ')}` : ''}`, {
+        ...summary(team),
+        admitted,
+        rejected: woken.rejected,
+      });
       await syncShares();
       return 0;
     }

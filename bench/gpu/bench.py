@@ -6,6 +6,7 @@ kohya stand-in from the tests) for a few hundred steps at each resolution x batc
 stage for a few dozen renders, and prints it/s, images/s, peak GPU memory and projected times for
 recipe.md's job (1875 steps at 512). Nothing is downloaded. Usage: bench/gpu/run.sh --help.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,14 +44,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--cpu", action="store_true", help="tiny model on CPU (CI): checks the wiring, measures nothing useful")
     ap.add_argument("--steps", type=int, default=200, help="training steps per configuration (default 200)")
     ap.add_argument("--configs", default=None, help="resolution x batch list (default 512x1,512x2,768x1,768x2; --cpu: 512x1,512x2)")
-    ap.add_argument("--sd-scripts", default=os.environ.get("AVATAR_SD_SCRIPTS_DIR"),
-                    help="kohya sd-scripts checkout at the pinned commit (default $AVATAR_SD_SCRIPTS_DIR); without it --cpu uses the stand-in")
+    ap.add_argument(
+        "--sd-scripts",
+        default=os.environ.get("AVATAR_SD_SCRIPTS_DIR"),
+        help="kohya sd-scripts checkout at the pinned commit (default $AVATAR_SD_SCRIPTS_DIR); without it --cpu uses the stand-in",
+    )
     ap.add_argument("--eval-steps", type=int, default=None, help="sampler steps per render (default 35 as recipe.md; --cpu: 2)")
     ap.add_argument("--out", default=None, help="work folder (default a new temporary one); results.json is written there")
     args = ap.parse_args(argv)
     if args.steps < 2:
         ap.error("--steps must be at least 2 (one per epoch)")
-    args.configs = [tuple(int(x) for x in c.lower().split("x")) for c in (args.configs or ("512x1,512x2" if args.cpu else "512x1,512x2,768x1,768x2")).split(",")]
+    args.configs = [
+        tuple(int(x) for x in c.lower().split("x"))
+        for c in (args.configs or ("512x1,512x2" if args.cpu else "512x1,512x2,768x1,768x2")).split(",")
+    ]
     for res, batch in args.configs:
         if res not in (512, 768) or batch not in (1, 2):
             ap.error(f"--configs: {res}x{batch} is not one of 512/768 x 1/2 (the contract's resolutions and batches)")
@@ -89,18 +96,51 @@ def build_model(folder: Path, full: bool, device: str) -> dict:
         with torch.device(device):  # initialising 1B parameters on the GPU takes seconds, not a minute
             # diffusers' defaults are SD 1.5's U-Net (320/640/1280/1280, 2 layers, 8 heads) but for the context width.
             unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768)
-            vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, sample_size=512,
-                                block_out_channels=(128, 256, 512, 512),
-                                down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
+            vae = AutoencoderKL(
+                in_channels=3,
+                out_channels=3,
+                latent_channels=4,
+                layers_per_block=2,
+                sample_size=512,
+                block_out_channels=(128, 256, 512, 512),
+                down_block_types=("DownEncoderBlock2D",) * 4,
+                up_block_types=("UpDecoderBlock2D",) * 4,
+            )
             # transformers' CLIPTextConfig defaults are ViT-B/32's text model (512 wide): set ViT-L/14's.
-            text_encoder = CLIPTextModel(CLIPTextConfig(
-                vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-                max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=768,
-                bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id))
-        scheduler = PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
-                                  skip_prk_steps=True, steps_offset=1, set_alpha_to_one=False)
-        pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
-                                       safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+            text_encoder = CLIPTextModel(
+                CLIPTextConfig(
+                    vocab_size=49408,
+                    hidden_size=768,
+                    intermediate_size=3072,
+                    num_hidden_layers=12,
+                    num_attention_heads=12,
+                    max_position_embeddings=77,
+                    hidden_act="quick_gelu",
+                    projection_dim=768,
+                    bos_token_id=tokenizer.bos_token_id,
+                    eos_token_id=tokenizer.eos_token_id,
+                    pad_token_id=tokenizer.pad_token_id,
+                )
+            )
+        scheduler = PNDMScheduler(
+            beta_start=0.00085,
+            beta_end=0.012,
+            beta_schedule="scaled_linear",
+            num_train_timesteps=1000,
+            skip_prk_steps=True,
+            steps_offset=1,
+            set_alpha_to_one=False,
+        )
+        pipe = StableDiffusionPipeline(
+            vae=vae,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            unet=unet,
+            scheduler=scheduler,
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
         pipe.to(dtype=torch.float16)
         pipe.save_pretrained(pipe_dir)
         del pipe, unet, vae, text_encoder
@@ -121,6 +161,7 @@ def single_file_checkpoint(pipe_dir: Path, dest: Path, sd_scripts: str) -> bool:
     sys.path.insert(0, sd_scripts)
     try:
         from library import model_util  # sd-scripts' package
+
         to_sd_unet, to_sd_vae = model_util.convert_unet_state_dict_to_sd, model_util.convert_vae_state_dict
     except (ImportError, AttributeError) as e:
         print(f"bench: kohya's diffusers-to-SD converter (library.model_util) is not importable from {sd_scripts}: {e}")
@@ -172,8 +213,12 @@ class PeakMemory:
     @staticmethod
     def _used() -> int | None:
         try:
-            out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits", "-i", "0"],
-                                 capture_output=True, text=True, timeout=10)
+            out = subprocess.run(
+                ["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits", "-i", "0"],
+                capture_output=True,
+                text=True,
+                timeout=10,
+            )
             return int(out.stdout.split()[0]) if out.returncode == 0 else None
         except (OSError, ValueError, IndexError, subprocess.TimeoutExpired):
             return None
@@ -209,9 +254,16 @@ def plan_for(res: int, batch: int, steps: int, job_id: str, cpu: bool) -> dict:
     total = math.ceil(images * repeats * EPOCHS / batch)
     token = plan["spec"]["token"]
     plan.update(teamId=TEAM, jobId=job_id, userCaptions=[], images=[f"{token}-{i:02d}.png" for i in range(1, images + 1)])
-    plan["plan"].update(numImages=images, repeats=repeats, epochs=EPOCHS, batchSize=batch, totalSteps=total, resolution=res,
-                        folder=f"{repeats}_{token}",
-                        arithmetic=f"{images} images x {repeats} repeats x {EPOCHS} epochs / batch {batch} = {total} steps (bench)")
+    plan["plan"].update(
+        numImages=images,
+        repeats=repeats,
+        epochs=EPOCHS,
+        batchSize=batch,
+        totalSteps=total,
+        resolution=res,
+        folder=f"{repeats}_{token}",
+        arithmetic=f"{images} images x {repeats} repeats x {EPOCHS} epochs / batch {batch} = {total} steps (bench)",
+    )
     plan["spec"]["training"]["batchSize"] = batch
     if cpu:
         plan["spec"]["training"].update(networkDim=8, networkAlpha=8)
@@ -233,8 +285,11 @@ def seed_job(s3, bucket: str, plan: dict, image_px: int) -> None:
         buf = io.BytesIO()
         Image.fromarray(rng.integers(0, 256, (image_px, image_px, 3), dtype=np.uint8)).save(buf, "PNG")
         s3.put_object(Bucket=bucket, Key=prefix + f"normalize/{folder}/{name}", Body=buf.getvalue())
-        s3.put_object(Bucket=bucket, Key=prefix + f"caption/{folder}/{Path(name).stem}.txt",
-                      Body=f"photo of {plan['spec']['token']}, a man in a red shirt standing in a kitchen, picture {i}\n".encode())
+        s3.put_object(
+            Bucket=bucket,
+            Key=prefix + f"caption/{folder}/{Path(name).stem}.txt",
+            Body=f"photo of {plan['spec']['token']}, a man in a red shirt standing in a kitchen, picture {i}\n".encode(),
+        )
 
 
 def run_stage_in_process(stage: str, job_id: str, env: dict) -> tuple[int, float, dict]:
@@ -251,8 +306,9 @@ def run_stage_in_process(stage: str, job_id: str, env: dict) -> tuple[int, float
     wall = time.monotonic() - start
     import boto3
 
-    status = json.loads(boto3.client("s3").get_object(Bucket=env["AVATAR_ARTIFACTS_BUCKET"],
-                                                      Key=f"teams/{TEAM}/jobs/{job_id}/status.json")["Body"].read())
+    status = json.loads(
+        boto3.client("s3").get_object(Bucket=env["AVATAR_ARTIFACTS_BUCKET"], Key=f"teams/{TEAM}/jobs/{job_id}/status.json")["Body"].read()
+    )
     return rc, wall, status
 
 
@@ -276,8 +332,15 @@ def train_once(res: int, batch: int, args, env: dict, s3, bucket: str, out: Path
             rc, wall, status = run_stage_in_process("train", job_id, {**env, "AVATAR_WORK_DIR": str(out / f"work-{job_id}")})
     finally:
         Supervisor.on_event = original
-    row = {"config": f"{res}px batch {batch}", "resolution": res, "batch": batch, "steps": plan["plan"]["totalSteps"],
-           "wallS": round(wall, 1), "peakGpuGiB": mem.gib, "ok": rc == 0}
+    row = {
+        "config": f"{res}px batch {batch}",
+        "resolution": res,
+        "batch": batch,
+        "steps": plan["plan"]["totalSteps"],
+        "wallS": round(wall, 1),
+        "peakGpuGiB": mem.gib,
+        "ok": rc == 0,
+    }
     if rc != 0:
         row["error"] = status.get("error")
         return row
@@ -287,8 +350,7 @@ def train_once(res: int, batch: int, args, env: dict, s3, bucket: str, out: Path
     warm = [e for e in events if e[1] >= max(1, total // 10)]
     if len(warm) >= 2 and warm[-1][1] > warm[0][1]:
         it_s = (warm[-1][1] - warm[0][1]) / (warm[-1][0] - warm[0][0])
-        row.update(itPerS=round(it_s, 2), imagesPerS=round(it_s * batch, 2),
-                   overheadS=round(max(0.0, wall - total / it_s), 1))
+        row.update(itPerS=round(it_s, 2), imagesPerS=round(it_s * batch, 2), overheadS=round(max(0.0, wall - total / it_s), 1))
     return row
 
 
@@ -343,9 +405,15 @@ def evaluate_once(args, env: dict, s3, bucket: str, model: dict, out: Path) -> d
             rc, wall, status = run_stage_in_process("evaluate", job_id, {**env, **extra, "AVATAR_WORK_DIR": str(out / "work-evaluate")})
     finally:
         eval_mod.Renderer.__call__ = original
-    row = {"renders": len(times), "steps": ev["steps"], "size": f"{ev['width']}x{ev['height']}", "wallS": round(wall, 1),
-           "peakGpuGiB": mem.gib, "ok": rc == 0,
-           "pipeline": ("diffusers folder" if "AVATAR_EVAL_PIPELINE_DIR" in extra else "single file + baked configs") + ", tiny CLIP scorer"}
+    row = {
+        "renders": len(times),
+        "steps": ev["steps"],
+        "size": f"{ev['width']}x{ev['height']}",
+        "wallS": round(wall, 1),
+        "peakGpuGiB": mem.gib,
+        "ok": rc == 0,
+        "pipeline": ("diffusers folder" if "AVATAR_EVAL_PIPELINE_DIR" in extra else "single file + baked configs") + ", tiny CLIP scorer",
+    }
     if rc != 0:
         row["error"] = status.get("error")
     elif times:
@@ -359,7 +427,8 @@ def evaluate_once(args, env: dict, s3, bucket: str, model: dict, out: Path) -> d
 def recipe_renders() -> int:
     """Renders of the evaluate stage for recipe.md's job, counted the way evaluate.py counts them:
     prompts x (base + checkpoints x strengths) + pack prompts x pack seeds."""
-    from trainer import evaluate as eval_mod, prompt_sets
+    from trainer import evaluate as eval_mod
+    from trainer import prompt_sets
 
     plan = json.loads(PLAN_FIXTURE.read_text())
     spec = plan["spec"]
@@ -372,18 +441,24 @@ def fmt(v, unit=""):
 
 
 def report(rows: list[dict], ev: dict | None, meta: dict) -> list[str]:
-    lines = [f"bench/gpu on {meta['device']} ({meta['mode']}); kohya: {meta['kohya']}; attention: {meta['attention']}",
-             f"{'config':<16}{'steps':>6}{'it/s':>10}{'img/s':>10}{'overhead s':>12}{'peak GiB':>10}{'wall s':>8}"]
+    lines = [
+        f"bench/gpu on {meta['device']} ({meta['mode']}); kohya: {meta['kohya']}; attention: {meta['attention']}",
+        f"{'config':<16}{'steps':>6}{'it/s':>10}{'img/s':>10}{'overhead s':>12}{'peak GiB':>10}{'wall s':>8}",
+    ]
     for r in rows:
         if not r["ok"]:
             lines.append(f"{r['config']:<16} FAILED: {r.get('error')}")
             continue
-        lines.append(f"{r['config']:<16}{r['steps']:>6}{fmt(r.get('itPerS')):>10}{fmt(r.get('imagesPerS')):>10}"
-                     f"{fmt(r.get('overheadS')):>12}{fmt(r['peakGpuGiB']):>10}{r['wallS']:>8}")
+        lines.append(
+            f"{r['config']:<16}{r['steps']:>6}{fmt(r.get('itPerS')):>10}{fmt(r.get('imagesPerS')):>10}"
+            f"{fmt(r.get('overheadS')):>12}{fmt(r['peakGpuGiB']):>10}{r['wallS']:>8}"
+        )
     if ev:
         if ev["ok"]:
-            lines.append(f"evaluate: {ev['renders']} renders of {ev['steps']} steps at {ev['size']} ({ev['pipeline']}): "
-                         f"{fmt(ev.get('imagesPerS'))} images/s, overhead {fmt(ev.get('overheadS'))} s, peak {fmt(ev['peakGpuGiB'])} GiB, wall {ev['wallS']} s")
+            lines.append(
+                f"evaluate: {ev['renders']} renders of {ev['steps']} steps at {ev['size']} ({ev['pipeline']}): "
+                f"{fmt(ev.get('imagesPerS'))} images/s, overhead {fmt(ev.get('overheadS'))} s, peak {fmt(ev['peakGpuGiB'])} GiB, wall {ev['wallS']} s"
+            )
         else:
             lines.append(f"evaluate FAILED: {ev.get('error')}")
     # Projections for recipe.md's job on THIS device: fixed overhead + steps / rate.
@@ -392,11 +467,15 @@ def report(rows: list[dict], ev: dict | None, meta: dict) -> list[str]:
             steps = math.ceil(RECIPE_STEPS / r["batch"])
             train_s = r["overheadS"] + steps / r["itPerS"]
             note = "" if r["batch"] == 1 else " (same images seen; batch 2 changes the recipe: check quality before adopting)"
-            lines.append(f"projected recipe training at 512 batch {r['batch']}: {steps} steps -> {train_s / 60:.1f} min on this device{note}")
+            lines.append(
+                f"projected recipe training at 512 batch {r['batch']}: {steps} steps -> {train_s / 60:.1f} min on this device{note}"
+            )
     if ev and ev.get("imagesPerS"):
         renders = recipe_renders()
-        lines.append(f"projected recipe evaluation: {renders} renders x {ev['steps']} steps -> "
-                     f"{(ev['overheadS'] + renders / ev['imagesPerS']) / 60:.1f} min on this device")
+        lines.append(
+            f"projected recipe evaluation: {renders} renders x {ev['steps']} steps -> "
+            f"{(ev['overheadS'] + renders / ev['imagesPerS']) / 60:.1f} min on this device"
+        )
     if meta["mode"] == "cpu":
         lines.append("CPU mode: wiring check only; these figures say nothing about a GPU")
     return lines
@@ -414,9 +493,15 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     from trainer import kohya
 
-    meta = {"mode": device, "device": torch.cuda.get_device_name(0) if device == "cuda" else "CPU",
-            "attention": kohya.attention(), "torch": torch.__version__,
-            "kohya": f"sd-scripts at {args.sd_scripts}" if args.sd_scripts else "the stand-in containers/trainer/tests/fake_kohya.py (no --sd-scripts given)"}
+    meta = {
+        "mode": device,
+        "device": torch.cuda.get_device_name(0) if device == "cuda" else "CPU",
+        "attention": kohya.attention(),
+        "torch": torch.__version__,
+        "kohya": f"sd-scripts at {args.sd_scripts}"
+        if args.sd_scripts
+        else "the stand-in containers/trainer/tests/fake_kohya.py (no --sd-scripts given)",
+    }
     print(f"bench: {meta['kohya']}; work folder {out}", flush=True)
 
     t = time.monotonic()
@@ -428,18 +513,31 @@ def main(argv: list[str] | None = None) -> int:
     if not model["singleFile"]:
         # The stand-in reads no model: the object in S3 is only what fetch_base_model downloads and checks.
         base = model["pipeline"] / "unet" / "diffusion_pytorch_model.safetensors"
-    print(f"bench: model built in {time.monotonic() - t:.0f} s ({'single-file checkpoint' if model['singleFile'] else 'diffusers folder'})", flush=True)
+    print(
+        f"bench: model built in {time.monotonic() - t:.0f} s ({'single-file checkpoint' if model['singleFile'] else 'diffusers folder'})",
+        flush=True,
+    )
 
     moto, endpoint = start_moto()
     try:
         import boto3
 
         bucket = "bench-artifacts"
-        env = {"AWS_ENDPOINT_URL_S3": endpoint, "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
-               "AWS_DEFAULT_REGION": "us-east-1", "AVATAR_TEAM_ID": TEAM, "AVATAR_INBOX_BUCKET": "bench-inbox",
-               "AVATAR_ARTIFACTS_BUCKET": bucket, "AVATAR_CACHE_DIR": str(out / "cache"), "AVATAR_BASE_MODEL_KEY": BASE_KEY,
-               "AVATAR_TOKENIZER_CACHE_DIR": str(model["tokenizers"]), "AVATAR_SD_CONFIG_DIR": str(model["config"]),
-               "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+        env = {
+            "AWS_ENDPOINT_URL_S3": endpoint,
+            "AWS_ACCESS_KEY_ID": "bench",
+            "AWS_SECRET_ACCESS_KEY": "bench",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AVATAR_TEAM_ID": TEAM,
+            "AVATAR_INBOX_BUCKET": "bench-inbox",
+            "AVATAR_ARTIFACTS_BUCKET": bucket,
+            "AVATAR_CACHE_DIR": str(out / "cache"),
+            "AVATAR_BASE_MODEL_KEY": BASE_KEY,
+            "AVATAR_TOKENIZER_CACHE_DIR": str(model["tokenizers"]),
+            "AVATAR_SD_CONFIG_DIR": str(model["config"]),
+            "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1",
+        }
         os.environ.update(env)
         if args.sd_scripts:
             os.environ["AVATAR_SD_SCRIPTS_DIR"] = args.sd_scripts

@@ -5,8 +5,8 @@ import * as iam from 'aws-cdk-lib/aws-iam';
 import * as kms from 'aws-cdk-lib/aws-kms';
 import * as sns from 'aws-cdk-lib/aws-sns';
 import * as subscriptions from 'aws-cdk-lib/aws-sns-subscriptions';
-import type * as sfn from 'aws-cdk-lib/aws-stepfunctions';
 import type * as sqs from 'aws-cdk-lib/aws-sqs';
+import type * as sfn from 'aws-cdk-lib/aws-stepfunctions';
 import { Construct } from 'constructs';
 import { METRICS_NAMESPACE, STACK_DIMENSION, SYSTEM_FAILURE_METRIC } from '../../lambdas/shared/metrics';
 
@@ -109,7 +109,8 @@ export class Alarms extends Construct {
       treatMissingData: cloudwatch.TreatMissingData.NOT_BREACHING,
     });
     this.deadLetters = new cloudwatch.Alarm(this, 'DeadLetters', {
-      alarmDescription: 'An event was not handled: a job.json upload that did not start a workflow, or an execution end reconcile could not record; inspect the dead-letter queue',
+      alarmDescription:
+        'An event was not handled: a job.json upload that did not start a workflow, or an execution end reconcile could not record; inspect the dead-letter queue',
       metric: props.deadLetterQueue.metricApproximateNumberOfMessagesVisible({
         period: Duration.minutes(5),
         statistic: cloudwatch.Stats.MAXIMUM,

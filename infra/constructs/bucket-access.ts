@@ -30,7 +30,13 @@ export function grantStageAccess(grantee: iam.Role, buckets: StageBuckets, stage
     if ('list' in grant) {
       grantList(grantee, bucket(grant.list), [LIST_PREFIX]);
     } else {
-      grantObjects(grantee, bucket(grant.bucket), grant.actions, grant.keys.map((key) => keyPattern(key)), grant.why);
+      grantObjects(
+        grantee,
+        bucket(grant.bucket),
+        grant.actions,
+        grant.keys.map((key) => keyPattern(key)),
+        grant.why,
+      );
     }
   }
 }
@@ -41,13 +47,7 @@ export function grantStageAccess(grantee: iam.Role, buckets: StageBuckets, stage
  * advance; cdk-nag's AwsSolutions-IAM5 reports each one, so each pattern is acknowledged on the
  * grantee, with the reason, right where it is granted.
  */
-export function grantObjects(
-  grantee: iam.Role,
-  bucket: s3.IBucket,
-  actions: readonly ObjectAction[],
-  keyPatterns: readonly string[],
-  reason: string,
-): void {
+export function grantObjects(grantee: iam.Role, bucket: s3.IBucket, actions: readonly ObjectAction[], keyPatterns: readonly string[], reason: string): void {
   grantee.addToPrincipalPolicy(
     new iam.PolicyStatement({
       actions: [...actions],

@@ -4,7 +4,7 @@ import * as iam from 'aws-cdk-lib/aws-iam';
 import * as lambda from 'aws-cdk-lib/aws-lambda';
 import * as nodejs from 'aws-cdk-lib/aws-lambda-nodejs';
 import * as logs from 'aws-cdk-lib/aws-logs';
-import { Construct } from 'constructs';
+import type { Construct } from 'constructs';
 
 const REPO_ROOT = path.join(__dirname, '..', '..');
 
@@ -143,7 +143,8 @@ export class LambdaFunction extends nodejs.NodejsFunction {
     });
     Validations.of(this).acknowledge({
       id: 'AwsSolutions-L1',
-      reason: 'Node.js 22 is pinned on purpose: it matches @types/node 22 and the esbuild target the handlers are tested with; moving to 24 is a separate, tested upgrade.',
+      reason:
+        'Node.js 22 is pinned on purpose: it matches @types/node 22 and the esbuild target the handlers are tested with; moving to 24 is a separate, tested upgrade.',
     });
   }
 }

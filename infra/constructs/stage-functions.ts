@@ -25,7 +25,14 @@ export interface StageFunctionsProps {
 }
 
 /** Item actions the admission and release code uses (transactions need no action of their own). */
-const REGISTRY_ACTIONS = ['dynamodb:GetItem', 'dynamodb:PutItem', 'dynamodb:UpdateItem', 'dynamodb:DeleteItem', 'dynamodb:Query', 'dynamodb:ConditionCheckItem'];
+const REGISTRY_ACTIONS = [
+  'dynamodb:GetItem',
+  'dynamodb:PutItem',
+  'dynamodb:UpdateItem',
+  'dynamodb:DeleteItem',
+  'dynamodb:Query',
+  'dynamodb:ConditionCheckItem',
+];
 
 /**
  * Packages shipped as files beside the bundle: sharp's linux-x64 native binary, and WASM modules
@@ -125,10 +132,13 @@ export class StageFunctions extends Construct {
       const role = fn.executionRole;
       role.addToPrincipalPolicy(new iam.PolicyStatement({ actions: REGISTRY_ACTIONS, resources: [props.teamsTable.tableArn] }));
       // ListJobs, DescribeJobs and DescribeComputeEnvironments support no resource-level permission.
-      role.addToPrincipalPolicy(new iam.PolicyStatement({ actions: ['batch:ListJobs', 'batch:DescribeJobs', 'batch:DescribeComputeEnvironments'], resources: ['*'] }));
+      role.addToPrincipalPolicy(
+        new iam.PolicyStatement({ actions: ['batch:ListJobs', 'batch:DescribeJobs', 'batch:DescribeComputeEnvironments'], resources: ['*'] }),
+      );
       Validations.of(role).acknowledge({
         id: 'AwsSolutions-IAM5[Resource::*]',
-        reason: 'X-Ray (PutTraceSegments, PutTelemetryRecords) and the read-only Batch calls that price a job (ListJobs, DescribeJobs, DescribeComputeEnvironments) support no resource-level permissions.',
+        reason:
+          'X-Ray (PutTraceSegments, PutTelemetryRecords) and the read-only Batch calls that price a job (ListJobs, DescribeJobs, DescribeComputeEnvironments) support no resource-level permissions.',
       });
     }
     this.taskResponders = [this.admit, this.finalize, this.markFailed, this.reconcile];

@@ -1,6 +1,6 @@
 import { type Duration, Stack } from 'aws-cdk-lib';
 import * as iam from 'aws-cdk-lib/aws-iam';
-import * as sfn from 'aws-cdk-lib/aws-stepfunctions';
+import type * as sfn from 'aws-cdk-lib/aws-stepfunctions';
 import * as tasks from 'aws-cdk-lib/aws-stepfunctions-tasks';
 import type { Construct } from 'constructs';
 
@@ -51,6 +51,7 @@ export class TeamBatchSubmitJob extends tasks.BatchSubmitJob {
     return { ...super.toStateJson(topLevelQueryLanguage), TimeoutSeconds: this.stateTimeout.toSeconds() };
   }
 
+  // biome-ignore lint/suspicious/noExplicitAny: the override keeps the signature of CDK's BatchSubmitJob._renderTask
   protected override _renderTask(topLevelQueryLanguage?: sfn.QueryLanguage): any {
     const rendered = super._renderTask(topLevelQueryLanguage);
     if (!rendered.Parameters) throw new Error('TeamBatchSubmitJob supports JSONPath state machines only');

@@ -3,8 +3,8 @@ import * as events from 'aws-cdk-lib/aws-events';
 import * as targets from 'aws-cdk-lib/aws-events-targets';
 import * as destinations from 'aws-cdk-lib/aws-lambda-destinations';
 import type * as s3 from 'aws-cdk-lib/aws-s3';
-import type * as sfn from 'aws-cdk-lib/aws-stepfunctions';
 import * as sqs from 'aws-cdk-lib/aws-sqs';
+import type * as sfn from 'aws-cdk-lib/aws-stepfunctions';
 import { Construct } from 'constructs';
 import { jobKey } from '../../lambdas/shared/access';
 import { keyPattern } from '../../lambdas/shared/layout';
@@ -59,7 +59,8 @@ export class Trigger extends Construct {
     });
     Validations.of(this.deadLetterQueue).acknowledge({
       id: 'AwsSolutions-SQS3',
-      reason: 'This queue is the dead-letter queue of the job trigger (EventBridge target and Lambda on-failure destination); a DLQ of a DLQ would only move the problem.',
+      reason:
+        'This queue is the dead-letter queue of the job trigger (EventBridge target and Lambda on-failure destination); a DLQ of a DLQ would only move the problem.',
     });
 
     this.startFunction = new LambdaFunction(this, 'Start', {

@@ -88,11 +88,7 @@ export const LAMBDA_RETRY_ERRORS = [
  * is not resubmitted here: Spot reclaims (`Host EC2*`) and image pull/start failures are retried
  * inside Batch by each job definition's retry strategy, which sees the real exit reason.
  */
-export const BATCH_RETRY_ERRORS = [
-  'Batch.AWSBatchException',
-  'Batch.ServerException',
-  'Batch.TooManyRequestsException',
-] as const;
+export const BATCH_RETRY_ERRORS = ['Batch.AWSBatchException', 'Batch.ServerException', 'Batch.TooManyRequestsException'] as const;
 
 /**
  * How long a Lambda state waits beyond the function's own timeout before raising `States.Timeout`:
@@ -180,12 +176,19 @@ export class Workflow extends Construct {
     const normalize = catchInto(lambdaStep(this, STATE_NAMES.normalize, functions.normalize, 'normalize', jobRef), 'normalize');
     const executionTimeout = props.timeout ?? Duration.hours(12);
     const admit = catchInto(
-      lambdaStep(this, STATE_NAMES.admit, functions.admit, 'admit', { ...jobRef, taskToken: sfn.JsonPath.taskToken }, {
-        integrationPattern: sfn.IntegrationPattern.WAIT_FOR_TASK_TOKEN,
-        timeout: executionTimeout,
-        // The token's answer is the decision itself, not a Lambda response.
-        resultSelector: { 'result.$': '$' },
-      }),
+      lambdaStep(
+        this,
+        STATE_NAMES.admit,
+        functions.admit,
+        'admit',
+        { ...jobRef, taskToken: sfn.JsonPath.taskToken },
+        {
+          integrationPattern: sfn.IntegrationPattern.WAIT_FOR_TASK_TOKEN,
+          timeout: executionTimeout,
+          // The token's answer is the decision itself, not a Lambda response.
+          resultSelector: { 'result.$': '$' },
+        },
+      ),
       'admit',
     );
     const gpuStep = (name: string, stage: 'train' | 'evaluate') =>
@@ -227,7 +230,8 @@ export class Workflow extends Construct {
     role.addToPrincipalPolicy(new iam.PolicyStatement({ actions: ['batch:DescribeJobs'], resources: ['*'] }));
     Validations.of(role).acknowledge({
       id: 'AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:batch:<AWS::Region>:<AWS::AccountId>:job/*]',
-      reason: 'batch:TerminateJob stops the Batch job of a stopped or timed-out execution, and batch:TagResource tags (team, job, stage) a job at SubmitJob; job ARNs carry a random id known only after SubmitJob, so both are scoped to jobs of this account and region.',
+      reason:
+        'batch:TerminateJob stops the Batch job of a stopped or timed-out execution, and batch:TagResource tags (team, job, stage) a job at SubmitJob; job ARNs carry a random id known only after SubmitJob, so both are scoped to jobs of this account and region.',
     });
     for (const fn of [functions.validate, functions.normalize, functions.admit, functions.finalize, functions.markFailed]) {
       Validations.of(role).acknowledge({
@@ -237,11 +241,13 @@ export class Workflow extends Construct {
     }
     Validations.of(role).acknowledge({
       id: 'AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:batch:<AWS::Region>:<AWS::AccountId>:job-definition/*]',
-      reason: 'BatchSubmitJob grants batch:SubmitJob on job-definition/* because a job definition ARN changes with every revision; the job queue is still limited to ours.',
+      reason:
+        'BatchSubmitJob grants batch:SubmitJob on job-definition/* because a job definition ARN changes with every revision; the job queue is still limited to ours.',
     });
     Validations.of(role).acknowledge({
       id: 'AwsSolutions-IAM5[Resource::*]',
-      reason: 'Execution logging (logs:*LogDelivery, PutResourcePolicy, Describe*), X-Ray tracing and batch:DescribeJobs (polled by the .sync Batch integration) support no resource-level permissions.',
+      reason:
+        'Execution logging (logs:*LogDelivery, PutResourcePolicy, Describe*), X-Ray tracing and batch:DescribeJobs (polled by the .sync Batch integration) support no resource-level permissions.',
     });
   }
 }
@@ -252,10 +258,7 @@ export class Workflow extends Construct {
  * a 32-character digest and the stage stay under it, and the digest keeps names unique across teams.
  */
 export function batchJobName(stage: string): string {
-  const digest = sfn.JsonPath.hash(
-    sfn.JsonPath.format('{}/{}', sfn.JsonPath.stringAt('$.teamId'), sfn.JsonPath.stringAt('$.jobId')),
-    'MD5',
-  );
+  const digest = sfn.JsonPath.hash(sfn.JsonPath.format('{}/{}', sfn.JsonPath.stringAt('$.teamId'), sfn.JsonPath.stringAt('$.jobId')), 'MD5');
   return sfn.JsonPath.format(`{}-{}-${stage}`, sfn.JsonPath.stringAt('$.jobId'), digest);
 }
 

@@ -7,11 +7,11 @@ import { createHash } from 'node:crypto';
 import type { Readable } from 'node:stream';
 import { GetObjectCommand } from '@aws-sdk/client-s3';
 import { getSignedUrl } from '@aws-sdk/s3-request-presigner';
+import pMap from 'p-map';
 import { type Accounting, accountingFromEnv, endJob } from '../shared/accounting';
 import { type Manifest, ManifestSchema, STAGES } from '../shared/contract';
 import { requireEnv } from '../shared/env';
 import { type StageContext, stageHandler } from '../shared/handler';
-import pMap from 'p-map';
 import { jobKey, jobPrefix, keys } from '../shared/keys';
 import { LAYOUT } from '../shared/layout';
 import { getJson, listAll, putJson } from '../shared/s3';
@@ -51,7 +51,13 @@ async function sha256(ctx: StageContext, key: string): Promise<string> {
 }
 
 export async function finalize(ctx: StageContext, options: FinalizeOptions): Promise<FinalizeResult> {
-  await writeStatus(ctx.s3, ctx.artifactsBucket, ctx.job, { state: 'running', stage: 'finalize', progress: { fraction: 0, message: 'listing artifacts' } }, ctx.now());
+  await writeStatus(
+    ctx.s3,
+    ctx.artifactsBucket,
+    ctx.job,
+    { state: 'running', stage: 'finalize', progress: { fraction: 0, message: 'listing artifacts' } },
+    ctx.now(),
+  );
   const prefix = jobPrefix(ctx.job);
   const stageDirs = new Set<string>(STAGES);
   const objects = (await listAll(ctx.s3, ctx.artifactsBucket, prefix))
@@ -60,16 +66,20 @@ export async function finalize(ctx: StageContext, options: FinalizeOptions): Pro
     .sort((a, b) => a.name.localeCompare(b.name));
 
   const created = ctx.now();
-  const artifacts = await pMap(objects, async (o) => ({
-    key: o.key,
-    name: o.name,
-    stage: o.name.split('/')[0],
-    size: o.size,
-    sha256: await sha256(ctx, o.key),
-    url: await getSignedUrl(ctx.s3, new GetObjectCommand({ Bucket: ctx.artifactsBucket, Key: o.key }), {
-      expiresIn: options.urlExpirySeconds,
+  const artifacts = await pMap(
+    objects,
+    async (o) => ({
+      key: o.key,
+      name: o.name,
+      stage: o.name.split('/')[0],
+      size: o.size,
+      sha256: await sha256(ctx, o.key),
+      url: await getSignedUrl(ctx.s3, new GetObjectCommand({ Bucket: ctx.artifactsBucket, Key: o.key }), {
+        expiresIn: options.urlExpirySeconds,
+      }),
     }),
-  }), { concurrency: HASH_CONCURRENCY, stopOnError: true });
+    { concurrency: HASH_CONCURRENCY, stopOnError: true },
+  );
   // Charged before the manifest: a retry after a failure here charges once (endJob is idempotent).
   const cost = options.accounting ? (await endJob(options.accounting, ctx.job)).cost : undefined;
   const manifest: Manifest = ManifestSchema.parse({
@@ -82,13 +92,19 @@ export async function finalize(ctx: StageContext, options: FinalizeOptions): Pro
   });
   const manifestKey = keys.manifest(ctx.job);
   await putJson(ctx.s3, ctx.artifactsBucket, manifestKey, manifest);
-  await writeStatus(ctx.s3, ctx.artifactsBucket, ctx.job, {
-    state: 'succeeded',
-    stage: 'finalize',
-    progress: { fraction: 1, message: `${artifacts.length} artifacts in manifest.json` },
-    finishedAt: ctx.now().toISOString(),
-    ...(cost ? { cost } : {}),
-  }, ctx.now());
+  await writeStatus(
+    ctx.s3,
+    ctx.artifactsBucket,
+    ctx.job,
+    {
+      state: 'succeeded',
+      stage: 'finalize',
+      progress: { fraction: 1, message: `${artifacts.length} artifacts in manifest.json` },
+      finishedAt: ctx.now().toISOString(),
+      ...(cost ? { cost } : {}),
+    },
+    ctx.now(),
+  );
   return { manifestKey, artifacts: artifacts.length };
 }
 

@@ -7,8 +7,8 @@
 import { z } from 'zod';
 import { type Accounting, accountingFromEnv, endJob } from '../shared/accounting';
 import { type ErrorInfo, ErrorInfoSchema, ExecutionInputSchema, type Stage, StageSchema, type Status } from '../shared/contract';
-import { contextFromEnv, type StageContext } from '../shared/handler';
 import { toLambdaError } from '../shared/errors';
+import { contextFromEnv, type StageContext } from '../shared/handler';
 import { emitSystemFailure, isClientError } from '../shared/metrics';
 import { readStatus, writeStatus } from '../shared/status';
 
@@ -48,7 +48,10 @@ export function describeFailure(stage: Stage, error: string, cause: string | und
   // Step Functions reports it as Lambda.Unknown with the runtime's "Task timed out after N seconds".
   const lambdaTimedOut = parsed?.errorType === 'Sandbox.Timedout' || /Task timed out after/.test(String(parsed?.errorMessage ?? ''));
   if (error === 'States.Timeout' || lambdaTimedOut) {
-    return { code: 'TIMEOUT', message: `the ${stage} stage ran past its time limit and was stopped; retry the job, and if it recurs use fewer photos or steps` };
+    return {
+      code: 'TIMEOUT',
+      message: `the ${stage} stage ran past its time limit and was stopped; retry the job, and if it recurs use fewer photos or steps`,
+    };
   }
   if (error === 'Local.GpuUnavailable') {
     return { code: 'GPU_UNAVAILABLE', message: String(parsed?.errorMessage ?? cause ?? 'no GPU available') };
@@ -68,16 +71,20 @@ export function describeFailure(stage: Stage, error: string, cause: string | und
   if (BATCH_STAGES.has(stage) && parsed && ('StatusReason' in parsed || 'Status' in parsed)) {
     const attempts = (parsed.Attempts as Array<{ Container?: { ExitCode?: number; Reason?: string } }> | undefined) ?? [];
     const last = attempts.at(-1)?.Container;
-    const reason = [parsed.StatusReason, last?.Reason, last?.ExitCode !== undefined ? `exit code ${last.ExitCode}` : undefined]
-      .filter(Boolean)
-      .join('; ');
+    const reason = [parsed.StatusReason, last?.Reason, last?.ExitCode !== undefined ? `exit code ${last.ExitCode}` : undefined].filter(Boolean).join('; ');
     return {
       code: 'BATCH_JOB_FAILED',
       message: `the ${stage} GPU job failed after ${attempts.length} attempt(s): ${reason || 'no reason given'}; see the job's CloudWatch log stream`,
     };
   }
-  const message = typeof parsed?.errorMessage === 'string' ? parsed.errorMessage : cause ?? error;
-  return { code: error.replace(/^.*\./, '').replace(/([a-z])([A-Z])/g, '$1_$2').toUpperCase(), message: `${stage} failed: ${message}` };
+  const message = typeof parsed?.errorMessage === 'string' ? parsed.errorMessage : (cause ?? error);
+  return {
+    code: error
+      .replace(/^.*\./, '')
+      .replace(/([a-z])([A-Z])/g, '$1_$2')
+      .toUpperCase(),
+    message: `${stage} failed: ${message}`,
+  };
 }
 
 /**
@@ -98,14 +105,23 @@ export async function markFailed(ctx: StageContext, input: z.output<typeof MarkF
   const reported = previous?.state === 'failed' && (STAGES_OF_STATE[stage] ?? [stage]).includes(previous.stage) ? previous : undefined;
   const error =
     name === 'admit' && failure.Error === 'States.Timeout'
-      ? { code: 'TIMEOUT', message: `the job waited for a free slot of team "${ctx.job.teamId}" longer than the workflow allows and was stopped; submit it again when fewer of the team's jobs run, or ask the operator to raise its concurrency limit` }
+      ? {
+          code: 'TIMEOUT',
+          message: `the job waited for a free slot of team "${ctx.job.teamId}" longer than the workflow allows and was stopped; submit it again when fewer of the team's jobs run, or ask the operator to raise its concurrency limit`,
+        }
       : (reported?.error ?? describeFailure(stage, failure.Error, failure.Cause));
   if (reported) stage = reported.stage;
   console.log(JSON.stringify({ level: 'error', message: 'job failed', stage, ...ctx.job, error }));
   if (!isClientError(failure.Error)) emitSystemFailure({ job: ctx.job, stage, code: error.code, source: 'mark-failed' });
   // What ran is charged and the slot freed before the terminal status is written.
   const cost = accounting ? (await endJob(accounting, ctx.job)).cost : undefined;
-  return writeStatus(ctx.s3, ctx.artifactsBucket, ctx.job, { state: 'failed', stage, error, finishedAt: ctx.now().toISOString(), ...(cost ? { cost } : {}) }, ctx.now());
+  return writeStatus(
+    ctx.s3,
+    ctx.artifactsBucket,
+    ctx.job,
+    { state: 'failed', stage, error, finishedAt: ctx.now().toISOString(), ...(cost ? { cost } : {}) },
+    ctx.now(),
+  );
 }
 
 export async function handler(event: unknown): Promise<Status> {

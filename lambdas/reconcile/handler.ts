@@ -8,6 +8,8 @@
  * A terminal status is never rewritten: the write is conditional on the ETag that was read. A
  * malformed event is logged and ignored; retrying it could never succeed.
  */
+
+import type { S3Client } from '@aws-sdk/client-s3';
 import { z } from 'zod';
 import { type Accounting, accountingFromEnv, endJob } from '../shared/accounting';
 import { type ErrorInfo, IdSchema, type Status, TERMINAL_STATES } from '../shared/contract';
@@ -16,7 +18,6 @@ import type { JobRef } from '../shared/keys';
 import { emitSystemFailure } from '../shared/metrics';
 import { s3Client } from '../shared/s3';
 import { readStatusVersioned, replaceStatusIfUnchanged } from '../shared/status';
-import type { S3Client } from '@aws-sdk/client-s3';
 
 export const RECONCILED_STATUSES = ['TIMED_OUT', 'ABORTED', 'FAILED'] as const;
 
@@ -57,10 +58,19 @@ export function terminalFor(
     case 'TIMED_OUT':
       return {
         state: 'failed',
-        error: { code: 'TIMEOUT', message: `the job ran past the workflow's time limit during the ${stage} stage and was stopped; retry it, and if it recurs use fewer photos or steps` },
+        error: {
+          code: 'TIMEOUT',
+          message: `the job ran past the workflow's time limit during the ${stage} stage and was stopped; retry it, and if it recurs use fewer photos or steps`,
+        },
       };
     case 'ABORTED':
-      return { state: 'cancelled', error: { code: 'CANCELLED', message: `the job was stopped during the ${stage} stage before it finished; submit it again with a new jobId to re-run it` } };
+      return {
+        state: 'cancelled',
+        error: {
+          code: 'CANCELLED',
+          message: `the job was stopped during the ${stage} stage before it finished; submit it again with a new jobId to re-run it`,
+        },
+      };
     case 'FAILED':
       return {
         state: 'failed',

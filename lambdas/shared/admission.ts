@@ -112,7 +112,12 @@ export async function admit(registry: TeamRegistry, request: AdmissionRequest, o
   for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
     const existing = await getJob(registry, request.teamId, request.jobId);
     if (existing) {
-      if (existing.state === 'waiting' && options.taskToken && existing.taskToken !== options.taskToken && !(await replaceToken(registry, request, options.taskToken))) {
+      if (
+        existing.state === 'waiting' &&
+        options.taskToken &&
+        existing.taskToken !== options.taskToken &&
+        !(await replaceToken(registry, request, options.taskToken))
+      ) {
         continue; // admitted or released meanwhile: report what it is now
       }
       return { ...existing.result, duplicate: true };
@@ -120,7 +125,12 @@ export async function admit(registry: TeamRegistry, request: AdmissionRequest, o
     const team = await currentTeam(registry, request.teamId);
     if (!team) {
       // Not recorded: an unknown team must not be able to create items in the registry.
-      return result(request, 'rejected', 'TEAM_UNKNOWN', `team "${request.teamId}" is not registered: ask the operator to add it (npm run team -- add ${request.teamId})`);
+      return result(
+        request,
+        'rejected',
+        'TEAM_UNKNOWN',
+        `team "${request.teamId}" is not registered: ask the operator to add it (npm run team -- add ${request.teamId})`,
+      );
     }
     try {
       return await decide(registry, team, request, options.taskToken);
@@ -157,7 +167,14 @@ async function decide(registry: TeamRegistry, team: TeamRecord, request: Admissi
   const terminal = staticCheck(config, request) ?? budgetCheck(team, request);
   const now = registry.now().toISOString();
   const estimateMicroUsd = toMicroUsd(request.estimate.usd);
-  const jobBase = { request, estimateMicroUsd, estimateGpuSeconds: request.estimate.gpuSeconds, createdAt: now, updatedAt: now, ...(taskToken ? { taskToken } : {}) };
+  const jobBase = {
+    request,
+    estimateMicroUsd,
+    estimateGpuSeconds: request.estimate.gpuSeconds,
+    createdAt: now,
+    updatedAt: now,
+    ...(taskToken ? { taskToken } : {}),
+  };
   const putJob = (item: Omit<JobItem, keyof typeof jobBase>): TransactItem => ({
     Put: {
       TableName: registry.tableName,
@@ -171,12 +188,18 @@ async function decide(registry: TeamRegistry, team: TeamRecord, request: Admissi
     return terminal;
   }
   if (usage.running >= config.maxConcurrentJobs) {
-    const waiting = result(request, 'waiting', 'CONCURRENCY_LIMIT', `team "${config.teamId}" already runs ${usage.running} of ${config.maxConcurrentJobs} concurrent jobs: this job waits and starts when one ends`, {
-      limit: config.maxConcurrentJobs,
-      used: usage.running,
-      estimate: 1,
-      unit: 'jobs',
-    });
+    const waiting = result(
+      request,
+      'waiting',
+      'CONCURRENCY_LIMIT',
+      `team "${config.teamId}" already runs ${usage.running} of ${config.maxConcurrentJobs} concurrent jobs: this job waits and starts when one ends`,
+      {
+        limit: config.maxConcurrentJobs,
+        used: usage.running,
+        estimate: 1,
+        unit: 'jobs',
+      },
+    );
     const waitKey = `WAIT#${now}#${request.jobId}`;
     await transact(registry, [
       putJob({ state: 'waiting', result: waiting, waitKey }),
@@ -193,7 +216,12 @@ async function decide(registry: TeamRegistry, team: TeamRecord, request: Admissi
     ]);
     return waiting;
   }
-  const admitted = result(request, 'admitted', undefined, `admitted: $${request.estimate.usd.toFixed(2)} and ${hours(request.estimate.gpuSeconds)} GPU h reserved`);
+  const admitted = result(
+    request,
+    'admitted',
+    undefined,
+    `admitted: $${request.estimate.usd.toFixed(2)} and ${hours(request.estimate.gpuSeconds)} GPU h reserved`,
+  );
   await transact(registry, [putJob({ state: 'admitted', result: admitted }), reserve(registry, team, request)]);
   return admitted;
 }
@@ -202,24 +230,50 @@ async function decide(registry: TeamRegistry, team: TeamRecord, request: Admissi
 function staticCheck(config: TeamConfig, r: AdmissionRequest): AdmissionResult | undefined {
   if (config.suspended) return result(r, 'rejected', 'TEAM_SUSPENDED', `team "${config.teamId}" is suspended: ask the operator to resume it`);
   if (!(config.allowedKinds as string[]).includes(r.kind)) {
-    return result(r, 'rejected', 'KIND_NOT_ALLOWED', `kind "${r.kind}" is not allowed for team "${config.teamId}" (allowed: ${config.allowedKinds.join(', ')})`);
+    return result(
+      r,
+      'rejected',
+      'KIND_NOT_ALLOWED',
+      `kind "${r.kind}" is not allowed for team "${config.teamId}" (allowed: ${config.allowedKinds.join(', ')})`,
+    );
   }
   if (!(config.allowedOptimizers as string[]).includes(r.optimizer)) {
-    return result(r, 'rejected', 'OPTION_NOT_ALLOWED', `training.optimizer "${r.optimizer}" is not allowed for team "${config.teamId}" (allowed: ${config.allowedOptimizers.join(', ')})`);
+    return result(
+      r,
+      'rejected',
+      'OPTION_NOT_ALLOWED',
+      `training.optimizer "${r.optimizer}" is not allowed for team "${config.teamId}" (allowed: ${config.allowedOptimizers.join(', ')})`,
+    );
   }
   if (!(config.allowedNetworks as string[]).includes(r.network)) {
-    return result(r, 'rejected', 'OPTION_NOT_ALLOWED', `training.network "${r.network}" is not allowed for team "${config.teamId}" (allowed: ${config.allowedNetworks.join(', ')})`);
+    return result(
+      r,
+      'rejected',
+      'OPTION_NOT_ALLOWED',
+      `training.network "${r.network}" is not allowed for team "${config.teamId}" (allowed: ${config.allowedNetworks.join(', ')})`,
+    );
   }
   if (r.targetSteps > config.maxTargetSteps) {
-    return result(r, 'rejected', 'OPTION_NOT_ALLOWED', `training.targetSteps ${r.targetSteps} is above team "${config.teamId}"'s limit of ${config.maxTargetSteps}: lower it`);
+    return result(
+      r,
+      'rejected',
+      'OPTION_NOT_ALLOWED',
+      `training.targetSteps ${r.targetSteps} is above team "${config.teamId}"'s limit of ${config.maxTargetSteps}: lower it`,
+    );
   }
   if (r.photos > config.maxPhotosPerJob) {
-    return result(r, 'rejected', 'PHOTO_LIMIT', `${r.photos} photos exceed team "${config.teamId}"'s limit of ${config.maxPhotosPerJob} per job: submit fewer photos`, {
-      limit: config.maxPhotosPerJob,
-      used: 0,
-      estimate: r.photos,
-      unit: 'photos',
-    });
+    return result(
+      r,
+      'rejected',
+      'PHOTO_LIMIT',
+      `${r.photos} photos exceed team "${config.teamId}"'s limit of ${config.maxPhotosPerJob} per job: submit fewer photos`,
+      {
+        limit: config.maxPhotosPerJob,
+        used: 0,
+        estimate: r.photos,
+        unit: 'photos',
+      },
+    );
   }
   return undefined;
 }
@@ -227,20 +281,32 @@ function staticCheck(config: TeamConfig, r: AdmissionRequest): AdmissionResult |
 /** Month-to-date committed money (spent + reserved) plus this job must stay within the budget, in dollars and GPU hours. */
 function budgetCheck({ config, usage }: TeamRecord, r: AdmissionRequest): AdmissionResult | undefined {
   if (usage.committedMicroUsd + toMicroUsd(r.estimate.usd) > toMicroUsd(config.monthlyBudgetUsd)) {
-    return result(r, 'rejected', 'BUDGET_EXHAUSTED', `team "${config.teamId}" has committed $${fromMicroUsd(usage.committedMicroUsd).toFixed(2)} of its $${config.monthlyBudgetUsd} monthly budget; this job's estimate of $${r.estimate.usd.toFixed(2)} does not fit`, {
-      limit: config.monthlyBudgetUsd,
-      used: fromMicroUsd(usage.committedMicroUsd),
-      estimate: r.estimate.usd,
-      unit: 'USD',
-    });
+    return result(
+      r,
+      'rejected',
+      'BUDGET_EXHAUSTED',
+      `team "${config.teamId}" has committed $${fromMicroUsd(usage.committedMicroUsd).toFixed(2)} of its $${config.monthlyBudgetUsd} monthly budget; this job's estimate of $${r.estimate.usd.toFixed(2)} does not fit`,
+      {
+        limit: config.monthlyBudgetUsd,
+        used: fromMicroUsd(usage.committedMicroUsd),
+        estimate: r.estimate.usd,
+        unit: 'USD',
+      },
+    );
   }
   if (usage.committedGpuSeconds + r.estimate.gpuSeconds > gpuBudgetSeconds(config)) {
-    return result(r, 'rejected', 'BUDGET_EXHAUSTED', `team "${config.teamId}" has committed ${hours(usage.committedGpuSeconds)} of its ${config.monthlyGpuHours} monthly GPU hours; this job's estimate of ${hours(r.estimate.gpuSeconds)} h does not fit`, {
-      limit: config.monthlyGpuHours,
-      used: usage.committedGpuSeconds / 3600,
-      estimate: r.estimate.gpuSeconds / 3600,
-      unit: 'GPU hours',
-    });
+    return result(
+      r,
+      'rejected',
+      'BUDGET_EXHAUSTED',
+      `team "${config.teamId}" has committed ${hours(usage.committedGpuSeconds)} of its ${config.monthlyGpuHours} monthly GPU hours; this job's estimate of ${hours(r.estimate.gpuSeconds)} h does not fit`,
+      {
+        limit: config.monthlyGpuHours,
+        used: usage.committedGpuSeconds / 3600,
+        estimate: r.estimate.gpuSeconds / 3600,
+        unit: 'GPU hours',
+      },
+    );
   }
   return undefined;
 }
@@ -308,7 +374,13 @@ export async function release(registry: TeamRegistry, teamId: string, jobId: str
         UpdateExpression: 'SET #state = :released, updatedAt = :now, chargedMicroUsd = :usd, chargedGpuSeconds = :gpu',
         ConditionExpression: '#state = :from',
         ExpressionAttributeNames: { '#state': 'state' },
-        ExpressionAttributeValues: { ':released': 'released', ':now': now, ':from': from, ':usd': from === 'admitted' ? chargedMicroUsd : 0, ':gpu': from === 'admitted' ? charge.gpuSeconds : 0 },
+        ExpressionAttributeValues: {
+          ':released': 'released',
+          ':now': now,
+          ':from': from,
+          ':usd': from === 'admitted' ? chargedMicroUsd : 0,
+          ':gpu': from === 'admitted' ? charge.gpuSeconds : 0,
+        },
       },
     });
     const items: TransactItem[] =
@@ -320,7 +392,8 @@ export async function release(registry: TeamRegistry, teamId: string, jobId: str
               Update: {
                 TableName: registry.tableName,
                 Key: teamKey(teamId),
-                UpdateExpression: 'ADD #running :minusOne, reservedMicroUsd :unreserveUsd, spentMicroUsd :usd, committedMicroUsd :deltaUsd, reservedGpuSeconds :unreserveGpu, spentGpuSeconds :gpu, committedGpuSeconds :deltaGpu',
+                UpdateExpression:
+                  'ADD #running :minusOne, reservedMicroUsd :unreserveUsd, spentMicroUsd :usd, committedMicroUsd :deltaUsd, reservedGpuSeconds :unreserveGpu, spentGpuSeconds :gpu, committedGpuSeconds :deltaGpu',
                 ExpressionAttributeNames: { '#running': 'running' },
                 ExpressionAttributeValues: {
                   ':minusOne': -1,
@@ -361,7 +434,7 @@ export async function admitWaiting(registry: TeamRegistry, teamId: string): Prom
     const [head] = await registry.items(teamId, 'WAIT#');
     if (!head) break;
     const job = await getJob(registry, teamId, head.jobId as string);
-    if (!job || job.state !== 'waiting') {
+    if (job?.state !== 'waiting') {
       attempt++;
       await backoff(attempt);
       continue;
@@ -379,7 +452,13 @@ export async function admitWaiting(registry: TeamRegistry, teamId: string): Prom
           // The token read is still the job's (a retried Admit replaces it): the caller resumes the right task.
           ConditionExpression: job.taskToken ? '#state = :waiting AND taskToken = :token' : '#state = :waiting',
           ExpressionAttributeNames: { '#state': 'state', '#result': 'result' },
-          ExpressionAttributeValues: { ':to': terminal ? 'rejected' : 'admitted', ':result': outcome, ':now': now, ':waiting': 'waiting', ...(job.taskToken ? { ':token': job.taskToken } : {}) },
+          ExpressionAttributeValues: {
+            ':to': terminal ? 'rejected' : 'admitted',
+            ':result': outcome,
+            ':now': now,
+            ':waiting': 'waiting',
+            ...(job.taskToken ? { ':token': job.taskToken } : {}),
+          },
         },
       },
     ];
@@ -407,7 +486,8 @@ async function currentTeam(registry: TeamRegistry, teamId: string): Promise<Team
       new UpdateCommand({
         TableName: registry.tableName,
         Key: teamKey(teamId),
-        UpdateExpression: 'SET usageMonth = :month, spentMicroUsd = :zero, committedMicroUsd = reservedMicroUsd, spentGpuSeconds = :zero, committedGpuSeconds = reservedGpuSeconds',
+        UpdateExpression:
+          'SET usageMonth = :month, spentMicroUsd = :zero, committedMicroUsd = reservedMicroUsd, spentGpuSeconds = :zero, committedGpuSeconds = reservedGpuSeconds',
         ConditionExpression: 'usageMonth = :old',
         ExpressionAttributeValues: { ':month': month, ':old': team.usage.usageMonth, ':zero': 0 },
       }),

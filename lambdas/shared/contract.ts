@@ -30,8 +30,30 @@ export const DEFAULT_CLASS_WORDS: Record<Kind, string> = { character: 'person', 
  * instead of dragging in what the base model already knows.
  */
 export const COMMON_WORDS = new Set([
-  'man', 'woman', 'person', 'people', 'boy', 'girl', 'child', 'dog', 'cat', 'pet', 'photo', 'picture',
-  'style', 'art', 'face', 'portrait', 'the', 'and', 'with', 'sks', 'token', 'lora', 'model', 'image',
+  'man',
+  'woman',
+  'person',
+  'people',
+  'boy',
+  'girl',
+  'child',
+  'dog',
+  'cat',
+  'pet',
+  'photo',
+  'picture',
+  'style',
+  'art',
+  'face',
+  'portrait',
+  'the',
+  'and',
+  'with',
+  'sks',
+  'token',
+  'lora',
+  'model',
+  'image',
 ]);
 
 export const TokenSchema = z
@@ -39,9 +61,7 @@ export const TokenSchema = z
   .regex(/^[a-z][a-z0-9]{2,15}$/, 'use a short rare lowercase word of 3-16 letters/digits starting with a letter, e.g. "ohwx" or "anantn"')
   .refine((t) => !COMMON_WORDS.has(t), 'the token is a common word; pick a rare made-up word such as "ohwx" so it binds to the subject');
 
-export const ClassWordSchema = z
-  .string()
-  .regex(/^[a-z][a-z ]{1,30}[a-z]$/, 'use a plain lowercase class word such as "man", "woman", "dog" or "painting"');
+export const ClassWordSchema = z.string().regex(/^[a-z][a-z ]{1,30}[a-z]$/, 'use a plain lowercase class word such as "man", "woman", "dog" or "painting"');
 
 export const CaptioningSchema = z
   .object({
@@ -65,29 +85,33 @@ export const NETWORKS = ['lora', 'locon', 'loha'] as const;
 
 /** Training settings once every default is applied: what the trainer container reads. */
 const trainingFields = {
-    optimizer: z.enum(OPTIMIZERS),
-    /** Separate rates override the global learning rate (1e-4 / 5e-5 by default). */
-    unetLr: z.number().positive().max(2),
-    textEncoderLr: z.number().min(0).max(2),
-    lrScheduler: z.enum(SCHEDULERS),
-    lrWarmupSteps: z.number().int().min(0).max(2000),
-    /** kohya `--optimizer_args`, `key=value` each. */
-    optimizerArgs: z.array(z.string().regex(/^[a-z_]+=[A-Za-z0-9_.()+-]+$/, 'use key=value')).max(8),
-    network: z.enum(NETWORKS),
-    networkDim: z.number().int().min(1).max(256),
-    networkAlpha: z.number().positive().max(256),
-    mixedPrecision: z.enum(['bf16', 'fp16', 'no']),
-    batchSize: z.number().int().min(1).max(2),
-    /** Steps the plan aims for; repeats and epochs are derived from it unless given. */
-    targetSteps: z.number().int().min(100).max(10000),
-    repeats: z.number().int().min(1).max(100).optional(),
-    epochs: z.number().int().min(1).max(50).optional(),
-    /** 'auto': 768 when most usable photos exceed 768x768, else 512. */
-    resolution: z.union([z.literal('auto'), z.literal(512), z.literal(768)]),
-    cacheLatents: z.boolean(),
-    colorAug: z.boolean(),
-    flipAug: z.boolean(),
-    seed: z.number().int().min(0).max(2 ** 31 - 1),
+  optimizer: z.enum(OPTIMIZERS),
+  /** Separate rates override the global learning rate (1e-4 / 5e-5 by default). */
+  unetLr: z.number().positive().max(2),
+  textEncoderLr: z.number().min(0).max(2),
+  lrScheduler: z.enum(SCHEDULERS),
+  lrWarmupSteps: z.number().int().min(0).max(2000),
+  /** kohya `--optimizer_args`, `key=value` each. */
+  optimizerArgs: z.array(z.string().regex(/^[a-z_]+=[A-Za-z0-9_.()+-]+$/, 'use key=value')).max(8),
+  network: z.enum(NETWORKS),
+  networkDim: z.number().int().min(1).max(256),
+  networkAlpha: z.number().positive().max(256),
+  mixedPrecision: z.enum(['bf16', 'fp16', 'no']),
+  batchSize: z.number().int().min(1).max(2),
+  /** Steps the plan aims for; repeats and epochs are derived from it unless given. */
+  targetSteps: z.number().int().min(100).max(10000),
+  repeats: z.number().int().min(1).max(100).optional(),
+  epochs: z.number().int().min(1).max(50).optional(),
+  /** 'auto': 768 when most usable photos exceed 768x768, else 512. */
+  resolution: z.union([z.literal('auto'), z.literal(512), z.literal(768)]),
+  cacheLatents: z.boolean(),
+  colorAug: z.boolean(),
+  flipAug: z.boolean(),
+  seed: z
+    .number()
+    .int()
+    .min(0)
+    .max(2 ** 31 - 1),
 };
 export const TrainingResolvedSchema = z
   .object(trainingFields)
@@ -196,13 +220,20 @@ export const EvaluationSchema = z
     negativePrompt: z
       .string()
       .max(500)
-      .default('ugly, poorly drawn hands, poorly drawn feet, poorly drawn face, out of frame, extra limbs, disfigured, deformed, watermark, signature, bad art, blurry, blurred'),
+      .default(
+        'ugly, poorly drawn hands, poorly drawn feet, poorly drawn face, out of frame, extra limbs, disfigured, deformed, watermark, signature, bad art, blurry, blurred',
+      ),
     /** LoRA strengths, the grid's rows (1.0 down to 0.5 by default). */
     strengths: z.array(z.number().min(0).max(2)).min(1).max(10).default([1.0, 0.9, 0.8, 0.7, 0.6, 0.5]),
     steps: z.number().int().min(1).max(150).default(35),
     cfgScale: z.number().min(1).max(30).default(7),
     sampler: z.enum(['euler_a', 'euler', 'ddim', 'dpmsolver++']).default('euler_a'),
-    seed: z.number().int().min(0).max(2 ** 31 - 1).default(1234),
+    seed: z
+      .number()
+      .int()
+      .min(0)
+      .max(2 ** 31 - 1)
+      .default(1234),
     width: z.number().int().min(256).max(1024).multipleOf(64).default(512),
     height: z.number().int().min(256).max(1024).multipleOf(64).default(512),
     /**
@@ -221,7 +252,10 @@ const specFields = {
   /** What the subject is ("man", "dog", "painting"). */
   classWord: ClassWordSchema,
   /** Optional name for the LoRA files; defaults to the token. */
-  outputName: z.string().regex(/^[a-z0-9][a-z0-9_-]{0,47}$/, 'use lowercase letters, digits, "_" and "-"').optional(),
+  outputName: z
+    .string()
+    .regex(/^[a-z0-9][a-z0-9_-]{0,47}$/, 'use lowercase letters, digits, "_" and "-"')
+    .optional(),
 };
 
 /** The job spec with every default applied: what `normalize/plan.json` carries to the containers. */

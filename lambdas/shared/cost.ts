@@ -18,9 +18,10 @@
  * Lambda and storage are estimates: billed GB-seconds the caller reports, and the bytes a stage
  * keeps for the team's retention period.
  */
+
+import { type BatchClient, DescribeComputeEnvironmentsCommand } from '@aws-sdk/client-batch';
 import { PutCommand } from '@aws-sdk/lib-dynamodb';
 import type { Prices } from './prices';
-import { DescribeComputeEnvironmentsCommand, type BatchClient } from '@aws-sdk/client-batch';
 import { fromMicroUsd, type TeamRegistry, teamKey } from './teams';
 
 /** The parts of a Batch `DescribeJobs` job (`jobs[]`) the ledger reads; the SDK's `JobDetail` fits. */
@@ -76,7 +77,15 @@ export async function batchJobCost(job: BatchJobRecord, resolve: InstanceResolve
     const running = attempt.startedAt !== undefined && attempt.stoppedAt !== undefined ? Math.max(0, attempt.stoppedAt - attempt.startedAt) / 1000 : 0;
     if (!arn) {
       // Never placed on an instance: nothing billed.
-      attempts.push({ startedAt: attempt.startedAt, stoppedAt: attempt.stoppedAt, runningSeconds: running, billedSeconds: 0, hourlyUsd: 0, usd: 0, statusReason: attempt.statusReason });
+      attempts.push({
+        startedAt: attempt.startedAt,
+        stoppedAt: attempt.stoppedAt,
+        runningSeconds: running,
+        billedSeconds: 0,
+        hourlyUsd: 0,
+        usd: 0,
+        statusReason: attempt.statusReason,
+      });
       continue;
     }
     const facts = await resolve(arn);
@@ -179,7 +188,11 @@ export async function writeLedgerRow(registry: TeamRegistry, row: Omit<LedgerRow
 }
 
 /** A job's cost so far: its ledger rows and their sum (what status.json and manifest.json carry). */
-export async function jobCost(registry: TeamRegistry, teamId: string, jobId: string): Promise<{ usd: number; gpuSeconds: number; stages: Record<string, number> }> {
+export async function jobCost(
+  registry: TeamRegistry,
+  teamId: string,
+  jobId: string,
+): Promise<{ usd: number; gpuSeconds: number; stages: Record<string, number> }> {
   const rows = (await registry.items(teamId, `COST#${jobId}#`)) as unknown as LedgerRow[];
   return {
     usd: roundUsd(rows.reduce((s, r) => s + r.usd, 0)),
@@ -189,7 +202,10 @@ export async function jobCost(registry: TeamRegistry, teamId: string, jobId: str
 }
 
 /** A team's month-to-date usage against its budget, from the admission counters. */
-export async function monthToDate(registry: TeamRegistry, teamId: string): Promise<{ month: string; spentUsd: number; reservedUsd: number; budgetUsd: number; spentGpuHours: number; gpuHoursBudget: number } | undefined> {
+export async function monthToDate(
+  registry: TeamRegistry,
+  teamId: string,
+): Promise<{ month: string; spentUsd: number; reservedUsd: number; budgetUsd: number; spentGpuHours: number; gpuHoursBudget: number } | undefined> {
   const team = await registry.get(teamId);
   if (!team) return undefined;
   return {

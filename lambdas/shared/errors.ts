@@ -26,8 +26,18 @@ export class InvalidInputError extends AppError {}
 export class TransientError extends AppError {}
 
 const TRANSIENT = new Set([
-  'SlowDown', 'ServiceUnavailable', 'InternalError', 'RequestTimeout', 'Throttling', 'ThrottlingException',
-  'TooManyRequestsException', 'RequestLimitExceeded', 'TimeoutError', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE',
+  'SlowDown',
+  'ServiceUnavailable',
+  'InternalError',
+  'RequestTimeout',
+  'Throttling',
+  'ThrottlingException',
+  'TooManyRequestsException',
+  'RequestLimitExceeded',
+  'TimeoutError',
+  'ECONNRESET',
+  'ETIMEDOUT',
+  'EPIPE',
 ]);
 
 /** Maps an AWS SDK failure (after the SDK's own retries) to TransientError when it may pass. */

@@ -12,7 +12,11 @@ import type { TeamConfig } from './teams';
 /** Batch allows at most 500 share identifiers in a policy. */
 const MAX_SHARES = 500;
 
-export async function syncFairShareWeights(batch: BatchClient, policyArn: string, teams: readonly Pick<TeamConfig, 'teamId' | 'fairShareWeight'>[]): Promise<{ shareIdentifier: string; weightFactor: number }[]> {
+export async function syncFairShareWeights(
+  batch: BatchClient,
+  policyArn: string,
+  teams: readonly Pick<TeamConfig, 'teamId' | 'fairShareWeight'>[],
+): Promise<{ shareIdentifier: string; weightFactor: number }[]> {
   if (teams.length > MAX_SHARES) throw new Error(`${teams.length} teams exceed Batch's ${MAX_SHARES} share identifiers per scheduling policy`);
   const current = await batch.send(new DescribeSchedulingPoliciesCommand({ arns: [policyArn] }));
   const policy = current.schedulingPolicies?.[0];

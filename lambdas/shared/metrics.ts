@@ -33,9 +33,7 @@ export function systemFailureRecord(failure: SystemFailure, stackName = process.
   return {
     _aws: {
       Timestamp: now.getTime(),
-      CloudWatchMetrics: [
-        { Namespace: METRICS_NAMESPACE, Dimensions: [[STACK_DIMENSION]], Metrics: [{ Name: SYSTEM_FAILURE_METRIC, Unit: 'Count' }] },
-      ],
+      CloudWatchMetrics: [{ Namespace: METRICS_NAMESPACE, Dimensions: [[STACK_DIMENSION]], Metrics: [{ Name: SYSTEM_FAILURE_METRIC, Unit: 'Count' }] }],
     },
     [STACK_DIMENSION]: stackName,
     [SYSTEM_FAILURE_METRIC]: 1,

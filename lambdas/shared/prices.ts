@@ -77,7 +77,11 @@ export interface CostEstimate {
 }
 
 /** The plan's cost upper bound: every GPU second at the on-demand price of the dearest allowed instance. */
-export function estimateJobCost(plan: Pick<Plan, 'numImages' | 'totalSteps' | 'epochs' | 'resolution'>, instanceTypes: readonly string[], prices: Prices): CostEstimate {
+export function estimateJobCost(
+  plan: Pick<Plan, 'numImages' | 'totalSteps' | 'epochs' | 'resolution'>,
+  instanceTypes: readonly string[],
+  prices: Prices,
+): CostEstimate {
   const priced = instanceTypes.map((t) => {
     const price = prices.instances[t];
     if (!price) throw new Error(`no price configured for instance type ${t}: add it to AVATAR_PRICES.instances`);

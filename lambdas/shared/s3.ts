@@ -2,7 +2,7 @@
  * S3 access shared by the handlers. The endpoint comes from the environment
  * (`AWS_ENDPOINT_URL_S3` points the SDK at the local endpoint in tests and local runs).
  */
-import { GetObjectCommand, NoSuchKey, PutObjectCommand, paginateListObjectsV2, S3Client } from '@aws-sdk/client-s3';
+import { GetObjectCommand, type GetObjectCommandOutput, NoSuchKey, PutObjectCommand, paginateListObjectsV2, S3Client } from '@aws-sdk/client-s3';
 import type { z } from 'zod';
 import { describeIssues } from './contract';
 import { InvalidInputError } from './errors';
@@ -30,12 +30,16 @@ export function isMissingObject(error: unknown): boolean {
  * `MISSING_INPUT` naming the key: a file deleted or never uploaded, not an internal error.
  */
 export async function getBytes(s3: S3Client, bucket: string, key: string, maxBytes = Infinity): Promise<Uint8Array> {
-  let out;
+  let out: GetObjectCommandOutput;
   try {
     out = await s3.send(new GetObjectCommand({ Bucket: bucket, Key: key }));
   } catch (error) {
     if (isMissingObject(error)) {
-      throw new InvalidInputError('MISSING_INPUT', `${key} does not exist or can no longer be read: upload it again (or do not delete files while the job runs), then submit a new job`, key);
+      throw new InvalidInputError(
+        'MISSING_INPUT',
+        `${key} does not exist or can no longer be read: upload it again (or do not delete files while the job runs), then submit a new job`,
+        key,
+      );
     }
     throw error;
   }

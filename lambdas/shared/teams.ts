@@ -151,7 +151,9 @@ export function parseTeamItem(item: Record<string, unknown>): TeamRecord {
   const configFields = Object.fromEntries(Object.entries(rest).filter(([k]) => !(USAGE_FIELDS as string[]).includes(k)));
   const parsed = TeamConfigSchema.safeParse(configFields);
   if (!parsed.success) {
-    throw new Error(`Team item ${String(item.pk)} in the registry is invalid: ${parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}`);
+    throw new Error(
+      `Team item ${String(item.pk)} in the registry is invalid: ${parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}`,
+    );
   }
   return { config: parsed.data, usage };
 }

@@ -7,7 +7,7 @@ import { createHash } from 'node:crypto';
 import { PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
 import { ExecutionAlreadyExists, SFNClient, StartExecutionCommand } from '@aws-sdk/client-sfn';
 import { z } from 'zod';
-import { IdSchema, type Status, StatusSchema, describeIssues } from '../shared/contract';
+import { describeIssues, IdSchema, type Status, StatusSchema } from '../shared/contract';
 import { requireEnv } from '../shared/env';
 import { InvalidInputError, toLambdaError } from '../shared/errors';
 import { type JobRef, keys, parseSpecKey } from '../shared/keys';
@@ -85,9 +85,7 @@ export async function start(event: unknown, deps: StartDeps): Promise<StartResul
   }
 
   try {
-    await deps.sfn.send(
-      new StartExecutionCommand({ stateMachineArn: deps.stateMachineArn, name, input: JSON.stringify(job) }),
-    );
+    await deps.sfn.send(new StartExecutionCommand({ stateMachineArn: deps.stateMachineArn, name, input: JSON.stringify(job) }));
   } catch (error) {
     if (error instanceof ExecutionAlreadyExists || (error as Error).name === 'ExecutionAlreadyExists') {
       console.log(JSON.stringify({ level: 'info', message: 'duplicate trigger ignored', executionName: name, ...job }));
@@ -95,7 +93,9 @@ export async function start(event: unknown, deps: StartDeps): Promise<StartResul
     }
     throw error;
   }
-  console.log(JSON.stringify({ level: 'info', message: duplicate ? 'duplicate trigger: execution already running' : 'execution started', executionName: name, ...job }));
+  console.log(
+    JSON.stringify({ level: 'info', message: duplicate ? 'duplicate trigger: execution already running' : 'execution started', executionName: name, ...job }),
+  );
   return { job, executionName: name, duplicate };
 }
 

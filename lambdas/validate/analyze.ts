@@ -7,6 +7,7 @@
  * crop all come from it, so normalize never decodes a photo again.
  */
 import { createHash } from 'node:crypto';
+import pMap from 'p-map';
 import sharp from 'sharp';
 import type { JobSpec, Kind } from '../shared/contract';
 import { LAYOUT } from '../shared/layout';
@@ -16,7 +17,6 @@ import { renderContactSheet } from './contact-sheet';
 import { attentionCrop, contains, faceCrop, scaleBox } from './crop';
 import { decodeFailure, type OpenedPhoto, openPhoto, toRgb } from './decode';
 import { type DetectedFace, detectFaces, detectFacesTiled, FaceDetectorError } from './faces';
-import pMap from 'p-map';
 import { hammingDistance, measureQuality, QUALITY_SIZE, type RawRgb } from './quality';
 import { cropPhoto, encodeDatasetImage, MAX_RESOLUTION } from './render';
 import { type PhotoEntry, PhotoRejection, type Report, type Scores } from './report';
@@ -73,22 +73,36 @@ export async function checkPhotos(sources: readonly PhotoSource[], job: PhotoJob
     jobBytes += source.bytes;
     return { source, overBudget: jobBytes > config.maxJobBytes };
   });
-  const analysed = await pMap(budgeted, async ({ source, overBudget }) => {
-    if (overBudget) {
-      return rejected(source, 'JOB_TOO_LARGE', `the job's photos pass the ${mb(config.maxJobBytes)} limit for one job at this file: upload fewer or smaller photos`);
-    }
-    return analysePhoto(source, job.spec.kind, config);
-  }, { concurrency: config.concurrency, stopOnError: true });
+  const analysed = await pMap(
+    budgeted,
+    async ({ source, overBudget }) => {
+      if (overBudget) {
+        return rejected(
+          source,
+          'JOB_TOO_LARGE',
+          `the job's photos pass the ${mb(config.maxJobBytes)} limit for one job at this file: upload fewer or smaller photos`,
+        );
+      }
+      return analysePhoto(source, job.spec.kind, config);
+    },
+    { concurrency: config.concurrency, stopOnError: true },
+  );
   const report = assessJob(analysed, job, config);
   const encodeDataset = async () => {
     const images = new Map<string, Buffer>();
     if (report.plan) {
-      const pngs = await pMap(report.photos, async (entry, i) => {
-        const crop = analysed[i]!.crop;
-        return entry.status === 'accepted' && crop ? encodeDatasetImage(crop, report.resolution) : undefined;
-      }, { concurrency: config.concurrency, stopOnError: true });
+      const pngs = await pMap(
+        report.photos,
+        async (entry, i) => {
+          const crop = analysed[i]!.crop;
+          return entry.status === 'accepted' && crop ? encodeDatasetImage(crop, report.resolution) : undefined;
+        },
+        { concurrency: config.concurrency, stopOnError: true },
+      );
       // In dataset order, whatever order the encodes finished in.
-      report.photos.forEach((entry, i) => pngs[i] && images.set(entry.output!, pngs[i]));
+      report.photos.forEach((entry, i) => {
+        if (pngs[i]) images.set(entry.output!, pngs[i]);
+      });
     }
     for (const a of analysed) delete a.crop;
     return images;
@@ -108,7 +122,11 @@ export async function checkPhotos(sources: readonly PhotoSource[], job: PhotoJob
 /** Checks one photo; every failure becomes a rejected entry, never an exception. */
 export async function analysePhoto(source: PhotoSource, kind: Kind, config: ValidateConfig): Promise<Analysed> {
   if (source.bytes > config.maxFileBytes) {
-    return rejected(source, 'FILE_TOO_LARGE', `the file is ${mb(source.bytes)}, over the ${mb(config.maxFileBytes)} limit per photo: upload a smaller export (e.g. JPEG at full resolution)`);
+    return rejected(
+      source,
+      'FILE_TOO_LARGE',
+      `the file is ${mb(source.bytes)}, over the ${mb(config.maxFileBytes)} limit per photo: upload a smaller export (e.g. JPEG at full resolution)`,
+    );
   }
   let bytes: Buffer;
   try {
@@ -140,17 +158,29 @@ export async function analysePhoto(source: PhotoSource, kind: Kind, config: Vali
     base.scores = scores;
     const short = Math.min(photo.width, photo.height);
     if (short < config.minShortSide) {
-      throw new PhotoRejection('TOO_SMALL', `the photo is ${photo.width}x${photo.height}; its short side needs at least ${config.minShortSide} px: upload the full-resolution original`);
+      throw new PhotoRejection(
+        'TOO_SMALL',
+        `the photo is ${photo.width}x${photo.height}; its short side needs at least ${config.minShortSide} px: upload the full-resolution original`,
+      );
     }
     if (quality.brightness < config.minBrightness) {
-      throw new PhotoRejection('TOO_DARK', `the photo is too dark (mean brightness ${quality.brightness}, need ${config.minBrightness}): use a better-lit shot`);
+      throw new PhotoRejection(
+        'TOO_DARK',
+        `the photo is too dark (mean brightness ${quality.brightness}, need ${config.minBrightness}): use a better-lit shot`,
+      );
     }
     if (quality.brightness > config.maxBrightness || quality.clipped > config.maxClipped) {
-      throw new PhotoRejection('OVEREXPOSED', `the photo is blown out (brightness ${quality.brightness}, ${Math.round(quality.clipped * 100)}% pure white): use a shot with visible detail`);
+      throw new PhotoRejection(
+        'OVEREXPOSED',
+        `the photo is blown out (brightness ${quality.brightness}, ${Math.round(quality.clipped * 100)}% pure white): use a shot with visible detail`,
+      );
     }
     // After exposure: a dark photo has weak edges and would read as blurred.
     if (quality.sharpness < config.minSharpness) {
-      throw new PhotoRejection('BLURRY', `the photo is blurred or out of focus (sharpness ${quality.sharpness}, need ${config.minSharpness}): use a sharper shot`);
+      throw new PhotoRejection(
+        'BLURRY',
+        `the photo is blurred or out of focus (sharpness ${quality.sharpness}, need ${config.minSharpness}): use a sharper shot`,
+      );
     }
     if (kind === 'character') {
       base.crop = await characterCrop(small, working, photo.width, photo.height, scores, config);
@@ -186,16 +216,25 @@ async function characterCrop(thumb: RawRgb, working: RawRgb, width: number, heig
   const mainSize = Math.max(main.width, main.height);
   const rival = others.find((f) => Math.max(f.width, f.height) >= mainSize * config.rivalFaceRatio);
   if (rival) {
-    throw new PhotoRejection('MULTIPLE_FACES', `${faces.length} faces of similar size were found, so the subject is ambiguous: use photos where the subject is the only person, or crop the others out`);
+    throw new PhotoRejection(
+      'MULTIPLE_FACES',
+      `${faces.length} faces of similar size were found, so the subject is ambiguous: use photos where the subject is the only person, or crop the others out`,
+    );
   }
   const short = Math.min(width, height);
   if (mainSize < short * config.minFaceFraction) {
-    throw new PhotoRejection('FACE_TOO_SMALL', `the face is ${mainSize} px, under ${Math.round(config.minFaceFraction * 100)}% of the photo's short side: the subject is too far away; use a closer shot`);
+    throw new PhotoRejection(
+      'FACE_TOO_SMALL',
+      `the face is ${mainSize} px, under ${Math.round(config.minFaceFraction * 100)}% of the photo's short side: the subject is too far away; use a closer shot`,
+    );
   }
   const crop = faceCrop(width, height, main, 512);
   const intruder = others.find((f) => contains(crop, f.left + f.width / 2, f.top + f.height / 2));
   if (intruder) {
-    throw new PhotoRejection('MULTIPLE_FACES', `another face (${intruder.width} px at ${intruder.left},${intruder.top}) falls inside the crop around the subject: use photos with no one else near the subject`);
+    throw new PhotoRejection(
+      'MULTIPLE_FACES',
+      `another face (${intruder.width} px at ${intruder.left},${intruder.top}) falls inside the crop around the subject: use photos with no one else near the subject`,
+    );
   }
   return crop;
 }
@@ -240,7 +279,11 @@ export function assessJob(analysed: readonly Analysed[], job: PhotoJob, config: 
   // Over the ceiling: the sharpest photos stay.
   if (kept.length > rule.max) {
     for (const entry of [...kept].sort((a, b) => b.scores!.sharpness - a.scores!.sharpness).slice(rule.max)) {
-      reject(entry, 'OVER_LIMIT', `${entry.file}: ${aJob(job.spec.kind)} uses at most ${rule.max} photos and this one is among the least sharp: nothing to do, or upload fewer`);
+      reject(
+        entry,
+        'OVER_LIMIT',
+        `${entry.file}: ${aJob(job.spec.kind)} uses at most ${rule.max} photos and this one is among the least sharp: nothing to do, or upload fewer`,
+      );
     }
   }
   const accepted = entries.filter((e) => e.status === 'accepted');
@@ -248,20 +291,27 @@ export function assessJob(analysed: readonly Analysed[], job: PhotoJob, config: 
   accepted.forEach((e, i) => {
     e.output = `${job.spec.token}-${String(i + 1).padStart(digits, '0')}.png`;
   });
-  const resolution = trainingResolution(accepted.map((e) => e.crop!), job.spec.training.resolution);
+  const resolution = trainingResolution(
+    accepted.map((e) => e.crop!),
+    job.spec.training.resolution,
+  );
   const reasons: Record<string, number> = {};
   for (const e of entries) if (e.status === 'rejected') reasons[e.code] = (reasons[e.code] ?? 0) + 1;
   const warnings: string[] = [];
   if (accepted.length >= rule.min && accepted.length < rule.idealMin) {
-    warnings.push(`${accepted.length} usable photos: ${aJob(job.spec.kind)} trains best from ${rule.idealMin}-${rule.idealMax}; add more varied shots for better likeness`);
+    warnings.push(
+      `${accepted.length} usable photos: ${aJob(job.spec.kind)} trains best from ${rule.idealMin}-${rule.idealMax}; add more varied shots for better likeness`,
+    );
   }
   // Captions pair with photos by name without the extension, so a.txt captions a.jpg and a.png alike.
   const byCaption = new Map<string, string[]>();
   for (const e of accepted) if (e.caption) byCaption.set(e.caption, [...(byCaption.get(e.caption) ?? []), e.file]);
   for (const [caption, files] of byCaption) {
-    if (files.length > 1) warnings.push(`${caption} captions ${files.length} photos (${files.join(', ')}): rename the photos or give each its own caption if they differ`);
+    if (files.length > 1)
+      warnings.push(`${caption} captions ${files.length} photos (${files.join(', ')}): rename the photos or give each its own caption if they differ`);
   }
-  if (accepted.length > rule.idealMax) warnings.push(`${accepted.length} usable photos is above the ideal ${rule.idealMin}-${rule.idealMax}: training takes longer for little gain`);
+  if (accepted.length > rule.idealMax)
+    warnings.push(`${accepted.length} usable photos is above the ideal ${rule.idealMin}-${rule.idealMax}: training takes longer for little gain`);
   return {
     teamId: job.teamId,
     jobId: job.jobId,
@@ -293,7 +343,14 @@ function reject(entry: PhotoEntry, code: PhotoEntry['code'], message: string): v
 
 function rejected(source: PhotoSource, code: PhotoEntry['code'], message: string): Analysed {
   return {
-    entry: { file: source.file, bytes: source.bytes, status: 'rejected', code, message: `${source.file}: ${message}`, ...(source.caption ? { caption: source.caption } : {}) },
+    entry: {
+      file: source.file,
+      bytes: source.bytes,
+      status: 'rejected',
+      code,
+      message: `${source.file}: ${message}`,
+      ...(source.caption ? { caption: source.caption } : {}),
+    },
   };
 }
 

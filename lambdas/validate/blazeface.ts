@@ -85,14 +85,19 @@ function convertGraph(model: TfGraphModel, weightData: Buffer): OnnxGraph {
         break;
       case '_FusedConv2D': {
         const fused = (attr.fused_ops?.list?.s ?? []).map(b64);
-        if (fused[0] !== 'BiasAdd' || fused.length > 2 || (fused[1] && fused[1] !== 'Relu')) throw new Error(`${node.name}: fused ops ${fused.join('+')} are not supported`);
+        if (fused[0] !== 'BiasAdd' || fused.length > 2 || (fused[1] && fused[1] !== 'Relu'))
+          throw new Error(`${node.name}: fused ops ${fused.join('+')} are not supported`);
         const filter = weight(node.input![1]!);
         const bias = weight(node.input![2]!);
         const [kh, kw, ci, co] = filter.shape as [number, number, number, number];
         const out = fused[1] ? `${node.name}/conv` : node.name;
         nodes.push({
           op: 'Conv',
-          inputs: [inputs[0]!, constant(`${node.name}/W`, [co, ci, kh, kw], hwioToOihw(filter.values as Float32Array, kh, kw, ci, co)), constant(`${node.name}/B`, [co], bias.values as Float32Array)],
+          inputs: [
+            inputs[0]!,
+            constant(`${node.name}/W`, [co, ci, kh, kw], hwioToOihw(filter.values as Float32Array, kh, kw, ci, co)),
+            constant(`${node.name}/B`, [co], bias.values as Float32Array),
+          ],
           outputs: [out],
           attrs: { kernel_shape: [kh, kw], strides: spatial(attr, 'strides'), dilations: spatial(attr, 'dilations'), auto_pad: autoPad(attr), group: 1 },
         });
@@ -117,21 +122,35 @@ function convertGraph(model: TfGraphModel, weightData: Buffer): OnnxGraph {
         nodes.push({ op: 'Relu', inputs, outputs: [node.name] });
         break;
       case 'MaxPool':
-        nodes.push({ op: 'MaxPool', inputs, outputs: [node.name], attrs: { kernel_shape: spatial(attr, 'ksize'), strides: spatial(attr, 'strides'), auto_pad: autoPad(attr) } });
+        nodes.push({
+          op: 'MaxPool',
+          inputs,
+          outputs: [node.name],
+          attrs: { kernel_shape: spatial(attr, 'ksize'), strides: spatial(attr, 'strides'), auto_pad: autoPad(attr) },
+        });
         break;
       case 'Pad': {
         // TensorFlow's [[before, after]] per NHWC axis, as ONNX's [befores..., afters...] per NCHW axis.
         const p = weight(node.input![1]!).values;
         const nchw = [0, 3, 1, 2];
         const pads = [...nchw.map((axis) => p[axis * 2]!), ...nchw.map((axis) => p[axis * 2 + 1]!)];
-        nodes.push({ op: 'Pad', inputs: [inputs[0]!, constant(`${node.name}/pads`, [8], BigInt64Array.from(pads.map(BigInt)))], outputs: [node.name], attrs: { mode: 'constant' } });
+        nodes.push({
+          op: 'Pad',
+          inputs: [inputs[0]!, constant(`${node.name}/pads`, [8], BigInt64Array.from(pads.map(BigInt)))],
+          outputs: [node.name],
+          attrs: { mode: 'constant' },
+        });
         break;
       }
       case 'Reshape': {
         // The TensorFlow graph flattens NHWC: back to NHWC first, so the anchors keep their order.
         const shape = weight(node.input![1]!).values;
         nodes.push({ op: 'Transpose', inputs: [inputs[0]!], outputs: [`${node.name}/nhwc`], attrs: { perm: [0, 2, 3, 1] } });
-        nodes.push({ op: 'Reshape', inputs: [`${node.name}/nhwc`, constant(`${node.name}/shape`, [shape.length], BigInt64Array.from(Array.from(shape, BigInt)))], outputs: [node.name] });
+        nodes.push({
+          op: 'Reshape',
+          inputs: [`${node.name}/nhwc`, constant(`${node.name}/shape`, [shape.length], BigInt64Array.from(Array.from(shape, BigInt)))],
+          outputs: [node.name],
+        });
         break;
       }
       default:
@@ -140,7 +159,10 @@ function convertGraph(model: TfGraphModel, weightData: Buffer): OnnxGraph {
   }
   if (inputName !== INPUT_NAME) throw new Error(`the graph's input is ${inputName}, not ${INPUT_NAME}`);
   const signature = model.userDefinedMetadata?.signature?.outputs ?? {};
-  const outputs = Object.entries(signature).map(([key, info]) => ({ name: source(key.replace(/:0$/, '')), dims: info.tensorShape.dim.map((d) => Number(d.size)) }));
+  const outputs = Object.entries(signature).map(([key, info]) => ({
+    name: source(key.replace(/:0$/, '')),
+    dims: info.tensorShape.dim.map((d) => Number(d.size)),
+  }));
   if (outputs.length === 0) throw new Error('the graph model declares no outputs');
   return { name: 'blazeface', nodes, initializers, inputs: [{ name: INPUT_NAME, dims: [1, 3, INPUT_SIZE, INPUT_SIZE] }], outputs };
 }
@@ -167,14 +189,18 @@ function autoPad(attr: NonNullable<TfNode['attr']>): string {
 /** Conv filter [kh, kw, in, out] (TensorFlow) to [out, in, kh, kw] (ONNX). */
 function hwioToOihw(src: Float32Array, kh: number, kw: number, ci: number, co: number): Float32Array {
   const dst = new Float32Array(src.length);
-  for (let y = 0; y < kh; y++) for (let x = 0; x < kw; x++) for (let i = 0; i < ci; i++) for (let o = 0; o < co; o++) dst[((o * ci + i) * kh + y) * kw + x] = src[((y * kw + x) * ci + i) * co + o]!;
+  for (let y = 0; y < kh; y++)
+    for (let x = 0; x < kw; x++)
+      for (let i = 0; i < ci; i++) for (let o = 0; o < co; o++) dst[((o * ci + i) * kh + y) * kw + x] = src[((y * kw + x) * ci + i) * co + o]!;
   return dst;
 }
 
 /** Depthwise filter [kh, kw, channels, multiplier] to a grouped conv's [channels * multiplier, 1, kh, kw]. */
 function depthwiseToOnnx(src: Float32Array, kh: number, kw: number, c: number, m: number): Float32Array {
   const dst = new Float32Array(src.length);
-  for (let y = 0; y < kh; y++) for (let x = 0; x < kw; x++) for (let ch = 0; ch < c; ch++) for (let k = 0; k < m; k++) dst[((ch * m + k) * kh + y) * kw + x] = src[((y * kw + x) * c + ch) * m + k]!;
+  for (let y = 0; y < kh; y++)
+    for (let x = 0; x < kw; x++)
+      for (let ch = 0; ch < c; ch++) for (let k = 0; k < m; k++) dst[((ch * m + k) * kh + y) * kw + x] = src[((y * kw + x) * c + ch) * m + k]!;
   return dst;
 }
 

@@ -67,8 +67,21 @@ export const DEFAULT_CONFIG: ValidateConfig = {
 };
 
 const NUMERIC: ReadonlyArray<Exclude<keyof ValidateConfig, 'countRules'>> = [
-  'maxFileBytes', 'maxJobBytes', 'maxPixels', 'maxFiles', 'minShortSide', 'minSharpness', 'minBrightness',
-  'maxBrightness', 'maxClipped', 'duplicateDistance', 'minFaceScore', 'minTiledFaceScore', 'minFaceFraction', 'rivalFaceRatio', 'concurrency',
+  'maxFileBytes',
+  'maxJobBytes',
+  'maxPixels',
+  'maxFiles',
+  'minShortSide',
+  'minSharpness',
+  'minBrightness',
+  'maxBrightness',
+  'maxClipped',
+  'duplicateDistance',
+  'minFaceScore',
+  'minTiledFaceScore',
+  'minFaceFraction',
+  'rivalFaceRatio',
+  'concurrency',
 ];
 
 /**

@@ -3,8 +3,9 @@
  * one as a thumbnail labelled with its reason (red), so a person can review the checks at a glance.
  * Labels are SVG text composited by sharp (librsvg with the system's DejaVu/sans fonts).
  */
-import sharp from 'sharp';
+
 import pMap from 'p-map';
+import sharp from 'sharp';
 import type { RawRgb } from './quality';
 import type { PhotoEntry } from './report';
 
@@ -28,7 +29,10 @@ export async function renderContactSheet(tiles: readonly SheetTile[], title: str
   const width = COLUMNS * (TILE + GAP) + GAP;
   const height = HEADER + rows * (TILE + LABEL + GAP) + GAP;
   // The tiles are small independent resizes: a few at a time, like the photos themselves.
-  const tileImages = await pMap(ordered, async ({ entry, thumb }) => (thumb ? tileImage(entry, thumb) : undefined), { concurrency: TILES_IN_FLIGHT, stopOnError: true });
+  const tileImages = await pMap(ordered, async ({ entry, thumb }) => (thumb ? tileImage(entry, thumb) : undefined), {
+    concurrency: TILES_IN_FLIGHT,
+    stopOnError: true,
+  });
   const layers: sharp.OverlayOptions[] = [];
   const texts: string[] = [`<text x="${GAP}" y="26" font-size="18" font-weight="bold" fill="#222">${escapeXml(title)}</text>`];
   for (const [i, { entry }] of ordered.entries()) {

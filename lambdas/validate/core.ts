@@ -4,6 +4,8 @@
  * again), `validate/contact-sheet.png` and, last, `validate/report.json`. A job with too few usable photos fails
  * here, after the report is written so the client can read why each photo was dropped.
  */
+
+import pMap from 'p-map';
 import type { Plan } from '../shared/contract';
 import { JobSpecSchema } from '../shared/contract';
 import { InvalidInputError } from '../shared/errors';
@@ -11,10 +13,9 @@ import type { StageContext } from '../shared/handler';
 import { keys, photoName } from '../shared/keys';
 import { getBytes, getValidJson, listAll, putBytes, putJson } from '../shared/s3';
 import { writeStatus } from '../shared/status';
-import { type PhotoSource, checkPhotos, tooFewMessage } from './analyze';
+import { checkPhotos, type PhotoSource, tooFewMessage } from './analyze';
 import { configFromEnv, type ValidateConfig } from './config';
-import pMap from 'p-map';
-import { cropKey, PhotoRejection, type PhotoEntry } from './report';
+import { cropKey, type PhotoEntry, PhotoRejection } from './report';
 
 /** Small PNG uploads overlap well; S3 takes many parallel PUTs. */
 const UPLOADS_IN_FLIGHT = 8;
@@ -38,7 +39,8 @@ export async function validate(ctx: StageContext, config: ValidateConfig = confi
   const captions = new Map<string, string>();
   const photos: typeof listed = [];
   for (const object of listed) {
-    if (object.key.toLowerCase().endsWith('.txt') && !object.key.slice(prefix.length).includes('/')) captions.set(stem(object.key.slice(prefix.length)), object.key.slice(prefix.length));
+    if (object.key.toLowerCase().endsWith('.txt') && !object.key.slice(prefix.length).includes('/'))
+      captions.set(stem(object.key.slice(prefix.length)), object.key.slice(prefix.length));
     else photos.push(object);
   }
   if (photos.length > config.maxFiles || listed.length > config.maxFiles * 2) {
@@ -86,7 +88,10 @@ export async function validate(ctx: StageContext, config: ValidateConfig = confi
     report.summary.reasons.BAD_PHOTO_NAME = badNames.length;
   }
   // Before the report: a report that accepts a photo always has its crop on S3.
-  await pMap([...images], ([output, png]) => putBytes(s3, ctx.artifactsBucket, cropKey(job, output), png, 'image/png'), { concurrency: UPLOADS_IN_FLIGHT, stopOnError: true });
+  await pMap([...images], ([output, png]) => putBytes(s3, ctx.artifactsBucket, cropKey(job, output), png, 'image/png'), {
+    concurrency: UPLOADS_IN_FLIGHT,
+    stopOnError: true,
+  });
   await putBytes(s3, ctx.artifactsBucket, keys.contactSheet(job), contactSheet, 'image/png');
   await putJson(s3, ctx.artifactsBucket, keys.validateReport(job), report);
   if (!report.plan) throw new InvalidInputError('TOO_FEW_PHOTOS', tooFewMessage(report), keys.validateReport(job));

@@ -7,8 +7,8 @@ import { crc32, deflateSync } from 'node:zlib';
 import pLimit from 'p-limit';
 import sharp from 'sharp';
 import type { ValidateConfig } from './config';
-import { PhotoRejection } from './report';
 import type { RawRgb } from './quality';
+import { PhotoRejection } from './report';
 import { DECODABLE, type SniffedFormat, sniffFormat } from './sniff';
 
 export interface OpenedPhoto {
@@ -96,11 +96,17 @@ async function decodeHevc(bytes: Buffer): Promise<{ width: number; height: numbe
  * takes no profile with raw input, so the pixels go through a PNG that carries the profile in an
  * iCCP chunk (stored uncompressed, so cheap), which sharp decodes and converts like any tagged photo.
  */
-async function withProfileApplied(img: { width: number; height: number; data: Buffer }, icc: Buffer | undefined): Promise<{ width: number; height: number; data: Buffer }> {
+async function withProfileApplied(
+  img: { width: number; height: number; data: Buffer },
+  icc: Buffer | undefined,
+): Promise<{ width: number; height: number; data: Buffer }> {
   if (!icc?.length) return img;
-  const png = await sharp(img.data, { raw: { width: img.width, height: img.height, channels: 4 } }).png({ compressionLevel: 0 }).toBuffer();
+  const png = await sharp(img.data, { raw: { width: img.width, height: img.height, channels: 4 } })
+    .png({ compressionLevel: 0 })
+    .toBuffer();
   const { data, info } = await sharp(withIccChunk(png, icc), { limitInputPixels: false }).ensureAlpha().raw().toBuffer({ resolveWithObject: true });
-  if (info.channels !== 4 || info.width !== img.width || info.height !== img.height) throw new Error(`profile conversion gave ${info.width}x${info.height}x${info.channels}`);
+  if (info.channels !== 4 || info.width !== img.width || info.height !== img.height)
+    throw new Error(`profile conversion gave ${info.width}x${info.height}x${info.channels}`);
   return { width: info.width, height: info.height, data };
 }
 

@@ -86,7 +86,13 @@ export async function detectFacesTiled(img: RawRgb, detect: (tile: RawRgb) => Pr
   );
   const faces = found.flat();
   const corners = Float32Array.from(faces.flatMap((f) => [f.left, f.top, f.left + f.width, f.top + f.height]));
-  const keep = nonMaxSuppression(corners, Float32Array.from(faces, (f) => f.score), MAX_FACES, IOU_THRESHOLD, 0);
+  const keep = nonMaxSuppression(
+    corners,
+    Float32Array.from(faces, (f) => f.score),
+    MAX_FACES,
+    IOU_THRESHOLD,
+    0,
+  );
   return keep.map((i) => faces[i]!);
 }
 
@@ -189,7 +195,12 @@ export async function detectFacesHere(img: { data: Uint8Array; width: number; he
   // Each head has a [1, anchors, 1] logit output and a [1, anchors, 16] regression output.
   const output = (count: number, depth: number) => {
     const found = Object.values(results).find((t) => t.dims[1] === count && t.dims[2] === depth);
-    if (!found) throw new Error(`BlazeFace has no [1, ${count}, ${depth}] output (got ${Object.values(results).map((t) => `[${t.dims}]`).join(' ')})`);
+    if (!found)
+      throw new Error(
+        `BlazeFace has no [1, ${count}, ${depth}] output (got ${Object.values(results)
+          .map((t) => `[${t.dims}]`)
+          .join(' ')})`,
+      );
     return found.data as Float32Array;
   };
   const scores = new Float32Array(ANCHORS);
@@ -263,8 +274,18 @@ export function nonMaxSuppression(boxes: Float32Array, scores: Float32Array, max
 }
 
 function iou(boxes: Float32Array, i: number, j: number): number {
-  const [ax1, ay1, ax2, ay2] = [Math.min(boxes[i * 4]!, boxes[i * 4 + 2]!), Math.min(boxes[i * 4 + 1]!, boxes[i * 4 + 3]!), Math.max(boxes[i * 4]!, boxes[i * 4 + 2]!), Math.max(boxes[i * 4 + 1]!, boxes[i * 4 + 3]!)];
-  const [bx1, by1, bx2, by2] = [Math.min(boxes[j * 4]!, boxes[j * 4 + 2]!), Math.min(boxes[j * 4 + 1]!, boxes[j * 4 + 3]!), Math.max(boxes[j * 4]!, boxes[j * 4 + 2]!), Math.max(boxes[j * 4 + 1]!, boxes[j * 4 + 3]!)];
+  const [ax1, ay1, ax2, ay2] = [
+    Math.min(boxes[i * 4]!, boxes[i * 4 + 2]!),
+    Math.min(boxes[i * 4 + 1]!, boxes[i * 4 + 3]!),
+    Math.max(boxes[i * 4]!, boxes[i * 4 + 2]!),
+    Math.max(boxes[i * 4 + 1]!, boxes[i * 4 + 3]!),
+  ];
+  const [bx1, by1, bx2, by2] = [
+    Math.min(boxes[j * 4]!, boxes[j * 4 + 2]!),
+    Math.min(boxes[j * 4 + 1]!, boxes[j * 4 + 3]!),
+    Math.max(boxes[j * 4]!, boxes[j * 4 + 2]!),
+    Math.max(boxes[j * 4 + 1]!, boxes[j * 4 + 3]!),
+  ];
   const areaA = (ax2 - ax1) * (ay2 - ay1);
   const areaB = (bx2 - bx1) * (by2 - by1);
   if (areaA <= 0 || areaB <= 0) return 0;

@@ -53,7 +53,11 @@ export async function measureQuality(img: RawRgb): Promise<QualityScores> {
   const grey = await toGrey(img);
   const atScale = async (): Promise<Grey> => {
     if (Math.max(grey.width, grey.height) <= QUALITY_SIZE) return grey;
-    const { data, info } = await greyInput(grey).resize(QUALITY_SIZE, QUALITY_SIZE, { fit: 'inside' }).toColourspace('b-w').raw().toBuffer({ resolveWithObject: true });
+    const { data, info } = await greyInput(grey)
+      .resize(QUALITY_SIZE, QUALITY_SIZE, { fit: 'inside' })
+      .toColourspace('b-w')
+      .raw()
+      .toBuffer({ resolveWithObject: true });
     if (info.channels !== 1) throw new Error(`the grey copy has ${info.channels} bands`);
     return { data, width: info.width, height: info.height };
   };

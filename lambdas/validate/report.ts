@@ -14,9 +14,23 @@ export function cropKey(job: JobRef, output: string): string {
 
 /** Stable reason codes; clients may switch on them. */
 export const REJECT_CODES = [
-  'BAD_PHOTO_NAME', 'EMPTY_FILE', 'FILE_TOO_LARGE', 'JOB_TOO_LARGE', 'UNSUPPORTED_FORMAT', 'ANIMATED', 'CORRUPT',
-  'TOO_MANY_PIXELS', 'TOO_SMALL', 'BLURRY', 'TOO_DARK', 'OVEREXPOSED', 'DUPLICATE', 'NO_FACE', 'MULTIPLE_FACES',
-  'FACE_TOO_SMALL', 'OVER_LIMIT',
+  'BAD_PHOTO_NAME',
+  'EMPTY_FILE',
+  'FILE_TOO_LARGE',
+  'JOB_TOO_LARGE',
+  'UNSUPPORTED_FORMAT',
+  'ANIMATED',
+  'CORRUPT',
+  'TOO_MANY_PIXELS',
+  'TOO_SMALL',
+  'BLURRY',
+  'TOO_DARK',
+  'OVEREXPOSED',
+  'DUPLICATE',
+  'NO_FACE',
+  'MULTIPLE_FACES',
+  'FACE_TOO_SMALL',
+  'OVER_LIMIT',
 ] as const;
 export type RejectCode = (typeof REJECT_CODES)[number];
 

@@ -1,8 +1,6 @@
 /** Recognises a file by its first bytes: names and extensions are whatever the client chose. */
 
-export type SniffedFormat =
-  | 'jpeg' | 'png' | 'webp' | 'tiff' | 'heif' | 'avif' | 'gif'
-  | 'svg' | 'pdf' | 'zip' | 'gzip' | 'bmp' | 'text' | 'unknown';
+export type SniffedFormat = 'jpeg' | 'png' | 'webp' | 'tiff' | 'heif' | 'avif' | 'gif' | 'svg' | 'pdf' | 'zip' | 'gzip' | 'bmp' | 'text' | 'unknown';
 
 /** Formats validate decodes; everything else is rejected with a reason. */
 export const DECODABLE = new Set<SniffedFormat>(['jpeg', 'png', 'webp', 'tiff', 'heif', 'avif', 'gif']);
@@ -31,8 +29,11 @@ export function sniffFormat(bytes: Uint8Array): SniffedFormat {
   if (starts(0x50, 0x4b, 0x03, 0x04) || starts(0x50, 0x4b, 0x05, 0x06)) return 'zip';
   if (starts(0x1f, 0x8b)) return 'gzip';
   if (ascii(0, 2) === 'BM') return 'bmp';
-  const head = new TextDecoder('utf-8', { fatal: false }).decode(bytes.subarray(0, 1024)).replace(/^\uFEFF/, '').trimStart();
+  const head = new TextDecoder('utf-8', { fatal: false })
+    .decode(bytes.subarray(0, 1024))
+    .replace(/^\uFEFF/, '')
+    .trimStart();
   if (/^<(\?xml|svg|!DOCTYPE svg)/i.test(head) && /<svg[\s>]/i.test(head)) return 'svg';
-  if (bytes.length > 0 && !bytes.subarray(0, 1024).some((b) => b === 0 || (b < 0x09))) return 'text';
+  if (bytes.length > 0 && !bytes.subarray(0, 1024).some((b) => b === 0 || b < 0x09)) return 'text';
   return 'unknown';
 }

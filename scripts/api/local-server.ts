@@ -21,10 +21,10 @@ import { CreateStateMachineCommand, DescribeExecutionCommand, SFNClient } from '
 import { serve } from '@hono/node-server';
 import { createApp } from '../../lambdas/api/app';
 import { localKeys } from '../../lambdas/api/auth';
-import type { JobRef } from '../../lambdas/shared/keys';
-import { accountingFromEnv } from '../../lambdas/shared/accounting';
-import { TEAM_DEFAULTS } from '../../lambdas/shared/teams';
 import { reconcile } from '../../lambdas/reconcile/handler';
+import { accountingFromEnv } from '../../lambdas/shared/accounting';
+import type { JobRef } from '../../lambdas/shared/keys';
+import { TEAM_DEFAULTS } from '../../lambdas/shared/teams';
 import { start } from '../../lambdas/start/handler';
 import { stateMachineDefinition, synthesizeTemplate } from '../local/definition';
 import { checkGpu, GpuUnavailable } from '../local/gpu';
@@ -151,7 +151,11 @@ export async function startLocalApi(options: LocalApiOptions = {}): Promise<Loca
         if (aborted) {
           await Promise.allSettled(calls);
           // The ABORTED status change, to reconcile as the EventBridge rule would: it frees the slot.
-          const event = executionStatusChangeEvent({ name: started.executionName, arn: executionArn, input: JSON.stringify(started.job), startDate }, stateMachineArn, 'ABORTED');
+          const event = executionStatusChangeEvent(
+            { name: started.executionName, arn: executionArn, input: JSON.stringify(started.job), startDate },
+            stateMachineArn,
+            'ABORTED',
+          );
           await reconcile(event, { s3, artifactsBucket: LOCAL_ARTIFACTS, now: () => new Date(), accounting: accountingFromEnv() });
         }
         log(`job ${job.teamId}/${job.jobId}: local run ended (${aborted ? 'stopped' : result.succeeded ? 'succeeded' : result.error})`);

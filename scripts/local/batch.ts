@@ -150,7 +150,11 @@ function killMarked(marker: string, signal: NodeJS.Signals): void {
  * Runs the job definition's command as a local process (the command's `python` is replaced by
  * `python`), with `env(spec)` added to Batch's environment: the local stand-in for the image.
  */
-export function processContainer(options: { python: string; env?: (spec: ContainerSpec) => Record<string, string>; log?: (line: string) => void }): ContainerLauncher {
+export function processContainer(options: {
+  python: string;
+  env?: (spec: ContainerSpec) => Record<string, string>;
+  log?: (line: string) => void;
+}): ContainerLauncher {
   return (spec) => {
     const [program, ...args] = spec.command;
     const child: ChildProcess = spawn(program === 'python' ? options.python : program!, args, {
@@ -189,7 +193,7 @@ export function processContainer(options: { python: string; env?: (spec: Contain
  * SIGTERM aborts `signal`; SIGKILL aborts it too and ends the container at once. A body cannot be
  * killed mid-call, so it must return soon after `signal` aborts: `busy()` tells whether it has.
  */
-export function functionContainer(body: (spec: ContainerSpec, signal: AbortSignal) => Promise<number | void>): ContainerLauncher {
+export function functionContainer(body: (spec: ContainerSpec, signal: AbortSignal) => Promise<number | undefined>): ContainerLauncher {
   return (spec) => {
     const term = new AbortController();
     let kill!: (r: { exitCode: number | null; signal: string | null }) => void;
@@ -336,7 +340,11 @@ export class BatchEmulator {
     const deadline = Date.now() + timeoutMs;
     while (this.active().length > 0 || this.liveProcesses().length > 0) {
       if (Date.now() > deadline) {
-        throw new Error(`Batch emulator not settled: active ${this.active().map((j) => `${j.detail.JobName}=${j.detail.Status}`).join(', ')}; processes ${this.liveProcesses().join(', ')}`);
+        throw new Error(
+          `Batch emulator not settled: active ${this.active()
+            .map((j) => `${j.detail.JobName}=${j.detail.Status}`)
+            .join(', ')}; processes ${this.liveProcesses().join(', ')}`,
+        );
       }
       await new Promise((r) => setTimeout(r, 100));
     }
@@ -346,9 +354,12 @@ export class BatchEmulator {
   submitJob(stage: string, params: SubmitJobParameters): EmulatedJob {
     const logicalId = params.JobDefinition.split(':').at(-1)!;
     const definition = this.config.jobDefinitions.get(logicalId);
-    if (!definition) throw Object.assign(new Error(`ClientException: job definition ${params.JobDefinition} does not exist`), { name: 'Batch.ClientException' });
+    if (!definition)
+      throw Object.assign(new Error(`ClientException: job definition ${params.JobDefinition} does not exist`), { name: 'Batch.ClientException' });
     if (params.JobName.length > 128) {
-      throw Object.assign(new Error(`ClientException: Job name should be at most 128 characters (got ${params.JobName.length})`), { name: 'Batch.ClientException' });
+      throw Object.assign(new Error(`ClientException: Job name should be at most 128 characters (got ${params.JobName.length})`), {
+        name: 'Batch.ClientException',
+      });
     }
     const jobId = `${String(++this.sequence).padStart(8, '0')}-local-${stage}`;
     const detail: JobDetail = {
@@ -422,7 +433,13 @@ export class BatchEmulator {
   private async wait(job: EmulatedJob, ms?: number): Promise<boolean> {
     if ((job as { terminated?: string }).terminated) return true;
     return new Promise((resolve) => {
-      const timer = ms === undefined ? undefined : setTimeout(() => (this.waiters.delete(job.detail.JobId), resolve(false)), ms);
+      const timer =
+        ms === undefined
+          ? undefined
+          : setTimeout(() => {
+              this.waiters.delete(job.detail.JobId);
+              resolve(false);
+            }, ms);
       this.waiters.set(job.detail.JobId, () => {
         clearTimeout(timer);
         this.waiters.delete(job.detail.JobId);
@@ -467,7 +484,12 @@ export class BatchEmulator {
       const started = Date.now();
       let result: AttemptDetail;
       if (fault?.kind === 'imagePull') {
-        result = { Container: { Reason: BATCH_REASONS.cannotPull(`${PLACEHOLDER_ACCOUNT}.dkr.ecr.${PLACEHOLDER_REGION}.amazonaws.com/avatar-${job.stage}`) }, StatusReason: BATCH_REASONS.taskFailedToStart, StartedAt: started, StoppedAt: Date.now() };
+        result = {
+          Container: { Reason: BATCH_REASONS.cannotPull(`${PLACEHOLDER_ACCOUNT}.dkr.ecr.${PLACEHOLDER_REGION}.amazonaws.com/avatar-${job.stage}`) },
+          StatusReason: BATCH_REASONS.taskFailedToStart,
+          StartedAt: started,
+          StoppedAt: Date.now(),
+        };
       } else {
         d.StartedAt ??= started;
         this.set(job, 'RUNNING');
@@ -491,9 +513,19 @@ export class BatchEmulator {
         const stopped = Date.now();
         const container_ = { ExitCode: exit.exitCode ?? undefined, LogStreamName: `${job.stage}/default/${d.JobId}` };
         if ((job as { reclaimed?: boolean }).reclaimed) {
-          result = { Container: container_, StatusReason: BATCH_REASONS.hostTerminated(`i-0${d.JobId.slice(0, 8)}local${attempt}`), StartedAt: started, StoppedAt: stopped };
+          result = {
+            Container: container_,
+            StatusReason: BATCH_REASONS.hostTerminated(`i-0${d.JobId.slice(0, 8)}local${attempt}`),
+            StartedAt: started,
+            StoppedAt: stopped,
+          };
         } else {
-          result = { Container: exit.signal === 'SIGKILL' ? { ...container_, Reason: 'OutOfMemoryError: Container killed due to memory usage' } : container_, StatusReason: BATCH_REASONS.essentialContainerExited, StartedAt: started, StoppedAt: stopped };
+          result = {
+            Container: exit.signal === 'SIGKILL' ? { ...container_, Reason: 'OutOfMemoryError: Container killed due to memory usage' } : container_,
+            StatusReason: BATCH_REASONS.essentialContainerExited,
+            StartedAt: started,
+            StoppedAt: stopped,
+          };
           if (terminated()) {
             d.Attempts.push(result);
             return this.finish(job, 'FAILED', terminated());
@@ -506,7 +538,9 @@ export class BatchEmulator {
       }
       d.Attempts.push(result);
       d.StatusReason = result.StatusReason;
-      this.options.log?.(`batch: ${d.JobName} attempt ${attempt} failed: ${result.StatusReason}; ${result.Container.Reason ?? `exit ${result.Container.ExitCode}`}`);
+      this.options.log?.(
+        `batch: ${d.JobName} attempt ${attempt} failed: ${result.StatusReason}; ${result.Container.Reason ?? `exit ${result.Container.ExitCode}`}`,
+      );
       if (terminated() || attempt >= maxAttempts || evaluateOnExit(d.RetryStrategy, result) === 'EXIT') {
         return this.finish(job, 'FAILED', terminated() ?? result.StatusReason);
       }

@@ -32,5 +32,7 @@ export async function syntheticPhoto(seed: number, size = 1024): Promise<Buffer>
 }
 
 export async function syntheticPhotos(count: number, size = 1024): Promise<Array<{ name: string; bytes: Buffer }>> {
-  return Promise.all(Array.from({ length: count }, async (_, i) => ({ name: `photo-${String(i + 1).padStart(2, '0')}.jpg`, bytes: await syntheticPhoto(i + 1, size) })));
+  return Promise.all(
+    Array.from({ length: count }, async (_, i) => ({ name: `photo-${String(i + 1).padStart(2, '0')}.jpg`, bytes: await syntheticPhoto(i + 1, size) })),
+  );
 }

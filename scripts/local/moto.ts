@@ -58,9 +58,7 @@ export async function startMoto(options: StartMotoOptions = {}): Promise<Moto> {
   const port = await freePort();
   const hostPort = ['-H', '127.0.0.1', '-p', String(port)];
   // The wrapper runs on the Python next to moto_server (same venv).
-  const [command, args] = options.serializeDynamoDb
-    ? [join(dirname(binary), 'python'), [join(__dirname, 'moto_serial.py'), ...hostPort]]
-    : [binary, hostPort];
+  const [command, args] = options.serializeDynamoDb ? [join(dirname(binary), 'python'), [join(__dirname, 'moto_serial.py'), ...hostPort]] : [binary, hostPort];
   const child: ChildProcess = spawn(command, args, { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, ...options.env } });
   let stderr = '';
   child.stderr?.on('data', (chunk) => {

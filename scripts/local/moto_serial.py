@@ -9,11 +9,12 @@ conditions rather than the emulator's races. Other services are served as moto_s
 
 Usage: python moto_serial.py -H 127.0.0.1 -p PORT
 """
+
 import argparse
 import threading
 
-from werkzeug.serving import run_simple
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+from werkzeug.serving import run_simple
 
 _lock = threading.Lock()
 

@@ -56,7 +56,12 @@ function statusOf(result: RunResult): ExecutionStatus {
 }
 
 /** The event for an execution that reached `status`. */
-export function executionStatusChangeEvent(execution: Pick<LocalExecution, 'name' | 'arn' | 'input' | 'startDate'>, stateMachineArn: string, status: ExecutionStatus, result?: RunResult): ExecutionStatusChangeEvent {
+export function executionStatusChangeEvent(
+  execution: Pick<LocalExecution, 'name' | 'arn' | 'input' | 'startDate'>,
+  stateMachineArn: string,
+  status: ExecutionStatus,
+  result?: RunResult,
+): ExecutionStatusChangeEvent {
   return {
     version: '0',
     id: randomUUID(),

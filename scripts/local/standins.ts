@@ -25,7 +25,14 @@ export interface StandInOptions {
 const sleep = (ms: number, signal: AbortSignal) =>
   new Promise<void>((resolve) => {
     const timer = setTimeout(resolve, ms);
-    signal.addEventListener('abort', () => (clearTimeout(timer), resolve()), { once: true });
+    signal.addEventListener(
+      'abort',
+      () => {
+        clearTimeout(timer);
+        resolve();
+      },
+      { once: true },
+    );
   });
 
 /** The container body for `stage`: exit 0 on success, 143 when stopped with SIGTERM. */
@@ -42,7 +49,13 @@ export function gpuStandIn(options: StandInOptions): (spec: ContainerSpec, signa
       if ((await getJson(s3, bucket, `${captions}captions.json`)) === undefined) {
         await progress('caption', 0, `caption starting (attempt ${spec.attempt})`);
         for (const image of plan.images) {
-          await putBytes(s3, bucket, `${captions}${plan.plan.folder}/${image.replace(/\.png$/, '.txt')}`, `photo of ${plan.spec.token}, a ${plan.spec.classWord}`, 'text/plain');
+          await putBytes(
+            s3,
+            bucket,
+            `${captions}${plan.plan.folder}/${image.replace(/\.png$/, '.txt')}`,
+            `photo of ${plan.spec.token}, a ${plan.spec.classWord}`,
+            'text/plain',
+          );
         }
         await putJson(s3, bucket, `${captions}captions.json`, { captions: plan.images.map((image) => ({ image, caption: `photo of ${plan.spec.token}` })) });
         await progress('caption', 1, `captioned ${plan.images.length} images`);

@@ -56,14 +56,24 @@ export async function emptyJobQueue(endpoint: string): Promise<string> {
   const role = await fetch(endpoint, {
     method: 'POST',
     body: new URLSearchParams({ Action: 'CreateRole', Version: '2010-05-08', RoleName: 'avatar-local-batch', AssumeRolePolicyDocument: '{}' }),
-    headers: { 'content-type': 'application/x-www-form-urlencoded', authorization: `AWS4-HMAC-SHA256 Credential=${LOCAL_CREDENTIALS.accessKeyId}/20260101/${LOCAL_REGION}/iam/aws4_request, SignedHeaders=host, Signature=local` },
+    headers: {
+      'content-type': 'application/x-www-form-urlencoded',
+      authorization: `AWS4-HMAC-SHA256 Credential=${LOCAL_CREDENTIALS.accessKeyId}/20260101/${LOCAL_REGION}/iam/aws4_request, SignedHeaders=host, Signature=local`,
+    },
   });
   const roleArn = /<Arn>([^<]+)<\/Arn>/.exec(await role.text())?.[1];
   if (!role.ok || !roleArn) throw new Error(`moto: CreateRole for the local job queue failed (HTTP ${role.status})`);
   const batch = new BatchClient({ endpoint, region: LOCAL_REGION, credentials: LOCAL_CREDENTIALS });
-  const ce = await batch.send(new CreateComputeEnvironmentCommand({ computeEnvironmentName: 'avatar-local', type: 'UNMANAGED', state: 'ENABLED', serviceRole: roleArn }));
+  const ce = await batch.send(
+    new CreateComputeEnvironmentCommand({ computeEnvironmentName: 'avatar-local', type: 'UNMANAGED', state: 'ENABLED', serviceRole: roleArn }),
+  );
   const queue = await batch.send(
-    new CreateJobQueueCommand({ jobQueueName: 'avatar-local-gpu', priority: 1, state: 'ENABLED', computeEnvironmentOrder: [{ order: 1, computeEnvironment: ce.computeEnvironmentArn! }] }),
+    new CreateJobQueueCommand({
+      jobQueueName: 'avatar-local-gpu',
+      priority: 1,
+      state: 'ENABLED',
+      computeEnvironmentOrder: [{ order: 1, computeEnvironment: ce.computeEnvironmentArn! }],
+    }),
   );
   return queue.jobQueueName!;
 }

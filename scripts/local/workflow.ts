@@ -95,7 +95,9 @@ function withAwsTaskTimeouts(definition: StateMachineDefinition): StateMachineDe
   const states = Object.fromEntries(
     Object.entries(definition.States).map(([name, state]) => [
       name,
-      state.Type === 'Task' && state.TimeoutSeconds === undefined && state.TimeoutSecondsPath === undefined ? { ...state, TimeoutSeconds: AWS_DEFAULT_TASK_TIMEOUT_S } : state,
+      state.Type === 'Task' && state.TimeoutSeconds === undefined && state.TimeoutSecondsPath === undefined
+        ? { ...state, TimeoutSeconds: AWS_DEFAULT_TASK_TIMEOUT_S }
+        : state,
     ]),
   );
   return { ...definition, States: states };
@@ -153,7 +155,19 @@ export function startWorkflow(definition: StateMachineDefinition, input: unknown
   const consume = (async () => {
     for await (const raw of execution.eventLogs) {
       const e = raw as { type: string; state?: { name: string }; Error?: string; Cause?: string };
-      if (['StateEntered', 'StateExited', 'StateRetried', 'StateFailed', 'StateCaught', 'ExecutionFailed', 'ExecutionSucceeded', 'ExecutionAborted', 'ExecutionTimeout'].includes(e.type)) {
+      if (
+        [
+          'StateEntered',
+          'StateExited',
+          'StateRetried',
+          'StateFailed',
+          'StateCaught',
+          'ExecutionFailed',
+          'ExecutionSucceeded',
+          'ExecutionAborted',
+          'ExecutionTimeout',
+        ].includes(e.type)
+      ) {
         record({ type: e.type, state: e.state?.name, error: e.Error, cause: e.Cause });
       }
     }

@@ -41,7 +41,6 @@ let tokens: Record<'alpha' | 'beta' | 'gamma', string>;
 let photos: Array<{ name: string; bytes: Buffer }>;
 let mainJob: string;
 
-// biome-ignore lint/suspicious/noExplicitAny: response bodies are read loosely; the assertions check their values
 type Json = Record<string, any>;
 
 async function call(team: keyof typeof tokens | null, method: string, path: string, body?: unknown, headers: Record<string, string> = {}) {

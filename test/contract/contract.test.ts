@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { DatasetPlanSchema, GRID_PROMPTS, JobSpecSchema, describeIssues } from '../../lambdas/shared/contract';
+import { DatasetPlanSchema, describeIssues, GRID_PROMPTS, JobSpecSchema } from '../../lambdas/shared/contract';
 import { parseSpecKey, photoName } from '../../lambdas/shared/keys';
 import { planTraining, trainingResolution } from '../../lambdas/shared/plan';
 
@@ -17,8 +17,14 @@ describe('job.json', () => {
     expect(spec.kind).toBe('character');
     expect(spec.captioning).toMatchObject({ numBeams: 10, minLength: 25, prefix: 'photo of {token}, ' });
     expect(spec.training).toMatchObject({
-      optimizer: 'AdamW8bit', unetLr: 1e-4, textEncoderLr: 5e-5, lrScheduler: 'polynomial',
-      networkDim: 128, networkAlpha: 128, mixedPrecision: 'bf16', batchSize: 1,
+      optimizer: 'AdamW8bit',
+      unetLr: 1e-4,
+      textEncoderLr: 5e-5,
+      lrScheduler: 'polynomial',
+      networkDim: 128,
+      networkAlpha: 128,
+      mixedPrecision: 'bf16',
+      batchSize: 1,
     });
     expect(spec.evaluation.strengths).toEqual([1, 0.9, 0.8, 0.7, 0.6, 0.5]);
   });
@@ -67,9 +73,15 @@ describe('job.json', () => {
 describe('training plan', () => {
   const spec = JobSpecSchema.parse({ token: 'anantn', classWord: 'man' });
 
-  it("reproduces the documented 25-photo example: 15 repeats x 5 epochs = 1875 steps", () => {
+  it('reproduces the documented 25-photo example: 15 repeats x 5 epochs = 1875 steps', () => {
     expect(planTraining(spec, 25, 512)).toEqual({
-      numImages: 25, repeats: 15, epochs: 5, batchSize: 1, totalSteps: 1875, resolution: 512, folder: '15_anantn',
+      numImages: 25,
+      repeats: 15,
+      epochs: 5,
+      batchSize: 1,
+      totalSteps: 1875,
+      resolution: 512,
+      folder: '15_anantn',
       arithmetic: '25 images x 15 repeats x 5 epochs / batch 1 = 1875 steps (target 1875)',
     });
   });

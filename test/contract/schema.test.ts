@@ -2,7 +2,7 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { DatasetPlanSchema } from '../../lambdas/shared/contract';
-import { SCHEMA_TARGETS, contractJsonSchema } from '../../lambdas/shared/schema';
+import { contractJsonSchema, SCHEMA_TARGETS } from '../../lambdas/shared/schema';
 
 const root = join(__dirname, '..', '..');
 

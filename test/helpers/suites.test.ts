@@ -11,12 +11,16 @@ const ROOT = join(__dirname, '..', '..');
 
 function runFixture(env: Record<string, string>) {
   const { CI: _ci, FIXTURE_MISSING: _missing, ...base } = process.env;
-  const run = spawnSync(join(ROOT, 'node_modules', '.bin', 'vitest'), ['run', '--config', join(__dirname, 'fixtures', 'vitest.config.ts'), '--reporter', 'verbose'], {
-    cwd: ROOT,
-    encoding: 'utf8',
-    env: { ...base, ...env, NO_COLOR: '1' },
-    timeout: 60_000,
-  });
+  const run = spawnSync(
+    join(ROOT, 'node_modules', '.bin', 'vitest'),
+    ['run', '--config', join(__dirname, 'fixtures', 'vitest.config.ts'), '--reporter', 'verbose'],
+    {
+      cwd: ROOT,
+      encoding: 'utf8',
+      env: { ...base, ...env, NO_COLOR: '1' },
+      timeout: 60_000,
+    },
+  );
   return { status: run.status, output: `${run.stdout}${run.stderr}` };
 }
 

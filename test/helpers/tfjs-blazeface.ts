@@ -5,8 +5,8 @@
  */
 import { readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
-import type * as TfCore from '@tensorflow/tfjs-core';
 import type { GraphModel } from '@tensorflow/tfjs-converter';
+import type * as TfCore from '@tensorflow/tfjs-core';
 import { blazeFacePath, INPUT_SIZE } from '../../lambdas/validate/blazeface';
 
 export interface TfjsBlazeFace {
@@ -22,9 +22,15 @@ export async function loadTfjsBlazeFace(): Promise<TfjsBlazeFace> {
   wasm.setWasmPaths(`${join(dirname(require.resolve('@tensorflow/tfjs-backend-wasm')), '..', 'dist')}/`);
   if (!(await tf.setBackend('wasm'))) throw new Error('the TensorFlow.js WASM backend failed to initialise');
   const { loadGraphModel } = require('@tensorflow/tfjs-converter') as typeof import('@tensorflow/tfjs-converter');
-  const json = JSON.parse(readFileSync(blazeFacePath(), 'utf8')) as { modelTopology: object; weightsManifest: Array<{ paths: string[]; weights: TfCore.io.WeightsManifestEntry[] }> };
-  const weightData = new Uint8Array(Buffer.concat(json.weightsManifest.flatMap((g) => g.paths.map((p) => readFileSync(join(dirname(blazeFacePath()), p)))))).buffer;
-  const model = await loadGraphModel({ load: async () => ({ modelTopology: json.modelTopology, weightSpecs: json.weightsManifest.flatMap((g) => g.weights), weightData }) });
+  const json = JSON.parse(readFileSync(blazeFacePath(), 'utf8')) as {
+    modelTopology: object;
+    weightsManifest: Array<{ paths: string[]; weights: TfCore.io.WeightsManifestEntry[] }>;
+  };
+  const weightData = new Uint8Array(Buffer.concat(json.weightsManifest.flatMap((g) => g.paths.map((p) => readFileSync(join(dirname(blazeFacePath()), p))))))
+    .buffer;
+  const model = await loadGraphModel({
+    load: async () => ({ modelTopology: json.modelTopology, weightSpecs: json.weightsManifest.flatMap((g) => g.weights), weightData }),
+  });
   const input = (img: { data: Uint8Array; width: number; height: number }) =>
     tf.tidy(() => {
       const pixels = tf.cast(tf.expandDims(tf.tensor3d(img.data, [img.height, img.width, 3], 'int32'), 0), 'float32') as TfCore.Tensor4D;

@@ -1,6 +1,6 @@
 import { beforeAll, describe, expect, it } from 'vitest';
 import { METRICS_NAMESPACE, STACK_DIMENSION, SYSTEM_FAILURE_METRIC } from '../../lambdas/shared/metrics';
-import { logicalId, resourcesOfType, synth, type Synthesized } from './helpers';
+import { logicalId, resourcesOfType, type Synthesized, synth } from './helpers';
 
 let withEmail: Synthesized;
 let withoutEmail: Synthesized;
@@ -26,7 +26,9 @@ describe('alarms and outputs', () => {
   });
 
   it('watch the SystemFailures metric of this stack, the one mark-failed and reconcile emit', () => {
-    const [alarm] = resourcesOfType(withEmail.json, 'AWS::CloudWatch::Alarm').map(([, a]) => a.Properties).filter((a) => a.MetricName === 'SystemFailures');
+    const [alarm] = resourcesOfType(withEmail.json, 'AWS::CloudWatch::Alarm')
+      .map(([, a]) => a.Properties)
+      .filter((a) => a.MetricName === 'SystemFailures');
     expect(alarm).toMatchObject({
       Namespace: METRICS_NAMESPACE,
       MetricName: SYSTEM_FAILURE_METRIC,
@@ -73,7 +75,17 @@ describe('alarms and outputs', () => {
 
   it('output the bucket names, state machine, dead-letter queue, job queue and the job API', () => {
     expect(Object.keys(withEmail.json.Outputs ?? {}).sort()).toEqual(
-      ['ApiUrl', 'ApiUserPoolId', 'ArtifactsBucketName', 'DeadLetterQueueUrl', 'InboxBucketName', 'JobQueueArn', 'SchedulingPolicyArn', 'StateMachineArn', 'TeamsTableName'].sort(),
+      [
+        'ApiUrl',
+        'ApiUserPoolId',
+        'ArtifactsBucketName',
+        'DeadLetterQueueUrl',
+        'InboxBucketName',
+        'JobQueueArn',
+        'SchedulingPolicyArn',
+        'StateMachineArn',
+        'TeamsTableName',
+      ].sort(),
     );
   });
 });

@@ -37,5 +37,4 @@ describeNeeding('cfn-lint', CFN_LINT_MISSING, () => {
     const errors = matches.filter((m) => m.Rule.Id.startsWith('E')).map((m) => `${m.Rule.Id} ${m.Message} @ ${m.Location.Path.join('/')}`);
     expect(errors).toEqual([]);
   });
-
 });

@@ -80,7 +80,7 @@ describe('loadConfig', () => {
     expect(() => loadConfig('{maxVcpus: 8}')).toThrow(/context "avatar" is not valid JSON/);
   });
 
-  it('keeps no warm GPU by default and refuses a warm floor above the first environment\'s ceiling', () => {
+  it("keeps no warm GPU by default and refuses a warm floor above the first environment's ceiling", () => {
     expect(loadConfig({ minVcpus: 4 }).minVcpus).toBe(4);
     // spot on: maxVcpus 16 gives the Spot environment 8.
     expect(() => loadConfig({ minVcpus: 12 })).toThrow(/minVcpus: must be at most 8, the ceiling of the Spot environment/);

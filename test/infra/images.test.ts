@@ -7,8 +7,8 @@ import { spawnSync } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { resourcesOfType, synth, type Synthesized } from './helpers';
 import { itNeeding } from '../helpers/suites';
+import { resourcesOfType, type Synthesized, synth } from './helpers';
 
 const ROOT = join(__dirname, '..', '..');
 const PYTHON = join(ROOT, '.venv', 'bin', 'python');
@@ -35,13 +35,17 @@ describe('job definitions and container images', () => {
     expect(existsSync(join(ROOT, 'containers/captioner/Dockerfile'))).toBe(false);
   });
 
-  itNeeding('each command is one the package accepts (python -m <package> --help)', existsSync(PYTHON) ? undefined : `${PYTHON} is missing: run "bash scripts/python-env.sh"`, () => {
-    // The image puts common/src and both packages' src on PYTHONPATH.
-    const pythonPath = ['common', 'captioner', 'trainer'].map((p) => join(ROOT, 'containers', p, 'src')).join(':');
-    for (const [, , pkg, ...subs] of commands) {
-      const help = spawnSync(PYTHON, ['-m', pkg!, '--help'], { encoding: 'utf8', env: { ...process.env, PYTHONPATH: pythonPath } });
-      expect(help.status, help.stderr).toBe(0);
-      for (const sub of subs) expect(help.stdout).toMatch(new RegExp(`\\{[^}]*\\b${sub}\\b[^}]*\\}`));
-    }
-  });
+  itNeeding(
+    'each command is one the package accepts (python -m <package> --help)',
+    existsSync(PYTHON) ? undefined : `${PYTHON} is missing: run "bash scripts/python-env.sh"`,
+    () => {
+      // The image puts common/src and both packages' src on PYTHONPATH.
+      const pythonPath = ['common', 'captioner', 'trainer'].map((p) => join(ROOT, 'containers', p, 'src')).join(':');
+      for (const [, , pkg, ...subs] of commands) {
+        const help = spawnSync(PYTHON, ['-m', pkg!, '--help'], { encoding: 'utf8', env: { ...process.env, PYTHONPATH: pythonPath } });
+        expect(help.status, help.stderr).toBe(0);
+        for (const sub of subs) expect(help.stdout).toMatch(new RegExp(`\\{[^}]*\\b${sub}\\b[^}]*\\}`));
+      }
+    },
+  );
 });

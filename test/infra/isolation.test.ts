@@ -10,7 +10,7 @@
 import { runSimulation } from '@cloud-copilot/iam-simulate';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { type GpuStage, jobSessionPolicy } from '../../lambdas/shared/session-policy';
-import { logicalId, statementsOf, synth, type Synthesized } from './helpers';
+import { logicalId, type Synthesized, statementsOf, synth } from './helpers';
 
 const ACCOUNT = '123456789012';
 const BUCKET = 'arn:aws:s3:::artifacts';
@@ -45,7 +45,10 @@ const job = (team: string, id: string, rest: string) => `${BUCKET}/teams/${team}
 
 /** The matrix for `stage` working on job j of team a: what must be allowed, and what must not. */
 function matrix(stage: GpuStage): Cell[] {
-  const reads: Record<GpuStage, string[]> = { train: ['normalize/x.png', 'caption/x.txt', 'train/ckpt.safetensors'], evaluate: ['train/ckpt.safetensors', 'normalize/plan.json'] };
+  const reads: Record<GpuStage, string[]> = {
+    train: ['normalize/x.png', 'caption/x.txt', 'train/ckpt.safetensors'],
+    evaluate: ['train/ckpt.safetensors', 'normalize/plan.json'],
+  };
   // The train job runs the caption stage first: caption/ is its own folder too.
   const own: Record<GpuStage, string[]> = { train: ['caption', 'train'], evaluate: ['evaluate'] };
   const others = (['caption', 'train', 'evaluate', 'normalize', 'validate', 'finalize'] as const).filter((o) => !own[stage].includes(o));
@@ -115,7 +118,7 @@ describe('isolation by credentials (iam-simulate)', () => {
     expect(await mismatches(stage, jobSessionPolicy(stage, 'a', 'j', BUCKET))).toEqual([]);
   });
 
-  it('the stage roles alone are too wide: they reach job K, team B and nested keys in other stages\' folders', async () => {
+  it("the stage roles alone are too wide: they reach job K, team B and nested keys in other stages' folders", async () => {
     const gaps = (await Promise.all((['train', 'evaluate'] as const).map((st) => mismatches(st, undefined)))).flat();
     // Every gap is an over-grant (nothing expected is denied), and each kind of gap is present.
     expect(gaps.every((g) => g.endsWith('ALLOWED'))).toBe(true);

@@ -1,5 +1,5 @@
 import { beforeAll, describe, expect, it } from 'vitest';
-import { logicalId, resourcesOfType, synth, type Synthesized } from './helpers';
+import { logicalId, resourcesOfType, type Synthesized, synth } from './helpers';
 
 let s: Synthesized;
 beforeAll(() => {

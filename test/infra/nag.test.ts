@@ -2,7 +2,7 @@ import { App, Stack, Validations } from 'aws-cdk-lib';
 import * as s3 from 'aws-cdk-lib/aws-s3';
 import { AwsSolutionsChecks } from 'cdk-nag';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { synth, type Synthesized } from './helpers';
+import { type Synthesized, synth } from './helpers';
 
 let s: Synthesized;
 beforeAll(() => {
@@ -10,7 +10,9 @@ beforeAll(() => {
 });
 
 const findings = (scope: App) =>
-  new AwsSolutionsChecks().validateScope(scope).violations.map((v) => `${v.severity} ${v.ruleName} at ${v.violatingResources.map((r) => r.constructPath).join(', ')}`);
+  new AwsSolutionsChecks()
+    .validateScope(scope)
+    .violations.map((v) => `${v.severity} ${v.ruleName} at ${v.violatingResources.map((r) => r.constructPath).join(', ')}`);
 
 describe('cdk-nag AwsSolutions', () => {
   it('reports no unacknowledged errors or warnings on the stack', () => {

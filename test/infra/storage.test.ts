@@ -1,6 +1,6 @@
 import { Match } from 'aws-cdk-lib/assertions';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { logicalId, resourcesOfType, synth, type Synthesized } from './helpers';
+import { logicalId, resourcesOfType, type Synthesized, synth } from './helpers';
 
 let s: Synthesized;
 beforeAll(() => {
@@ -15,7 +15,11 @@ const bucketIds = () => ({
 
 describe('storage', () => {
   it('creates exactly the inbox, artifacts and logs buckets', () => {
-    expect(resourcesOfType(s.json, 'AWS::S3::Bucket').map(([id]) => id).sort()).toEqual(Object.values(bucketIds()).sort());
+    expect(
+      resourcesOfType(s.json, 'AWS::S3::Bucket')
+        .map(([id]) => id)
+        .sort(),
+    ).toEqual(Object.values(bucketIds()).sort());
   });
 
   it('encrypts every bucket', () => {
@@ -82,9 +86,7 @@ describe('storage', () => {
     expect(s.json.Resources[ids.artifacts]!.Properties.LifecycleConfiguration.Rules).toContainEqual(
       expect.objectContaining({ NoncurrentVersionExpiration: { NoncurrentDays: 30 } }),
     );
-    expect(s.json.Resources[ids.logs]!.Properties.LifecycleConfiguration.Rules).toContainEqual(
-      expect.objectContaining({ ExpirationInDays: 90 }),
-    );
+    expect(s.json.Resources[ids.logs]!.Properties.LifecycleConfiguration.Rules).toContainEqual(expect.objectContaining({ ExpirationInDays: 90 }));
   });
 
   it('sends server access logs of the data buckets to the logs bucket', () => {
@@ -98,9 +100,7 @@ describe('storage', () => {
     s.template.hasResourceProperties('AWS::S3::BucketPolicy', {
       Bucket: { Ref: bucketIds().logs },
       PolicyDocument: {
-        Statement: Match.arrayWith([
-          Match.objectLike({ Effect: 'Allow', Principal: { Service: 'logging.s3.amazonaws.com' }, Action: 's3:PutObject' }),
-        ]),
+        Statement: Match.arrayWith([Match.objectLike({ Effect: 'Allow', Principal: { Service: 'logging.s3.amazonaws.com' }, Action: 's3:PutObject' })]),
       },
     });
   });

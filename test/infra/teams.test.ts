@@ -1,6 +1,6 @@
 import { beforeAll, describe, expect, it } from 'vitest';
 import { STAGE_PRIORITY } from '../../infra/constructs/team-batch-job';
-import { actionsOf, definitionOf, flatten, logicalId, resourcesOfType, statementsOf, synth, type Synthesized } from './helpers';
+import { actionsOf, definitionOf, flatten, logicalId, resourcesOfType, type Synthesized, statementsOf, synth } from './helpers';
 
 let s: Synthesized;
 let asl: any;
@@ -80,7 +80,9 @@ describe('admission and release grants', () => {
   it('lets exactly admit, finalize, mark-failed and reconcile answer task tokens, of this state machine only', () => {
     const smArn = `<${logicalId(s.stack, s.stack.workflow.stateMachine.stateMachineArn)}>`;
     const responders = resourcesOfType(s.json, 'AWS::IAM::Policy').filter(([, p]) =>
-      (p.Properties.PolicyDocument.Statement as { Action: string | string[] }[]).some((st) => ([] as string[]).concat(st.Action).some((a) => a.startsWith('states:SendTask'))),
+      (p.Properties.PolicyDocument.Statement as { Action: string | string[] }[]).some((st) =>
+        ([] as string[]).concat(st.Action).some((a) => a.startsWith('states:SendTask')),
+      ),
     );
     expect(responders).toHaveLength(1);
     const [, policy] = responders[0]!;
@@ -93,8 +95,15 @@ describe('admission and release grants', () => {
     expect(roles).toEqual(expected);
   });
 
-  it('gives the registry\'s item actions, and no scan or table admin, to admit and the job ends only', () => {
-    const registryActions = ['dynamodb:GetItem', 'dynamodb:PutItem', 'dynamodb:UpdateItem', 'dynamodb:DeleteItem', 'dynamodb:Query', 'dynamodb:ConditionCheckItem'];
+  it("gives the registry's item actions, and no scan or table admin, to admit and the job ends only", () => {
+    const registryActions = [
+      'dynamodb:GetItem',
+      'dynamodb:PutItem',
+      'dynamodb:UpdateItem',
+      'dynamodb:DeleteItem',
+      'dynamodb:Query',
+      'dynamodb:ConditionCheckItem',
+    ];
     const holders = (['validate', 'normalize', 'admit', 'finalize', 'markFailed', 'reconcile'] as const).filter((name) =>
       statementsOf(s, fns()[name].executionRole).some((st) => actionsOf(st).some((a) => a.startsWith('dynamodb:'))),
     );

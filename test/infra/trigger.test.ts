@@ -1,5 +1,5 @@
 import { beforeAll, describe, expect, it } from 'vitest';
-import { actionsOf, flatten, logicalId, resourcesOfType, s3Grants, statementsOf, synth, type Synthesized } from './helpers';
+import { actionsOf, flatten, logicalId, resourcesOfType, type Synthesized, s3Grants, statementsOf, synth } from './helpers';
 
 let s: Synthesized;
 beforeAll(() => {
@@ -34,7 +34,9 @@ describe('trigger', () => {
 
   it('sends failed asynchronous start invocations to the same dead-letter queue', () => {
     const startId = logicalId(s.stack, s.stack.trigger.startFunction.functionArn);
-    const [[, config]] = resourcesOfType(s.json, 'AWS::Lambda::EventInvokeConfig').filter(([, c]) => c.Properties.FunctionName.Ref === startId) as [[string, any]];
+    const [[, config]] = resourcesOfType(s.json, 'AWS::Lambda::EventInvokeConfig').filter(([, c]) => c.Properties.FunctionName.Ref === startId) as [
+      [string, any],
+    ];
     expect(config.Properties.MaximumRetryAttempts).toBe(2);
     expect(config.Properties.DestinationConfig.OnFailure.Destination).toEqual({
       'Fn::GetAtt': [logicalId(s.stack, s.stack.trigger.deadLetterQueue.queueArn), 'Arn'],
@@ -48,9 +50,7 @@ describe('trigger', () => {
       (p.Properties.Queues as any[]).some((q) => JSON.stringify(q).includes(dlqId)),
     );
     const statements = policies.flatMap(([, p]) => p.Properties.PolicyDocument.Statement as any[]);
-    expect(statements).toContainEqual(
-      expect.objectContaining({ Effect: 'Deny', Action: 'sqs:*', Condition: { Bool: { 'aws:SecureTransport': 'false' } } }),
-    );
+    expect(statements).toContainEqual(expect.objectContaining({ Effect: 'Deny', Action: 'sqs:*', Condition: { Bool: { 'aws:SecureTransport': 'false' } } }));
   });
 
   it('gives the start function the state machine, bucket names and its handler', () => {
@@ -80,7 +80,7 @@ describe('trigger', () => {
 describe('reconcile rule', () => {
   const reconcileRule = () => s.json.Resources[logicalId(s.stack, s.stack.reconcile.rule.ruleArn)] as any;
 
-  it('matches this state machine\'s executions that timed out, were stopped or failed', () => {
+  it("matches this state machine's executions that timed out, were stopped or failed", () => {
     expect(reconcileRule().Properties.EventPattern).toEqual({
       source: ['aws.states'],
       'detail-type': ['Step Functions Execution Status Change'],

@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import validator from 'asl-validator';
 import { StateMachine } from 'aws-local-stepfunctions';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { actionsOf, definitionOf, flatten, logicalId, resourcesOfType, statementsOf, synth, type Synthesized } from './helpers';
+import { actionsOf, definitionOf, flatten, logicalId, resourcesOfType, type Synthesized, statementsOf, synth } from './helpers';
 
 let s: Synthesized;
 let asl: any;
@@ -104,15 +104,11 @@ describe('workflow definition', () => {
   });
 
   it.each([...Object.keys(LAMBDA_STAGES), 'MarkFailed'])('%s retries transient Lambda errors with full jitter', (state) => {
-    expect(asl.States[state].Retry).toEqual([
-      { ErrorEquals: LAMBDA_ERRORS, IntervalSeconds: 2, BackoffRate: 2, MaxAttempts: 5, JitterStrategy: 'FULL' },
-    ]);
+    expect(asl.States[state].Retry).toEqual([{ ErrorEquals: LAMBDA_ERRORS, IntervalSeconds: 2, BackoffRate: 2, MaxAttempts: 5, JitterStrategy: 'FULL' }]);
   });
 
   it.each(Object.keys(BATCH_STAGES))('%s retries only Batch API errors', (state) => {
-    expect(asl.States[state].Retry).toEqual([
-      { ErrorEquals: BATCH_ERRORS, IntervalSeconds: 10, BackoffRate: 2, MaxAttempts: 4 },
-    ]);
+    expect(asl.States[state].Retry).toEqual([{ ErrorEquals: BATCH_ERRORS, IntervalSeconds: 10, BackoffRate: 2, MaxAttempts: 4 }]);
   });
 
   it('never retries States.ALL or Local.GpuUnavailable', () => {
@@ -184,7 +180,7 @@ describe('Batch job names', () => {
 
   // aws-local-stepfunctions 3.0.0 hashes inputs of 56 bytes or more wrongly (its padding; checked
   // against node:crypto), so for long ids only the shape, length and uniqueness are asserted here.
-  it.each(Object.keys(BATCH_STAGES))('%s stays within Batch\'s 128 characters for two 63-character ids, and differs per team', async (state) => {
+  it.each(Object.keys(BATCH_STAGES))("%s stays within Batch's 128 characters for two 63-character ids, and differs per team", async (state) => {
     const long = { teamId: `t${'a'.repeat(62)}`, jobId: `j${'b'.repeat(62)}` };
     const name = await jobNameOf(state, long);
     expect(name).toMatch(new RegExp(`^${long.jobId}-[0-9a-f]{32}-${state.toLowerCase()}$`));

@@ -6,11 +6,11 @@
  */
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
+import type { GraphModel } from '@tensorflow/tfjs-converter';
+import type * as TfCore from '@tensorflow/tfjs-core';
 import * as ort from 'onnxruntime-node';
 import sharp from 'sharp';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type * as TfCore from '@tensorflow/tfjs-core';
-import type { GraphModel } from '@tensorflow/tfjs-converter';
 import { blazeFaceGraph, INPUT_NAME, INPUT_SIZE, modelInput } from '../../lambdas/validate/blazeface';
 import { detectFacesHere, detectFacesTiled, nonMaxSuppression } from '../../lambdas/validate/faces';
 import { encodeModel } from '../../lambdas/validate/onnx';
@@ -36,7 +36,12 @@ describeNeeding('BlazeFace converted to ONNX', skip, () => {
     const corpus = await buildCorpus();
     for (const file of PHOTOS) {
       // The size validate gives the detector (a 320 px thumbnail), upright.
-      const { data, info } = await sharp(readFileSync(join(corpus, file))).rotate().resize(320, 320, { fit: 'inside' }).removeAlpha().raw().toBuffer({ resolveWithObject: true });
+      const { data, info } = await sharp(readFileSync(join(corpus, file)))
+        .rotate()
+        .resize(320, 320, { fit: 'inside' })
+        .removeAlpha()
+        .raw()
+        .toBuffer({ resolveWithObject: true });
       images.push({ file, data, width: info.width, height: info.height });
     }
   }, 60_000);
@@ -86,9 +91,15 @@ describeNeeding('BlazeFace converted to ONNX', skip, () => {
   });
 
   it('finds a distant face only in the tiled pass, once although two tiles see it', async () => {
-    const { data, info } = await sharp(readFileSync(join(await buildCorpus(), 'far-subject.jpg'))).resize(512, 512, { fit: 'inside' }).raw().toBuffer({ resolveWithObject: true });
+    const { data, info } = await sharp(readFileSync(join(await buildCorpus(), 'far-subject.jpg')))
+      .resize(512, 512, { fit: 'inside' })
+      .raw()
+      .toBuffer({ resolveWithObject: true });
     const working = { data, width: info.width, height: info.height };
-    const thumb = await sharp(data, { raw: { width: info.width, height: info.height, channels: 3 } }).resize(320).raw().toBuffer({ resolveWithObject: true });
+    const thumb = await sharp(data, { raw: { width: info.width, height: info.height, channels: 3 } })
+      .resize(320)
+      .raw()
+      .toBuffer({ resolveWithObject: true });
     expect((await detectFacesHere({ data: thumb.data, width: thumb.info.width, height: thumb.info.height })).filter((f) => f.score >= 0.6)).toEqual([]);
     const tiled = (await detectFacesTiled(working)).filter((f) => f.score >= 0.7);
     expect(tiled).toHaveLength(1);
@@ -100,7 +111,10 @@ describeNeeding('BlazeFace converted to ONNX', skip, () => {
 
   it('suppresses overlapping boxes exactly as TensorFlow.js does', () => {
     let seed = 7;
-    const random = () => (seed = (seed * 1103515245 + 12345) % 2147483648) / 2147483648;
+    const random = () => {
+      seed = (seed * 1103515245 + 12345) % 2147483648;
+      return seed / 2147483648;
+    };
     for (let round = 0; round < 20; round++) {
       const n = 200;
       const boxes = new Float32Array(n * 4);
@@ -122,7 +136,12 @@ describe('the ONNX graph writer', () => {
     const { mkdtempSync, writeFileSync } = await import('node:fs');
     const dir = mkdtempSync(join(require('node:os').tmpdir(), 'avatar-blazeface-'));
     const model = {
-      modelTopology: { node: [{ name: 'input', op: 'Placeholder' }, { name: 'odd', op: 'Softmax', input: ['input'] }] },
+      modelTopology: {
+        node: [
+          { name: 'input', op: 'Placeholder' },
+          { name: 'odd', op: 'Softmax', input: ['input'] },
+        ],
+      },
       weightsManifest: [{ paths: ['w.bin'], weights: [] }],
     };
     writeFileSync(join(dir, 'model.json'), JSON.stringify(model));

@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import { afterAll, beforeAll, expect, it } from 'vitest';
-import { ManifestSchema, StatusSchema } from '../../lambdas/shared/contract';
 import { finalize } from '../../lambdas/finalize/handler';
+import { ManifestSchema, StatusSchema } from '../../lambdas/shared/contract';
 import type { StageContext } from '../../lambdas/shared/handler';
 import { getJson, putBytes } from '../../lambdas/shared/s3';
 import { type Moto, startMoto } from '../../scripts/local/moto';
@@ -74,7 +74,18 @@ describeWithMoto('finalize', () => {
     const runner = { checkpoint: 'ohwx-000002.safetensors', epoch: 2, strength: 1, tag: '<lora:ohwx-000002:1.0>', adherence: 0.3, likeness: 0.7 };
     const scores = {
       cells: [],
-      recommendation: { checkpoint: 'ohwx-000003.safetensors', epoch: 3, strength: 0.9, tag: '<lora:ohwx-000003:0.9>', adherence: 0.31, likeness: 0.74, runnerUp: runner, reason: 'best likeness', rule: 'r', adherenceFloor: 0.28 },
+      recommendation: {
+        checkpoint: 'ohwx-000003.safetensors',
+        epoch: 3,
+        strength: 0.9,
+        tag: '<lora:ohwx-000003:0.9>',
+        adherence: 0.31,
+        likeness: 0.74,
+        runnerUp: runner,
+        reason: 'best likeness',
+        rule: 'r',
+        adherenceFloor: 0.28,
+      },
     };
     await putBytes(ctx.s3, ctx.artifactsBucket, 'teams/team-a/jobs/job-2/evaluate/scores.json', JSON.stringify(scores), 'application/json');
 

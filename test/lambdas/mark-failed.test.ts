@@ -1,11 +1,11 @@
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
-import { describeFailure, markFailed, MarkFailedInputSchema } from '../../lambdas/mark-failed/handler';
+import { describeFailure, MarkFailedInputSchema, markFailed } from '../../lambdas/mark-failed/handler';
+import { rejectTask } from '../../lambdas/shared/accounting';
 import { InvalidInputError, toLambdaError } from '../../lambdas/shared/errors';
 import type { StageContext } from '../../lambdas/shared/handler';
 import { readStatus, writeStatus } from '../../lambdas/shared/status';
 import { type Moto, startMoto } from '../../scripts/local/moto';
 import { describeWithMoto } from '../helpers/suites';
-import { rejectTask } from '../../lambdas/shared/accounting';
 
 /** The Cause Step Functions records for an error thrown by one of our Lambda handlers. */
 function lambdaCause(error: Error): string {
@@ -36,20 +36,24 @@ describe('describeFailure', () => {
     expect(info.message).toContain('exit code 137');
   });
 
-  it.each([
-    'CAPACITY:INSUFFICIENT_INSTANCE_CAPACITY',
-    'MISCONFIGURATION:COMPUTE_ENVIRONMENT_MAX_RESOURCE',
-    'MISCONFIGURATION:JOB_RESOURCE_REQUIREMENT',
-  ])('maps a GPU job the queue cancelled in RUNNABLE (%s) to GPU_CAPACITY_UNAVAILABLE, saying what to do', (reason) => {
-    // The Cause .sync records for a failed job is the job description; the StatusReason of a job the
-    // queue cancelled, as the AWS Batch user guide gives it ("Jobs stuck in RUNNABLE due to capacity").
-    const cause = JSON.stringify({ JobName: 'job-1-abc-train', Status: 'FAILED', StatusReason: `Canceled by JobStateTimeLimit action due to reason: ${reason}`, Attempts: [] });
-    const info = describeFailure('train', 'States.TaskFailed', cause);
-    expect(info.code).toBe('GPU_CAPACITY_UNAVAILABLE');
-    expect(info.message).toContain(`no GPU instance became available for the train stage (AWS Batch: ${reason})`);
-    expect(info.message).toContain('submit it again later');
-    expect(info.message).toContain('vCPU quotas');
-  });
+  it.each(['CAPACITY:INSUFFICIENT_INSTANCE_CAPACITY', 'MISCONFIGURATION:COMPUTE_ENVIRONMENT_MAX_RESOURCE', 'MISCONFIGURATION:JOB_RESOURCE_REQUIREMENT'])(
+    'maps a GPU job the queue cancelled in RUNNABLE (%s) to GPU_CAPACITY_UNAVAILABLE, saying what to do',
+    (reason) => {
+      // The Cause .sync records for a failed job is the job description; the StatusReason of a job the
+      // queue cancelled, as the AWS Batch user guide gives it ("Jobs stuck in RUNNABLE due to capacity").
+      const cause = JSON.stringify({
+        JobName: 'job-1-abc-train',
+        Status: 'FAILED',
+        StatusReason: `Canceled by JobStateTimeLimit action due to reason: ${reason}`,
+        Attempts: [],
+      });
+      const info = describeFailure('train', 'States.TaskFailed', cause);
+      expect(info.code).toBe('GPU_CAPACITY_UNAVAILABLE');
+      expect(info.message).toContain(`no GPU instance became available for the train stage (AWS Batch: ${reason})`);
+      expect(info.message).toContain('submit it again later');
+      expect(info.message).toContain('vCPU quotas');
+    },
+  );
 
   it('keeps other Batch failures as BATCH_JOB_FAILED', () => {
     const cause = JSON.stringify({ Status: 'FAILED', StatusReason: 'Essential container in task exited', Attempts: [{ Container: { ExitCode: 1 } }] });
@@ -75,13 +79,22 @@ describeWithMoto('markFailed', () => {
   beforeAll(async () => {
     moto = await startMoto();
     await moto.createBucket('artifacts-bucket');
-    ctx = { s3: moto.s3(), inboxBucket: 'inbox', artifactsBucket: 'artifacts-bucket', job: { teamId: 'team-a', jobId: 'job-1' }, now: () => new Date('2026-11-26T12:00:00Z') };
+    ctx = {
+      s3: moto.s3(),
+      inboxBucket: 'inbox',
+      artifactsBucket: 'artifacts-bucket',
+      job: { teamId: 'team-a', jobId: 'job-1' },
+      now: () => new Date('2026-11-26T12:00:00Z'),
+    };
   });
   afterAll(() => moto?.stop());
 
-  it('records an Admit failure at stage caption: a wait past the workflow\'s time says so; a rejection keeps its code and numbers', async () => {
+  it("records an Admit failure at stage caption: a wait past the workflow's time says so; a rejection keeps its code and numbers", async () => {
     const waited = { teamId: 'team-a', jobId: 'waited' };
-    await markFailed({ ...ctx, job: waited }, MarkFailedInputSchema.parse({ ...waited, failure: { admit: { Error: 'States.Timeout', Cause: 'state timed out' } } }));
+    await markFailed(
+      { ...ctx, job: waited },
+      MarkFailedInputSchema.parse({ ...waited, failure: { admit: { Error: 'States.Timeout', Cause: 'state timed out' } } }),
+    );
     expect(await readStatus(ctx.s3, ctx.artifactsBucket, waited)).toMatchObject({
       state: 'failed',
       stage: 'caption',
@@ -89,8 +102,22 @@ describeWithMoto('markFailed', () => {
     });
 
     const refused = { teamId: 'team-a', jobId: 'refused' };
-    const failure = rejectTask('token', { teamId: 'team-a', jobId: 'refused', outcome: 'rejected', code: 'BUDGET_EXHAUSTED', message: 'over budget', limit: 10, used: 9.5, estimate: 2, unit: 'USD', duplicate: false });
-    await markFailed({ ...ctx, job: refused }, MarkFailedInputSchema.parse({ ...refused, failure: { admit: { Error: failure.input.error, Cause: failure.input.cause } } }));
+    const failure = rejectTask('token', {
+      teamId: 'team-a',
+      jobId: 'refused',
+      outcome: 'rejected',
+      code: 'BUDGET_EXHAUSTED',
+      message: 'over budget',
+      limit: 10,
+      used: 9.5,
+      estimate: 2,
+      unit: 'USD',
+      duplicate: false,
+    });
+    await markFailed(
+      { ...ctx, job: refused },
+      MarkFailedInputSchema.parse({ ...refused, failure: { admit: { Error: failure.input.error, Cause: failure.input.cause } } }),
+    );
     expect(await readStatus(ctx.s3, ctx.artifactsBucket, refused)).toMatchObject({
       stage: 'caption',
       error: { code: 'BUDGET_EXHAUSTED', message: 'over budget (limit 10 USD, used 9.5, this job 2)' },
@@ -124,7 +151,13 @@ describeWithMoto('markFailed', () => {
       const job = { teamId: 'team-a', jobId: 'job-3' };
       await markFailed({ ...ctx, job }, MarkFailedInputSchema.parse({ ...job, failure: { train: { Error: 'States.Timeout', Cause: 'state timed out' } } }));
       const bad = { teamId: 'team-a', jobId: 'job-4' };
-      await markFailed({ ...ctx, job: bad }, MarkFailedInputSchema.parse({ ...bad, failure: { validate: { Error: 'InvalidInputError', Cause: lambdaCause(new InvalidInputError('TOO_FEW_PHOTOS', 'need 10', 'photos/')) } } }));
+      await markFailed(
+        { ...ctx, job: bad },
+        MarkFailedInputSchema.parse({
+          ...bad,
+          failure: { validate: { Error: 'InvalidInputError', Cause: lambdaCause(new InvalidInputError('TOO_FEW_PHOTOS', 'need 10', 'photos/')) } },
+        }),
+      );
     } finally {
       spy.mockRestore();
     }
@@ -136,27 +169,55 @@ describeWithMoto('markFailed', () => {
 
   it('keeps the detail a GPU container reported for the same stage', async () => {
     const job = { teamId: 'team-a', jobId: 'job-2' };
-    await writeStatus(ctx.s3, ctx.artifactsBucket, job, { state: 'failed', stage: 'train', error: { code: 'NAN_LOSS', message: 'loss became NaN at step 40: lower unetLr' } });
+    await writeStatus(ctx.s3, ctx.artifactsBucket, job, {
+      state: 'failed',
+      stage: 'train',
+      error: { code: 'NAN_LOSS', message: 'loss became NaN at step 40: lower unetLr' },
+    });
 
-    await markFailed({ ...ctx, job }, MarkFailedInputSchema.parse({ ...job, failure: { train: { Error: 'States.TaskFailed', Cause: '{"Status":"FAILED","StatusReason":"exit 1","Attempts":[]}' } } }));
+    await markFailed(
+      { ...ctx, job },
+      MarkFailedInputSchema.parse({
+        ...job,
+        failure: { train: { Error: 'States.TaskFailed', Cause: '{"Status":"FAILED","StatusReason":"exit 1","Attempts":[]}' } },
+      }),
+    );
 
     const status = await readStatus(ctx.s3, ctx.artifactsBucket, job);
     expect(status?.error).toEqual({ code: 'NAN_LOSS', message: 'loss became NaN at step 40: lower unetLr' });
   });
 
-  it('keeps a failure the caption stage reported inside the Train state (one GPU job: caption, then train) as caption\'s', async () => {
+  it("keeps a failure the caption stage reported inside the Train state (one GPU job: caption, then train) as caption's", async () => {
     const job = { teamId: 'team-a', jobId: 'job-5' };
-    await writeStatus(ctx.s3, ctx.artifactsBucket, job, { state: 'failed', stage: 'caption', error: { code: 'BAD_IMAGE', message: 'cannot decode a.png', input: 'a.png' } });
+    await writeStatus(ctx.s3, ctx.artifactsBucket, job, {
+      state: 'failed',
+      stage: 'caption',
+      error: { code: 'BAD_IMAGE', message: 'cannot decode a.png', input: 'a.png' },
+    });
 
-    await markFailed({ ...ctx, job }, MarkFailedInputSchema.parse({ ...job, failure: { train: { Error: 'States.TaskFailed', Cause: '{"Status":"FAILED","StatusReason":"exit 1","Attempts":[]}' } } }));
+    await markFailed(
+      { ...ctx, job },
+      MarkFailedInputSchema.parse({
+        ...job,
+        failure: { train: { Error: 'States.TaskFailed', Cause: '{"Status":"FAILED","StatusReason":"exit 1","Attempts":[]}' } },
+      }),
+    );
 
     expect(await readStatus(ctx.s3, ctx.artifactsBucket, job)).toMatchObject({
-      state: 'failed', stage: 'caption', error: { code: 'BAD_IMAGE', message: 'cannot decode a.png', input: 'a.png' },
+      state: 'failed',
+      stage: 'caption',
+      error: { code: 'BAD_IMAGE', message: 'cannot decode a.png', input: 'a.png' },
     });
     // Not the other way round: evaluate's job runs no caption stage.
     const other = { teamId: 'team-a', jobId: 'job-6' };
     await writeStatus(ctx.s3, ctx.artifactsBucket, other, { state: 'failed', stage: 'caption', error: { code: 'BAD_IMAGE', message: 'old' } });
-    await markFailed({ ...ctx, job: other }, MarkFailedInputSchema.parse({ ...other, failure: { evaluate: { Error: 'States.TaskFailed', Cause: '{"Status":"FAILED","StatusReason":"exit 1","Attempts":[]}' } } }));
+    await markFailed(
+      { ...ctx, job: other },
+      MarkFailedInputSchema.parse({
+        ...other,
+        failure: { evaluate: { Error: 'States.TaskFailed', Cause: '{"Status":"FAILED","StatusReason":"exit 1","Attempts":[]}' } },
+      }),
+    );
     expect(await readStatus(ctx.s3, ctx.artifactsBucket, other)).toMatchObject({ stage: 'evaluate', error: { code: 'BATCH_JOB_FAILED' } });
   });
 });

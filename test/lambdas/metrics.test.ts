@@ -3,7 +3,11 @@ import { isClientError, systemFailureRecord } from '../../lambdas/shared/metrics
 
 describe('SystemFailures metric', () => {
   it('is an embedded-metric-format record CloudWatch turns into Avatar/SystemFailures by stack', () => {
-    const record = systemFailureRecord({ job: { teamId: 't', jobId: 'j' }, stage: 'train', code: 'TIMEOUT', source: 'reconcile' }, 'AvatarStack', new Date('2026-11-26T12:00:00Z'));
+    const record = systemFailureRecord(
+      { job: { teamId: 't', jobId: 'j' }, stage: 'train', code: 'TIMEOUT', source: 'reconcile' },
+      'AvatarStack',
+      new Date('2026-11-26T12:00:00Z'),
+    );
     expect(record).toEqual({
       _aws: {
         Timestamp: Date.parse('2026-11-26T12:00:00Z'),
@@ -21,7 +25,7 @@ describe('SystemFailures metric', () => {
     });
   });
 
-  it('treats only our handlers\' InvalidInputError as a client error', () => {
+  it("treats only our handlers' InvalidInputError as a client error", () => {
     expect(isClientError('InvalidInputError')).toBe(true);
     for (const type of ['States.Timeout', 'States.TaskFailed', 'TransientError', 'Lambda.ServiceException', 'Error']) {
       expect(isClientError(type)).toBe(false);

@@ -32,6 +32,10 @@ describe('normalize', () => {
     });
     const inputs = Object.keys(result.metafile.inputs);
     expect(inputs).toContain('lambdas/normalize/caption.ts');
-    expect(inputs.filter((f) => /node_modules\/(sharp|heic-decode|onnxruntime-node|@vladmandic)\//.test(f) || /lambdas\/validate\/(render|decode|analyze)\.ts$/.test(f))).toEqual([]);
+    expect(
+      inputs.filter(
+        (f) => /node_modules\/(sharp|heic-decode|onnxruntime-node|@vladmandic)\//.test(f) || /lambdas\/validate\/(render|decode|analyze)\.ts$/.test(f),
+      ),
+    ).toEqual([]);
   });
 });

@@ -21,7 +21,10 @@ beforeEach(() => {
   // Powertools writes through its own Console on process.stdout and process.stderr.
   for (const stream of [process.stdout, process.stderr]) {
     vi.spyOn(stream, 'write').mockImplementation((chunk: string | Uint8Array) => {
-      for (const line of String(chunk).split('\n').filter((l) => l.startsWith('{'))) lines.push(JSON.parse(line) as Line);
+      for (const line of String(chunk)
+        .split('\n')
+        .filter((l) => l.startsWith('{')))
+        lines.push(JSON.parse(line) as Line);
       return true;
     });
   }
@@ -40,7 +43,9 @@ describe('stageHandler', () => {
     const handler = stageHandler('normalize', async (ctx) => ({ images: 3, job: ctx.job.jobId }));
     expect(await handler({ teamId: 'acme', jobId: 'anna-1' })).toEqual({ images: 3, job: 'anna-1' });
 
-    expect(logs()).toEqual([expect.objectContaining({ level: 'INFO', message: 'stage succeeded', service: 'avatar', stage: 'normalize', teamId: 'acme', jobId: 'anna-1' })]);
+    expect(logs()).toEqual([
+      expect.objectContaining({ level: 'INFO', message: 'stage succeeded', service: 'avatar', stage: 'normalize', teamId: 'acme', jobId: 'anna-1' }),
+    ]);
     expect(emf()).toHaveLength(1);
     const [doc] = emf();
     expect(doc!._aws!.CloudWatchMetrics[0]).toMatchObject({ Namespace: METRICS_NAMESPACE, Dimensions: [['service', 'stage']] });
@@ -57,7 +62,9 @@ describe('stageHandler', () => {
 
     expect(error).toMatchObject({ name: 'InvalidInputError' });
     expect(JSON.parse((error as Error).message)).toMatchObject({ code: 'TOO_FEW_PHOTOS' });
-    expect(logs()).toEqual([expect.objectContaining({ level: 'ERROR', message: 'stage failed', stage: 'validate', teamId: 'acme', jobId: 'anna-1', errorType: 'InvalidInputError' })]);
+    expect(logs()).toEqual([
+      expect.objectContaining({ level: 'ERROR', message: 'stage failed', stage: 'validate', teamId: 'acme', jobId: 'anna-1', errorType: 'InvalidInputError' }),
+    ]);
     expect(emf()).toEqual([expect.objectContaining({ stage: 'validate', StageFailed: 1 })]);
     expect(emf()[0]).not.toHaveProperty('StageSucceeded');
   });

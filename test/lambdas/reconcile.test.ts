@@ -1,18 +1,18 @@
 import { PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
+import { SFNClient } from '@aws-sdk/client-sfn';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
-import { reconcile, type ReconcileDeps, terminalFor } from '../../lambdas/reconcile/handler';
+import { type ReconcileDeps, reconcile, terminalFor } from '../../lambdas/reconcile/handler';
+import type { Accounting } from '../../lambdas/shared/accounting';
+import { type AdmissionRequest, admit } from '../../lambdas/shared/admission';
 import { StatusSchema } from '../../lambdas/shared/contract';
 import { keys } from '../../lambdas/shared/keys';
+import { DEFAULT_PRICES } from '../../lambdas/shared/prices';
 import { getJson } from '../../lambdas/shared/s3';
 import { readStatus, writeStatus } from '../../lambdas/shared/status';
-import { SFNClient } from '@aws-sdk/client-sfn';
-import type { Accounting } from '../../lambdas/shared/accounting';
-import { admit, type AdmissionRequest } from '../../lambdas/shared/admission';
-import { DEFAULT_PRICES } from '../../lambdas/shared/prices';
 import { LOCAL_CREDENTIALS, LOCAL_REGION, type Moto, startMoto } from '../../scripts/local/moto';
 import { startTaskTokens, type TaskTokens } from '../../scripts/local/task-tokens';
-import { freshRegistry, team } from '../teams/helpers';
 import { describeWithMoto } from '../helpers/suites';
+import { freshRegistry, team } from '../teams/helpers';
 
 const BUCKET = 'reconcile-artifacts';
 const ARN = 'arn:aws:states:us-east-1:123456789012:stateMachine:avatar';
@@ -59,9 +59,15 @@ async function captureLogs<T>(fn: () => Promise<T>): Promise<{ result: T; record
 
 describe('terminalFor', () => {
   it('maps each execution end to a stable code naming the stage', () => {
-    expect(terminalFor('TIMED_OUT', 'train')).toMatchObject({ state: 'failed', error: { code: 'TIMEOUT', message: expect.stringContaining('during the train stage') } });
+    expect(terminalFor('TIMED_OUT', 'train')).toMatchObject({
+      state: 'failed',
+      error: { code: 'TIMEOUT', message: expect.stringContaining('during the train stage') },
+    });
     expect(terminalFor('ABORTED', 'caption')).toMatchObject({ state: 'cancelled', error: { code: 'CANCELLED' } });
-    expect(terminalFor('FAILED', 'finalize', 'States.Runtime')).toMatchObject({ state: 'failed', error: { code: 'INTERNAL_ERROR', message: expect.stringContaining('States.Runtime') } });
+    expect(terminalFor('FAILED', 'finalize', 'States.Runtime')).toMatchObject({
+      state: 'failed',
+      error: { code: 'INTERNAL_ERROR', message: expect.stringContaining('States.Runtime') },
+    });
   });
 });
 
@@ -123,7 +129,13 @@ describeWithMoto('reconcile', () => {
     ['cancelled', 'TIMED_OUT'],
   ] as const)('never rewrites a terminal status (%s, event %s)', async (state, event) => {
     const job = { teamId: 'team-a', jobId: `terminal-${state}` };
-    const before = await writeStatus(deps.s3, BUCKET, job, { state, stage: 'train', ...(state === 'succeeded' ? {} : { error: { code: 'NAN_LOSS', message: 'loss became NaN' } }) }, created);
+    const before = await writeStatus(
+      deps.s3,
+      BUCKET,
+      job,
+      { state, stage: 'train', ...(state === 'succeeded' ? {} : { error: { code: 'NAN_LOSS', message: 'loss became NaN' } }) },
+      created,
+    );
 
     const { result } = await captureLogs(() => reconcile(executionEvent(event, job), deps));
 
@@ -134,7 +146,11 @@ describeWithMoto('reconcile', () => {
   it('creates status.json when none exists (conditional on it still not existing)', async () => {
     const job = { teamId: 'team-a', jobId: 'no-status' };
     await captureLogs(() => reconcile(executionEvent('TIMED_OUT', job), deps));
-    expect(StatusSchema.parse(await getJson(deps.s3, BUCKET, keys.status(job)))).toMatchObject({ state: 'failed', stage: 'validate', error: { code: 'TIMEOUT' } });
+    expect(StatusSchema.parse(await getJson(deps.s3, BUCKET, keys.status(job)))).toMatchObject({
+      state: 'failed',
+      stage: 'validate',
+      error: { code: 'TIMEOUT' },
+    });
   });
 
   it('loses a race to a terminal write without rewinding it: the ETag condition fails, the re-read sees the terminal state', async () => {
@@ -181,7 +197,16 @@ describeWithMoto('reconcile releases what the job held', () => {
   let tokens: TaskTokens;
   let s3: S3Client;
   const AC_BUCKET = 'reconcile-accounting';
-  const request = (jobId: string): AdmissionRequest => ({ teamId: 'acme', jobId, kind: 'character', photos: 20, optimizer: 'AdamW8bit', network: 'lora', targetSteps: 1875, estimate: { usd: 2, gpuSeconds: 3600 } });
+  const request = (jobId: string): AdmissionRequest => ({
+    teamId: 'acme',
+    jobId,
+    kind: 'character',
+    photos: 20,
+    optimizer: 'AdamW8bit',
+    network: 'lora',
+    targetSteps: 1875,
+    estimate: { usd: 2, gpuSeconds: 3600 },
+  });
 
   beforeAll(async () => {
     moto = await startMoto({ serializeDynamoDb: true });
@@ -210,14 +235,23 @@ describeWithMoto('reconcile releases what the job held', () => {
     await admit(registry, request('stopped'), { taskToken: tokens.open() });
     const nextToken = tokens.open();
     await admit(registry, request('next'), { taskToken: nextToken });
-    for (const jobId of ['running', 'stopped', 'next']) await writeStatus(s3, AC_BUCKET, { teamId: 'acme', jobId }, { state: jobId === 'running' ? 'running' : 'queued', stage: jobId === 'running' ? 'train' : 'caption' });
+    for (const jobId of ['running', 'stopped', 'next'])
+      await writeStatus(
+        s3,
+        AC_BUCKET,
+        { teamId: 'acme', jobId },
+        { state: jobId === 'running' ? 'running' : 'queued', stage: jobId === 'running' ? 'train' : 'caption' },
+      );
 
     const stopped = await captureLogs(() => reconcile(executionEvent('ABORTED', { teamId: 'acme', jobId: 'stopped' }), deps));
     expect(stopped.result).toMatchObject({ action: 'written', status: { state: 'cancelled', cost: { usd: 0, gpuSeconds: 0, estimated: false } } });
     expect((await registry.items('acme', 'WAIT#')).map((w) => w.jobId)).toEqual(['next']);
 
     const timedOut = await captureLogs(() => reconcile(executionEvent('TIMED_OUT', { teamId: 'acme', jobId: 'running' }), deps));
-    expect(timedOut.result).toMatchObject({ action: 'written', status: { state: 'failed', error: { code: 'TIMEOUT' }, cost: { usd: 0, gpuSeconds: 0, breakdown: {}, estimated: false } } });
+    expect(timedOut.result).toMatchObject({
+      action: 'written',
+      status: { state: 'failed', error: { code: 'TIMEOUT' }, cost: { usd: 0, gpuSeconds: 0, breakdown: {}, estimated: false } },
+    });
     expect(await tokens.wait(nextToken)).toMatchObject({ jobId: 'next', outcome: 'admitted' });
     expect((await registry.get('acme'))!.usage).toMatchObject({ running: 1, reservedMicroUsd: 2_000_000 });
   });

@@ -38,7 +38,10 @@ describeWithMoto('S3 reads that fail with 403 or 404', () => {
     moto = await startMoto({ env: { INITIAL_NO_AUTH_ACTION_COUNT: '5' } });
     await moto.createBucket(BUCKET); // 1
     await iam(moto.endpoint, { Action: 'CreateUser', UserName: 'stage' }); // 2
-    const policy = { Version: '2012-10-17', Statement: [{ Effect: 'Allow', Action: ['s3:GetObject', 's3:PutObject'], Resource: `arn:aws:s3:::${BUCKET}/allowed/*` }] };
+    const policy = {
+      Version: '2012-10-17',
+      Statement: [{ Effect: 'Allow', Action: ['s3:GetObject', 's3:PutObject'], Resource: `arn:aws:s3:::${BUCKET}/allowed/*` }],
+    };
     await iam(moto.endpoint, { Action: 'PutUserPolicy', UserName: 'stage', PolicyName: 'objects-only', PolicyDocument: JSON.stringify(policy) }); // 3
     const keyXml = await iam(moto.endpoint, { Action: 'CreateAccessKey', UserName: 'stage' }); // 4
     if (!keyXml.includes('<AccessKeyId>')) throw new Error(`unexpected CreateAccessKey answer: ${keyXml.slice(0, 500)}`);
@@ -54,7 +57,9 @@ describeWithMoto('S3 reads that fail with 403 or 404', () => {
   });
 
   it('gets a real 403 AccessDenied for a read the policy does not allow', async () => {
-    const error = await restricted.send(new (await import('@aws-sdk/client-s3')).GetObjectCommand({ Bucket: BUCKET, Key: 'teams/a/jobs/j/photos/x.jpg' })).catch((e: unknown) => e);
+    const error = await restricted
+      .send(new (await import('@aws-sdk/client-s3')).GetObjectCommand({ Bucket: BUCKET, Key: 'teams/a/jobs/j/photos/x.jpg' }))
+      .catch((e: unknown) => e);
     expect(error).toMatchObject({ name: 'AccessDenied', $metadata: { httpStatusCode: 403 } });
     expect(isMissingObject(error)).toBe(true);
   });

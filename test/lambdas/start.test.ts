@@ -2,7 +2,7 @@ import { CreateStateMachineCommand, ListExecutionsCommand, SFNClient } from '@aw
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { StatusSchema } from '../../lambdas/shared/contract';
 import { getJson } from '../../lambdas/shared/s3';
-import { executionName, handler, ignoredReason, start, type StartDeps } from '../../lambdas/start/handler';
+import { executionName, handler, ignoredReason, type StartDeps, start } from '../../lambdas/start/handler';
 import { LOCAL_CREDENTIALS, LOCAL_REGION, type Moto, startMoto } from '../../scripts/local/moto';
 import { describeWithMoto } from '../helpers/suites';
 
@@ -62,7 +62,9 @@ describeWithMoto('start', () => {
   });
 
   it('refuses keys outside the job layout, naming the key', async () => {
-    await expect(start(event('teams/team-a/jobs/../../x/job.json'), deps)).rejects.toThrow(/teams\/team-a\/jobs\/\.\.\/\.\.\/x\/job\.json" is not a job spec key/);
+    await expect(start(event('teams/team-a/jobs/../../x/job.json'), deps)).rejects.toThrow(
+      /teams\/team-a\/jobs\/\.\.\/\.\.\/x\/job\.json" is not a job spec key/,
+    );
     await expect(start(event('teams/Team A/jobs/j/job.json'), deps)).rejects.toMatchObject({ code: 'BAD_KEY' });
   });
 

@@ -1,7 +1,7 @@
 /** Shared set-up for the validate tests: the corpus, a moto S3 endpoint, and a job uploaded to it. */
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { type S3Client } from '@aws-sdk/client-s3';
+import type { S3Client } from '@aws-sdk/client-s3';
 import type { JobSpecInput } from '../../lambdas/shared/contract';
 import type { StageContext } from '../../lambdas/shared/handler';
 import { keys } from '../../lambdas/shared/keys';

@@ -7,12 +7,12 @@ import { join } from 'node:path';
 import sharp from 'sharp';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { JobSpecSchema } from '../../lambdas/shared/contract';
-import { analysePhoto, assessJob, type PhotoSource, checkPhotos } from '../../lambdas/validate/analyze';
+import { analysePhoto, assessJob, checkPhotos, type PhotoSource } from '../../lambdas/validate/analyze';
 import { configFromEnv, DEFAULT_CONFIG } from '../../lambdas/validate/config';
 import { openPhoto } from '../../lambdas/validate/decode';
+import { hammingDistance } from '../../lambdas/validate/quality';
 import { renderDatasetImage } from '../../lambdas/validate/render';
 import { sniffFormat } from '../../lambdas/validate/sniff';
-import { hammingDistance } from '../../lambdas/validate/quality';
 import { buildCorpus, corpusUnavailable, EXPECTED, EXPECTED_HEIC, heifEncAvailable, p3Original, sampleDir } from '../fixtures/photos/build';
 import { describeNeeding, itNeeding } from '../helpers/suites';
 import { NOW, TEST_CONFIG } from './validate-fixtures';
@@ -56,7 +56,9 @@ describeNeeding('photo checks on the real-photo corpus', skip, () => {
     const original = await p3Original(sampleDir()!);
     const decoded = await (await openPhoto(bytes, TEST_CONFIG)).pipeline().png().toBuffer();
     // The stored P3 values read as if they were sRGB: what the photo looked like before the conversion.
-    const asStored = await sharp(await sharp(original).withIccProfile('p3').png().toBuffer(), { ignoreIcc: true }).png().toBuffer();
+    const asStored = await sharp(await sharp(original).withIccProfile('p3').png().toBuffer(), { ignoreIcc: true })
+      .png()
+      .toBuffer();
     expect(await meanDiff(asStored, original)).toBeGreaterThan(4);
     expect(await meanDiff(decoded, original)).toBeLessThan(2); // HEVC at quality 90 plus one 8-bit colour conversion
   });
@@ -114,7 +116,11 @@ describeNeeding('photo checks on the real-photo corpus', skip, () => {
   it('warns when one caption file pairs with several photos of the same name', async () => {
     const spec = JobSpecSchema.parse({ token: 'ohwx', classWord: 'man' });
     // As validate pairs them: a.txt goes with every a.* photo (here two different photos).
-    const analysed = await Promise.all(['subject-01.jpg', 'subject-03.jpg', 'subject-04.jpg'].map((f, i) => analysePhoto({ ...source(corpus, f), ...(i < 2 ? { caption: 'a.txt' } : {}) }, 'character', TEST_CONFIG)));
+    const analysed = await Promise.all(
+      ['subject-01.jpg', 'subject-03.jpg', 'subject-04.jpg'].map((f, i) =>
+        analysePhoto({ ...source(corpus, f), ...(i < 2 ? { caption: 'a.txt' } : {}) }, 'character', TEST_CONFIG),
+      ),
+    );
     const { summary } = assessJob(analysed, { teamId: 't', jobId: 'j', spec, now: NOW }, TEST_CONFIG);
     expect(summary.warnings.filter((w) => w.includes('a.txt'))).toEqual([
       'a.txt captions 2 photos (subject-01.jpg, subject-03.jpg): rename the photos or give each its own caption if they differ',
@@ -125,7 +131,11 @@ describeNeeding('photo checks on the real-photo corpus', skip, () => {
     const files = ['no-face.png', 'two-people.jpg', 'subject-05.jpg'];
     const spec = JobSpecSchema.parse({ token: 'ohwx', classWord: 'painting', kind: 'style' });
     const config = { ...TEST_CONFIG, countRules: { ...TEST_CONFIG.countRules, style: { min: 3, max: 10, idealMin: 5, idealMax: 8 } } };
-    const { report, contactSheet, images } = await checkPhotos(files.map((f) => source(corpus, f)), { teamId: 't', jobId: 'j', spec, now: NOW }, config);
+    const { report, contactSheet, images } = await checkPhotos(
+      files.map((f) => source(corpus, f)),
+      { teamId: 't', jobId: 'j', spec, now: NOW },
+      config,
+    );
     expect(report.photos.map((p) => p.code)).toEqual(['ACCEPTED', 'ACCEPTED', 'ACCEPTED']);
     // The dataset images come from validate's own decode, one per accepted photo, at the job's resolution.
     expect([...images.keys()]).toEqual(report.photos.map((p) => p.output));
@@ -142,7 +152,11 @@ describeNeeding('photo checks on the real-photo corpus', skip, () => {
   it('gives every file of a whole job its expected code, with bounded concurrency', async () => {
     const files = Object.keys(EXPECTED);
     const spec = JobSpecSchema.parse({ token: 'ohwx', classWord: 'man' });
-    const { report } = await checkPhotos(files.map((f) => source(corpus, f)), { teamId: 't', jobId: 'j', spec, now: NOW }, { ...TEST_CONFIG, concurrency: 2 });
+    const { report } = await checkPhotos(
+      files.map((f) => source(corpus, f)),
+      { teamId: 't', jobId: 'j', spec, now: NOW },
+      { ...TEST_CONFIG, concurrency: 2 },
+    );
     expect(Object.fromEntries(report.photos.map((p) => [p.file, p.code]))).toEqual(EXPECTED);
     const accepted = Object.values(EXPECTED).filter((c) => c === 'ACCEPTED').length;
     expect(report.summary.accepted).toBe(accepted);

@@ -10,14 +10,14 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, expect, it, vi } from 'vitest';
 import { keys } from '../../lambdas/shared/keys';
 import { getJson } from '../../lambdas/shared/s3';
+import { validate } from '../../lambdas/validate/core';
 import { faceWorkerThreadId } from '../../lambdas/validate/faces';
 import type { RawRgb } from '../../lambdas/validate/quality';
 import { type Report, ReportSchema } from '../../lambdas/validate/report';
-import { validate } from '../../lambdas/validate/core';
-import { buildCorpus, corpusUnavailable, EXPECTED } from '../fixtures/photos/build';
 import { type Moto, startMoto } from '../../scripts/local/moto';
+import { buildCorpus, corpusUnavailable, EXPECTED } from '../fixtures/photos/build';
 import { describeNeeding, motoMissing } from '../helpers/suites';
-import { ARTIFACTS, TEST_CONFIG, context, uploadJob } from './validate-fixtures';
+import { ARTIFACTS, context, TEST_CONFIG, uploadJob } from './validate-fixtures';
 
 // Listed by key, an exact copy would sort before its original and be the one kept: leave it out.
 const FILES = Object.keys(EXPECTED).filter((f) => f !== 'copy-of-subject-01.jpg');

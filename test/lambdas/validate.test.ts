@@ -5,24 +5,34 @@
 import { GetObjectCommand, type S3Client } from '@aws-sdk/client-s3';
 import sharp from 'sharp';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { normalize } from '../../lambdas/normalize/core';
 import { DatasetPlanSchema, StatusSchema } from '../../lambdas/shared/contract';
 import { InvalidInputError } from '../../lambdas/shared/errors';
 import { keys } from '../../lambdas/shared/keys';
 import { getBytes, getJson, listAll, putJson } from '../../lambdas/shared/s3';
-import { cropKey, ReportSchema } from '../../lambdas/validate/report';
-import { normalize } from '../../lambdas/normalize/core';
 import { validate } from '../../lambdas/validate/core';
-import { buildCorpus, corpusUnavailable } from '../fixtures/photos/build';
+import { cropKey, ReportSchema } from '../../lambdas/validate/report';
 import { type Moto, startMoto } from '../../scripts/local/moto';
+import { buildCorpus, corpusUnavailable } from '../fixtures/photos/build';
 import { describeNeeding, motoMissing } from '../helpers/suites';
-import { ARTIFACTS, INBOX, TEST_CONFIG, context, uploadJob } from './validate-fixtures';
+import { ARTIFACTS, context, INBOX, TEST_CONFIG, uploadJob } from './validate-fixtures';
 
 const skip = corpusUnavailable() ?? motoMissing();
 if (skip) console.warn(`validate tests skipped: ${skip}`);
 
 const GOOD = [
-  'subject-01.jpg', 'subject-02.jpg', 'subject-03.jpg', 'subject-04.jpg', 'subject-05.jpg', 'subject-06.jpg',
-  'subject-07.webp', 'subject-08.tiff', 'subject-09.avif', 'png-renamed.jpg', 'exif-rotated.jpg', 'cmyk.jpg',
+  'subject-01.jpg',
+  'subject-02.jpg',
+  'subject-03.jpg',
+  'subject-04.jpg',
+  'subject-05.jpg',
+  'subject-06.jpg',
+  'subject-07.webp',
+  'subject-08.tiff',
+  'subject-09.avif',
+  'png-renamed.jpg',
+  'exif-rotated.jpg',
+  'cmyk.jpg',
 ];
 
 describeNeeding('validate and normalize on S3', skip, () => {
@@ -41,9 +51,15 @@ describeNeeding('validate and normalize on S3', skip, () => {
     let result: Awaited<ReturnType<typeof validate>>;
 
     beforeAll(async () => {
-      await uploadJob(ctx(), corpus, [...GOOD, 'blurred.jpg', ['copy-of-subject-01.jpg', 'subject-01b.jpg'], 'drawing.svg'], { token: 'ohwx', classWord: 'man' }, {
-        'subject-01.txt': 'photo of ohwx, a man in a white space suit\u0000 smiling',
-      });
+      await uploadJob(
+        ctx(),
+        corpus,
+        [...GOOD, 'blurred.jpg', ['copy-of-subject-01.jpg', 'subject-01b.jpg'], 'drawing.svg'],
+        { token: 'ohwx', classWord: 'man' },
+        {
+          'subject-01.txt': 'photo of ohwx, a man in a white space suit\u0000 smiling',
+        },
+      );
       result = await validate(ctx(), TEST_CONFIG);
     });
 

@@ -8,8 +8,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import sharp from 'sharp';
 import { beforeAll, expect, it } from 'vitest';
+import { buildCorpus, CORPUS_MAX_FILE_BYTES, corpusUnavailable, EXPECTED, EXPECTED_HEIC, heifEncAvailable } from '../fixtures/photos/build';
 import { describeNeeding } from '../helpers/suites';
-import { buildCorpus, corpusUnavailable, EXPECTED, heifEncAvailable, EXPECTED_HEIC, CORPUS_MAX_FILE_BYTES } from '../fixtures/photos/build';
 
 const ROOT = join(__dirname, '..', '..');
 const unavailable = corpusUnavailable();
@@ -49,7 +49,11 @@ describeNeeding('npm run inspect', unavailable, () => {
     ];
     for (const pair of pairs) expect(pair.map((f) => codes[f]).sort(), pair.join(' + ')).toEqual(['ACCEPTED', 'DUPLICATE']);
     for (const [file, code] of Object.entries(expected).filter(([f]) => !pairs.flat().includes(f))) expect(codes[file], file).toBe(code);
-    expect(Object.keys(codes).filter((f) => !f.endsWith('.ref')).sort()).toEqual(Object.keys(expected).sort());
+    expect(
+      Object.keys(codes)
+        .filter((f) => !f.endsWith('.ref'))
+        .sort(),
+    ).toEqual(Object.keys(expected).sort());
   });
 
   it('writes the report, the contact sheet and one dataset PNG per accepted photo at the plan resolution', async () => {
@@ -57,7 +61,9 @@ describeNeeding('npm run inspect', unavailable, () => {
     expect(JSON.parse(readFileSync(join(out, 'report.json'), 'utf8')).photos).toHaveLength(json.photos.length);
     expect((await sharp(join(out, 'contact-sheet.png')).metadata()).format).toBe('png');
     const folder = join(out, json.plan!.folder);
-    const pngs = readdirSync(folder).filter((f) => f.endsWith('.png')).sort();
+    const pngs = readdirSync(folder)
+      .filter((f) => f.endsWith('.png'))
+      .sort();
     expect(pngs).toEqual(accepted.map((p) => p.output!).sort());
     const meta = await sharp(join(folder, pngs[0]!)).metadata();
     expect([meta.width, meta.height]).toEqual([json.plan!.resolution, json.plan!.resolution]);

@@ -8,8 +8,8 @@ import { BatchClient, CreateSchedulingPolicyCommand, DescribeSchedulingPoliciesC
 import { BudgetsClient, DescribeBudgetCommand, DescribeNotificationsForBudgetCommand } from '@aws-sdk/client-budgets';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { admit } from '../../lambdas/shared/admission';
+import { TeamRegistry, teamsDocumentClient } from '../../lambdas/shared/teams';
 import { startTaskTokens } from '../../scripts/local/task-tokens';
-import { teamsDocumentClient, TeamRegistry } from '../../lambdas/shared/teams';
 import { LOCAL_CREDENTIALS, LOCAL_REGION, type Moto, startMoto } from '../helpers/moto';
 import { describeWithMoto } from '../helpers/suites';
 
@@ -48,7 +48,22 @@ describeWithMoto('npm run team', () => {
   afterAll(() => moto?.stop());
 
   it('add stores the settings given and the defaults for the rest', async () => {
-    const out = ok(['add', 'acme', '--budget-usd', '200', '--max-concurrent', '2', '--kinds', 'character,object', '--alert-email', 'ops@acme.test', '--alert-email', 'cfo@acme.test', '--weight', '0.5']);
+    const out = ok([
+      'add',
+      'acme',
+      '--budget-usd',
+      '200',
+      '--max-concurrent',
+      '2',
+      '--kinds',
+      'character,object',
+      '--alert-email',
+      'ops@acme.test',
+      '--alert-email',
+      'cfo@acme.test',
+      '--weight',
+      '0.5',
+    ]);
 
     expect(out).toMatch(/^added acme\s+active\s+jobs 0\/2\s+spent \$0\.00 \+ reserved \$0\.00 of \$200/);
     const stored = (await registry.get('acme'))!;
@@ -100,7 +115,16 @@ describeWithMoto('npm run team', () => {
 
   it('suspend refuses new jobs; resume admits the jobs that waited', async () => {
     ok(['add', 'delta', '--max-concurrent', '1']);
-    const job = (jobId: string) => ({ teamId: 'delta', jobId, kind: 'character', photos: 10, optimizer: 'AdamW8bit', network: 'lora', targetSteps: 1000, estimate: { usd: 1, gpuSeconds: 600 } });
+    const job = (jobId: string) => ({
+      teamId: 'delta',
+      jobId,
+      kind: 'character',
+      photos: 10,
+      optimizer: 'AdamW8bit',
+      network: 'lora',
+      targetSteps: 1000,
+      estimate: { usd: 1, gpuSeconds: 600 },
+    });
     await admit(registry, job('running'));
     expect((await admit(registry, job('queued'))).code).toBe('CONCURRENCY_LIMIT');
 
@@ -119,12 +143,15 @@ describeWithMoto('npm run team', () => {
     const run = team(['list'], { AWS_ENDPOINT_URL_DYNAMODB: moto.endpoint });
 
     expect(run.status, run.stderr).toBe(0);
-    const ids = run.stdout.trim().split('\n').map((l) => l.split(/\s+/)[0]);
+    const ids = run.stdout
+      .trim()
+      .split('\n')
+      .map((l) => l.split(/\s+/)[0]);
     expect(ids).toEqual(['acme', 'delta', 'gamma', 'twice']);
     expect(run.stdout).toMatch(/delta\s+active\s+jobs 2\/2/);
   });
 
-  it('pushes every team\'s fair-share weight into the Batch scheduling policy when one is named', async () => {
+  it("pushes every team's fair-share weight into the Batch scheduling policy when one is named", async () => {
     const batch = new BatchClient({ endpoint: moto.endpoint, region: LOCAL_REGION, credentials: LOCAL_CREDENTIALS });
     const { arn } = await batch.send(new CreateSchedulingPolicyCommand({ name: 'fair', fairsharePolicy: { shareDecaySeconds: 3600, computeReservation: 25 } }));
 
@@ -150,14 +177,30 @@ describeWithMoto('npm run team', () => {
     // The local Step Functions task-token endpoint; the command runs as a separate process reaching it.
     const tokens = await startTaskTokens();
     ok(['add', 'echo', '--max-concurrent', '1']);
-    const job = (jobId: string) => ({ teamId: 'echo', jobId, kind: 'character', photos: 10, optimizer: 'AdamW8bit', network: 'lora', targetSteps: 1000, estimate: { usd: 1, gpuSeconds: 600 } });
+    const job = (jobId: string) => ({
+      teamId: 'echo',
+      jobId,
+      kind: 'character',
+      photos: 10,
+      optimizer: 'AdamW8bit',
+      network: 'lora',
+      targetSteps: 1000,
+      estimate: { usd: 1, gpuSeconds: 600 },
+    });
     await admit(registry, job('running'));
     const waitingToken = tokens.open();
     expect(await admit(registry, job('waiting'), { taskToken: waitingToken })).toMatchObject({ outcome: 'waiting' });
     const run = (args: string[]) =>
       new Promise<{ status: number | null; stderr: string }>((resolve) => {
         const child = spawn(join(ROOT, 'node_modules', '.bin', 'tsx'), [join(ROOT, 'scripts', 'team.ts'), ...args, '--endpoint', moto.endpoint], {
-          env: { ...process.env, AWS_ACCESS_KEY_ID: 'testing', AWS_SECRET_ACCESS_KEY: 'testing', AWS_REGION: LOCAL_REGION, AVATAR_TEAMS_TABLE: table, AWS_ENDPOINT_URL_SFN: tokens.endpoint },
+          env: {
+            ...process.env,
+            AWS_ACCESS_KEY_ID: 'testing',
+            AWS_SECRET_ACCESS_KEY: 'testing',
+            AWS_REGION: LOCAL_REGION,
+            AVATAR_TEAMS_TABLE: table,
+            AWS_ENDPOINT_URL_SFN: tokens.endpoint,
+          },
         });
         let stderr = '';
         child.stderr.on('data', (d) => (stderr += d));
@@ -172,7 +215,7 @@ describeWithMoto('npm run team', () => {
   });
 
   // moto emulates Budgets (CreateBudget with notifications, DescribeBudget, DeleteBudget); it sends no e-mail.
-  it('add creates the team\'s AWS Budgets alert on its team tag, update replaces it, delete-budget removes it', async () => {
+  it("add creates the team's AWS Budgets alert on its team tag, update replaces it, delete-budget removes it", async () => {
     const budgets = new BudgetsClient({ endpoint: moto.endpoint, region: LOCAL_REGION, credentials: LOCAL_CREDENTIALS });
     const account = '123456789012';
     const describe = () => budgets.send(new DescribeBudgetCommand({ AccountId: account, BudgetName: 'avatar-team-foxtrot' }));
@@ -180,15 +223,26 @@ describeWithMoto('npm run team', () => {
     ok(['add', 'foxtrot', '--budget-usd', '250', '--alert-email', 'ops@foxtrot.example', '--budgets-account', account]);
 
     const { Budget } = await describe();
-    expect(Budget).toMatchObject({ BudgetName: 'avatar-team-foxtrot', BudgetType: 'COST', TimeUnit: 'MONTHLY', BudgetLimit: { Amount: '250', Unit: 'USD' }, CostFilters: { TagKeyValue: ['user:team$foxtrot'] } });
+    expect(Budget).toMatchObject({
+      BudgetName: 'avatar-team-foxtrot',
+      BudgetType: 'COST',
+      TimeUnit: 'MONTHLY',
+      BudgetLimit: { Amount: '250', Unit: 'USD' },
+      CostFilters: { TagKeyValue: ['user:team$foxtrot'] },
+    });
     const { Notifications } = await budgets.send(new DescribeNotificationsForBudgetCommand({ AccountId: account, BudgetName: 'avatar-team-foxtrot' }));
-    expect(Notifications?.map((n) => [n.NotificationType, n.Threshold, n.ThresholdType])).toEqual([['ACTUAL', 80, 'PERCENTAGE'], ['FORECASTED', 100, 'PERCENTAGE']]);
+    expect(Notifications?.map((n) => [n.NotificationType, n.Threshold, n.ThresholdType])).toEqual([
+      ['ACTUAL', 80, 'PERCENTAGE'],
+      ['FORECASTED', 100, 'PERCENTAGE'],
+    ]);
 
     ok(['update', 'foxtrot', '--budget-usd', '400', '--budgets-account', account]);
     expect((await describe()).Budget?.BudgetLimit).toMatchObject({ Amount: '400' });
 
     ok(['delete-budget', 'foxtrot', '--budgets-account', account]);
     await expect(describe()).rejects.toMatchObject({ name: 'NotFoundException' });
-    expect(team(['add', 'golf', '--budgets-account', '12345', '--endpoint', moto.endpoint]).stderr).toContain('--budgets-account: "12345" is not a 12-digit AWS account id');
+    expect(team(['add', 'golf', '--budgets-account', '12345', '--endpoint', moto.endpoint]).stderr).toContain(
+      '--budgets-account: "12345" is not a 12-digit AWS account id',
+    );
   });
 });

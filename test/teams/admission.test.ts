@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { admit, type AdmissionRequest, admitWaiting, release } from '../../lambdas/shared/admission';
+import { type AdmissionRequest, admit, admitWaiting, release } from '../../lambdas/shared/admission';
 import { DEFAULT_PRICES, estimateJobCost } from '../../lambdas/shared/prices';
 import type { TeamRegistry } from '../../lambdas/shared/teams';
 import { type Moto, startMoto } from '../helpers/moto';
@@ -51,7 +51,10 @@ describeWithMoto('admission', () => {
 
   it('a released slot admits the oldest waiting job, and charges the actual cost instead of the estimate', async () => {
     let clock = Date.parse('2026-12-02T10:00:00Z');
-    const registry = await freshRegistry(moto.endpoint, () => new Date((clock += 1000)));
+    const registry = await freshRegistry(moto.endpoint, () => {
+      clock += 1000;
+      return new Date(clock);
+    });
     await registry.add(team('acme', { maxConcurrentJobs: 1 }));
     await admit(registry, request('acme', 'first'));
     for (const id of ['w1', 'w2', 'w3']) expect((await admit(registry, request('acme', id))).outcome).toBe('waiting');
@@ -63,7 +66,14 @@ describeWithMoto('admission', () => {
     expect((await registry.items('acme', 'WAIT#')).map((w) => w.jobId)).toEqual(['w2', 'w3']);
     const { usage } = (await registry.get('acme'))!;
     // first: 1.5 reserved -> 0.75 spent; w1: 1.5 reserved.
-    expect(usage).toMatchObject({ running: 1, spentMicroUsd: 750_000, reservedMicroUsd: 1_500_000, committedMicroUsd: 2_250_000, spentGpuSeconds: 1000, reservedGpuSeconds: 1800 });
+    expect(usage).toMatchObject({
+      running: 1,
+      spentMicroUsd: 750_000,
+      reservedMicroUsd: 1_500_000,
+      committedMicroUsd: 2_250_000,
+      spentGpuSeconds: 1000,
+      reservedGpuSeconds: 1800,
+    });
     expect((await admit(registry, request('acme', 'w1'))).outcome).toBe('admitted');
   });
 
@@ -73,7 +83,10 @@ describeWithMoto('admission', () => {
 
     const again = await Promise.all([admit(registry, request('acme', 'dup')), admit(registry, request('acme', 'dup'))]);
 
-    expect(again.map((a) => [a.outcome, a.duplicate])).toEqual([['admitted', true], ['admitted', true]]);
+    expect(again.map((a) => [a.outcome, a.duplicate])).toEqual([
+      ['admitted', true],
+      ['admitted', true],
+    ]);
     expect(first.duplicate).toBe(false);
     expect((await registry.get('acme'))!.usage).toMatchObject({ running: 1, reservedMicroUsd: 1_500_000 });
   });
@@ -86,7 +99,13 @@ describeWithMoto('admission', () => {
     const again = await release(registry, 'acme', 'j1', { usd: 1, gpuSeconds: 900 });
 
     expect(again.released).toBe(false);
-    expect((await registry.get('acme'))!.usage).toMatchObject({ running: 0, spentMicroUsd: 1_000_000, reservedMicroUsd: 0, committedMicroUsd: 1_000_000, spentGpuSeconds: 900 });
+    expect((await registry.get('acme'))!.usage).toMatchObject({
+      running: 0,
+      spentMicroUsd: 1_000_000,
+      reservedMicroUsd: 0,
+      committedMicroUsd: 1_000_000,
+      spentGpuSeconds: 900,
+    });
   });
 
   it('cancelling a waiting job takes it off the queue without touching the counters', async () => {
@@ -191,7 +210,13 @@ describeWithMoto('admission', () => {
     const c2 = await admit(registry, request('acme', 'c2'));
 
     expect(c2.outcome).toBe('admitted');
-    expect((await registry.get('acme'))!.usage).toMatchObject({ usageMonth: '2026-12', spentMicroUsd: 0, reservedMicroUsd: 3_000_000, committedMicroUsd: 3_000_000, running: 2 });
+    expect((await registry.get('acme'))!.usage).toMatchObject({
+      usageMonth: '2026-12',
+      spentMicroUsd: 0,
+      reservedMicroUsd: 3_000_000,
+      committedMicroUsd: 3_000_000,
+      running: 2,
+    });
   });
 });
 
@@ -208,6 +233,8 @@ describe('estimateJobCost', () => {
   });
 
   it('names an instance type without a price', () => {
-    expect(() => estimateJobCost({ numImages: 1, totalSteps: 100, epochs: 5, resolution: 768 }, ['g6e.xlarge'], DEFAULT_PRICES)).toThrow(/no price configured for instance type g6e\.xlarge/);
+    expect(() => estimateJobCost({ numImages: 1, totalSteps: 100, epochs: 5, resolution: 768 }, ['g6e.xlarge'], DEFAULT_PRICES)).toThrow(
+      /no price configured for instance type g6e\.xlarge/,
+    );
   });
 });

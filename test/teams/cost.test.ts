@@ -1,7 +1,17 @@
 import type { BatchClient, DescribeComputeEnvironmentsCommandOutput, DescribeJobsCommandOutput } from '@aws-sdk/client-batch';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { admit, release } from '../../lambdas/shared/admission';
-import { batchJobCost, clusterOfContainerInstance, computeEnvironmentResolver, type InstanceResolver, jobCost, lambdaCost, monthToDate, storageCost, writeLedgerRow } from '../../lambdas/shared/cost';
+import {
+  batchJobCost,
+  clusterOfContainerInstance,
+  computeEnvironmentResolver,
+  type InstanceResolver,
+  jobCost,
+  lambdaCost,
+  monthToDate,
+  storageCost,
+  writeLedgerRow,
+} from '../../lambdas/shared/cost';
 import { DEFAULT_PRICES, loadPrices, type Prices } from '../../lambdas/shared/prices';
 import { type Moto, startMoto } from '../helpers/moto';
 import { describeWithMoto } from '../helpers/suites';
@@ -31,18 +41,31 @@ const describeJobs: DescribeJobsCommandOutput = {
       stoppedAt: 1_764_677_400_000,
       attempts: [
         {
-          container: { containerInstanceArn: instanceArn(SPOT_CLUSTER, 'aaaa1111'), taskArn: 'arn:aws:ecs:us-east-1:123456789012:task/x/1', logStreamName: 'train/default/1' },
+          container: {
+            containerInstanceArn: instanceArn(SPOT_CLUSTER, 'aaaa1111'),
+            taskArn: 'arn:aws:ecs:us-east-1:123456789012:task/x/1',
+            logStreamName: 'train/default/1',
+          },
           startedAt: 1_764_669_600_000,
           stoppedAt: 1_764_671_400_000, // 1800 s
           statusReason: 'Host EC2 (instance i-0123456789abcdef0) terminated.',
         },
         {
-          container: { containerInstanceArn: instanceArn(OD_CLUSTER, 'bbbb2222'), taskArn: 'arn:aws:ecs:us-east-1:123456789012:task/y/2', reason: 'CannotPullContainerError: context deadline exceeded' },
+          container: {
+            containerInstanceArn: instanceArn(OD_CLUSTER, 'bbbb2222'),
+            taskArn: 'arn:aws:ecs:us-east-1:123456789012:task/y/2',
+            reason: 'CannotPullContainerError: context deadline exceeded',
+          },
           stoppedAt: 1_764_672_000_000,
           statusReason: 'Task failed to start',
         },
         {
-          container: { containerInstanceArn: instanceArn(OD_CLUSTER, 'cccc3333'), taskArn: 'arn:aws:ecs:us-east-1:123456789012:task/y/3', exitCode: 0, logStreamName: 'train/default/3' },
+          container: {
+            containerInstanceArn: instanceArn(OD_CLUSTER, 'cccc3333'),
+            taskArn: 'arn:aws:ecs:us-east-1:123456789012:task/y/3',
+            exitCode: 0,
+            logStreamName: 'train/default/3',
+          },
           startedAt: 1_764_675_000_000,
           stoppedAt: 1_764_677_400_000, // 2400 s
           statusReason: 'Essential container in task exited',
@@ -83,18 +106,33 @@ describe('batchJobCost', () => {
     expect(cost).toMatchObject({ usd: 0, gpuSeconds: 0 });
   });
 
-  it('derives Spot from the compute environment owning the ARN\'s cluster, and marks an assumed type', async () => {
+  it("derives Spot from the compute environment owning the ARN's cluster, and marks an assumed type", async () => {
     // A stub Batch client answering DescribeComputeEnvironments with the real response shape:
     // moto's Batch needs a full VPC/IAM setup to create managed environments, out of scope here.
     const envs: DescribeComputeEnvironmentsCommandOutput = {
       $metadata: {},
       computeEnvironments: [
-        { computeEnvironmentName: 'Spot', computeEnvironmentArn: 'arn:aws:batch:us-east-1:123456789012:compute-environment/Spot', ecsClusterArn: `arn:aws:ecs:us-east-1:123456789012:cluster/${SPOT_CLUSTER}`, computeResources: { type: 'SPOT', maxvCpus: 16, subnets: [], instanceTypes: ['g5.xlarge', 'g5.2xlarge'] } },
-        { computeEnvironmentName: 'OnDemand', computeEnvironmentArn: 'arn:aws:batch:us-east-1:123456789012:compute-environment/OnDemand', ecsClusterArn: `arn:aws:ecs:us-east-1:123456789012:cluster/${OD_CLUSTER}`, computeResources: { type: 'EC2', maxvCpus: 16, subnets: [], instanceTypes: ['g5.xlarge'] } },
+        {
+          computeEnvironmentName: 'Spot',
+          computeEnvironmentArn: 'arn:aws:batch:us-east-1:123456789012:compute-environment/Spot',
+          ecsClusterArn: `arn:aws:ecs:us-east-1:123456789012:cluster/${SPOT_CLUSTER}`,
+          computeResources: { type: 'SPOT', maxvCpus: 16, subnets: [], instanceTypes: ['g5.xlarge', 'g5.2xlarge'] },
+        },
+        {
+          computeEnvironmentName: 'OnDemand',
+          computeEnvironmentArn: 'arn:aws:batch:us-east-1:123456789012:compute-environment/OnDemand',
+          ecsClusterArn: `arn:aws:ecs:us-east-1:123456789012:cluster/${OD_CLUSTER}`,
+          computeResources: { type: 'EC2', maxvCpus: 16, subnets: [], instanceTypes: ['g5.xlarge'] },
+        },
       ],
     };
     let calls = 0;
-    const batch = { send: async () => (calls++, envs) } as unknown as BatchClient;
+    const batch = {
+      send: async () => {
+        calls++;
+        return envs;
+      },
+    } as unknown as BatchClient;
     const resolve = computeEnvironmentResolver(batch, prices);
 
     expect(await resolve(instanceArn(SPOT_CLUSTER, 'a'))).toEqual({ instanceType: 'g5.2xlarge', spot: true, instanceTypeAssumed: true });
@@ -106,7 +144,16 @@ describe('batchJobCost', () => {
 
   it('Lambda and storage estimates', () => {
     // 3 invocations: 1.5 + 2 + 0.5 s at 2048 MB = 8 GB-s x 0.0000166667 = 0.000133334 -> 0.000133
-    expect(lambdaCost([{ billedMs: 1500, memoryMb: 2048 }, { billedMs: 2000, memoryMb: 2048 }, { billedMs: 500, memoryMb: 2048 }], prices)).toBe(0.000133);
+    expect(
+      lambdaCost(
+        [
+          { billedMs: 1500, memoryMb: 2048 },
+          { billedMs: 2000, memoryMb: 2048 },
+          { billedMs: 500, memoryMb: 2048 },
+        ],
+        prices,
+      ),
+    ).toBe(0.000133);
     // 3 GiB kept 60 days at $0.023 per GB-month = 3 x 2 x 0.023 = 0.138
     expect(storageCost(3 * 1024 ** 3, 60, prices)).toBe(0.138);
   });
@@ -131,17 +178,51 @@ describeWithMoto('cost ledger', () => {
   it('keeps one row per job and stage, sums them per job, and charges the total to the month', async () => {
     const registry = await freshRegistry(moto.endpoint);
     await registry.add(team('acme', { monthlyBudgetUsd: 10 }));
-    await admit(registry, { teamId: 'acme', jobId: 'job-42', kind: 'character', photos: 20, optimizer: 'AdamW8bit', network: 'lora', targetSteps: 1875, estimate: { usd: 2, gpuSeconds: 6000 } });
+    await admit(registry, {
+      teamId: 'acme',
+      jobId: 'job-42',
+      kind: 'character',
+      photos: 20,
+      optimizer: 'AdamW8bit',
+      network: 'lora',
+      targetSteps: 1875,
+      estimate: { usd: 2, gpuSeconds: 6000 },
+    });
     const train = await batchJobCost(describeJobs.jobs![0]!, byCluster, prices);
 
-    await writeLedgerRow(registry, { teamId: 'acme', jobId: 'job-42', stage: 'train', usd: train.usd, gpuSeconds: train.gpuSeconds, lambdaUsd: 0, storageUsd: 0, gpu: train });
+    await writeLedgerRow(registry, {
+      teamId: 'acme',
+      jobId: 'job-42',
+      stage: 'train',
+      usd: train.usd,
+      gpuSeconds: train.gpuSeconds,
+      lambdaUsd: 0,
+      storageUsd: 0,
+      gpu: train,
+    });
     await writeLedgerRow(registry, { teamId: 'acme', jobId: 'job-42', stage: 'normalize', usd: 0.000133, gpuSeconds: 0, lambdaUsd: 0.000133, storageUsd: 0 });
     // Recomputing a stage rewrites its row: no double count.
-    await writeLedgerRow(registry, { teamId: 'acme', jobId: 'job-42', stage: 'train', usd: train.usd, gpuSeconds: train.gpuSeconds, lambdaUsd: 0, storageUsd: 0, gpu: train });
+    await writeLedgerRow(registry, {
+      teamId: 'acme',
+      jobId: 'job-42',
+      stage: 'train',
+      usd: train.usd,
+      gpuSeconds: train.gpuSeconds,
+      lambdaUsd: 0,
+      storageUsd: 0,
+      gpu: train,
+    });
     const total = await jobCost(registry, 'acme', 'job-42');
     await release(registry, 'acme', 'job-42', { usd: total.usd, gpuSeconds: total.gpuSeconds });
 
     expect(total).toEqual({ usd: 0.9868, gpuSeconds: 4740, stages: { train: 0.986667, normalize: 0.000133 } });
-    expect(await monthToDate(registry, 'acme')).toEqual({ month: '2026-12', spentUsd: 0.9868, reservedUsd: 0, budgetUsd: 10, spentGpuHours: 4740 / 3600, gpuHoursBudget: 50 });
+    expect(await monthToDate(registry, 'acme')).toEqual({
+      month: '2026-12',
+      spentUsd: 0.9868,
+      reservedUsd: 0,
+      budgetUsd: 10,
+      spentGpuHours: 4740 / 3600,
+      gpuHoursBudget: 50,
+    });
   });
 });

@@ -15,7 +15,12 @@ describeWithMoto('fair-share weights from the registry', () => {
   afterAll(() => moto?.stop());
 
   it('replaces the share distribution and keeps the deployed decay and reservation', async () => {
-    const { arn } = await batch.send(new CreateSchedulingPolicyCommand({ name: 'fair', fairsharePolicy: { shareDecaySeconds: 3600, computeReservation: 25, shareDistribution: [{ shareIdentifier: 'gone', weightFactor: 3 }] } }));
+    const { arn } = await batch.send(
+      new CreateSchedulingPolicyCommand({
+        name: 'fair',
+        fairsharePolicy: { shareDecaySeconds: 3600, computeReservation: 25, shareDistribution: [{ shareIdentifier: 'gone', weightFactor: 3 }] },
+      }),
+    );
 
     await syncFairShareWeights(batch, arn!, [
       { teamId: 'zeta', fairShareWeight: 1 },
@@ -34,6 +39,8 @@ describeWithMoto('fair-share weights from the registry', () => {
   });
 
   it('names a missing policy', async () => {
-    await expect(syncFairShareWeights(batch, 'arn:aws:batch:us-east-1:123456789012:scheduling-policy/none', [])).rejects.toThrow(/not found: pass the stack output SchedulingPolicyArn/);
+    await expect(syncFairShareWeights(batch, 'arn:aws:batch:us-east-1:123456789012:scheduling-policy/none', [])).rejects.toThrow(
+      /not found: pass the stack output SchedulingPolicyArn/,
+    );
   });
 });

@@ -1,6 +1,6 @@
 /** A registry table on the local endpoint, fresh per call. */
 import { DynamoDBClient } from '@aws-sdk/client-dynamodb';
-import { createTeamsTable, TEAM_DEFAULTS, type TeamConfig, teamsDocumentClient, TeamRegistry } from '../../lambdas/shared/teams';
+import { createTeamsTable, TEAM_DEFAULTS, type TeamConfig, TeamRegistry, teamsDocumentClient } from '../../lambdas/shared/teams';
 import { LOCAL_CREDENTIALS, LOCAL_REGION } from '../helpers/moto';
 
 let tables = 0;

@@ -4,7 +4,7 @@
  * process in it, so the fault tests' "nothing left running" means what it says.
  */
 import { beforeAll, describe, expect, it } from 'vitest';
-import { type AttemptDetail, BatchEmulator, BATCH_REASONS, batchConfig, evaluateOnExit, processContainer } from '../../scripts/local/batch';
+import { type AttemptDetail, BATCH_REASONS, BatchEmulator, batchConfig, evaluateOnExit, processContainer } from '../../scripts/local/batch';
 import { synthesizeTemplate } from '../../scripts/local/definition';
 import type { SubmitJobParameters } from '../../scripts/local/workflow';
 
@@ -34,7 +34,12 @@ describe('Batch emulator', () => {
     JobName: name,
     JobQueue: 'arn:aws:batch:us-east-1:123456789012:job-queue/local',
     JobDefinition: `arn:aws:batch:us-east-1:123456789012:job-definition:${trainId}`,
-    ContainerOverrides: { Environment: [{ Name: 'AVATAR_TEAM_ID', Value: 't' }, { Name: 'AVATAR_JOB_ID', Value: 'j' }] },
+    ContainerOverrides: {
+      Environment: [
+        { Name: 'AVATAR_TEAM_ID', Value: 't' },
+        { Name: 'AVATAR_JOB_ID', Value: 'j' },
+      ],
+    },
   });
 
   /** A container whose main process ignores SIGTERM and has a child in its own session (as the trainer's kohya is). */
@@ -66,7 +71,9 @@ describe('Batch emulator', () => {
     const batch = new BatchEmulator(denied, { launch: (spec) => stubborn({ ...spec, command: stubbornCommand }), stopTimeoutMs: 300 });
     expect(batch.config.stateMachineMayTerminate).toBe(false);
     const stop = new AbortController();
-    const run = batch.runner()('train', params('orphaned'), { signal: stop.signal }).catch((e: Error) => e);
+    const run = batch
+      .runner()('train', params('orphaned'), { signal: stop.signal })
+      .catch((e: Error) => e);
     for (let i = 0; i < 100 && batch.liveProcesses().length < 2; i++) await new Promise((r) => setTimeout(r, 50));
 
     stop.abort();

@@ -7,21 +7,22 @@
  * needs a base model that matches the LoRA's layers, which the stand-in cannot give; it runs the
  * S3-boundary stand-in, and its own tests render for real.
  */
-import { HeadObjectCommand, PutObjectCommand } from '@aws-sdk/client-s3';
+
 import { spawn, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { existsSync, mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { HeadObjectCommand, PutObjectCommand } from '@aws-sdk/client-s3';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { ManifestSchema, StatusSchema } from '../../lambdas/shared/contract';
 import { keys } from '../../lambdas/shared/keys';
 import { getJson, listAll, putBytes, putJson } from '../../lambdas/shared/s3';
-import { syntheticPhotos } from '../../scripts/local/demo-photos';
 import { stateMachineDefinition, synthesizeTemplate } from '../../scripts/local/definition';
+import { syntheticPhotos } from '../../scripts/local/demo-photos';
 import { submittedJob } from '../../scripts/local/gpu';
-import { localTeams, type LocalTeams } from '../../scripts/local/teams';
 import { configureHandlers, type Moto, startMoto } from '../../scripts/local/moto';
+import { type LocalTeams, localTeams } from '../../scripts/local/teams';
 import { BatchJobFailed, type BatchRunner, runWorkflow } from '../../scripts/local/workflow';
 import { describeWithMoto } from '../helpers/suites';
 
@@ -30,164 +31,201 @@ const PYTHON = join(ROOT, '.venv', 'bin', 'python');
 const INBOX = 'ct-inbox';
 const ARTIFACTS = 'ct-artifacts';
 
-describeWithMoto(existsSync(PYTHON) ? 'pipeline with the container entrypoints' : 'pipeline with the container entrypoints (skipped: no .venv; run bash scripts/python-env.sh)', () => {
-  let moto: Moto;
-  let teams: LocalTeams;
-  let work: string;
-  let template: ReturnType<typeof synthesizeTemplate>;
-  const ran: Array<{ stage: string; command: string[]; status: number | null }> = [];
+describeWithMoto(
+  existsSync(PYTHON)
+    ? 'pipeline with the container entrypoints'
+    : 'pipeline with the container entrypoints (skipped: no .venv; run bash scripts/python-env.sh)',
+  () => {
+    let moto: Moto;
+    let teams: LocalTeams;
+    let work: string;
+    let template: ReturnType<typeof synthesizeTemplate>;
+    const ran: Array<{ stage: string; command: string[]; status: number | null }> = [];
 
-  beforeAll(async () => {
-    if (!existsSync(PYTHON)) return;
-    moto = await startMoto();
-    await moto.createBucket(INBOX);
-    await moto.createBucket(ARTIFACTS);
-    configureHandlers(moto.endpoint, { inboxBucket: INBOX, artifactsBucket: ARTIFACTS, urlExpirySeconds: 600 });
-    teams = await localTeams(moto.endpoint, ['team-a']);
-    template = synthesizeTemplate();
-    work = mkdtempSync(join(tmpdir(), 'avatar-containers-'));
-    const blip = spawnSync(PYTHON, ['-c', `import sys; from tiny_blip import save_tiny_blip; save_tiny_blip(__import__('pathlib').Path(sys.argv[1]))`, join(work, 'blip')], {
-      encoding: 'utf8',
-      env: { ...process.env, PYTHONPATH: join(ROOT, 'containers/captioner/tests') },
+    beforeAll(async () => {
+      if (!existsSync(PYTHON)) return;
+      moto = await startMoto();
+      await moto.createBucket(INBOX);
+      await moto.createBucket(ARTIFACTS);
+      configureHandlers(moto.endpoint, { inboxBucket: INBOX, artifactsBucket: ARTIFACTS, urlExpirySeconds: 600 });
+      teams = await localTeams(moto.endpoint, ['team-a']);
+      template = synthesizeTemplate();
+      work = mkdtempSync(join(tmpdir(), 'avatar-containers-'));
+      const blip = spawnSync(
+        PYTHON,
+        ['-c', `import sys; from tiny_blip import save_tiny_blip; save_tiny_blip(__import__('pathlib').Path(sys.argv[1]))`, join(work, 'blip')],
+        {
+          encoding: 'utf8',
+          env: { ...process.env, PYTHONPATH: join(ROOT, 'containers/captioner/tests') },
+        },
+      );
+      expect(blip.status, blip.stderr).toBe(0);
     });
-    expect(blip.status, blip.stderr).toBe(0);
-  });
-  afterAll(async () => {
-    await teams?.stop();
-    await moto?.stop();
-  });
-
-  /** The environment the one GPU image gives a job: both packages and the shared runtime on PYTHONPATH. */
-  const containerEnv = (env: Record<string, string>, attempt: string): NodeJS.ProcessEnv => ({
-    ...process.env,
-    ...env,
-    PYTHONPATH: ['common', 'captioner', 'trainer'].map((p) => join(ROOT, 'containers', p, 'src')).join(':'),
-    AVATAR_CACHE_DIR: join(work, 'cache'),
-    AVATAR_WORK_DIR: join(work, attempt),
-    AVATAR_BLIP_MODEL_DIR: join(work, 'blip'),
-    AVATAR_KOHYA_CMD: `${PYTHON} ${join(ROOT, 'containers/trainer/tests/fake_kohya.py')}`,
-  });
-
-  /** Batch, locally: the job definition's command from the template, run as a process. */
-  const processes: BatchRunner = async (stage, params) => {
-    const { command, env } = submittedJob({ template, endpoint: moto.endpoint, inboxBucket: INBOX, artifactsBucket: ARTIFACTS }, params);
-    if (stage === 'evaluate') {
-      const job = { teamId: env.AVATAR_TEAM_ID!, jobId: env.AVATAR_JOB_ID! };
-      await putBytes(moto.s3(), ARTIFACTS, `${keys.stage(job, 'evaluate')}grid.png`, 'grid', 'image/png');
-      return { JobId: 'evaluate-stand-in' };
-    }
-    const [program, ...args] = command;
-    expect(program).toBe('python');
-    const result = spawnSync(PYTHON, args, { encoding: 'utf8', timeout: 300_000, env: containerEnv(env, stage) });
-    ran.push({ stage, command, status: result.status });
-    if (result.status !== 0) {
-      throw new BatchJobFailed({ JobName: params.JobName, StatusReason: result.stderr.slice(-500), Attempts: [{ Container: { ExitCode: result.status ?? undefined } }] });
-    }
-    return { JobId: `${stage}-process` };
-  };
-
-  /**
-   * The base model as the operator uploads it: with its sha256 in the object's metadata (README, Deploy),
-   * which the trainer checks its cached copy against. The kohya stand-in never reads its bytes.
-   */
-  const uploadBaseModel = async () => {
-    const base = Buffer.alloc(4096, 7);
-    await moto.s3().send(new PutObjectCommand({
-      Bucket: ARTIFACTS, Key: 'models/sd15/v1-5-pruned-emaonly.safetensors', Body: base,
-      Metadata: { sha256: createHash('sha256').update(base).digest('hex') },
-    }));
-  };
-
-  it('captions and trains in one GPU job through the real entrypoints and finalizes a manifest with the LoRA', async () => {
-    const job = { teamId: 'team-a', jobId: 'containers' };
-    const s3 = moto.s3();
-    for (const p of await syntheticPhotos(12, 640)) await putBytes(s3, INBOX, `${keys.photosPrefix(job)}${p.name}`, p.bytes, 'image/jpeg');
-    await uploadBaseModel();
-    await putJson(s3, INBOX, keys.spec(job), {
-      token: 'zwxmug',
-      classWord: 'mug',
-      kind: 'object',
-      captioning: { numBeams: 2, minLength: 3, maxLength: 8, commonTraits: [] },
-      training: { network: 'lora', networkDim: 8, networkAlpha: 8, repeats: 1, epochs: 3 },
+    afterAll(async () => {
+      await teams?.stop();
+      await moto?.stop();
     });
 
-    const result = await runWorkflow(stateMachineDefinition(template), job, { taskTokens: teams.taskTokens, batch: processes });
-
-    expect(ran.map((r) => [r.stage, r.command.join(' '), r.status])).toEqual([['train', 'python -m avatar_job caption train', 0]]);
-    expect(result.cause).toBeUndefined();
-    expect(StatusSchema.parse(await getJson(s3, ARTIFACTS, keys.status(job)))).toMatchObject({ state: 'succeeded', stage: 'finalize' });
-    const manifest = ManifestSchema.parse(await getJson(s3, ARTIFACTS, keys.manifest(job)));
-    const names = manifest.artifacts.map((a) => a.name);
-    expect(names.filter((n) => /^caption\/1_zwxmug\/zwxmug-\d\d\.txt$/.test(n))).toHaveLength(12);
-    expect(names).toEqual(expect.arrayContaining([
-      'caption/captions.json', 'train/zwxmug-000001.safetensors', 'train/zwxmug-000002.safetensors', 'train/zwxmug.safetensors', 'train/diary.json',
-    ]));
-    const captions = (await getJson(s3, ARTIFACTS, `${keys.stage(job, 'caption')}captions.json`)) as { captions: Array<{ caption: string }> };
-    for (const c of captions.captions) expect(c.caption.startsWith('photo of zwxmug, ')).toBe(true);
-    const diary = (await getJson(s3, ARTIFACTS, `${keys.stage(job, 'train')}diary.json`)) as { plan: { totalSteps: number }; config: { network_dim: number } };
-    expect(diary.plan.totalSteps).toBe(36);
-    expect(diary.config.network_dim).toBe(8);
-  }, 600_000);
-
-  it('resumes a caption+train job Batch retried after a Spot reclaim, without captioning again', async () => {
-    const job = { teamId: 'team-a', jobId: 'reclaimed' };
-    const s3 = moto.s3();
-    for (const p of await syntheticPhotos(10, 640)) await putBytes(s3, INBOX, `${keys.photosPrefix(job)}${p.name}`, p.bytes, 'image/jpeg');
-    await uploadBaseModel();
-    await putJson(s3, INBOX, keys.spec(job), {
-      token: 'zwxmug', classWord: 'mug', kind: 'object',
-      captioning: { numBeams: 2, minLength: 3, maxLength: 8, commonTraits: [] },
-      training: { network: 'lora', networkDim: 8, networkAlpha: 8, repeats: 1, epochs: 3 },
+    /** The environment the one GPU image gives a job: both packages and the shared runtime on PYTHONPATH. */
+    const containerEnv = (env: Record<string, string>, attempt: string): NodeJS.ProcessEnv => ({
+      ...process.env,
+      ...env,
+      PYTHONPATH: ['common', 'captioner', 'trainer'].map((p) => join(ROOT, 'containers', p, 'src')).join(':'),
+      AVATAR_CACHE_DIR: join(work, 'cache'),
+      AVATAR_WORK_DIR: join(work, attempt),
+      AVATAR_BLIP_MODEL_DIR: join(work, 'blip'),
+      AVATAR_KOHYA_CMD: `${PYTHON} ${join(ROOT, 'containers/trainer/tests/fake_kohya.py')}`,
     });
-    const trainKeys = async () => (await listAll(s3, ARTIFACTS, keys.stage(job, 'train'))).map((o) => o.key);
-    const captionsEtag = async () => (await s3.send(new HeadObjectCommand({ Bucket: ARTIFACTS, Key: `${keys.stage(job, 'caption')}captions.json` }))).ETag;
-    const attempts: Array<{ code: number | null; stdout: string }> = [];
-    let etagAfterReclaim: string | undefined;
 
-    // Batch's retry strategy, locally: attempt 1 is reclaimed (SIGTERM) once epoch 1 is published while
-    // the stand-in is in epoch 2; Batch resubmits the same job (RETRY on "Host EC2*"); attempt 2 runs
-    // in a fresh container with a BLIP folder that does not exist, so captioning again would fail it.
-    const reclaimedOnce: BatchRunner = async (stage, params) => {
-      if (stage !== 'train') return processes(stage, params);
+    /** Batch, locally: the job definition's command from the template, run as a process. */
+    const processes: BatchRunner = async (stage, params) => {
       const { command, env } = submittedJob({ template, endpoint: moto.endpoint, inboxBucket: INBOX, artifactsBucket: ARTIFACTS }, params);
-      const run = (attempt: string, extra: Record<string, string>, reclaim: boolean) =>
-        new Promise<{ code: number | null; stdout: string }>((resolve) => {
-          const child = spawn(PYTHON, command.slice(1), { env: { ...containerEnv(env, attempt), ...extra } });
-          let stdout = '';
-          child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-          child.stderr.on('data', () => undefined);
-          const poll = reclaim
-            ? setInterval(async () => {
-                if ((await trainKeys()).some((k) => k.endsWith('-000001.safetensors'))) {
-                  clearInterval(poll);
-                  child.kill('SIGTERM');
-                }
-              }, 500)
-            : undefined;
-          child.on('exit', (code) => {
-            if (poll) clearInterval(poll);
-            resolve({ code, stdout });
-          });
+      if (stage === 'evaluate') {
+        const job = { teamId: env.AVATAR_TEAM_ID!, jobId: env.AVATAR_JOB_ID! };
+        await putBytes(moto.s3(), ARTIFACTS, `${keys.stage(job, 'evaluate')}grid.png`, 'grid', 'image/png');
+        return { JobId: 'evaluate-stand-in' };
+      }
+      const [program, ...args] = command;
+      expect(program).toBe('python');
+      const result = spawnSync(PYTHON, args, { encoding: 'utf8', timeout: 300_000, env: containerEnv(env, stage) });
+      ran.push({ stage, command, status: result.status });
+      if (result.status !== 0) {
+        throw new BatchJobFailed({
+          JobName: params.JobName,
+          StatusReason: result.stderr.slice(-500),
+          Attempts: [{ Container: { ExitCode: result.status ?? undefined } }],
         });
-      attempts.push(await run('attempt-1', { FAKE_KOHYA_HANG_AFTER_EPOCH: '2' }, true));
-      etagAfterReclaim = await captionsEtag();
-      attempts.push(await run('attempt-2', { AVATAR_BLIP_MODEL_DIR: join(work, 'no-blip-here'), AWS_BATCH_JOB_ATTEMPT: '2' }, false));
-      const last = attempts.at(-1)!;
-      if (last.code !== 0) throw new BatchJobFailed({ JobName: params.JobName, StatusReason: 'Essential container in task exited', Attempts: [{ Container: { ExitCode: last.code ?? undefined } }] });
-      return { JobId: 'train-retried' };
+      }
+      return { JobId: `${stage}-process` };
     };
 
-    const result = await runWorkflow(stateMachineDefinition(template), job, { taskTokens: teams.taskTokens, batch: reclaimedOnce });
+    /**
+     * The base model as the operator uploads it: with its sha256 in the object's metadata (README, Deploy),
+     * which the trainer checks its cached copy against. The kohya stand-in never reads its bytes.
+     */
+    const uploadBaseModel = async () => {
+      const base = Buffer.alloc(4096, 7);
+      await moto.s3().send(
+        new PutObjectCommand({
+          Bucket: ARTIFACTS,
+          Key: 'models/sd15/v1-5-pruned-emaonly.safetensors',
+          Body: base,
+          Metadata: { sha256: createHash('sha256').update(base).digest('hex') },
+        }),
+      );
+    };
 
-    // Attempt 1 of 3 was interrupted: it leaves status running for Batch's retry and exits 143 (SIGTERM).
-    expect(attempts.map((a) => a.code)).toEqual([143, 0]);
-    expect(attempts[1]!.stdout).toContain('caption/captions.json already covers the 10 images of this plan; not captioning again');
-    expect(attempts[1]!.stdout).toMatch(/--resume \S*zwxmug-00000[12]-state/);
-    expect(await captionsEtag()).toBe(etagAfterReclaim);
-    expect(result.cause).toBeUndefined();
-    expect(StatusSchema.parse(await getJson(s3, ARTIFACTS, keys.status(job)))).toMatchObject({ state: 'succeeded', stage: 'finalize' });
-    expect(await trainKeys()).toEqual(expect.arrayContaining([
-      `${keys.stage(job, 'train')}zwxmug-000001.safetensors`, `${keys.stage(job, 'train')}zwxmug-000002.safetensors`, `${keys.stage(job, 'train')}zwxmug.safetensors`,
-    ]));
-  }, 600_000);
-});
+    it('captions and trains in one GPU job through the real entrypoints and finalizes a manifest with the LoRA', async () => {
+      const job = { teamId: 'team-a', jobId: 'containers' };
+      const s3 = moto.s3();
+      for (const p of await syntheticPhotos(12, 640)) await putBytes(s3, INBOX, `${keys.photosPrefix(job)}${p.name}`, p.bytes, 'image/jpeg');
+      await uploadBaseModel();
+      await putJson(s3, INBOX, keys.spec(job), {
+        token: 'zwxmug',
+        classWord: 'mug',
+        kind: 'object',
+        captioning: { numBeams: 2, minLength: 3, maxLength: 8, commonTraits: [] },
+        training: { network: 'lora', networkDim: 8, networkAlpha: 8, repeats: 1, epochs: 3 },
+      });
+
+      const result = await runWorkflow(stateMachineDefinition(template), job, { taskTokens: teams.taskTokens, batch: processes });
+
+      expect(ran.map((r) => [r.stage, r.command.join(' '), r.status])).toEqual([['train', 'python -m avatar_job caption train', 0]]);
+      expect(result.cause).toBeUndefined();
+      expect(StatusSchema.parse(await getJson(s3, ARTIFACTS, keys.status(job)))).toMatchObject({ state: 'succeeded', stage: 'finalize' });
+      const manifest = ManifestSchema.parse(await getJson(s3, ARTIFACTS, keys.manifest(job)));
+      const names = manifest.artifacts.map((a) => a.name);
+      expect(names.filter((n) => /^caption\/1_zwxmug\/zwxmug-\d\d\.txt$/.test(n))).toHaveLength(12);
+      expect(names).toEqual(
+        expect.arrayContaining([
+          'caption/captions.json',
+          'train/zwxmug-000001.safetensors',
+          'train/zwxmug-000002.safetensors',
+          'train/zwxmug.safetensors',
+          'train/diary.json',
+        ]),
+      );
+      const captions = (await getJson(s3, ARTIFACTS, `${keys.stage(job, 'caption')}captions.json`)) as { captions: Array<{ caption: string }> };
+      for (const c of captions.captions) expect(c.caption.startsWith('photo of zwxmug, ')).toBe(true);
+      const diary = (await getJson(s3, ARTIFACTS, `${keys.stage(job, 'train')}diary.json`)) as {
+        plan: { totalSteps: number };
+        config: { network_dim: number };
+      };
+      expect(diary.plan.totalSteps).toBe(36);
+      expect(diary.config.network_dim).toBe(8);
+    }, 600_000);
+
+    it('resumes a caption+train job Batch retried after a Spot reclaim, without captioning again', async () => {
+      const job = { teamId: 'team-a', jobId: 'reclaimed' };
+      const s3 = moto.s3();
+      for (const p of await syntheticPhotos(10, 640)) await putBytes(s3, INBOX, `${keys.photosPrefix(job)}${p.name}`, p.bytes, 'image/jpeg');
+      await uploadBaseModel();
+      await putJson(s3, INBOX, keys.spec(job), {
+        token: 'zwxmug',
+        classWord: 'mug',
+        kind: 'object',
+        captioning: { numBeams: 2, minLength: 3, maxLength: 8, commonTraits: [] },
+        training: { network: 'lora', networkDim: 8, networkAlpha: 8, repeats: 1, epochs: 3 },
+      });
+      const trainKeys = async () => (await listAll(s3, ARTIFACTS, keys.stage(job, 'train'))).map((o) => o.key);
+      const captionsEtag = async () => (await s3.send(new HeadObjectCommand({ Bucket: ARTIFACTS, Key: `${keys.stage(job, 'caption')}captions.json` }))).ETag;
+      const attempts: Array<{ code: number | null; stdout: string }> = [];
+      let etagAfterReclaim: string | undefined;
+
+      // Batch's retry strategy, locally: attempt 1 is reclaimed (SIGTERM) once epoch 1 is published while
+      // the stand-in is in epoch 2; Batch resubmits the same job (RETRY on "Host EC2*"); attempt 2 runs
+      // in a fresh container with a BLIP folder that does not exist, so captioning again would fail it.
+      const reclaimedOnce: BatchRunner = async (stage, params) => {
+        if (stage !== 'train') return processes(stage, params);
+        const { command, env } = submittedJob({ template, endpoint: moto.endpoint, inboxBucket: INBOX, artifactsBucket: ARTIFACTS }, params);
+        const run = (attempt: string, extra: Record<string, string>, reclaim: boolean) =>
+          new Promise<{ code: number | null; stdout: string }>((resolve) => {
+            const child = spawn(PYTHON, command.slice(1), { env: { ...containerEnv(env, attempt), ...extra } });
+            let stdout = '';
+            child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+            child.stderr.on('data', () => undefined);
+            const poll = reclaim
+              ? setInterval(async () => {
+                  if ((await trainKeys()).some((k) => k.endsWith('-000001.safetensors'))) {
+                    clearInterval(poll);
+                    child.kill('SIGTERM');
+                  }
+                }, 500)
+              : undefined;
+            child.on('exit', (code) => {
+              if (poll) clearInterval(poll);
+              resolve({ code, stdout });
+            });
+          });
+        attempts.push(await run('attempt-1', { FAKE_KOHYA_HANG_AFTER_EPOCH: '2' }, true));
+        etagAfterReclaim = await captionsEtag();
+        attempts.push(await run('attempt-2', { AVATAR_BLIP_MODEL_DIR: join(work, 'no-blip-here'), AWS_BATCH_JOB_ATTEMPT: '2' }, false));
+        const last = attempts.at(-1)!;
+        if (last.code !== 0)
+          throw new BatchJobFailed({
+            JobName: params.JobName,
+            StatusReason: 'Essential container in task exited',
+            Attempts: [{ Container: { ExitCode: last.code ?? undefined } }],
+          });
+        return { JobId: 'train-retried' };
+      };
+
+      const result = await runWorkflow(stateMachineDefinition(template), job, { taskTokens: teams.taskTokens, batch: reclaimedOnce });
+
+      // Attempt 1 of 3 was interrupted: it leaves status running for Batch's retry and exits 143 (SIGTERM).
+      expect(attempts.map((a) => a.code)).toEqual([143, 0]);
+      expect(attempts[1]!.stdout).toContain('caption/captions.json already covers the 10 images of this plan; not captioning again');
+      expect(attempts[1]!.stdout).toMatch(/--resume \S*zwxmug-00000[12]-state/);
+      expect(await captionsEtag()).toBe(etagAfterReclaim);
+      expect(result.cause).toBeUndefined();
+      expect(StatusSchema.parse(await getJson(s3, ARTIFACTS, keys.status(job)))).toMatchObject({ state: 'succeeded', stage: 'finalize' });
+      expect(await trainKeys()).toEqual(
+        expect.arrayContaining([
+          `${keys.stage(job, 'train')}zwxmug-000001.safetensors`,
+          `${keys.stage(job, 'train')}zwxmug-000002.safetensors`,
+          `${keys.stage(job, 'train')}zwxmug.safetensors`,
+        ]),
+      );
+    }, 600_000);
+  },
+);

@@ -24,7 +24,10 @@ describe('local Batch stages in Docker', () => {
     bin = mkdtempSync(join(tmpdir(), 'avatar-fake-docker-'));
     log = join(bin, 'calls.jsonl');
     const recorder = (name: string, body: string) => {
-      writeFileSync(join(bin, name), `#!/usr/bin/env bash\nprintf '%s\\n' "$(node -e 'console.log(JSON.stringify(process.argv.slice(1)))' ${name} "$@")" >> ${log}\n${body}\n`);
+      writeFileSync(
+        join(bin, name),
+        `#!/usr/bin/env bash\nprintf '%s\\n' "$(node -e 'console.log(JSON.stringify(process.argv.slice(1)))' ${name} "$@")" >> ${log}\n${body}\n`,
+      );
       chmodSync(join(bin, name), 0o755);
     };
     recorder('docker', 'if [ "$1" = run ] && [ -n "$FAKE_DOCKER_RUN_EXIT" ]; then exit "$FAKE_DOCKER_RUN_EXIT"; fi; [ "$1" = info ] && echo 28.2.2; exit 0');
@@ -36,7 +39,12 @@ describe('local Batch stages in Docker', () => {
       JobName: 'team-a-job-1-train',
       JobQueue: caption.Parameters.JobQueue as string,
       JobDefinition: caption.Parameters.JobDefinition as string,
-      ContainerOverrides: { Environment: [{ Name: 'AVATAR_TEAM_ID', Value: 'team-a' }, { Name: 'AVATAR_JOB_ID', Value: 'job-1' }] },
+      ContainerOverrides: {
+        Environment: [
+          { Name: 'AVATAR_TEAM_ID', Value: 'team-a' },
+          { Name: 'AVATAR_JOB_ID', Value: 'job-1' },
+        ],
+      },
     };
   });
   afterEach(() => {
@@ -45,9 +53,21 @@ describe('local Batch stages in Docker', () => {
     writeFileSync(log, '');
   });
 
-  const calls = () => readFileSync(log, 'utf8').trim().split('\n').filter(Boolean).map((l) => JSON.parse(l) as string[]);
+  const calls = () =>
+    readFileSync(log, 'utf8')
+      .trim()
+      .split('\n')
+      .filter(Boolean)
+      .map((l) => JSON.parse(l) as string[]);
   const runner = () =>
-    dockerRunner({ template, endpoint: 'http://127.0.0.1:5000', inboxBucket: 'in', artifactsBucket: 'out', cacheDir: '/tmp/avatar-cache', log: () => undefined });
+    dockerRunner({
+      template,
+      endpoint: 'http://127.0.0.1:5000',
+      inboxBucket: 'in',
+      artifactsBucket: 'out',
+      cacheDir: '/tmp/avatar-cache',
+      log: () => undefined,
+    });
 
   it('finds the engine and the GPU', () => {
     process.env.PATH = `${bin}:${path}`;
@@ -64,7 +84,14 @@ describe('local Batch stages in Docker', () => {
     expect(run!.slice(0, 8)).toEqual(['docker', 'run', '--rm', '--gpus', 'all', '--network', 'host', '-v']);
     expect(run).toContain('/tmp/avatar-cache:/cache');
     expect(run!.slice(-6)).toEqual(['avatar-trainer:local', 'python', '-m', 'avatar_job', 'caption', 'train']);
-    for (const env of ['AVATAR_TEAM_ID=team-a', 'AVATAR_JOB_ID=job-1', 'AVATAR_ARTIFACTS_BUCKET=out', 'AWS_ENDPOINT_URL_S3=http://127.0.0.1:5000', 'AVATAR_CACHE_DIR=/cache', 'HF_HUB_OFFLINE=1']) {
+    for (const env of [
+      'AVATAR_TEAM_ID=team-a',
+      'AVATAR_JOB_ID=job-1',
+      'AVATAR_ARTIFACTS_BUCKET=out',
+      'AWS_ENDPOINT_URL_S3=http://127.0.0.1:5000',
+      'AVATAR_CACHE_DIR=/cache',
+      'HF_HUB_OFFLINE=1',
+    ]) {
       expect(run).toContain(env);
     }
   });

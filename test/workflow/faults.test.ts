@@ -27,7 +27,15 @@ import { type JobRef, keys } from '../../lambdas/shared/keys';
 import { getJson, listAll, putBytes, putJson } from '../../lambdas/shared/s3';
 import { writeStatus } from '../../lambdas/shared/status';
 import { start } from '../../lambdas/start/handler';
-import { type AttemptFault, BatchEmulator, BATCH_REASONS, type Container, type ContainerLauncher, functionContainer, processContainer } from '../../scripts/local/batch';
+import {
+  type AttemptFault,
+  BATCH_REASONS,
+  BatchEmulator,
+  type Container,
+  type ContainerLauncher,
+  functionContainer,
+  processContainer,
+} from '../../scripts/local/batch';
 import { type StateMachineDefinition, stateMachineDefinition, synthesizeTemplate } from '../../scripts/local/definition';
 import { syntheticPhotos } from '../../scripts/local/demo-photos';
 import { configureHandlers, type Moto, startMoto } from '../../scripts/local/moto';
@@ -70,13 +78,24 @@ describeWithMoto('fault injection through the local harness', () => {
     work = mkdtempSync(join(tmpdir(), 'avatar-faults-'));
     // The trainer checks the base model against the sha256 in its metadata, and caches it; the kohya stand-in never reads it.
     const model = Buffer.alloc(4096, 7);
-    await moto.s3().send(new PutObjectCommand({ Bucket: ARTIFACTS, Key: 'models/sd15/v1-5-pruned-emaonly.safetensors', Body: model, Metadata: { sha256: createHash('sha256').update(model).digest('hex') } }));
+    await moto.s3().send(
+      new PutObjectCommand({
+        Bucket: ARTIFACTS,
+        Key: 'models/sd15/v1-5-pruned-emaonly.safetensors',
+        Body: model,
+        Metadata: { sha256: createHash('sha256').update(model).digest('hex') },
+      }),
+    );
     // The captioner's tiny BLIP (its tests' fixture, built from code: no weights are downloaded).
     if (existsSync(PYTHON)) {
-      const blip = spawnSync(PYTHON, ['-c', 'import sys, pathlib; from tiny_blip import save_tiny_blip; save_tiny_blip(pathlib.Path(sys.argv[1]))', join(work, 'blip')], {
-        encoding: 'utf8',
-        env: { ...process.env, PYTHONPATH: join(ROOT, 'containers/captioner/tests') },
-      });
+      const blip = spawnSync(
+        PYTHON,
+        ['-c', 'import sys, pathlib; from tiny_blip import save_tiny_blip; save_tiny_blip(pathlib.Path(sys.argv[1]))', join(work, 'blip')],
+        {
+          encoding: 'utf8',
+          env: { ...process.env, PYTHONPATH: join(ROOT, 'containers/captioner/tests') },
+        },
+      );
       expect(blip.status, blip.stderr).toBe(0);
     }
   }, 120_000);
@@ -94,12 +113,32 @@ describeWithMoto('fault injection through the local harness', () => {
   }
 
   const standIn = () => gpuStandIn({ s3: () => moto.s3(), artifactsBucket: ARTIFACTS });
-  const batchEnv = { AVATAR_INBOX_BUCKET: INBOX, AVATAR_ARTIFACTS_BUCKET: ARTIFACTS, AWS_ENDPOINT_URL_S3: '', AWS_ACCESS_KEY_ID: 'testing', AWS_SECRET_ACCESS_KEY: 'testing', AWS_DEFAULT_REGION: 'us-east-1' };
-  const emulator = (launch: ContainerLauncher, faults?: (job: { stage: string; attempt: number }) => AttemptFault | undefined, extra: { msPerTemplateSecond?: number; stopTimeoutMs?: number } = {}) =>
-    new BatchEmulator(template, { launch, faults, env: { ...batchEnv, AWS_ENDPOINT_URL_S3: moto.endpoint }, stopTimeoutMs: extra.stopTimeoutMs ?? 5_000, msPerTemplateSecond: extra.msPerTemplateSecond });
+  const batchEnv = {
+    AVATAR_INBOX_BUCKET: INBOX,
+    AVATAR_ARTIFACTS_BUCKET: ARTIFACTS,
+    AWS_ENDPOINT_URL_S3: '',
+    AWS_ACCESS_KEY_ID: 'testing',
+    AWS_SECRET_ACCESS_KEY: 'testing',
+    AWS_DEFAULT_REGION: 'us-east-1',
+  };
+  const emulator = (
+    launch: ContainerLauncher,
+    faults?: (job: { stage: string; attempt: number }) => AttemptFault | undefined,
+    extra: { msPerTemplateSecond?: number; stopTimeoutMs?: number } = {},
+  ) =>
+    new BatchEmulator(template, {
+      launch,
+      faults,
+      env: { ...batchEnv, AWS_ENDPOINT_URL_S3: moto.endpoint },
+      stopTimeoutMs: extra.stopTimeoutMs ?? 5_000,
+      msPerTemplateSecond: extra.msPerTemplateSecond,
+    });
 
   /** The real `python -m avatar_job caption train` (captioner, then trainer) for train; the S3-boundary stand-in for evaluate. */
-  function trainerLauncher(kohyaEnv: Record<string, string>, evaluate: ContainerLauncher = functionContainer(standIn())): { launch: ContainerLauncher; argsLog: string } {
+  function trainerLauncher(
+    kohyaEnv: Record<string, string>,
+    evaluate: ContainerLauncher = functionContainer(standIn()),
+  ): { launch: ContainerLauncher; argsLog: string } {
     const argsLog = join(mkdtempSync(join(work, 'args-')), 'kohya-args.jsonl');
     const trainer = processContainer({
       python: PYTHON,
@@ -135,7 +174,8 @@ describeWithMoto('fault injection through the local harness', () => {
     const found: string[] = [];
     for (const bucket of [INBOX, ARTIFACTS]) {
       for (const o of await listAll(s3, bucket, '')) {
-        if (!/^teams\/[a-z0-9-]+\/jobs\/[a-z0-9-]+\/./.test(o.key) && !(bucket === ARTIFACTS && o.key.startsWith('models/'))) found.push(`${bucket}/${o.key}: outside any job prefix`);
+        if (!/^teams\/[a-z0-9-]+\/jobs\/[a-z0-9-]+\/./.test(o.key) && !(bucket === ARTIFACTS && o.key.startsWith('models/')))
+          found.push(`${bucket}/${o.key}: outside any job prefix`);
       }
       const uploads = await s3.send(new ListMultipartUploadsCommand({ Bucket: bucket }));
       for (const u of uploads.Uploads ?? []) found.push(`${bucket}/${u.Key}: unfinished multipart upload`);
@@ -157,7 +197,8 @@ describeWithMoto('fault injection through the local harness', () => {
         continue;
       }
       const listed = new Map(marker.files.map((f) => [f.path, f.size]));
-      for (const [path, size] of listed) if (files.get(path) !== size) found.push(`${folder}${path}: listed in ${STATE_MARKER} at ${size} bytes, found ${files.get(path) ?? 'nothing'}`);
+      for (const [path, size] of listed)
+        if (files.get(path) !== size) found.push(`${folder}${path}: listed in ${STATE_MARKER} at ${size} bytes, found ${files.get(path) ?? 'nothing'}`);
       for (const path of files.keys()) if (path !== STATE_MARKER && !listed.has(path)) found.push(`${folder}${path}: not in ${STATE_MARKER}`);
     }
     for (const [job, n] of perJob) if (n > 1) found.push(`${job}train/state/: ${n} state folders, only the newest is kept`);
@@ -174,7 +215,8 @@ describeWithMoto('fault injection through the local harness', () => {
   // The real-trainer tests skip without the repo venv, except under CI=true, where they run and fail.
   const hasVenv = availability(existsSync(PYTHON) ? undefined : 'no .venv: run bash scripts/python-env.sh') !== 'skip';
   const hasReconcile = existsSync(RECONCILE);
-  const queueHasRunnableLimit = () => batchConfigOf().queueActions.some((a) => a.State === 'RUNNABLE' && a.Reason === 'CAPACITY:INSUFFICIENT_INSTANCE_CAPACITY');
+  const queueHasRunnableLimit = () =>
+    batchConfigOf().queueActions.some((a) => a.State === 'RUNNABLE' && a.Reason === 'CAPACITY:INSUFFICIENT_INSTANCE_CAPACITY');
   const batchConfigOf = () => new BatchEmulator(template, { launch: functionContainer(async () => 0) }).config;
 
   // ---------------------------------------------------------------- image pull failures (simulated)
@@ -201,7 +243,7 @@ describeWithMoto('fault injection through the local harness', () => {
     expect(await orphans()).toEqual([]);
   });
 
-  it('image pull failure on every attempt: the job fails after the retry strategy\'s 3 attempts with BATCH_JOB_FAILED naming CannotPullContainerError', async () => {
+  it("image pull failure on every attempt: the job fails after the retry strategy's 3 attempts with BATCH_JOB_FAILED naming CannotPullContainerError", async () => {
     const job = { teamId: 'team-f', jobId: 'pull-never' };
     await upload(job);
     const batch = emulator(functionContainer(standIn()), ({ stage }) => (stage === 'train' ? { kind: 'imagePull' } : undefined));
@@ -226,52 +268,61 @@ describeWithMoto('fault injection through the local harness', () => {
 
   let spotObservation: { statusBetweenAttempts?: Status; drained: boolean } | undefined;
 
-  it.skipIf(!hasVenv)('Spot reclaim mid-epoch: attempt 2 of the same Batch job resumes from the state of the epoch before, so at most the current epoch is lost', async () => {
-    const job = { teamId: 'team-f', jobId: 'spot' };
-    await upload(job);
-    let statusBetweenAttempts: Status | undefined;
-    const { launch, argsLog } = trainerLauncher({ FAKE_KOHYA_STEP_DELAY: '1' });
-    // Reclaimed during epoch 2 or later (10 steps of 1 s an epoch), once epoch 1's state is on S3;
-    // the epoch kohya is in at that moment is the one a retry may lose.
-    let epochAtReclaim = 0;
-    const reclaimMidEpoch2 = async (container: Container) => {
-      let epoch = 0;
-      container.onLine((line) => (epoch = Number(/^(?:kohya: )?epoch (\d+)\/3$/.exec(line.trim())?.[1] ?? epoch)));
-      const state1 = `${keys.stage(job, 'train')}state/zwxmug-000001-state/train_state.json`;
-      for (let i = 0; i < 600 && (epoch < 2 || !(await listAll(moto.s3(), ARTIFACTS, state1)).length); i++) await new Promise((r) => setTimeout(r, 100));
-      await new Promise((r) => setTimeout(r, 500));
-      epochAtReclaim = epoch;
-    };
-    const batch = emulator(
-      (spec) => {
-        if (spec.stage === 'train' && spec.attempt === 2) void statusOf(job).then((s) => (statusBetweenAttempts = s));
-        return launch(spec);
-      },
-      ({ stage, attempt }) => (stage === 'train' && attempt === 1 ? { kind: 'spotReclaim', at: reclaimMidEpoch2 } : undefined),
-    );
+  it.skipIf(!hasVenv)(
+    'Spot reclaim mid-epoch: attempt 2 of the same Batch job resumes from the state of the epoch before, so at most the current epoch is lost',
+    async () => {
+      const job = { teamId: 'team-f', jobId: 'spot' };
+      await upload(job);
+      let statusBetweenAttempts: Status | undefined;
+      const { launch, argsLog } = trainerLauncher({ FAKE_KOHYA_STEP_DELAY: '1' });
+      // Reclaimed during epoch 2 or later (10 steps of 1 s an epoch), once epoch 1's state is on S3;
+      // the epoch kohya is in at that moment is the one a retry may lose.
+      let epochAtReclaim = 0;
+      const reclaimMidEpoch2 = async (container: Container) => {
+        let epoch = 0;
+        container.onLine((line) => (epoch = Number(/^(?:kohya: )?epoch (\d+)\/3$/.exec(line.trim())?.[1] ?? epoch)));
+        const state1 = `${keys.stage(job, 'train')}state/zwxmug-000001-state/train_state.json`;
+        for (let i = 0; i < 600 && (epoch < 2 || !(await listAll(moto.s3(), ARTIFACTS, state1)).length); i++) await new Promise((r) => setTimeout(r, 100));
+        await new Promise((r) => setTimeout(r, 500));
+        epochAtReclaim = epoch;
+      };
+      const batch = emulator(
+        (spec) => {
+          if (spec.stage === 'train' && spec.attempt === 2) void statusOf(job).then((s) => (statusBetweenAttempts = s));
+          return launch(spec);
+        },
+        ({ stage, attempt }) => (stage === 'train' && attempt === 1 ? { kind: 'spotReclaim', at: reclaimMidEpoch2 } : undefined),
+      );
 
-    const result = await runWorkflow(definition, job, { batch: batch.runner(), taskTokens: teams.taskTokens });
+      const result = await runWorkflow(definition, job, { batch: batch.runner(), taskTokens: teams.taskTokens });
 
-    expect(result.cause).toBeUndefined();
-    const train = [...batch.jobs.values()].find((j) => j.stage === 'train')!;
-    expect(train.detail.Attempts[0]!.StatusReason).toMatch(/^Host EC2 \(instance i-[0-9a-z]+\) terminated\.$/);
-    expect(train.detail.Attempts).toHaveLength(2);
-    const calls = readFileSync(argsLog, 'utf8').trim().split('\n').map((l) => JSON.parse(l) as string[]);
-    expect(calls).toHaveLength(2);
-    expect(calls[0]).not.toContain('--resume');
-    const resumed = /\/output\/(zwxmug-(\d{6})-state)$/.exec(calls[1]![calls[1]!.indexOf('--resume') + 1]!);
-    expect(resumed, `attempt 2 resumes from an epoch state: ${calls[1]!.join(' ')}`).not.toBeNull();
-    expect(epochAtReclaim).toBeGreaterThanOrEqual(2);
-    expect(Number(resumed![2]), `reclaimed in epoch ${epochAtReclaim}: at most that epoch is lost`).toBeGreaterThanOrEqual(epochAtReclaim - 1);
-    const diary = (await getJson(moto.s3(), ARTIFACTS, `${keys.stage(job, 'train')}diary.json`)) as { attempts: Array<{ resumedFrom: string | null }> };
-    expect(diary.attempts.map((a) => a.resumedFrom)).toEqual([null, resumed![1]]);
-    expect(await statusOf(job)).toMatchObject({ state: 'succeeded', stage: 'finalize' });
-    const trained = (await listAll(moto.s3(), ARTIFACTS, keys.stage(job, 'train'))).map((o) => o.key.slice(keys.stage(job, 'train').length));
-    expect(trained).toEqual(expect.arrayContaining(['zwxmug-000001.safetensors', 'zwxmug-000002.safetensors', 'zwxmug.safetensors', 'state/zwxmug-state/train_state.json']));
-    spotObservation = { statusBetweenAttempts, drained: batch.config.spotDraining };
-    await expectNothingRunning(batch);
-    expect(await orphans()).toEqual([]);
-  }, 240_000);
+      expect(result.cause).toBeUndefined();
+      const train = [...batch.jobs.values()].find((j) => j.stage === 'train')!;
+      expect(train.detail.Attempts[0]!.StatusReason).toMatch(/^Host EC2 \(instance i-[0-9a-z]+\) terminated\.$/);
+      expect(train.detail.Attempts).toHaveLength(2);
+      const calls = readFileSync(argsLog, 'utf8')
+        .trim()
+        .split('\n')
+        .map((l) => JSON.parse(l) as string[]);
+      expect(calls).toHaveLength(2);
+      expect(calls[0]).not.toContain('--resume');
+      const resumed = /\/output\/(zwxmug-(\d{6})-state)$/.exec(calls[1]![calls[1]!.indexOf('--resume') + 1]!);
+      expect(resumed, `attempt 2 resumes from an epoch state: ${calls[1]!.join(' ')}`).not.toBeNull();
+      expect(epochAtReclaim).toBeGreaterThanOrEqual(2);
+      expect(Number(resumed![2]), `reclaimed in epoch ${epochAtReclaim}: at most that epoch is lost`).toBeGreaterThanOrEqual(epochAtReclaim - 1);
+      const diary = (await getJson(moto.s3(), ARTIFACTS, `${keys.stage(job, 'train')}diary.json`)) as { attempts: Array<{ resumedFrom: string | null }> };
+      expect(diary.attempts.map((a) => a.resumedFrom)).toEqual([null, resumed![1]]);
+      expect(await statusOf(job)).toMatchObject({ state: 'succeeded', stage: 'finalize' });
+      const trained = (await listAll(moto.s3(), ARTIFACTS, keys.stage(job, 'train'))).map((o) => o.key.slice(keys.stage(job, 'train').length));
+      expect(trained).toEqual(
+        expect.arrayContaining(['zwxmug-000001.safetensors', 'zwxmug-000002.safetensors', 'zwxmug.safetensors', 'state/zwxmug-state/train_state.json']),
+      );
+      spotObservation = { statusBetweenAttempts, drained: batch.config.spotDraining };
+      await expectNothingRunning(batch);
+      expect(await orphans()).toEqual([]);
+    },
+    240_000,
+  );
 
   it.skipIf(!hasVenv)('Spot reclaim: between the attempts status.json says running (Batch retries), not failed', () => {
     expect(spotObservation, 'runs after the Spot reclaim test').toBeDefined();
@@ -279,71 +330,123 @@ describeWithMoto('fault injection through the local harness', () => {
     expect(spotObservation!.statusBetweenAttempts).toMatchObject({ state: 'running', stage: 'train' });
   });
 
-  it.skipIf(!hasVenv)('kill during a state save: the host dies while kohya writes epoch 2\'s state; attempt 2 resumes from epoch 1 and no half state is left on S3', async () => {
-    const job = { teamId: 'team-f', jobId: 'kill-in-save' };
-    await upload(job);
-    // kohya writes train_state.json first, then one state file a second (epoch 2 only).
-    const { launch, argsLog } = trainerLauncher({ FAKE_KOHYA_STEP_DELAY: '0.2', FAKE_KOHYA_SAVE_DELAY: '1', FAKE_KOHYA_SAVE_DELAY_EPOCH: '2' });
-    const midSave = async (container: Container) => {
-      await new Promise<void>((resolve) => container.onLine((line) => /save train state to .*zwxmug-000002-state/.test(line) && resolve()));
-      await new Promise((r) => setTimeout(r, 2_500)); // train_state.json and two more files written, four to go
-    };
-    // A lost host, not a drained one: no SIGTERM, nothing gets to clean up.
-    const batch = emulator(launch, ({ stage, attempt }) => (stage === 'train' && attempt === 1 ? { kind: 'spotReclaim', at: midSave, graceful: false } : undefined));
+  it.skipIf(!hasVenv)(
+    "kill during a state save: the host dies while kohya writes epoch 2's state; attempt 2 resumes from epoch 1 and no half state is left on S3",
+    async () => {
+      const job = { teamId: 'team-f', jobId: 'kill-in-save' };
+      await upload(job);
+      // kohya writes train_state.json first, then one state file a second (epoch 2 only).
+      const { launch, argsLog } = trainerLauncher({ FAKE_KOHYA_STEP_DELAY: '0.2', FAKE_KOHYA_SAVE_DELAY: '1', FAKE_KOHYA_SAVE_DELAY_EPOCH: '2' });
+      const midSave = async (container: Container) => {
+        await new Promise<void>((resolve) => container.onLine((line) => /save train state to .*zwxmug-000002-state/.test(line) && resolve()));
+        await new Promise((r) => setTimeout(r, 2_500)); // train_state.json and two more files written, four to go
+      };
+      // A lost host, not a drained one: no SIGTERM, nothing gets to clean up.
+      const batch = emulator(launch, ({ stage, attempt }) =>
+        stage === 'train' && attempt === 1 ? { kind: 'spotReclaim', at: midSave, graceful: false } : undefined,
+      );
 
-    const result = await runWorkflow(definition, job, { batch: batch.runner(), taskTokens: teams.taskTokens });
+      const result = await runWorkflow(definition, job, { batch: batch.runner(), taskTokens: teams.taskTokens });
 
-    expect(result.cause).toBeUndefined();
-    const calls = readFileSync(argsLog, 'utf8').trim().split('\n').map((l) => JSON.parse(l) as string[]);
-    expect(calls).toHaveLength(2);
-    expect(calls[1]![calls[1]!.indexOf('--resume') + 1]).toMatch(/\/output\/zwxmug-000001-state$/);
-    expect(await statusOf(job)).toMatchObject({ state: 'succeeded', stage: 'finalize' });
-    await expectNothingRunning(batch);
-    expect(await orphans()).toEqual([]);
-  }, 240_000);
+      expect(result.cause).toBeUndefined();
+      const calls = readFileSync(argsLog, 'utf8')
+        .trim()
+        .split('\n')
+        .map((l) => JSON.parse(l) as string[]);
+      expect(calls).toHaveLength(2);
+      expect(calls[1]![calls[1]!.indexOf('--resume') + 1]).toMatch(/\/output\/zwxmug-000001-state$/);
+      expect(await statusOf(job)).toMatchObject({ state: 'succeeded', stage: 'finalize' });
+      await expectNothingRunning(batch);
+      expect(await orphans()).toEqual([]);
+    },
+    240_000,
+  );
 
   // ---------------------------------------------------------------- the evaluator fails after training succeeded
 
-  it.skipIf(!hasVenv)('evaluate fails after train succeeded: status says evaluate, checkpoints stay, and a re-run of the train job trains no epoch again', async () => {
-    const job = { teamId: 'team-f', jobId: 'eval-fails' };
-    await upload(job);
-    // The evaluator exits 1 after reporting its failure, as run_stage does for an error.
-    const failingEvaluate = functionContainer(async (spec) => {
-      await writeStatus(moto.s3(), ARTIFACTS, job, { state: 'failed', stage: 'evaluate', error: { code: 'INTERNAL_ERROR', message: `evaluate crashed on attempt ${spec.attempt}; retry the job` } });
-      return 1;
-    });
-    const { launch, argsLog } = trainerLauncher({}, failingEvaluate);
-    const batch = emulator(launch);
+  it.skipIf(!hasVenv)(
+    'evaluate fails after train succeeded: status says evaluate, checkpoints stay, and a re-run of the train job trains no epoch again',
+    async () => {
+      const job = { teamId: 'team-f', jobId: 'eval-fails' };
+      await upload(job);
+      // The evaluator exits 1 after reporting its failure, as run_stage does for an error.
+      const failingEvaluate = functionContainer(async (spec) => {
+        await writeStatus(moto.s3(), ARTIFACTS, job, {
+          state: 'failed',
+          stage: 'evaluate',
+          error: { code: 'INTERNAL_ERROR', message: `evaluate crashed on attempt ${spec.attempt}; retry the job` },
+        });
+        return 1;
+      });
+      const { launch, argsLog } = trainerLauncher({}, failingEvaluate);
+      const batch = emulator(launch);
 
-    const result = await runWorkflow(definition, job, { batch: batch.runner(), taskTokens: teams.taskTokens });
+      const result = await runWorkflow(definition, job, { batch: batch.runner(), taskTokens: teams.taskTokens });
 
-    expect(result.error).toBe('JobFailed');
-    expect(entered(result)).toEqual(['Validate', 'Normalize', 'Admit', 'Train', 'Evaluate', 'MarkFailed', 'Failed']);
-    expect(await statusOf(job)).toMatchObject({ state: 'failed', stage: 'evaluate', error: { code: 'INTERNAL_ERROR' } });
-    const trainPrefix = keys.stage(job, 'train');
-    const before = await checkpointVersions(trainPrefix);
-    expect([...before.keys()].map((k) => k.slice(trainPrefix.length)).sort()).toEqual(['zwxmug-000001.safetensors', 'zwxmug-000002.safetensors', 'zwxmug.safetensors']);
+      expect(result.error).toBe('JobFailed');
+      expect(entered(result)).toEqual(['Validate', 'Normalize', 'Admit', 'Train', 'Evaluate', 'MarkFailed', 'Failed']);
+      expect(await statusOf(job)).toMatchObject({ state: 'failed', stage: 'evaluate', error: { code: 'INTERNAL_ERROR' } });
+      const trainPrefix = keys.stage(job, 'train');
+      const before = await checkpointVersions(trainPrefix);
+      expect([...before.keys()].map((k) => k.slice(trainPrefix.length)).sort()).toEqual([
+        'zwxmug-000001.safetensors',
+        'zwxmug-000002.safetensors',
+        'zwxmug.safetensors',
+      ]);
 
-    // The product has no retry-from-evaluate path: the same job.json event is a duplicate, and
-    // nothing runs again (start refuses a second execution of a job).
-    const sfn = new LocalStepFunctions(definition, 'arn:aws:states:us-east-1:123456789012:stateMachine:local', { batch: batch.runner(), taskTokens: teams.taskTokens });
-    sfn.executions.set('team-f_eval-fails', { name: 'team-f_eval-fails', arn: 'arn:local', input: JSON.stringify(job), startDate: Date.now(), status: 'FAILED', handle: undefined as never, finished: Promise.resolve(result) });
-    const replay = await start(s3Event(job), { s3: moto.s3(), sfn: sfn as never, inboxBucket: INBOX, artifactsBucket: ARTIFACTS, stateMachineArn: sfn.stateMachineArn, now: () => new Date() });
-    expect(replay.duplicate).toBe(true);
-    expect(sfn.launches.size).toBe(0);
+      // The product has no retry-from-evaluate path: the same job.json event is a duplicate, and
+      // nothing runs again (start refuses a second execution of a job).
+      const sfn = new LocalStepFunctions(definition, 'arn:aws:states:us-east-1:123456789012:stateMachine:local', {
+        batch: batch.runner(),
+        taskTokens: teams.taskTokens,
+      });
+      sfn.executions.set('team-f_eval-fails', {
+        name: 'team-f_eval-fails',
+        arn: 'arn:local',
+        input: JSON.stringify(job),
+        startDate: Date.now(),
+        status: 'FAILED',
+        handle: undefined as never,
+        finished: Promise.resolve(result),
+      });
+      const replay = await start(s3Event(job), {
+        s3: moto.s3(),
+        sfn: sfn as never,
+        inboxBucket: INBOX,
+        artifactsBucket: ARTIFACTS,
+        stateMachineArn: sfn.stateMachineArn,
+        now: () => new Date(),
+      });
+      expect(replay.duplicate).toBe(true);
+      expect(sfn.launches.size).toBe(0);
 
-    // What a retry of the GPU stages would do (a redrive, or a resubmitted train job): the trainer
-    // finds the final state and resumes from it, so kohya trains no epoch again.
-    const rerun = batch.submitJob('train', { JobName: `${job.teamId}-${job.jobId}-train`, JobQueue: 'local', JobDefinition: trainDefinitionArn(), ContainerOverrides: { Environment: [{ Name: 'AVATAR_TEAM_ID', Value: job.teamId }, { Name: 'AVATAR_JOB_ID', Value: job.jobId }] } });
-    expect((await rerun.done).Status).toBe('SUCCEEDED');
-    const calls = readFileSync(argsLog, 'utf8').trim().split('\n').map((l) => JSON.parse(l) as string[]);
-    expect(calls).toHaveLength(2);
-    expect(calls[1]![calls[1]!.indexOf('--resume') + 1]).toMatch(/\/output\/zwxmug-state$/);
-    const after = await checkpointVersions(trainPrefix);
-    expect(after, 'no checkpoint was rewritten').toEqual(before);
-    await expectNothingRunning(batch);
-    expect(await orphans()).toEqual([]);
-  }, 240_000);
+      // What a retry of the GPU stages would do (a redrive, or a resubmitted train job): the trainer
+      // finds the final state and resumes from it, so kohya trains no epoch again.
+      const rerun = batch.submitJob('train', {
+        JobName: `${job.teamId}-${job.jobId}-train`,
+        JobQueue: 'local',
+        JobDefinition: trainDefinitionArn(),
+        ContainerOverrides: {
+          Environment: [
+            { Name: 'AVATAR_TEAM_ID', Value: job.teamId },
+            { Name: 'AVATAR_JOB_ID', Value: job.jobId },
+          ],
+        },
+      });
+      expect((await rerun.done).Status).toBe('SUCCEEDED');
+      const calls = readFileSync(argsLog, 'utf8')
+        .trim()
+        .split('\n')
+        .map((l) => JSON.parse(l) as string[]);
+      expect(calls).toHaveLength(2);
+      expect(calls[1]![calls[1]!.indexOf('--resume') + 1]).toMatch(/\/output\/zwxmug-state$/);
+      const after = await checkpointVersions(trainPrefix);
+      expect(after, 'no checkpoint was rewritten').toEqual(before);
+      await expectNothingRunning(batch);
+      expect(await orphans()).toEqual([]);
+    },
+    240_000,
+  );
 
   /** Each published checkpoint's ETag and LastModified: the stand-in writes random weights, so a rewrite changes both. */
   async function checkpointVersions(prefix: string): Promise<Map<string, string>> {
@@ -360,15 +463,42 @@ describeWithMoto('fault injection through the local harness', () => {
   // ---------------------------------------------------------------- S3 events twice and out of order
 
   function s3Event(job: JobRef, key = keys.spec(job)) {
-    return { version: '0', id: crypto.randomUUID(), 'detail-type': 'Object Created', source: 'aws.s3', account: '123456789012', time: new Date().toISOString(), region: 'us-east-1', resources: [`arn:aws:s3:::${INBOX}`], detail: { version: '0', bucket: { name: INBOX }, object: { key, size: 100, etag: 'x', sequencer: '00' }, 'request-id': 'r', requester: '123456789012', reason: 'PutObject' } };
+    return {
+      version: '0',
+      id: crypto.randomUUID(),
+      'detail-type': 'Object Created',
+      source: 'aws.s3',
+      account: '123456789012',
+      time: new Date().toISOString(),
+      region: 'us-east-1',
+      resources: [`arn:aws:s3:::${INBOX}`],
+      detail: {
+        version: '0',
+        bucket: { name: INBOX },
+        object: { key, size: 100, etag: 'x', sequencer: '00' },
+        'request-id': 'r',
+        requester: '123456789012',
+        reason: 'PutObject',
+      },
+    };
   }
 
   it('S3 events twice, concurrently and after the run: one execution, and a late replay does not rewind the finished status', async () => {
     const job = { teamId: 'team-f', jobId: 'twice' };
     await upload(job);
     const batch = emulator(functionContainer(standIn()));
-    const sfn = new LocalStepFunctions(definition, 'arn:aws:states:us-east-1:123456789012:stateMachine:local', { batch: batch.runner(), taskTokens: teams.taskTokens });
-    const deps = { s3: moto.s3(), sfn: sfn as never, inboxBucket: INBOX, artifactsBucket: ARTIFACTS, stateMachineArn: sfn.stateMachineArn, now: () => new Date() };
+    const sfn = new LocalStepFunctions(definition, 'arn:aws:states:us-east-1:123456789012:stateMachine:local', {
+      batch: batch.runner(),
+      taskTokens: teams.taskTokens,
+    });
+    const deps = {
+      s3: moto.s3(),
+      sfn: sfn as never,
+      inboxBucket: INBOX,
+      artifactsBucket: ARTIFACTS,
+      stateMachineArn: sfn.stateMachineArn,
+      now: () => new Date(),
+    };
 
     const [a, b] = await Promise.all([start(s3Event(job), deps), start(s3Event(job), deps)]);
     expect([a.duplicate, b.duplicate].sort()).toEqual([false, true]);
@@ -389,7 +519,10 @@ describeWithMoto('fault injection through the local harness', () => {
     const s3 = moto.s3();
     await putJson(s3, INBOX, keys.spec(job), SPEC);
     const batch = emulator(functionContainer(standIn()));
-    const sfn = new LocalStepFunctions(definition, 'arn:aws:states:us-east-1:123456789012:stateMachine:local', { batch: batch.runner(), taskTokens: teams.taskTokens });
+    const sfn = new LocalStepFunctions(definition, 'arn:aws:states:us-east-1:123456789012:stateMachine:local', {
+      batch: batch.runner(),
+      taskTokens: teams.taskTokens,
+    });
     const deps = { s3, sfn: sfn as never, inboxBucket: INBOX, artifactsBucket: ARTIFACTS, stateMachineArn: sfn.stateMachineArn, now: () => new Date() };
 
     await start(s3Event(job), deps);
@@ -412,7 +545,7 @@ describeWithMoto('fault injection through the local harness', () => {
 
   // ---------------------------------------------------------------- timeouts, stops and GPU waits (need issue 8 item 1/2 in the template)
 
-  it('GPU wait past its limit: the queue cancels the RUNNABLE job (Batch\'s reason) and status.json says GPU_CAPACITY_UNAVAILABLE', async () => {
+  it("GPU wait past its limit: the queue cancels the RUNNABLE job (Batch's reason) and status.json says GPU_CAPACITY_UNAVAILABLE", async () => {
     expect(queueHasRunnableLimit(), 'the job queue has a jobStateTimeLimitActions entry for CAPACITY:INSUFFICIENT_INSTANCE_CAPACITY').toBe(true);
     const job = { teamId: 'team-f', jobId: 'no-gpu-capacity' };
     await upload(job);
@@ -422,7 +555,11 @@ describeWithMoto('fault injection through the local harness', () => {
     const result = await runWorkflow(definition, job, { batch: batch.runner(), taskTokens: teams.taskTokens });
 
     const train = [...batch.jobs.values()].find((j) => j.stage === 'train')!;
-    expect(train.detail).toMatchObject({ Status: 'FAILED', StatusReason: BATCH_REASONS.canceledByTimeLimit('CAPACITY:INSUFFICIENT_INSTANCE_CAPACITY'), Attempts: [] });
+    expect(train.detail).toMatchObject({
+      Status: 'FAILED',
+      StatusReason: BATCH_REASONS.canceledByTimeLimit('CAPACITY:INSUFFICIENT_INSTANCE_CAPACITY'),
+      Attempts: [],
+    });
     expect(result.error).toBe('JobFailed');
     const status = await statusOf(job);
     expect(status).toMatchObject({ state: 'failed', stage: 'train', error: { code: 'GPU_CAPACITY_UNAVAILABLE' } });
@@ -438,7 +575,10 @@ describeWithMoto('fault injection through the local harness', () => {
     // The template's timeout scaled to 1 s; the handler never answers (a hung S3 call, say).
     const scaled = { ...definition, States: { ...definition.States, Normalize: { ...normalize, TimeoutSeconds: 1 } } };
     const hung = new AbortController();
-    const lambda: LambdaRunner = (stage, payload) => (stage === 'normalize' ? new Promise((_, reject) => hung.signal.addEventListener('abort', () => reject(new Error('abandoned')))) : inProcessLambda(stage, payload));
+    const lambda: LambdaRunner = (stage, payload) =>
+      stage === 'normalize'
+        ? new Promise((_, reject) => hung.signal.addEventListener('abort', () => reject(new Error('abandoned'))))
+        : inProcessLambda(stage, payload);
     const batch = emulator(functionContainer(standIn()));
 
     const result = await runWorkflow(scaled, job, { batch: batch.runner(), taskTokens: teams.taskTokens, lambda });
@@ -460,7 +600,12 @@ describeWithMoto('fault injection through the local harness', () => {
     // What the Lambda service answers for a function that ran out its Timeout: an unhandled error.
     const lambda: LambdaRunner = async (stage, payload) => {
       if (stage !== 'normalize') return inProcessLambda(stage, payload);
-      const error = new Error(JSON.stringify({ errorType: 'Sandbox.Timedout', errorMessage: `RequestId: 5b7b1a1e-0000-4000-8000-000000000000 Error: Task timed out after ${timeout.toFixed(2)} seconds` }));
+      const error = new Error(
+        JSON.stringify({
+          errorType: 'Sandbox.Timedout',
+          errorMessage: `RequestId: 5b7b1a1e-0000-4000-8000-000000000000 Error: Task timed out after ${timeout.toFixed(2)} seconds`,
+        }),
+      );
       error.name = 'Lambda.Unknown';
       throw error;
     };
@@ -482,38 +627,52 @@ describeWithMoto('fault injection through the local harness', () => {
 
   // The trainer handles TerminateJob's SIGTERM like a Spot drain; its status writes are conditional and never
   // replace the terminal status reconcile writes (avatar_job Status._write).
-  it.skipIf(!hasVenv)('execution stopped during training: Step Functions terminates the Batch job and the reconcile Lambda writes CANCELLED', async () => {
-    expect(batchConfigOf().stateMachineMayTerminate, 'the state machine role allows batch:TerminateJob').toBe(true);
-    expect(hasReconcile, `${RECONCILE} exists`).toBe(true);
-    const job = { teamId: 'team-f', jobId: 'stopped' };
-    await upload(job);
-    // The real trainer: on TerminateJob's SIGTERM it stops kohya and reports, while the reconcile
-    // Lambda, on the ABORTED event, writes the terminal status. The last writer must not lie.
-    const { launch } = trainerLauncher({ FAKE_KOHYA_STEP_DELAY: '0.5' });
-    const batch = emulator(launch);
-    const reconcile = (await import(RECONCILE)) as { handler: (event: unknown) => Promise<unknown> };
-    const sfn = new LocalStepFunctions(definition, 'arn:aws:states:us-east-1:123456789012:stateMachine:local', { batch: batch.runner(), taskTokens: teams.taskTokens }, (event) =>
-      ['ABORTED', 'TIMED_OUT', 'FAILED'].includes(event.detail.status) ? reconcile.handler(event) : Promise.resolve(),
-    );
-    const deps = { s3: moto.s3(), sfn: sfn as never, inboxBucket: INBOX, artifactsBucket: ARTIFACTS, stateMachineArn: sfn.stateMachineArn, now: () => new Date() };
-    await start(s3Event(job), deps);
-    const execution = sfn.executions.get('team-f_stopped')!;
-    for (let i = 0; i < 1200 && !/epoch 1\/3/.test((await statusOf(job)).progress?.message ?? ''); i++) await new Promise((r) => setTimeout(r, 100));
-    expect((await statusOf(job)).progress?.message, 'training is under way').toMatch(/epoch 1\/3|step/);
+  it.skipIf(!hasVenv)(
+    'execution stopped during training: Step Functions terminates the Batch job and the reconcile Lambda writes CANCELLED',
+    async () => {
+      expect(batchConfigOf().stateMachineMayTerminate, 'the state machine role allows batch:TerminateJob').toBe(true);
+      expect(hasReconcile, `${RECONCILE} exists`).toBe(true);
+      const job = { teamId: 'team-f', jobId: 'stopped' };
+      await upload(job);
+      // The real trainer: on TerminateJob's SIGTERM it stops kohya and reports, while the reconcile
+      // Lambda, on the ABORTED event, writes the terminal status. The last writer must not lie.
+      const { launch } = trainerLauncher({ FAKE_KOHYA_STEP_DELAY: '0.5' });
+      const batch = emulator(launch);
+      const reconcile = (await import(RECONCILE)) as { handler: (event: unknown) => Promise<unknown> };
+      const sfn = new LocalStepFunctions(
+        definition,
+        'arn:aws:states:us-east-1:123456789012:stateMachine:local',
+        { batch: batch.runner(), taskTokens: teams.taskTokens },
+        (event) => (['ABORTED', 'TIMED_OUT', 'FAILED'].includes(event.detail.status) ? reconcile.handler(event) : Promise.resolve()),
+      );
+      const deps = {
+        s3: moto.s3(),
+        sfn: sfn as never,
+        inboxBucket: INBOX,
+        artifactsBucket: ARTIFACTS,
+        stateMachineArn: sfn.stateMachineArn,
+        now: () => new Date(),
+      };
+      await start(s3Event(job), deps);
+      const execution = sfn.executions.get('team-f_stopped')!;
+      for (let i = 0; i < 1200 && !/epoch 1\/3/.test((await statusOf(job)).progress?.message ?? ''); i++) await new Promise((r) => setTimeout(r, 100));
+      expect((await statusOf(job)).progress?.message, 'training is under way').toMatch(/epoch 1\/3|step/);
 
-    await sfn.send({ constructor: { name: 'StopExecutionCommand' }, input: { executionArn: execution.arn } });
-    await execution.finished;
+      await sfn.send({ constructor: { name: 'StopExecutionCommand' }, input: { executionArn: execution.arn } });
+      await execution.finished;
 
-    expect(execution.status).toBe('ABORTED');
-    // TerminateJob is asynchronous, as in Batch: the container gets SIGTERM and its stop timeout.
-    await expectNothingRunning(batch);
-    const train = [...batch.jobs.values()].find((j) => j.stage === 'train')!;
-    expect(train.detail).toMatchObject({ Status: 'FAILED', StatusReason: 'Execution was stopped by Step Functions' });
-    const status = await statusOf(job);
-    expect(status).toMatchObject({ state: 'cancelled', stage: 'train', error: { code: 'CANCELLED' } });
-    expect(status.finishedAt).toBeDefined();
-    expect(await orphans()).toEqual([]);
-  }, 240_000);
+      expect(execution.status).toBe('ABORTED');
+      // TerminateJob is asynchronous, as in Batch: the container gets SIGTERM and its stop timeout.
+      await expectNothingRunning(batch);
+      const train = [...batch.jobs.values()].find((j) => j.stage === 'train')!;
+      expect(train.detail).toMatchObject({ Status: 'FAILED', StatusReason: 'Execution was stopped by Step Functions' });
+      const status = await statusOf(job);
+      expect(status).toMatchObject({ state: 'cancelled', stage: 'train', error: { code: 'CANCELLED' } });
+      expect(status.finishedAt).toBeDefined();
+      expect(await orphans()).toEqual([]);
+    },
+    240_000,
+  );
 
   it('execution timed out while a GPU job waits: the job is terminated and the reconcile Lambda writes TIMEOUT', async () => {
     expect(batchConfigOf().stateMachineMayTerminate, 'the state machine role allows batch:TerminateJob').toBe(true);
@@ -522,12 +681,24 @@ describeWithMoto('fault injection through the local harness', () => {
     await upload(job);
     // The execution's TimeoutSeconds scaled down to 20 s; the train job waits for capacity with no queue limit hit first.
     const scaled = { ...definition, TimeoutSeconds: 20 };
-    const batch = emulator(functionContainer(standIn()), ({ stage }) => (stage === 'train' ? { kind: 'noCapacity', reason: 'MISCONFIGURATION:SERVICE_ROLE_PERMISSIONS' } : undefined));
-    const reconcile = (await import(RECONCILE)) as { handler: (event: unknown) => Promise<unknown> };
-    const sfn = new LocalStepFunctions(scaled, 'arn:aws:states:us-east-1:123456789012:stateMachine:local', { batch: batch.runner(), taskTokens: teams.taskTokens }, (event) =>
-      ['ABORTED', 'TIMED_OUT', 'FAILED'].includes(event.detail.status) ? reconcile.handler(event) : Promise.resolve(),
+    const batch = emulator(functionContainer(standIn()), ({ stage }) =>
+      stage === 'train' ? { kind: 'noCapacity', reason: 'MISCONFIGURATION:SERVICE_ROLE_PERMISSIONS' } : undefined,
     );
-    const deps = { s3: moto.s3(), sfn: sfn as never, inboxBucket: INBOX, artifactsBucket: ARTIFACTS, stateMachineArn: sfn.stateMachineArn, now: () => new Date() };
+    const reconcile = (await import(RECONCILE)) as { handler: (event: unknown) => Promise<unknown> };
+    const sfn = new LocalStepFunctions(
+      scaled,
+      'arn:aws:states:us-east-1:123456789012:stateMachine:local',
+      { batch: batch.runner(), taskTokens: teams.taskTokens },
+      (event) => (['ABORTED', 'TIMED_OUT', 'FAILED'].includes(event.detail.status) ? reconcile.handler(event) : Promise.resolve()),
+    );
+    const deps = {
+      s3: moto.s3(),
+      sfn: sfn as never,
+      inboxBucket: INBOX,
+      artifactsBucket: ARTIFACTS,
+      stateMachineArn: sfn.stateMachineArn,
+      now: () => new Date(),
+    };
     await start(s3Event(job), deps);
     const execution = sfn.executions.get('team-f_exec-timeout')!;
     await execution.finished;
@@ -537,5 +708,4 @@ describeWithMoto('fault injection through the local harness', () => {
     expect(await statusOf(job)).toMatchObject({ state: 'failed', error: { code: 'TIMEOUT' } });
     expect(await orphans()).toEqual([]);
   }, 60_000);
-
 });

@@ -9,9 +9,9 @@ import { SendTaskSuccessCommand, SFNClient } from '@aws-sdk/client-sfn';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { readStatus, writeStatus } from '../../lambdas/shared/status';
 import { type StateMachineDefinition, stateMachineDefinition, synthesizeTemplate } from '../../scripts/local/definition';
-import { inProcessLambda, type LambdaRunner, runWorkflow } from '../../scripts/local/workflow';
-import { localTeams, type LocalTeams } from '../../scripts/local/teams';
 import { configureHandlers, type Moto, startMoto } from '../../scripts/local/moto';
+import { type LocalTeams, localTeams } from '../../scripts/local/teams';
+import { inProcessLambda, type LambdaRunner, runWorkflow } from '../../scripts/local/workflow';
 import { describeWithMoto } from '../helpers/suites';
 
 const INBOX = 'timeout-inbox';
@@ -43,12 +43,14 @@ describeWithMoto('state timeouts, executed locally', () => {
     // The intake stages are not under test: they answer at once; MarkFailed is the real handler.
     // Admit answers its task token at once, as the real one does for a team with a free slot.
     const lambda: LambdaRunner = async (stage, payload) => {
-      if (stage === 'admit') await new SFNClient({}).send(new SendTaskSuccessCommand({ taskToken: (payload as { taskToken: string }).taskToken, output: '{}' }));
+      if (stage === 'admit')
+        await new SFNClient({}).send(new SendTaskSuccessCommand({ taskToken: (payload as { taskToken: string }).taskToken, output: '{}' }));
       return stage === 'mark-failed' ? inProcessLambda(stage, payload) : {};
     };
     const batchStages: string[] = [];
 
-    const result = await runWorkflow(shortened, job, { taskTokens: teams.taskTokens,
+    const result = await runWorkflow(shortened, job, {
+      taskTokens: teams.taskTokens,
       lambda,
       batch: async (stage) => {
         batchStages.push(stage);

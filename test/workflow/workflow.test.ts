@@ -12,11 +12,11 @@ import { getJson, getValidJson, listAll, putBytes, putJson } from '../../lambdas
 import { readStatus } from '../../lambdas/shared/status';
 import { start } from '../../lambdas/start/handler';
 import { type StateMachineDefinition, stateMachineDefinition, synthesizeTemplate } from '../../scripts/local/definition';
-import { noGpuRunner } from '../../scripts/local/gpu';
-import { BatchJobFailed, type BatchRunner, inProcessLambda, type LambdaRunner, type RunResult, runWorkflow } from '../../scripts/local/workflow';
-import { localTeams, type LocalTeams } from '../../scripts/local/teams';
-import { configureHandlers, LOCAL_CREDENTIALS, LOCAL_REGION, type Moto, startMoto } from '../../scripts/local/moto';
 import { syntheticPhotos } from '../../scripts/local/demo-photos';
+import { noGpuRunner } from '../../scripts/local/gpu';
+import { configureHandlers, LOCAL_CREDENTIALS, LOCAL_REGION, type Moto, startMoto } from '../../scripts/local/moto';
+import { type LocalTeams, localTeams } from '../../scripts/local/teams';
+import { BatchJobFailed, type BatchRunner, inProcessLambda, type LambdaRunner, type RunResult, runWorkflow } from '../../scripts/local/workflow';
 import { describeWithMoto } from '../helpers/suites';
 
 const INBOX = 'wf-inbox';
@@ -58,9 +58,11 @@ describeWithMoto('state machine, executed locally', () => {
     if (stage === 'train') {
       // One GPU job: the caption stage, then the train stage.
       const captions = keys.stage(job, 'caption');
-      for (const image of plan.images) await putBytes(s3, ARTIFACTS, `${captions}${plan.plan.folder}/${image.replace(/\.png$/, '.txt')}`, `photo of ${plan.spec.token}, a mug`, 'text/plain');
+      for (const image of plan.images)
+        await putBytes(s3, ARTIFACTS, `${captions}${plan.plan.folder}/${image.replace(/\.png$/, '.txt')}`, `photo of ${plan.spec.token}, a mug`, 'text/plain');
       await putJson(s3, ARTIFACTS, `${captions}captions.json`, {});
-      for (let epoch = 1; epoch < plan.plan.epochs; epoch++) await putBytes(s3, ARTIFACTS, `${dir}${plan.outputName}-${String(epoch).padStart(6, '0')}.safetensors`, `epoch ${epoch}`, 'application/octet-stream');
+      for (let epoch = 1; epoch < plan.plan.epochs; epoch++)
+        await putBytes(s3, ARTIFACTS, `${dir}${plan.outputName}-${String(epoch).padStart(6, '0')}.safetensors`, `epoch ${epoch}`, 'application/octet-stream');
       await putBytes(s3, ARTIFACTS, `${dir}${plan.outputName}.safetensors`, 'final', 'application/octet-stream');
     } else {
       await putBytes(s3, ARTIFACTS, `${dir}grid.png`, 'grid', 'image/png');
@@ -153,7 +155,13 @@ describeWithMoto('state machine, executed locally', () => {
     await submit(job, { token: 'zwxobj', classWord: 'mug', kind: 'object', learningRate: 0.1 });
     const batchCalls: string[] = [];
 
-    const result = await runWorkflow(definition, job, { taskTokens: teams.taskTokens, batch: async (stage, params) => (batchCalls.push(stage), gpuStandIn(stage, params)) });
+    const result = await runWorkflow(definition, job, {
+      taskTokens: teams.taskTokens,
+      batch: async (stage, params) => {
+        batchCalls.push(stage);
+        return gpuStandIn(stage, params);
+      },
+    });
 
     expect(result.succeeded).toBe(false);
     expect(batchCalls).toEqual([]);
@@ -167,7 +175,10 @@ describeWithMoto('state machine, executed locally', () => {
     const job = { teamId: 'team-a', jobId: 'no-gpu' };
     await submit(job);
 
-    const result = await runWorkflow(definition, job, { taskTokens: teams.taskTokens, batch: noGpuRunner({ ok: false, reason: 'no Docker engine is running on this machine' }) });
+    const result = await runWorkflow(definition, job, {
+      taskTokens: teams.taskTokens,
+      batch: noGpuRunner({ ok: false, reason: 'no Docker engine is running on this machine' }),
+    });
 
     expect(result.succeeded).toBe(false);
     const status = await statusOf(job);
@@ -182,7 +193,9 @@ describeWithMoto('state machine, executed locally', () => {
     const job = { teamId: 'team-b', jobId: 'dup' };
     await submit(job);
     const sfn = new SFNClient({ endpoint: moto.endpoint, region: LOCAL_REGION, credentials: LOCAL_CREDENTIALS });
-    const machine = await sfn.send(new CreateStateMachineCommand({ name: 'avatar-dup', roleArn: 'arn:aws:iam::123456789012:role/x', definition: JSON.stringify(definition) }));
+    const machine = await sfn.send(
+      new CreateStateMachineCommand({ name: 'avatar-dup', roleArn: 'arn:aws:iam::123456789012:role/x', definition: JSON.stringify(definition) }),
+    );
     const deps = { s3: moto.s3(), sfn, inboxBucket: INBOX, artifactsBucket: ARTIFACTS, stateMachineArn: machine.stateMachineArn!, now: () => new Date() };
     const event = { 'detail-type': 'Object Created', source: 'aws.s3', detail: { bucket: { name: INBOX }, object: { key: keys.spec(job) } } };
 

@@ -1,4 +1,5 @@
 """`python -m captioner run` end to end against S3 on moto_server, with a tiny BLIP."""
+
 import io
 import json
 import os
@@ -37,8 +38,12 @@ def _seed(env, plan, images=None):
     bucket = env["AVATAR_ARTIFACTS_BUCKET"]
     put = lambda key, body: s3.put_object(Bucket=bucket, Key=PREFIX + key, Body=body)
     put("normalize/plan.json", json.dumps(plan))
-    put("status.json", json.dumps({"teamId": "team-a", "jobId": "recipe-25", "state": "running", "stage": "normalize",
-                                   "createdAt": CREATED, "updatedAt": CREATED}))
+    put(
+        "status.json",
+        json.dumps(
+            {"teamId": "team-a", "jobId": "recipe-25", "state": "running", "stage": "normalize", "createdAt": CREATED, "updatedAt": CREATED}
+        ),
+    )
     for i, name in enumerate(plan["images"]):
         put(f"normalize/15_anantn/{name}", (images or {}).get(name, _png(i)))
     put("normalize/15_anantn/anantn-03.txt", "a man in a kitchen, close up\nsecond line is ignored by kohya\n")
@@ -46,8 +51,13 @@ def _seed(env, plan, images=None):
 
 
 def _run(env, blip_dir):
-    return subprocess.run([sys.executable, "-m", "captioner", "run"], env={**os.environ, **env, "AVATAR_BLIP_MODEL_DIR": str(blip_dir)},
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "captioner", "run"],
+        env={**os.environ, **env, "AVATAR_BLIP_MODEL_DIR": str(blip_dir)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def _get(s3, bucket, key):
@@ -68,7 +78,7 @@ def test_run_writes_a_prefixed_caption_for_every_image(job_env, blip_dir):
     result = _run(job_env, blip_dir)
 
     assert result.returncode == 0, result.stderr
-    keys = {o["Key"][len(PREFIX):] for o in s3.list_objects_v2(Bucket=bucket, Prefix=PREFIX + "caption/")["Contents"]}
+    keys = {o["Key"][len(PREFIX) :] for o in s3.list_objects_v2(Bucket=bucket, Prefix=PREFIX + "caption/")["Contents"]}
     assert keys == {f"caption/15_anantn/anantn-{i:02d}.txt" for i in range(1, 26)} | {"caption/captions.json"}
     assert _get(s3, bucket, "caption/15_anantn/anantn-03.txt") == "photo of anantn, a man in a kitchen, close up\n"
     blip_caption = _get(s3, bucket, "caption/15_anantn/anantn-01.txt")
@@ -133,8 +143,13 @@ def _start_paused_in_blip(env, blip_dir, ready, attempt):
         "from captioner.__main__ import main\n"
         "sys.exit(main(['run']))\n"
     )
-    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, **env, "AVATAR_BLIP_MODEL_DIR": str(blip_dir), "AWS_BATCH_JOB_ATTEMPT": str(attempt)})
+    return subprocess.Popen(
+        [sys.executable, "-c", code],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, **env, "AVATAR_BLIP_MODEL_DIR": str(blip_dir), "AWS_BATCH_JOB_ATTEMPT": str(attempt)},
+    )
 
 
 def _sigterm_in_blip(env, blip_dir, tmp_path, attempt):
@@ -161,8 +176,13 @@ def test_a_spot_reclaim_mid_captioning_leaves_running_and_the_retry_finishes(job
     assert status["progress"]["fraction"] == 0.05  # the last progress written ("loading BLIP")
     assert "Contents" not in s3.list_objects_v2(Bucket=bucket, Prefix=PREFIX + "caption/")
 
-    retry = subprocess.run([sys.executable, "-m", "captioner", "run"], capture_output=True, text=True, timeout=300,
-                           env={**os.environ, **job_env, "AVATAR_BLIP_MODEL_DIR": str(blip_dir), "AWS_BATCH_JOB_ATTEMPT": "2"})
+    retry = subprocess.run(
+        [sys.executable, "-m", "captioner", "run"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **job_env, "AVATAR_BLIP_MODEL_DIR": str(blip_dir), "AWS_BATCH_JOB_ATTEMPT": "2"},
+    )
     assert retry.returncode == 0, retry.stderr[-3000:]
     status = _status(s3, bucket)
     assert status["state"] == "running" and status["progress"]["fraction"] == 1.0
@@ -188,8 +208,16 @@ def test_a_terminal_status_is_not_overwritten_by_an_interruption(job_env):
     s3, bucket = _seed(job_env, json.loads(json.dumps(PLAN)))
     job = Job.from_env()
     status = Status(job, "caption", attempt=(1, 3))
-    failed = {"teamId": "team-a", "jobId": "recipe-25", "state": "failed", "stage": "caption", "createdAt": CREATED,
-              "updatedAt": CREATED, "finishedAt": CREATED, "error": {"code": "CANCELLED", "message": "the execution was stopped"}}
+    failed = {
+        "teamId": "team-a",
+        "jobId": "recipe-25",
+        "state": "failed",
+        "stage": "caption",
+        "createdAt": CREATED,
+        "updatedAt": CREATED,
+        "finishedAt": CREATED,
+        "error": {"code": "CANCELLED", "message": "the execution was stopped"},
+    }
     s3.put_object(Bucket=bucket, Key=PREFIX + "status.json", Body=json.dumps(failed))
     status.interrupted(Interrupted())
     assert _status(s3, bucket) == failed
@@ -203,8 +231,16 @@ def test_progress_never_brings_a_cancelled_job_back_to_running(job_env):
     job = Job.from_env()
     status = Status(job, "caption", attempt=(1, 3))
     assert status.progress(0.1, "captioning", force=True)
-    cancelled = {"teamId": "team-a", "jobId": "recipe-25", "state": "cancelled", "stage": "caption", "createdAt": CREATED,
-                 "updatedAt": CREATED, "finishedAt": CREATED, "error": {"code": "CANCELLED", "message": "the execution was stopped"}}
+    cancelled = {
+        "teamId": "team-a",
+        "jobId": "recipe-25",
+        "state": "cancelled",
+        "stage": "caption",
+        "createdAt": CREATED,
+        "updatedAt": CREATED,
+        "finishedAt": CREATED,
+        "error": {"code": "CANCELLED", "message": "the execution was stopped"},
+    }
     s3.put_object(Bucket=bucket, Key=PREFIX + "status.json", Body=json.dumps(cancelled))
 
     assert status.progress(0.5, "captioning", force=True) is False
@@ -221,8 +257,16 @@ def test_a_terminal_write_between_the_read_and_the_write_wins(job_env):
     job = Job.from_env()
     status = Status(job, "caption", attempt=(1, 3))
     assert status.progress(0.1, "captioning", force=True)
-    cancelled = {"teamId": "team-a", "jobId": "recipe-25", "state": "cancelled", "stage": "caption", "createdAt": CREATED,
-                 "updatedAt": CREATED, "finishedAt": CREATED, "error": {"code": "CANCELLED", "message": "the execution was stopped"}}
+    cancelled = {
+        "teamId": "team-a",
+        "jobId": "recipe-25",
+        "state": "cancelled",
+        "stage": "caption",
+        "createdAt": CREATED,
+        "updatedAt": CREATED,
+        "finishedAt": CREATED,
+        "error": {"code": "CANCELLED", "message": "the execution was stopped"},
+    }
     real_get = job.s3.get_object
     raced = []
 
@@ -236,4 +280,3 @@ def test_a_terminal_write_between_the_read_and_the_write_wins(job_env):
     job.s3.get_object = get_then_race
     assert status.progress(0.5, "captioning", force=True) is False
     assert raced and _status(s3, bucket) == cancelled
-

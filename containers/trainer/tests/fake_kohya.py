@@ -27,6 +27,7 @@ FAKE_KOHYA_SAVE_DELAY_EPOCH's save when that is set),
 FAKE_KOHYA_DIM=n (write the wrong rank), FAKE_KOHYA_SEE_NO_IMAGES=1 (find no images),
 FAKE_KOHYA_ARGS_LOG=path (append argv as JSON), FAKE_KOHYA_STEP_DELAY=s.
 """
+
 import argparse
 import json
 import math
@@ -54,8 +55,13 @@ def write_lora(path: Path, cfg: dict, epoch: int) -> None:
         tensors[f"{m}.lora_down.weight"] = torch.randn(dim, 16, dtype=torch.float16)
         tensors[f"{m}.lora_up.weight"] = torch.zeros(16, dim, dtype=torch.float16)
         tensors[f"{m}.alpha"] = torch.tensor(alpha, dtype=torch.float16)
-    meta = {"ss_output_name": cfg["output_name"], "ss_network_module": cfg["network_module"],
-            "ss_network_dim": str(dim), "ss_network_alpha": str(alpha), "ss_epoch": str(epoch)}
+    meta = {
+        "ss_output_name": cfg["output_name"],
+        "ss_network_module": cfg["network_module"],
+        "ss_network_dim": str(dim),
+        "ss_network_alpha": str(alpha),
+        "ss_epoch": str(epoch),
+    }
     save_file(tensors, str(path), metadata=meta)
 
 
@@ -89,7 +95,9 @@ def load_state(state: Path) -> dict:
 
     for name in STATE_FILES:
         if not (state / name).is_file():
-            sys.stderr.write(f"Traceback (most recent call last):\nFileNotFoundError: [Errno 2] No such file or directory: '{state / name}'\n")
+            sys.stderr.write(
+                f"Traceback (most recent call last):\nFileNotFoundError: [Errno 2] No such file or directory: '{state / name}'\n"
+            )
             sys.exit(1)
     with safe_open(str(state / "model.safetensors"), "pt") as f:
         assert f.keys()

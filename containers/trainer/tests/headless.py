@@ -1,5 +1,6 @@
 """Debian's headless Chromium driven over the DevTools protocol on a pipe (--remote-debugging-pipe:
 NUL-separated JSON on fds 3 and 4), so no websocket library and no downloaded browser are needed."""
+
 from __future__ import annotations
 
 import base64
@@ -33,9 +34,22 @@ class Chromium:
             os.dup2(w, 4)
 
         self.proc = subprocess.Popen(
-            [binary, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--no-default-browser-check",
-             "--remote-debugging-pipe", f"--user-data-dir={self.profile}", "about:blank"],
-            preexec_fn=fds, pass_fds=(3, 4), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            [
+                binary,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--no-first-run",
+                "--no-default-browser-check",
+                "--remote-debugging-pipe",
+                f"--user-data-dir={self.profile}",
+                "about:blank",
+            ],
+            preexec_fn=fds,
+            pass_fds=(3, 4),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         os.close(to_child_r)
         os.close(from_child_w)
 
@@ -97,13 +111,29 @@ def load_page(binary: str, url: str, width: int = 1200) -> dict:
         session = browser.call("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
         for domain in ("Page", "Runtime", "Log"):
             browser.call(f"{domain}.enable", session=session)
-        browser.call("Emulation.setDeviceMetricsOverride", {"width": width, "height": 900, "deviceScaleFactor": 1, "mobile": False}, session)
+        browser.call(
+            "Emulation.setDeviceMetricsOverride", {"width": width, "height": 900, "deviceScaleFactor": 1, "mobile": False}, session
+        )
         browser.call("Page.navigate", {"url": url}, session)
         browser.wait_for("Page.loadEventFired")
-        state = browser.call("Runtime.evaluate", {"expression": "JSON.stringify({images: [...document.images].map(i => [i.complete, i.naturalWidth, i.naturalHeight, i.alt]), scripts: document.scripts.length, height: document.documentElement.scrollHeight, title: document.title})", "returnByValue": True}, session)
+        state = browser.call(
+            "Runtime.evaluate",
+            {
+                "expression": "JSON.stringify({images: [...document.images].map(i => [i.complete, i.naturalWidth, i.naturalHeight, i.alt]), scripts: document.scripts.length, height: document.documentElement.scrollHeight, title: document.title})",
+                "returnByValue": True,
+            },
+            session,
+        )
         page = json.loads(state["result"]["value"])
-        shot = browser.call("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True,
-                                                       "clip": {"x": 0, "y": 0, "width": width, "height": page["height"], "scale": 1}}, session)
+        shot = browser.call(
+            "Page.captureScreenshot",
+            {
+                "format": "png",
+                "captureBeyondViewport": True,
+                "clip": {"x": 0, "y": 0, "width": width, "height": page["height"], "scale": 1},
+            },
+            session,
+        )
         errors = []
         for e in browser.events:
             m, p = e.get("method"), e.get("params", {})

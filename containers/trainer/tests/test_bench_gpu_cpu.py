@@ -1,4 +1,5 @@
 """bench/gpu's CPU mode, so the GPU benchmark cannot rot between GPU runs: the same script, tiny model, kohya stand-in."""
+
 import json
 import os
 import re
@@ -10,8 +11,13 @@ from conftest import REPO
 
 def test_bench_gpu_cpu_mode_runs_train_and_evaluate_and_projects_the_recipe(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "AVATAR_"))}
-    result = subprocess.run(["bash", str(REPO / "bench/gpu/run.sh"), "--cpu", "--steps", "2", "--out", str(tmp_path)],
-                            capture_output=True, text=True, timeout=1200, env={**env, "PYTHON": sys.executable})
+    result = subprocess.run(
+        ["bash", str(REPO / "bench/gpu/run.sh"), "--cpu", "--steps", "2", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        env={**env, "PYTHON": sys.executable},
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     out = result.stdout
     assert "the stand-in containers/trainer/tests/fake_kohya.py (no --sd-scripts given)" in out

@@ -7,6 +7,7 @@ same LoRA delta: their renders must match, which shows the strength is a multipl
 Two grid cells are planted (the renderer's output replaced, as a tiny model cannot be made to render
 them on purpose): a black image and a near-copy of a training photo; both must be flagged broken.
 """
+
 import hashlib
 import html
 import io
@@ -23,13 +24,13 @@ import pytest
 from PIL import Image
 from safetensors.torch import save_file
 
-from conftest import REPO
-from tiny_sd import build_pipeline, kohya_lora
-from tiny_clip import save_tiny_clip
 import avatar_job as job_module
+from avatar_job import Job, StageError, run_stage
+from conftest import REPO
+from tiny_clip import save_tiny_clip
+from tiny_sd import build_pipeline, kohya_lora
 from trainer import evaluate, prompt_sets, recommend, render
 from trainer.__main__ import main as trainer_main
-from avatar_job import Job, StageError, run_stage
 
 FIXTURE = json.loads((REPO / "test/fixtures/contract/plan-recipe-25.json").read_text())
 SCHEMA = json.loads((REPO / "containers/common/src/avatar_job/contract.schema.json").read_text())
@@ -47,8 +48,15 @@ def small_plan():
     plan = json.loads(json.dumps(FIXTURE))
     plan["plan"].update(epochs=EPOCHS, totalSteps=2 * 4 * 15, numImages=len(PHOTOS), folder=FOLDER)
     plan["images"] = PHOTOS
-    plan["spec"]["evaluation"].update(strengths=STRENGTHS, steps=2, width=SIZE, height=SIZE, seed=7, packSeeds=1,
-                                      prompts=["a portrait of {token}, a {classWord}, red hair <lora:last:1.0>"])
+    plan["spec"]["evaluation"].update(
+        strengths=STRENGTHS,
+        steps=2,
+        width=SIZE,
+        height=SIZE,
+        seed=7,
+        packSeeds=1,
+        prompts=["a portrait of {token}, a {classWord}, red hair <lora:last:1.0>"],
+    )
     return plan
 
 
@@ -80,8 +88,11 @@ def tiny(tmp_path_factory):
     files = {}
     for epoch, name in enumerate(NAMES, start=1):
         files[name] = root / name
-        save_file(kohya_lora(folder, seed=1, up_scale=0.25 * epoch), str(files[name]),
-                  metadata={"ss_network_dim": "4", "ss_network_alpha": "2", "ss_epoch": str(epoch)})
+        save_file(
+            kohya_lora(folder, seed=1, up_scale=0.25 * epoch),
+            str(files[name]),
+            metadata={"ss_network_dim": "4", "ss_network_alpha": "2", "ss_epoch": str(epoch)},
+        )
     return folder, files
 
 
@@ -90,9 +101,20 @@ def seeded(job_env, tiny, tmp_path):
     folder, files = tiny
     s3, bucket = boto3.client("s3"), job_env["AVATAR_ARTIFACTS_BUCKET"]
     s3.put_object(Bucket=bucket, Key=PREFIX + "normalize/plan.json", Body=json.dumps(small_plan()))
-    s3.put_object(Bucket=bucket, Key=PREFIX + "status.json", Body=json.dumps(
-        {"teamId": "team-a", "jobId": "recipe-25", "state": "running", "stage": "train",
-         "createdAt": "2026-01-01T00:00:00.000Z", "updatedAt": "2026-01-01T00:00:00.000Z"}))
+    s3.put_object(
+        Bucket=bucket,
+        Key=PREFIX + "status.json",
+        Body=json.dumps(
+            {
+                "teamId": "team-a",
+                "jobId": "recipe-25",
+                "state": "running",
+                "stage": "train",
+                "createdAt": "2026-01-01T00:00:00.000Z",
+                "updatedAt": "2026-01-01T00:00:00.000Z",
+            }
+        ),
+    )
     for name, path in files.items():
         s3.upload_file(str(path), bucket, PREFIX + f"train/{name}")
     for i, name in enumerate(PHOTOS):
@@ -103,13 +125,30 @@ def seeded(job_env, tiny, tmp_path):
     buf = io.BytesIO()
     render.contact_sheet([photo(i) for i in range(len(PHOTOS))], PHOTOS, 4, 128).save(buf, "PNG")
     s3.put_object(Bucket=bucket, Key=PREFIX + "validate/contact-sheet.png", Body=buf.getvalue())
-    s3.put_object(Bucket=bucket, Key=PREFIX + "caption/captions.json", Body=json.dumps(
-        {"captions": [{"image": n, "caption": f"photo of anantn, a man <b>{n}</b>", "source": "blip"} for n in PHOTOS]}))
-    s3.put_object(Bucket=bucket, Key=PREFIX + "train/diary.json", Body=json.dumps(
-        {"startedAt": "2026-01-01T00:05:00.000Z", "finishedAt": "2026-01-01T00:35:00.000Z", "attempts": [{"startedAt": "2026-01-01T00:05:00.000Z"}],
-         "lossPerEpoch": {"1": 0.12, "2": 0.1}}))
-    env = {**os.environ, **job_env, "AVATAR_EVAL_PIPELINE_DIR": str(folder), "AVATAR_WORK_DIR": str(tmp_path / "work"),
-           "AVATAR_CLIP_MODEL_DIR": str(folder.parent / "clip")}
+    s3.put_object(
+        Bucket=bucket,
+        Key=PREFIX + "caption/captions.json",
+        Body=json.dumps({"captions": [{"image": n, "caption": f"photo of anantn, a man <b>{n}</b>", "source": "blip"} for n in PHOTOS]}),
+    )
+    s3.put_object(
+        Bucket=bucket,
+        Key=PREFIX + "train/diary.json",
+        Body=json.dumps(
+            {
+                "startedAt": "2026-01-01T00:05:00.000Z",
+                "finishedAt": "2026-01-01T00:35:00.000Z",
+                "attempts": [{"startedAt": "2026-01-01T00:05:00.000Z"}],
+                "lossPerEpoch": {"1": 0.12, "2": 0.1},
+            }
+        ),
+    )
+    env = {
+        **os.environ,
+        **job_env,
+        "AVATAR_EVAL_PIPELINE_DIR": str(folder),
+        "AVATAR_WORK_DIR": str(tmp_path / "work"),
+        "AVATAR_CLIP_MODEL_DIR": str(folder.parent / "clip"),
+    }
     return s3, bucket, env
 
 
@@ -122,7 +161,7 @@ def _get(s3, bucket, rel):
 
 
 def _keys(s3, bucket, sub):
-    return sorted(o["Key"][len(PREFIX):] for o in s3.list_objects_v2(Bucket=bucket, Prefix=PREFIX + sub).get("Contents", []))
+    return sorted(o["Key"][len(PREFIX) :] for o in s3.list_objects_v2(Bucket=bucket, Prefix=PREFIX + sub).get("Contents", []))
 
 
 def _status(s3, bucket):
@@ -163,8 +202,17 @@ def test_evaluate_renders_the_grid_scores_every_cell_recommends_and_renders_the_
     # Only evaluate/ is written (plus status.json); train/ is untouched.
     cells_png = [f"evaluate/cells/anantn-e{e}-s{s:.2f}.png" for e in (1, 2) for s in STRENGTHS]
     pack_png = [f"evaluate/pack/anantn-{n:02d}-seed7.png" for n in range(1, 9)]
-    assert _keys(s3, bucket, "evaluate/") == sorted(["evaluate/base.png", "evaluate/grid.png", "evaluate/scores.json", "evaluate/pack.png",
-                                                     "evaluate/report.html", *cells_png, *pack_png])
+    assert _keys(s3, bucket, "evaluate/") == sorted(
+        [
+            "evaluate/base.png",
+            "evaluate/grid.png",
+            "evaluate/scores.json",
+            "evaluate/pack.png",
+            "evaluate/report.html",
+            *cells_png,
+            *pack_png,
+        ]
+    )
     assert _keys(s3, bucket, "train/") == sorted(f"train/{n}" for n in NAMES + ["diary.json"])
 
     scores = json.loads(_get(s3, bucket, "evaluate/scores.json"))
@@ -222,7 +270,7 @@ def test_evaluate_renders_the_grid_scores_every_cell_recommends_and_renders_the_
     assert scores["grids"][0]["outlined"] == {"row": chosen[0], "column": chosen[1]}
     for row, s in enumerate(STRENGTHS):
         for col, epoch in enumerate((1, 2)):
-            cell = g[top + row * SIZE: top + (row + 1) * SIZE, left + col * SIZE: left + (col + 1) * SIZE]
+            cell = g[top + row * SIZE : top + (row + 1) * SIZE, left + col * SIZE : left + (col + 1) * SIZE]
             own = _pixels(s3, bucket, f"evaluate/cells/anantn-e{epoch}-s{s:.2f}.png")
             if (row, col) == chosen:
                 assert (cell[:3] == render.OUTLINE).all() and (cell[:, -3:] == render.OUTLINE).all()
@@ -305,8 +353,7 @@ def test_a_missing_checkpoint_fails_before_rendering(seeded):
 def test_a_corrupt_checkpoint_fails_with_its_code(seeded):
     s3, bucket, env = seeded
     # The train stage records each file's sha256; a different body under that name is caught.
-    s3.put_object(Bucket=bucket, Key=PREFIX + "train/anantn.safetensors", Body=b"not a checkpoint",
-                  Metadata={"sha256": "0" * 64})
+    s3.put_object(Bucket=bucket, Key=PREFIX + "train/anantn.safetensors", Body=b"not a checkpoint", Metadata={"sha256": "0" * 64})
     job = Job.from_env()
     ckpt = evaluate.checkpoints(small_plan())[-1]
     head = evaluate.head_checkpoints(job, [ckpt])[ckpt.name]
@@ -336,7 +383,9 @@ def test_checkpoint_names_prompts_and_file_names_come_from_the_plan():
 def test_grid_layout_places_each_cell_under_its_labels():
     colours = [[(10 * r + c, 100, 200) for c in range(3)] for r in range(2)]
     cells = [[Image.new("RGB", (64, 48), colours[r][c]) for c in range(3)] for r in range(2)]
-    out = render.grid(cells, ["a-000001 (e1)", "a-000002 (e2)", "a (e3) with a label far too long to fit"], ["strength 1.00", "strength 0.50"])
+    out = render.grid(
+        cells, ["a-000001 (e1)", "a-000002 (e2)", "a (e3) with a label far too long to fit"], ["strength 1.00", "strength 0.50"]
+    )
     left, top = render.margins(64)
     assert out.size == (left + 3 * 64, top + 2 * 48)
     for r in range(2):
@@ -367,8 +416,12 @@ def test_the_production_loader_reads_the_single_file_checkpoint_with_the_baked_c
     # from_single_file gets the baked config and may not reach the hub.
     monkeypatch.setenv("AVATAR_SD_CONFIG_DIR", str(folder))
     monkeypatch.setenv("AVATAR_BASE_MODEL_KEY", "models/sd15.safetensors")
-    boto3.client("s3").put_object(Bucket=job_env["AVATAR_ARTIFACTS_BUCKET"], Key="models/sd15.safetensors", Body=b"weights",
-                                  Metadata={"sha256": hashlib.sha256(b"weights").hexdigest()})
+    boto3.client("s3").put_object(
+        Bucket=job_env["AVATAR_ARTIFACTS_BUCKET"],
+        Key="models/sd15.safetensors",
+        Body=b"weights",
+        Metadata={"sha256": hashlib.sha256(b"weights").hexdigest()},
+    )
     calls = []
 
     def fake_single_file(path, **kwargs):
@@ -377,7 +430,7 @@ def test_the_production_loader_reads_the_single_file_checkpoint_with_the_baked_c
 
     monkeypatch.setattr(StableDiffusionPipeline, "from_single_file", staticmethod(fake_single_file))
     pipe, source = evaluate.load_pipeline(Job.from_env())
-    (path, kwargs), = calls
+    ((path, kwargs),) = calls
     assert open(path, "rb").read() == b"weights" and path.startswith(job_env["AVATAR_CACHE_DIR"])
     assert kwargs["config"] == str(folder) and kwargs["local_files_only"] is True and kwargs["safety_checker"] is None
     assert source["key"] == "models/sd15.safetensors" and source["device"] == "cpu" and source["dtype"] == "float32"

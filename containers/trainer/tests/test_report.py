@@ -1,5 +1,6 @@
 """report.html: built from constructed inputs (real PNGs, a hostile caption), checked as text and in
 Debian's headless Chromium: no console error, every image resolves, the screenshot is not blank."""
+
 import io
 import os
 
@@ -29,29 +30,67 @@ def _picture(seed: int, size: int = 128) -> Image.Image:
 def inputs(with_optional: bool = True):
     names = ["zz-000001.safetensors", "zz-000002.safetensors", "zz.safetensors"]
     strengths = [1.0, 0.8]
-    pairs = [{"checkpoint": n, "epoch": e, "strength": s, "adherence": 0.25 + 0.01 * e, "likeness": 0.5 + 0.1 * e * s,
-              "broken": ["black", "uniform"] if (e, s) == (3, 1.0) else []} for e, n in enumerate(names, 1) for s in strengths]
+    pairs = [
+        {
+            "checkpoint": n,
+            "epoch": e,
+            "strength": s,
+            "adherence": 0.25 + 0.01 * e,
+            "likeness": 0.5 + 0.1 * e * s,
+            "broken": ["black", "uniform"] if (e, s) == (3, 1.0) else [],
+        }
+        for e, n in enumerate(names, 1)
+        for s in strengths
+    ]
     rec = recommend.recommend(pairs, 3)
     cells = [[_picture(10 * r + c) for c in range(3)] for r in range(2)]
     cells[0][2] = Image.new("RGB", (128, 128))
-    picture = render.outline(render.grid(cells, [f"e{e}" for e in (1, 2, 3)], [f"strength {s}" for s in strengths]), (128, 128),
-                             strengths.index(rec["strength"]), rec["epoch"] - 1)
+    picture = render.outline(
+        render.grid(cells, [f"e{e}" for e in (1, 2, 3)], [f"strength {s}" for s in strengths]),
+        (128, 128),
+        strengths.index(rec["strength"]),
+        rec["epoch"] - 1,
+    )
     pack = render.contact_sheet([_picture(100 + i) for i in range(8)], [f"{i + 1}. seed 1" for i in range(8)], columns=4, thumb=128)
-    doc = {"teamId": "team-a", "jobId": "job-1", "outputName": "zz", "kind": "character", "createdAt": "2026-01-01T01:00:00.000Z",
-           "metrics": {**scores.DEFINITIONS}, "recommendation": rec, "pairs": pairs,
-           "grids": [{"prompt": "a portrait of zz, red hair", "image": "evaluate/grid.png"}],
-           "pack": {"seeds": [1], "images": []}}
-    diary = {"startedAt": "2026-01-01T00:10:00.000Z", "finishedAt": "2026-01-01T00:55:30.000Z",
-             "attempts": [{"startedAt": "2026-01-01T00:10:00.000Z"}, {"startedAt": "2026-01-01T00:30:00.000Z"}],
-             "lossPerEpoch": {"1": 0.14, "2": 0.11, "3": 0.105}}
-    kwargs = dict(scores=doc, grid_pngs=[_png(picture)], pack_png=_png(pack),
-                  contact_sheet_png=_png(render.contact_sheet([_picture(200 + i) for i in range(6)], [f"p{i}.jpg" for i in range(6)], 3, 96)),
-                  captions={"captions": [{"image": "p0.jpg", "caption": "photo of zz, a man " + HOSTILE, "source": "user"},
-                                         {"image": "p1.jpg", "caption": "photo of zz, a man smiling", "source": "blip"}]},
-                  diary=diary, times=report.stage_times("2026-01-01T00:00:00.000Z", diary, "2026-01-01T00:56:00.000Z", "2026-01-01T01:00:05.000Z"))
+    doc = {
+        "teamId": "team-a",
+        "jobId": "job-1",
+        "outputName": "zz",
+        "kind": "character",
+        "createdAt": "2026-01-01T01:00:00.000Z",
+        "metrics": {**scores.DEFINITIONS},
+        "recommendation": rec,
+        "pairs": pairs,
+        "grids": [{"prompt": "a portrait of zz, red hair", "image": "evaluate/grid.png"}],
+        "pack": {"seeds": [1], "images": []},
+    }
+    diary = {
+        "startedAt": "2026-01-01T00:10:00.000Z",
+        "finishedAt": "2026-01-01T00:55:30.000Z",
+        "attempts": [{"startedAt": "2026-01-01T00:10:00.000Z"}, {"startedAt": "2026-01-01T00:30:00.000Z"}],
+        "lossPerEpoch": {"1": 0.14, "2": 0.11, "3": 0.105},
+    }
+    kwargs = dict(
+        scores=doc,
+        grid_pngs=[_png(picture)],
+        pack_png=_png(pack),
+        contact_sheet_png=_png(render.contact_sheet([_picture(200 + i) for i in range(6)], [f"p{i}.jpg" for i in range(6)], 3, 96)),
+        captions={
+            "captions": [
+                {"image": "p0.jpg", "caption": "photo of zz, a man " + HOSTILE, "source": "user"},
+                {"image": "p1.jpg", "caption": "photo of zz, a man smiling", "source": "blip"},
+            ]
+        },
+        diary=diary,
+        times=report.stage_times("2026-01-01T00:00:00.000Z", diary, "2026-01-01T00:56:00.000Z", "2026-01-01T01:00:05.000Z"),
+    )
     if not with_optional:
-        kwargs.update(contact_sheet_png=None, captions=None, diary=None,
-                      times=report.stage_times(None, None, "2026-01-01T00:56:00.000Z", "2026-01-01T01:00:05.000Z"))
+        kwargs.update(
+            contact_sheet_png=None,
+            captions=None,
+            diary=None,
+            times=report.stage_times(None, None, "2026-01-01T00:56:00.000Z", "2026-01-01T01:00:05.000Z"),
+        )
     return kwargs
 
 
@@ -59,7 +98,7 @@ def test_the_report_is_self_contained_and_escapes_what_users_wrote():
     page = report.build(**inputs(), cost={"amount": 1.234, "currency": "USD", "source": "estimate"})
     # Nothing to fetch: no src or href but data: URIs (the hostile caption's URL is escaped text).
     assert page.count('src="') == page.count('src="data:image/png;base64,') and "href=" not in page
-    assert "&lt;script&gt;" in page and "<script" not in page and 'src=&quot;https://evil.example' in page
+    assert "&lt;script&gt;" in page and "<script" not in page and "src=&quot;https://evil.example" in page
     assert page.count('src="data:image/png;base64,') == 3  # the pack, one grid, the intake sheet (the hostile <img> is text)
     assert "default-src 'none'" in page
     rec = inputs()["scores"]["recommendation"]

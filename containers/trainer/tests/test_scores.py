@@ -1,14 +1,15 @@
 """The metric code on constructed embeddings and images, where a tiny random CLIP cannot say anything,
 and the production loader on a tiny random CLIP saved like the real one."""
+
 import json
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from avatar_job import StageError
 from conftest import REPO
 from tiny_clip import save_tiny_clip
-from avatar_job import StageError
 from trainer import evaluate, prompt_sets, scores
 
 FIXTURE = json.loads((REPO / "test/fixtures/contract/plan-recipe-25.json").read_text())
@@ -95,8 +96,16 @@ def test_pack_prompts_per_kind_and_per_job():
     spec = plan["spec"]
     character = prompt_sets.pack_prompts(spec)
     assert len(character) == 8 and all("anantn" in p and "{" not in p for p in character)
-    for words in ("steampunk military uniform", "jester in a Swiss town", "ramen shop", "astronaut suit",
-                  "oil painting", "watercolour", "anime", "cyberpunk"):
+    for words in (
+        "steampunk military uniform",
+        "jester in a Swiss town",
+        "ramen shop",
+        "astronaut suit",
+        "oil painting",
+        "watercolour",
+        "anime",
+        "cyberpunk",
+    ):
         assert any(words in p for p in character), words
     assert prompt_sets.pack_seeds(spec) == [1234, 1235]
     for kind in ("object", "style"):

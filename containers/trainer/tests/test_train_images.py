@@ -1,4 +1,5 @@
 """The Dockerfiles cannot be built here (no Docker engine): these checks keep them in step with the locks."""
+
 import re
 from pathlib import Path
 
@@ -19,7 +20,10 @@ def _lock(name):
 def test_dockerfile_installs_the_hashed_lock_then_code_then_self_test(name):
     text = (CONTAINERS / name / "Dockerfile").read_text()
     assert "--require-hashes -r /tmp/requirements.txt" in text
-    order = [text.index(s) for s in (f"COPY {name}/requirements.txt", "--require-hashes", "COPY common/src", f"COPY {name}/src", f"python -m {name} self-test")]
+    order = [
+        text.index(s)
+        for s in (f"COPY {name}/requirements.txt", "--require-hashes", "COPY common/src", f"COPY {name}/src", f"python -m {name} self-test")
+    ]
     assert order == sorted(order)
     assert re.search(r"^USER (?!root)\w+$", text, re.M)
     # Every "package version" named in the Dockerfile's comments is the locked version.
@@ -64,12 +68,24 @@ def test_the_one_gpu_image_ships_no_build_tools_no_cuda_base_and_both_packages()
     # Weights once: BLIP baked in the build stage, copied once.
     assert text.count("Salesforce/blip-image-captioning-large") == 1 and final.count("COPY --from=build /opt/models") == 1
     # Both packages, then both self-tests, after the code.
-    order = [final.index(s) for s in ("COPY common/src", "COPY captioner/src", "COPY trainer/src", "python -m captioner self-test", "python -m trainer self-test")]
+    order = [
+        final.index(s)
+        for s in (
+            "COPY common/src",
+            "COPY captioner/src",
+            "COPY trainer/src",
+            "python -m captioner self-test",
+            "python -m trainer self-test",
+        )
+    ]
     assert order == sorted(order)
     assert "AVATAR_BLIP_MODEL_DIR=/opt/models/blip-image-captioning-large" in final
     # The largest site-packages folders travel as their own layers.
     assert [line for line in final.splitlines() if line.startswith("COPY --from=build /layers/")] == [
-        "COPY --from=build /layers/cuda-a/ ${SP}/", "COPY --from=build /layers/cuda-b/ ${SP}/", "COPY --from=build /layers/torch/ ${SP}/"]
+        "COPY --from=build /layers/cuda-a/ ${SP}/",
+        "COPY --from=build /layers/cuda-b/ ${SP}/",
+        "COPY --from=build /layers/torch/ ${SP}/",
+    ]
 
 
 def test_the_captioner_lock_is_inside_the_trainer_lock_so_one_install_serves_both():

@@ -1,4 +1,5 @@
 """The kohya TOML built from plan.json, read back the way kohya reads it (tomllib, no conversion)."""
+
 import json
 import os
 import tomllib
@@ -6,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from avatar_job import StageError
 from conftest import REPO
 from trainer import kohya
-from avatar_job import StageError
 
 FIXTURE = json.loads((REPO / "test/fixtures/contract/plan-recipe-25.json").read_text())
 WORK = Path("/work/job")
@@ -21,21 +22,45 @@ def _plan(**training):
 
 
 def _config(plan, **kw):
-    cfg = kohya.training_config(plan, base_model=Path("/cache/base-models/sd15.safetensors"), dataset_toml_path=WORK / "dataset.toml",
-                                output_dir=WORK / "output", tokenizer_dir=Path("/opt/tokenizers"), **kw)
+    cfg = kohya.training_config(
+        plan,
+        base_model=Path("/cache/base-models/sd15.safetensors"),
+        dataset_toml_path=WORK / "dataset.toml",
+        output_dir=WORK / "output",
+        tokenizer_dir=Path("/opt/tokenizers"),
+        **kw,
+    )
     return tomllib.loads(kohya.toml_table(cfg))
 
 
 def test_recipe_25_photo_config_matches_recipe_table():
     cfg = _config(FIXTURE)
     expected = {
-        "train_batch_size": 1, "max_train_epochs": 5, "text_encoder_lr": 5e-5, "unet_lr": 1e-4,
-        "lr_scheduler": "polynomial", "optimizer_type": "AdamW8bit", "network_module": "networks.lora",
-        "network_dim": 128, "network_alpha": 128.0, "mixed_precision": "bf16", "resolution": "512,512",
-        "save_every_n_epochs": 1, "save_state": True, "output_name": "anantn", "caption_extension": ".txt",
-        "cache_latents": True, "cache_latents_to_disk": True, "sdpa": True, "seed": 42, "lr_warmup_steps": 0,
-        "pretrained_model_name_or_path": "/cache/base-models/sd15.safetensors", "tokenizer_cache_dir": "/opt/tokenizers",
-        "dataset_config": "/work/job/dataset.toml", "output_dir": "/work/job/output", "save_model_as": "safetensors",
+        "train_batch_size": 1,
+        "max_train_epochs": 5,
+        "text_encoder_lr": 5e-5,
+        "unet_lr": 1e-4,
+        "lr_scheduler": "polynomial",
+        "optimizer_type": "AdamW8bit",
+        "network_module": "networks.lora",
+        "network_dim": 128,
+        "network_alpha": 128.0,
+        "mixed_precision": "bf16",
+        "resolution": "512,512",
+        "save_every_n_epochs": 1,
+        "save_state": True,
+        "output_name": "anantn",
+        "caption_extension": ".txt",
+        "cache_latents": True,
+        "cache_latents_to_disk": True,
+        "sdpa": True,
+        "seed": 42,
+        "lr_warmup_steps": 0,
+        "pretrained_model_name_or_path": "/cache/base-models/sd15.safetensors",
+        "tokenizer_cache_dir": "/opt/tokenizers",
+        "dataset_config": "/work/job/dataset.toml",
+        "output_dir": "/work/job/output",
+        "save_model_as": "safetensors",
     }
     assert {k: cfg[k] for k in expected} == expected
     assert isinstance(cfg["resolution"], str)  # kohya does not convert TOML values
@@ -58,24 +83,66 @@ def test_recipe_25_photo_dataset_toml_gives_15_repeats_of_15_anantn():
 def test_dataset_toml_uses_only_keys_kohya_accepts_at_their_level():
     # kohya validates with voluptuous: an unknown key is an error (docs/kohya.md, The dataset TOML).
     ds = tomllib.loads(kohya.dataset_toml(kohya.dataset_config(FIXTURE, WORK / "dataset")))
-    dataset_keys = {"batch_size", "resolution", "enable_bucket", "min_bucket_reso", "max_bucket_reso", "bucket_reso_steps",
-                    "bucket_no_upscale", "network_multiplier"}
-    subset_keys = {"num_repeats", "shuffle_caption", "keep_tokens", "caption_separator", "color_aug", "flip_aug", "random_crop",
-                   "caption_prefix", "caption_suffix", "caption_extension", "class_tokens", "image_dir", "is_reg"}
+    dataset_keys = {
+        "batch_size",
+        "resolution",
+        "enable_bucket",
+        "min_bucket_reso",
+        "max_bucket_reso",
+        "bucket_reso_steps",
+        "bucket_no_upscale",
+        "network_multiplier",
+    }
+    subset_keys = {
+        "num_repeats",
+        "shuffle_caption",
+        "keep_tokens",
+        "caption_separator",
+        "color_aug",
+        "flip_aug",
+        "random_crop",
+        "caption_prefix",
+        "caption_suffix",
+        "caption_extension",
+        "class_tokens",
+        "image_dir",
+        "is_reg",
+    }
     assert set(ds["general"]) <= subset_keys | dataset_keys
     assert set(ds["datasets"][0]) - {"subsets"} <= dataset_keys
     assert set(ds["datasets"][0]["subsets"][0]) <= subset_keys
 
 
 def test_dadaptation_preset():
-    cfg = _config(_plan(optimizer="DAdaptation", unetLr=1, textEncoderLr=0.5, lrScheduler="constant", optimizerArgs=["decouple=True", "weight_decay=0.05"]))
-    assert (cfg["optimizer_type"], cfg["learning_rate"], cfg["unet_lr"], cfg["text_encoder_lr"], cfg["lr_scheduler"]) == ("DAdaptation", 1, 1, 0.5, "constant")
+    cfg = _config(
+        _plan(
+            optimizer="DAdaptation",
+            unetLr=1,
+            textEncoderLr=0.5,
+            lrScheduler="constant",
+            optimizerArgs=["decouple=True", "weight_decay=0.05"],
+        )
+    )
+    assert (cfg["optimizer_type"], cfg["learning_rate"], cfg["unet_lr"], cfg["text_encoder_lr"], cfg["lr_scheduler"]) == (
+        "DAdaptation",
+        1,
+        1,
+        0.5,
+        "constant",
+    )
     assert cfg["optimizer_args"] == ["decouple=True", "weight_decay=0.05"]
 
 
 def test_adafactor_preset():
-    cfg = _config(_plan(optimizer="Adafactor", unetLr=1, textEncoderLr=0.5, lrScheduler="adafactor",
-                        optimizerArgs=["relative_step=True", "scale_parameter=True", "warmup_init=False"]))
+    cfg = _config(
+        _plan(
+            optimizer="Adafactor",
+            unetLr=1,
+            textEncoderLr=0.5,
+            lrScheduler="adafactor",
+            optimizerArgs=["relative_step=True", "scale_parameter=True", "warmup_init=False"],
+        )
+    )
     assert (cfg["optimizer_type"], cfg["lr_scheduler"], cfg["text_encoder_lr"]) == ("Adafactor", "adafactor", 0.5)
     assert cfg["optimizer_args"] == ["relative_step=True", "scale_parameter=True", "warmup_init=False"]
 
@@ -99,14 +166,17 @@ def test_gradient_checkpointing_only_when_memory_is_short():
     assert kohya.needs_gradient_checkpointing(512, 1, 128, None) is False
 
 
-@pytest.mark.parametrize("change, field", [
-    (lambda p: p["plan"].update(folder="15_someone"), "plan.folder"),
-    (lambda p: p["plan"].update(totalSteps=1000), "plan.totalSteps"),
-    (lambda p: p["plan"].update(numImages=24), "plan.numImages"),
-    (lambda p: p["images"].__setitem__(4, "anantn-05.heic"), "anantn-05.heic"),
-    (lambda p: p["images"].__setitem__(4, "anantn-01.jpg"), "anantn-01.jpg"),
-    (lambda p: p["images"].__setitem__(4, "../escape.png"), "../escape.png"),
-])
+@pytest.mark.parametrize(
+    "change, field",
+    [
+        (lambda p: p["plan"].update(folder="15_someone"), "plan.folder"),
+        (lambda p: p["plan"].update(totalSteps=1000), "plan.totalSteps"),
+        (lambda p: p["plan"].update(numImages=24), "plan.numImages"),
+        (lambda p: p["images"].__setitem__(4, "anantn-05.heic"), "anantn-05.heic"),
+        (lambda p: p["images"].__setitem__(4, "anantn-01.jpg"), "anantn-01.jpg"),
+        (lambda p: p["images"].__setitem__(4, "../escape.png"), "../escape.png"),
+    ],
+)
 def test_impossible_plans_are_rejected_before_launch(change, field):
     plan = _plan()
     change(plan)
@@ -124,8 +194,19 @@ def test_launch_command_uses_accelerate_and_resume(monkeypatch, tmp_path):
     (tmp_path / "train_network.py").write_text("")
     monkeypatch.setenv("AVATAR_SD_SCRIPTS_DIR", str(tmp_path))
     cmd, cwd = kohya.launch_command(Path("/w/config.toml"), Path("/w/output/anantn-000002-state"), 2)
-    assert cmd == ["accelerate", "launch", "--num_cpu_threads_per_process", "1", str(tmp_path / "train_network.py"),
-                   "--config_file", "/w/config.toml", "--resume", "/w/output/anantn-000002-state", "--initial_epoch", "3"]
+    assert cmd == [
+        "accelerate",
+        "launch",
+        "--num_cpu_threads_per_process",
+        "1",
+        str(tmp_path / "train_network.py"),
+        "--config_file",
+        "/w/config.toml",
+        "--resume",
+        "/w/output/anantn-000002-state",
+        "--initial_epoch",
+        "3",
+    ]
     assert cwd == tmp_path
 
 
@@ -141,13 +222,28 @@ def test_recipe_config_carries_every_speed_setting():
     # The fast path for the recipe on a 24 GB A10G: memory-efficient attention, latents encoded once
     # (to disk, in batches of 4), persistent workers, bf16, and no gradient checkpointing.
     cfg = _config(FIXTURE, attention="sdpa", gpu_gib=22.0, workers=3)
-    fast = {"sdpa": True, "cache_latents": True, "cache_latents_to_disk": True, "vae_batch_size": 4,
-            "max_data_loader_n_workers": 3, "persistent_data_loader_workers": True, "mixed_precision": "bf16"}
+    fast = {
+        "sdpa": True,
+        "cache_latents": True,
+        "cache_latents_to_disk": True,
+        "vae_batch_size": 4,
+        "max_data_loader_n_workers": 3,
+        "persistent_data_loader_workers": True,
+        "mixed_precision": "bf16",
+    }
     assert {k: cfg.get(k) for k in fast} == fast
     assert "gradient_checkpointing" not in cfg and "xformers" not in cfg
     # ... and the recipe's results are untouched: the same steps, rates, rank and alpha.
-    recipe = {"max_train_epochs": 5, "train_batch_size": 1, "unet_lr": 1e-4, "text_encoder_lr": 5e-5,
-              "network_dim": 128, "network_alpha": 128.0, "lr_scheduler": "polynomial", "optimizer_type": "AdamW8bit"}
+    recipe = {
+        "max_train_epochs": 5,
+        "train_batch_size": 1,
+        "unet_lr": 1e-4,
+        "text_encoder_lr": 5e-5,
+        "network_dim": 128,
+        "network_alpha": 128.0,
+        "lr_scheduler": "polynomial",
+        "optimizer_type": "AdamW8bit",
+    }
     assert {k: cfg[k] for k in recipe} == recipe
 
 
@@ -171,14 +267,17 @@ def test_a10g_trains_768_batch_2_without_gradient_checkpointing_but_a_16_gb_card
     assert kohya.needs_gradient_checkpointing(768, 2, 128, 14.6) is True  # a 16 GB T4
 
 
-@pytest.mark.parametrize("cpus, shm, cache, workers", [
-    (4, 2**30, True, 3),            # g5.xlarge job: one vCPU left to the training process
-    (16, None, True, 8),            # kohya's cap
-    (1, 2**30, True, 0),
-    (4, 64 * 2**20, True, 3),       # cached latents: tiny batches, Docker's default /dev/shm is enough
-    (4, 64 * 2**20, False, 0),      # decoded images through a 64 MiB /dev/shm would crash workers
-    (4, 256 * 2**20, False, 2),
-])
+@pytest.mark.parametrize(
+    "cpus, shm, cache, workers",
+    [
+        (4, 2**30, True, 3),  # g5.xlarge job: one vCPU left to the training process
+        (16, None, True, 8),  # kohya's cap
+        (1, 2**30, True, 0),
+        (4, 64 * 2**20, True, 3),  # cached latents: tiny batches, Docker's default /dev/shm is enough
+        (4, 64 * 2**20, False, 0),  # decoded images through a 64 MiB /dev/shm would crash workers
+        (4, 256 * 2**20, False, 2),
+    ],
+)
 def test_data_loader_workers_follow_vcpus_and_shared_memory(cpus, shm, cache, workers):
     assert kohya.data_loader_workers(cpus, shm, cache) == workers
 

@@ -6,6 +6,7 @@ from the epoch-1 state with --initial_epoch 2, as the trainer resumes. Refresh t
 containers/trainer/tests/fixtures pytest trainer/tests/test_train_real_kohya.py (paths under the
 test's tmp dir read /tmp/run in stdout; rich wraps the logger's lines at 80 columns).
 """
+
 import json
 import math
 import os
@@ -54,9 +55,14 @@ def test_the_real_stderr_gives_steps_losses_and_state_saves():
     # tqdm draws each step twice: once as it advances, once with the new avr_loss. A bar without
     # avr_loss yet (0/4, the first 1/4) is no event; "epoch is incremented." is no epoch line.
     assert events == [
-        ("step", 1, 4, 1.07, None), ("step", 2, 4, 1.07, None), ("step", 2, 4, 1.05, None),
+        ("step", 1, 4, 1.07, None),
+        ("step", 2, 4, 1.07, None),
+        ("step", 2, 4, 1.05, None),
         ("state", None, None, None, 1),
-        ("step", 3, 4, 1.05, None), ("step", 3, 4, 1.01, None), ("step", 4, 4, 1.01, None), ("step", 4, 4, 1.04, None),
+        ("step", 3, 4, 1.05, None),
+        ("step", 3, 4, 1.01, None),
+        ("step", 4, 4, 1.01, None),
+        ("step", 4, 4, 1.04, None),
         ("state", None, None, None, None),  # "saving last state."
         ("step", 4, 4, 1.04, None),  # tqdm's close
     ]
@@ -107,15 +113,19 @@ def test_the_kohya_stand_in_speaks_like_the_real_transcript(tmp_path):
     images.mkdir()
     for i in range(2):
         (images / f"anantn-0{i}.png").write_bytes(b"")  # the stand-in only globs the names
-    (tmp_path / "dataset.toml").write_text(
-        f'[[datasets]]\nbatch_size = 1\n[[datasets.subsets]]\nimage_dir = "{images}"\nnum_repeats = 1\n')
+    (tmp_path / "dataset.toml").write_text(f'[[datasets]]\nbatch_size = 1\n[[datasets.subsets]]\nimage_dir = "{images}"\nnum_repeats = 1\n')
     (tmp_path / "config.toml").write_text(
         f'dataset_config = "{tmp_path / "dataset.toml"}"\noutput_dir = "{tmp_path / "out"}"\noutput_name = "anantn"\n'
-        'max_train_epochs = 2\nsave_state = true\nnetwork_dim = 4\nnetwork_alpha = 2.0\nnetwork_module = "networks.lora"\n')
-    fake = subprocess.run([sys.executable, str(Path(__file__).with_name("fake_kohya.py")), "--config_file", str(tmp_path / "config.toml")],
-                          capture_output=True, text=True, timeout=60,
-                          # 50 ms between state files, so their mtimes (coarse on Linux) give the write order.
-                          env={**os.environ, "FAKE_KOHYA_SAVE_DELAY": "0.05"})
+        'max_train_epochs = 2\nsave_state = true\nnetwork_dim = 4\nnetwork_alpha = 2.0\nnetwork_module = "networks.lora"\n'
+    )
+    fake = subprocess.run(
+        [sys.executable, str(Path(__file__).with_name("fake_kohya.py")), "--config_file", str(tmp_path / "config.toml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        # 50 ms between state files, so their mtimes (coarse on Linux) give the write order.
+        env={**os.environ, "FAKE_KOHYA_SAVE_DELAY": "0.05"},
+    )
     assert fake.returncode == 0, fake.stderr
 
     def shape(text):
@@ -132,8 +142,11 @@ def test_the_kohya_stand_in_speaks_like_the_real_transcript(tmp_path):
     for folder in ("anantn-000001-state", "anantn-state"):
         real = _state_writes(real_err, folder)
         assert real[0] == "train_state.json" and len(real) == 7
-        fake_names = ["train_state.json"] + [p.name for p in sorted((tmp_path / "out" / folder).iterdir(), key=lambda p: p.stat().st_mtime_ns)
-                                             if p.name != "train_state.json"]
+        fake_names = ["train_state.json"] + [
+            p.name
+            for p in sorted((tmp_path / "out" / folder).iterdir(), key=lambda p: p.stat().st_mtime_ns)
+            if p.name != "train_state.json"
+        ]
         assert fake_names == real
         assert sorted(p.name for p in (tmp_path / "out" / folder).iterdir()) == sorted(real)
 

@@ -4,6 +4,7 @@ Needs an sd-scripts checkout (AVATAR_SD_SCRIPTS_DIR, e.g. a clone at 48d368fa) a
 RAM: kohya's SD1 U-Net has a fixed architecture, so the U-Net is full size (randomly initialised);
 the VAE, text encoder depth and tokenizer are tiny. Nothing is downloaded.
 """
+
 import json
 import os
 import re
@@ -38,13 +39,38 @@ def _tiny_sd(root: Path) -> Path:
     (tok_dir / "merges.txt").write_text("#version: 0.2\n")
     tokenizer = CLIPTokenizer(str(tok_dir / "vocab.json"), str(tok_dir / "merges.txt"), pad_token="<|endoftext|>", model_max_length=77)
     tokenizer.save_pretrained(tok_dir)
-    text = CLIPTextModel(CLIPTextConfig(vocab_size=len(vocab), hidden_size=768, intermediate_size=64, num_hidden_layers=1,
-                                        num_attention_heads=2, max_position_embeddings=77, bos_token_id=0, eos_token_id=1, pad_token_id=1))
+    text = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(vocab),
+            hidden_size=768,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            max_position_embeddings=77,
+            bos_token_id=0,
+            eos_token_id=1,
+            pad_token_id=1,
+        )
+    )
     unet = UNet2DConditionModel(sample_size=8, cross_attention_dim=768)  # SD1.5's shape: kohya's U-Net is fixed
-    vae = AutoencoderKL(block_out_channels=(8, 8, 8, 8), down_block_types=("DownEncoderBlock2D",) * 4,
-                        up_block_types=("UpDecoderBlock2D",) * 4, latent_channels=4, norm_num_groups=4, sample_size=64)
-    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=tokenizer, unet=unet,
-                                   scheduler=DDPMScheduler(), safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    vae = AutoencoderKL(
+        block_out_channels=(8, 8, 8, 8),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        latent_channels=4,
+        norm_num_groups=4,
+        sample_size=64,
+    )
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=DDPMScheduler(),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
     pipe.save_pretrained(root / "sd")
     return root / "sd"
 
@@ -68,17 +94,40 @@ def test_real_kohya_trains_a_lora_diffusers_can_load(tmp_path):
     ds = kohya.dataset_config(plan, tmp_path / "dataset")
     ds["datasets"][0].update(resolution=64, min_bucket_reso=64, max_bucket_reso=128)  # CPU-sized
     (tmp_path / "dataset.toml").write_text(kohya.dataset_toml(ds))
-    cfg = kohya.training_config(plan, base_model=model, dataset_toml_path=tmp_path / "dataset.toml", output_dir=tmp_path / "out",
-                                tokenizer_dir=tmp_path / "tokenizers", workers=0)
+    cfg = kohya.training_config(
+        plan,
+        base_model=model,
+        dataset_toml_path=tmp_path / "dataset.toml",
+        output_dir=tmp_path / "out",
+        tokenizer_dir=tmp_path / "tokenizers",
+        workers=0,
+    )
     cfg["resolution"] = "64,64"
     (tmp_path / "config.toml").write_text(kohya.toml_table(cfg))
     assert tomllib.loads((tmp_path / "config.toml").read_text())["resolution"] == "64,64"
 
     def kohya(name, *args):
-        result = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "1",
-                                 "--num_cpu_threads_per_process", "1", str(Path(SD) / "train_network.py"),
-                                 "--config_file", str(tmp_path / "config.toml"), *args],
-                                cwd=SD, capture_output=True, text=True, timeout=1800, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "accelerate.commands.launch",
+                "--cpu",
+                "--num_processes",
+                "1",
+                "--num_cpu_threads_per_process",
+                "1",
+                str(Path(SD) / "train_network.py"),
+                "--config_file",
+                str(tmp_path / "config.toml"),
+                *args,
+            ],
+            cwd=SD,
+            capture_output=True,
+            text=True,
+            timeout=1800,
+            env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        )
         if out := os.environ.get("AVATAR_KOHYA_TRANSCRIPT_DIR"):  # refreshes tests/fixtures/kohya-*.{out,err}.txt
             for stream, text in (("out", result.stdout), ("err", result.stderr)):
                 (Path(out) / f"{name}.{stream}.txt").write_text(text.replace(str(tmp_path), "/tmp/run"))
@@ -96,8 +145,15 @@ def test_real_kohya_trains_a_lora_diffusers_can_load(tmp_path):
 
     # What a retried attempt runs (kohya.launch_command): --resume from the epoch-1 state with
     # --initial_epoch 2 trains epoch 2 only.
-    resumed = kohya("kohya-resume-transcript", "--resume", str(tmp_path / "out/anantn-000001-state"), "--initial_epoch", "2",
-                    "--output_dir", str(tmp_path / "out-2"))
+    resumed = kohya(
+        "kohya-resume-transcript",
+        "--resume",
+        str(tmp_path / "out/anantn-000001-state"),
+        "--initial_epoch",
+        "2",
+        "--output_dir",
+        str(tmp_path / "out-2"),
+    )
     assert "epoch 1/2" not in resumed.stdout and "epoch 2/2" in resumed.stdout
     # kohya took --initial_epoch over the state's step count (rich wraps the warning at 80 columns).
     assert re.search(r"steps from the state is\b.{0,80}?\n\s+ignored because initial_step", resumed.stderr, re.S)

@@ -1,4 +1,5 @@
 """`python -m trainer train` end to end against S3 on moto_server, with fake_kohya.py in kohya's place."""
+
 import hashlib
 import io
 import json
@@ -14,8 +15,8 @@ import jsonschema
 import pytest
 from PIL import Image
 
-from conftest import REPO
 from avatar_job import Job, StageError
+from conftest import REPO
 from trainer.train import fetch_base_model
 from trainer.verify import sha256
 
@@ -27,7 +28,9 @@ BASE_KEY = "models/sd15-test.safetensors"
 EPOCHS = 4
 NAMES = [f"anantn-{e:06d}.safetensors" for e in range(1, EPOCHS)] + ["anantn.safetensors"]
 # What accelerate.save_state leaves in a kohya state folder (see fake_kohya.STATE_FILES).
-STATE_FILES = sorted(["train_state.json", "model.safetensors", "optimizer.bin", "scheduler.bin", "sampler.bin", "sampler_1.bin", "random_states_0.pkl"])
+STATE_FILES = sorted(
+    ["train_state.json", "model.safetensors", "optimizer.bin", "scheduler.bin", "sampler.bin", "sampler_1.bin", "random_states_0.pkl"]
+)
 
 
 def small_plan():
@@ -35,8 +38,14 @@ def small_plan():
     plan = json.loads(json.dumps(FIXTURE))
     plan["images"] = ["anantn-01.png", "anantn-02.png", "anantn-03.png"]
     plan["userCaptions"] = []
-    plan["plan"].update(numImages=3, repeats=2, epochs=EPOCHS, totalSteps=24, folder="2_anantn",
-                        arithmetic="3 images x 2 repeats x 4 epochs / batch 1 = 24 steps (target 1875)")
+    plan["plan"].update(
+        numImages=3,
+        repeats=2,
+        epochs=EPOCHS,
+        totalSteps=24,
+        folder="2_anantn",
+        arithmetic="3 images x 2 repeats x 4 epochs / batch 1 = 24 steps (target 1875)",
+    )
     plan["spec"]["training"].update(networkDim=8, networkAlpha=4)
     return plan
 
@@ -47,8 +56,19 @@ def seeded(job_env, tmp_path):
     put = lambda key, body: s3.put_object(Bucket=bucket, Key=key, Body=body)
     plan = small_plan()
     put(PREFIX + "normalize/plan.json", json.dumps(plan))
-    put(PREFIX + "status.json", json.dumps({"teamId": "team-a", "jobId": "recipe-25", "state": "running", "stage": "caption",
-                                            "createdAt": "2026-01-01T00:00:00.000Z", "updatedAt": "2026-01-01T00:00:00.000Z"}))
+    put(
+        PREFIX + "status.json",
+        json.dumps(
+            {
+                "teamId": "team-a",
+                "jobId": "recipe-25",
+                "state": "running",
+                "stage": "caption",
+                "createdAt": "2026-01-01T00:00:00.000Z",
+                "updatedAt": "2026-01-01T00:00:00.000Z",
+            }
+        ),
+    )
     for i, name in enumerate(plan["images"]):
         buf = io.BytesIO()
         Image.new("RGB", (64, 64), (60 * i, 90, 120)).save(buf, "PNG")
@@ -56,19 +76,28 @@ def seeded(job_env, tmp_path):
         put(PREFIX + f"caption/2_anantn/{name[:-4]}.txt", f"photo of anantn, a man, picture {i}\n")
     base = os.urandom(4096)
     s3.put_object(Bucket=bucket, Key=BASE_KEY, Body=base, Metadata={"sha256": hashlib.sha256(base).hexdigest()})
-    env = {**os.environ, **job_env, "AVATAR_BASE_MODEL_KEY": BASE_KEY,
-           "AVATAR_KOHYA_CMD": f"{sys.executable} {HERE / 'fake_kohya.py'}",
-           "FAKE_KOHYA_ARGS_LOG": str(tmp_path / "kohya-args.jsonl")}
+    env = {
+        **os.environ,
+        **job_env,
+        "AVATAR_BASE_MODEL_KEY": BASE_KEY,
+        "AVATAR_KOHYA_CMD": f"{sys.executable} {HERE / 'fake_kohya.py'}",
+        "FAKE_KOHYA_ARGS_LOG": str(tmp_path / "kohya-args.jsonl"),
+    }
     return s3, bucket, env, tmp_path
 
 
 def _train(env, tmp_path, attempt=1, **extra):
-    return subprocess.run([sys.executable, "-m", "trainer", "train"], capture_output=True, text=True, timeout=120,
-                          env={**env, "AVATAR_WORK_DIR": str(tmp_path / f"work-{attempt}"), **extra})
+    return subprocess.run(
+        [sys.executable, "-m", "trainer", "train"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**env, "AVATAR_WORK_DIR": str(tmp_path / f"work-{attempt}"), **extra},
+    )
 
 
 def _keys(s3, bucket, sub):
-    return sorted(o["Key"][len(PREFIX):] for o in s3.list_objects_v2(Bucket=bucket, Prefix=PREFIX + sub).get("Contents", []))
+    return sorted(o["Key"][len(PREFIX) :] for o in s3.list_objects_v2(Bucket=bucket, Prefix=PREFIX + sub).get("Contents", []))
 
 
 def _checkpoints(s3, bucket):
@@ -145,8 +174,13 @@ def test_a_checkpoint_of_the_wrong_dim_is_not_published(seeded):
 
 def _start(env, tmp_path, attempt=1, **extra):
     """`python -m trainer train` as Batch runs it, in the background."""
-    return subprocess.Popen([sys.executable, "-m", "trainer", "train"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**env, "AVATAR_WORK_DIR": str(tmp_path / f"work-{attempt}"), "AWS_BATCH_JOB_ATTEMPT": str(attempt), **extra})
+    return subprocess.Popen(
+        [sys.executable, "-m", "trainer", "train"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**env, "AVATAR_WORK_DIR": str(tmp_path / f"work-{attempt}"), "AWS_BATCH_JOB_ATTEMPT": str(attempt), **extra},
+    )
 
 
 def _wait_for(proc, condition, what):
@@ -184,7 +218,9 @@ def test_a_kill_during_a_state_save_never_publishes_half_a_state(seeded):
 
     # Only a complete state is on S3 (epoch 1's), and it was not deleted for the half one.
     states = _states(s3, bucket)
-    assert {name: sorted(f for f in files if f != ".complete.json") for name, files in states.items()} == {"anantn-000001-state": STATE_FILES}
+    assert {name: sorted(f for f in files if f != ".complete.json") for name, files in states.items()} == {
+        "anantn-000001-state": STATE_FILES
+    }
     manifest = _json(s3, bucket, "train/state/anantn-000001-state/.complete.json")
     assert sorted(f["path"] for f in manifest["files"]) == STATE_FILES and manifest["epoch"] == 1
     for f in manifest["files"]:
@@ -220,8 +256,9 @@ def test_spot_reclaims_mid_epoch_leave_running_and_each_retry_loses_only_that_ep
     # Batch retries a Spot reclaim, so the status is not `failed`: it says what happens next.
     status = _status(s3, bucket)
     assert (status["state"], status["stage"]) == ("running", "train") and "error" not in status and "finishedAt" not in status
-    assert status["progress"]["message"] == ("interrupted (attempt 1 of 3); Batch retries and resumes at epoch 2 of 4 "
-                                             "from the saved state of epoch 1")
+    assert status["progress"]["message"] == (
+        "interrupted (attempt 1 of 3); Batch retries and resumes at epoch 2 of 4 from the saved state of epoch 1"
+    )
     assert (status["progress"]["epoch"], status["progress"]["step"]) == (2, 6)
 
     # Attempt 2 resumes and is reclaimed in its turn during epoch 3. kohya restarted its step count
@@ -230,7 +267,8 @@ def test_spot_reclaims_mid_epoch_leave_running_and_each_retry_loses_only_that_ep
     assert "epoch 1/4" not in out and "epoch 2/4" in out
     status = _status(s3, bucket)
     assert status["state"] == "running" and status["progress"]["message"] == (
-        "interrupted (attempt 2 of 3); Batch retries and resumes at epoch 3 of 4 from the saved state of epoch 2")
+        "interrupted (attempt 2 of 3); Batch retries and resumes at epoch 3 of 4 from the saved state of epoch 2"
+    )
     assert (status["progress"]["epoch"], status["progress"]["step"]) == (3, 12)
 
     # Attempt 3, on a fresh machine: downloads epoch 2's state and trains epochs 3 and 4 only.
@@ -244,8 +282,8 @@ def test_spot_reclaims_mid_epoch_leave_running_and_each_retry_loses_only_that_ep
     assert any(m.endswith("(attempt 3 of 3)") for m in seen)
     calls = _kohya_calls(tmp)
     assert "--resume" not in calls[0]
-    assert calls[1][calls[1].index("--resume"):] == ["--resume", str(tmp / "work-2/output/anantn-000001-state"), "--initial_epoch", "2"]
-    assert calls[2][calls[2].index("--resume"):] == ["--resume", str(tmp / "work-3/output/anantn-000002-state"), "--initial_epoch", "3"]
+    assert calls[1][calls[1].index("--resume") :] == ["--resume", str(tmp / "work-2/output/anantn-000001-state"), "--initial_epoch", "2"]
+    assert calls[2][calls[2].index("--resume") :] == ["--resume", str(tmp / "work-3/output/anantn-000002-state"), "--initial_epoch", "3"]
     assert "epoch 2/4" not in out and "epoch 3/4" in out
     assert _checkpoints(s3, bucket) == sorted(f"train/{n}" for n in NAMES)
     diary = _json(s3, bucket, "train/diary.json")
@@ -262,8 +300,11 @@ def test_spot_reclaims_mid_epoch_leave_running_and_each_retry_loses_only_that_ep
 def test_a_sigterm_on_the_last_attempt_fails_the_job(seeded):
     s3, bucket, env, tmp = seeded
     first = _start(env, tmp, attempt=3, FAKE_KOHYA_HANG_AFTER_EPOCH="1")
-    _wait_for(first, lambda: "train/state/anantn-000001-state/.complete.json" in _keys(s3, bucket, "train/state/"),
-              "epoch 1's state was published")
+    _wait_for(
+        first,
+        lambda: "train/state/anantn-000001-state/.complete.json" in _keys(s3, bucket, "train/state/"),
+        "epoch 1's state was published",
+    )
     first.send_signal(signal.SIGTERM)
     assert first.wait(timeout=60) == 143
     status = _status(s3, bucket)
@@ -308,7 +349,8 @@ def test_a_poisoned_cache_entry_is_caught_by_the_objects_sha256(seeded, monkeypa
     good["path"].write_bytes(poison)
     head = s3.head_object(Bucket=bucket, Key=BASE_KEY)
     good["path"].with_name(good["path"].name + ".json").write_text(
-        json.dumps({"size": len(poison), "etag": head["ETag"], "sha256": hashlib.sha256(poison).hexdigest()}))
+        json.dumps({"size": len(poison), "etag": head["ETag"], "sha256": hashlib.sha256(poison).hexdigest()})
+    )
     again = fetch_base_model(job)
     assert again["cached"] is False and again["path"].read_bytes() == original and again["sha256"] == good["sha256"]
 

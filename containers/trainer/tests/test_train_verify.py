@@ -1,4 +1,5 @@
 """Checkpoint verification on real safetensors files."""
+
 import json
 import struct
 

@@ -3,6 +3,7 @@
 Random weights say nothing about quality; the tests use it for the plumbing (shapes, every cell scored,
 planted images flagged) and check the metric code itself on constructed embeddings. Nothing is downloaded.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -18,15 +19,24 @@ def save_tiny_clip(path: Path) -> Path:
     _write_tokenizer(path)  # the letters-only CLIP BPE vocabulary the tiny SD pipeline uses
     tokenizer = CLIPTokenizer.from_pretrained(path)
     config = CLIPConfig(
-        text_config=dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, max_position_embeddings=77, bos_token_id=0, eos_token_id=1, pad_token_id=1),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                           image_size=32, patch_size=8),
+        text_config=dict(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=77,
+            bos_token_id=0,
+            eos_token_id=1,
+            pad_token_id=1,
+        ),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=32, patch_size=8),
         projection_dim=16,
     )
     torch.manual_seed(0)
     CLIPModel(config).save_pretrained(path)
-    processor = CLIPProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
-                              tokenizer=tokenizer)
+    processor = CLIPProcessor(
+        image_processor=CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}), tokenizer=tokenizer
+    )
     processor.save_pretrained(path)
     return path

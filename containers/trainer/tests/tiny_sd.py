@@ -4,6 +4,7 @@ The U-Net keeps SD1.5's block structure and module names (3 cross-attention down
 one, the mirror on the way up, 2 layers per block) with tiny channels, so kohya's `lora_unet_*`
 names map onto it exactly as they do onto the real model. Nothing is downloaded.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,11 +24,23 @@ def _write_tokenizer(folder: Path) -> None:
     vocab = ["<|startoftext|>", "<|endoftext|>", "!", ",", "."] + _LETTERS + [c + "</w>" for c in _LETTERS] + [",</w>", ".</w>"]
     (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}))
     (folder / "merges.txt").write_text("#version: 0.2\n")
-    (folder / "special_tokens_map.json").write_text(json.dumps(
-        {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>", "pad_token": "<|endoftext|>"}))
-    (folder / "tokenizer_config.json").write_text(json.dumps(
-        {"model_max_length": 77, "tokenizer_class": "CLIPTokenizer", "bos_token": "<|startoftext|>",
-         "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>", "pad_token": "<|endoftext|>"}))
+    (folder / "special_tokens_map.json").write_text(
+        json.dumps(
+            {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>", "pad_token": "<|endoftext|>"}
+        )
+    )
+    (folder / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "model_max_length": 77,
+                "tokenizer_class": "CLIPTokenizer",
+                "bos_token": "<|startoftext|>",
+                "eos_token": "<|endoftext|>",
+                "unk_token": "<|endoftext|>",
+                "pad_token": "<|endoftext|>",
+            }
+        )
+    )
 
 
 def build_pipeline(folder: Path) -> Path:
@@ -37,27 +50,57 @@ def build_pipeline(folder: Path) -> Path:
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel(
-        sample_size=32, in_channels=4, out_channels=4, layers_per_block=2,
-        block_out_channels=(16, 16, 32, 32), norm_num_groups=8, cross_attention_dim=HIDDEN, attention_head_dim=4,
+        sample_size=32,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=2,
+        block_out_channels=(16, 16, 32, 32),
+        norm_num_groups=8,
+        cross_attention_dim=HIDDEN,
+        attention_head_dim=4,
         down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
     )
     # Five VAE blocks (SD1.5 has four) downsample 16x: 256 px, the contract's smallest size, becomes a
     # 16x16 latent and keeps CPU renders well under a second.
     vae = AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1, norm_num_groups=8,
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        layers_per_block=1,
+        norm_num_groups=8,
         block_out_channels=(8, 8, 8, 16, 16),
-        down_block_types=("DownEncoderBlock2D",) * 5, up_block_types=("UpDecoderBlock2D",) * 5,
+        down_block_types=("DownEncoderBlock2D",) * 5,
+        up_block_types=("UpDecoderBlock2D",) * 5,
     )
     _write_tokenizer(folder / "_tokenizer")
     tokenizer = CLIPTokenizer.from_pretrained(folder / "_tokenizer")
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=len(tokenizer), hidden_size=HIDDEN, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, max_position_embeddings=77, bos_token_id=0, eos_token_id=1, pad_token_id=1))
-    scheduler = PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                              skip_prk_steps=True, steps_offset=1, set_alpha_to_one=False)
-    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
-                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=HIDDEN,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=77,
+            bos_token_id=0,
+            eos_token_id=1,
+            pad_token_id=1,
+        )
+    )
+    scheduler = PNDMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", skip_prk_steps=True, steps_offset=1, set_alpha_to_one=False
+    )
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
     pipe.save_pretrained(folder)
     return folder
 
@@ -66,8 +109,9 @@ UNET_TARGETS = re.compile(r".*\.attn[12]\.(to_q|to_k|to_v|to_out\.0)$")
 TE_TARGETS = re.compile(r"text_model\.encoder\.layers\.\d+\.(self_attn\.(q|k|v|out)_proj|mlp\.fc[12])$")
 
 
-def kohya_lora(pipeline_dir: Path, seed: int, rank: int = 4, alpha: float = 2.0, up_scale: float = 0.5,
-               text_encoder: bool = True) -> dict[str, torch.Tensor]:
+def kohya_lora(
+    pipeline_dir: Path, seed: int, rank: int = 4, alpha: float = 2.0, up_scale: float = 0.5, text_encoder: bool = True
+) -> dict[str, torch.Tensor]:
     """A kohya networks.lora state dict for the tiny pipeline: lora_down/lora_up/alpha per module.
 
     kohya initialises lora_up to zero; a trained one is not, so random non-zero weights stand in for

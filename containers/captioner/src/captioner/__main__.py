@@ -1,4 +1,5 @@
 """`python -m captioner run` (the caption stage) or `python -m captioner self-test` (image build check)."""
+
 from __future__ import annotations
 
 import argparse
@@ -9,8 +10,9 @@ def self_test() -> int:
     """Run at docker build: every import works and the baked-in BLIP loads offline."""
     import os
 
-    from . import blip, run  # noqa: F401  (imports are the test)
     from avatar_job import SCHEMA_PATH
+
+    from . import blip, run  # noqa: F401  (imports are the test)
 
     assert SCHEMA_PATH.is_file(), f"missing {SCHEMA_PATH}"
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -27,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "self-test":
         return self_test()
     from avatar_job import run_stage
+
     from .run import caption_stage
 
     return run_stage("caption", caption_stage)

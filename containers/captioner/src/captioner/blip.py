@@ -1,4 +1,5 @@
 """BLIP captioning through transformers, with the beam search settings of docs/training.md."""
+
 from __future__ import annotations
 
 import os

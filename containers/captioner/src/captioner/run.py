@@ -1,4 +1,5 @@
 """The caption stage: BLIP captions for the dataset images, the trigger-word prefix, user captions kept."""
+
 from __future__ import annotations
 
 import io
@@ -36,8 +37,11 @@ def already_captioned(job: Job, plan: dict, prefix: str) -> bool:
     except (StageError, ValueError, job.s3.exceptions.ClientError):
         return False
     stems = [f"{PurePosixPath(n).stem}.txt" for n in plan["images"]]
-    return (done.get("folder"), done.get("prefix")) == (folder, prefix) \
-        and [c.get("image") for c in done.get("captions", [])] == plan["images"] and set(stems) <= written
+    return (
+        (done.get("folder"), done.get("prefix")) == (folder, prefix)
+        and [c.get("image") for c in done.get("captions", [])] == plan["images"]
+        and set(stems) <= written
+    )
 
 
 def caption_stage(job: Job, status: Status) -> None:
@@ -60,14 +64,18 @@ def caption_stage(job: Job, status: Status) -> None:
             # kohya reads only the first line of a caption file.
             text = job.get_bytes(rel).decode("utf-8", errors="replace").strip().splitlines()
             if not text or not text[0].strip():
-                raise StageError("EMPTY_CAPTION", f"the user caption for {name} is empty; write a caption or drop it from userCaptions", rel)
+                raise StageError(
+                    "EMPTY_CAPTION", f"the user caption for {name} is empty; write a caption or drop it from userCaptions", rel
+                )
             captions[name] = (ensure_prefix(text[0], prefix), "user")
 
     todo = [n for n in images if n not in user]
     if todo:
         path = blip.model_dir()
         if not (path / "config.json").is_file():
-            raise StageError("MODEL_MISSING", f"no BLIP model at {path}; the captioner image must bake it in (or set AVATAR_BLIP_MODEL_DIR)", str(path))
+            raise StageError(
+                "MODEL_MISSING", f"no BLIP model at {path}; the captioner image must bake it in (or set AVATAR_BLIP_MODEL_DIR)", str(path)
+            )
         status.progress(0.05, "loading BLIP", force=True)
         model = blip.Blip(path)
         s = blip.Settings(settings["numBeams"], settings["minLength"], settings["maxLength"])
@@ -81,10 +89,13 @@ def caption_stage(job: Job, status: Status) -> None:
 
     for name in images:
         job.put_bytes(layout.caption_file(folder, stem[name]), (captions[name][0] + "\n").encode(), "text/plain; charset=utf-8")
-    job.put_json(layout.CAPTIONS, {
-        "folder": folder,
-        "prefix": prefix,
-        "commonTraits": settings["commonTraits"],
-        "captions": [{"image": n, "caption": captions[n][0], "source": captions[n][1]} for n in images],
-    })
+    job.put_json(
+        layout.CAPTIONS,
+        {
+            "folder": folder,
+            "prefix": prefix,
+            "commonTraits": settings["commonTraits"],
+            "captions": [{"image": n, "caption": captions[n][0], "source": captions[n][1]} for n in images],
+        },
+    )
     status.progress(1.0, f"wrote {len(images)} captions ({len(todo)} by BLIP, {len(images) - len(todo)} from the user)", force=True)

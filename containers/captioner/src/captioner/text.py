@@ -1,4 +1,5 @@
 """Caption text rules (docs/training.md, Captions): the trigger prefix and caption hygiene."""
+
 from __future__ import annotations
 
 import re

@@ -3,6 +3,7 @@
 One package for both images: their Docker build context is containers/, and each Dockerfile copies
 common/src beside its own src/. The JSON Schema beside it is generated from lambdas/shared/contract.ts.
 """
+
 from __future__ import annotations
 
 import json
@@ -11,10 +12,11 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import boto3
 import jsonschema
@@ -53,6 +55,7 @@ class Interrupted(StageError):
 
 def attempt() -> tuple[int, int]:
     """(this attempt, attempts Batch makes in all): AWS_BATCH_JOB_ATTEMPT is 1-based, unset outside Batch."""
+
     def number(name: str, default: int) -> int:
         raw = os.environ.get(name) or str(default)
         if not raw.isdigit() or int(raw) < 1:
@@ -70,8 +73,11 @@ def stop_timeout_s() -> float:
     except ValueError:
         value = -1.0
     if not math.isfinite(value) or value <= 0:
-        raise StageError("INVALID_ENV", f"AVATAR_STOP_TIMEOUT_S must be a positive number of seconds, not {raw!r}; "
-                         "set it to the container stop timeout", "AVATAR_STOP_TIMEOUT_S")
+        raise StageError(
+            "INVALID_ENV",
+            f"AVATAR_STOP_TIMEOUT_S must be a positive number of seconds, not {raw!r}; set it to the container stop timeout",
+            "AVATAR_STOP_TIMEOUT_S",
+        )
     return value
 
 
@@ -89,7 +95,7 @@ def validate(name: str, doc: Any, source: str) -> None:
 
 
 def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _env(name: str, default: str | None = None) -> str:
@@ -109,7 +115,7 @@ class Job:
     s3: Any = field(repr=False, default=None)
 
     @classmethod
-    def from_env(cls) -> "Job":
+    def from_env(cls) -> Job:
         job = cls(
             team_id=_env("AVATAR_TEAM_ID"),
             job_id=_env("AVATAR_JOB_ID"),
@@ -133,7 +139,9 @@ class Job:
         try:
             return self.s3.get_object(Bucket=self.artifacts_bucket, Key=self.key(rel))["Body"].read()
         except self.s3.exceptions.NoSuchKey:
-            raise StageError("MISSING_INPUT", f"s3://{self.artifacts_bucket}/{self.key(rel)} does not exist; run the earlier stages first", rel)
+            raise StageError(
+                "MISSING_INPUT", f"s3://{self.artifacts_bucket}/{self.key(rel)} does not exist; run the earlier stages first", rel
+            )
 
     def put_bytes(self, rel: str, body: bytes, content_type: str = "application/octet-stream") -> None:
         self.s3.put_object(Bucket=self.artifacts_bucket, Key=self.key(rel), Body=body, ContentType=content_type)
@@ -157,7 +165,7 @@ class Job:
         out: dict[str, int] = {}
         pages = self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.artifacts_bucket, Prefix=self.key(rel_prefix))
         for page in pages:
-            out.update({o["Key"][len(self.prefix):]: o["Size"] for o in page.get("Contents", [])})
+            out.update({o["Key"][len(self.prefix) :]: o["Size"] for o in page.get("Contents", [])})
         return out
 
     def load_plan(self) -> dict:
@@ -224,8 +232,14 @@ class Status:
         raise StageError("STATUS_CONFLICT", "status.json kept changing under this stage's writes; see the job log")
 
     def _base(self, state: str) -> dict:
-        return {"teamId": self.job.team_id, "jobId": self.job.job_id, "state": state, "stage": self.stage,
-                "createdAt": self.created_at, "updatedAt": now()}
+        return {
+            "teamId": self.job.team_id,
+            "jobId": self.job.job_id,
+            "state": state,
+            "stage": self.stage,
+            "createdAt": self.created_at,
+            "updatedAt": now(),
+        }
 
     def progress(self, fraction: float, message: str, force: bool = False, **fields: Any) -> bool:
         """Writes progress unless one was written under STATUS_THROTTLE_S ago (force: write anyway)."""
@@ -233,8 +247,12 @@ class Status:
             return False
         # A retried attempt says so in every message too, for people reading the status.
         suffix = f" (attempt {self.attempt} of {self.attempts})" if self.attempt > 1 else ""
-        progress = {"fraction": min(1.0, max(0.0, fraction)), "message": message + suffix,
-                    "attempt": self.attempt, "attempts": self.attempts}
+        progress = {
+            "fraction": min(1.0, max(0.0, fraction)),
+            "message": message + suffix,
+            "attempt": self.attempt,
+            "attempts": self.attempts,
+        }
         for k, v in fields.items():
             # JSON has no NaN; a non-finite loss is reported through the error instead.
             if v is not None and not (isinstance(v, float) and not math.isfinite(v)):
@@ -251,8 +269,13 @@ class Status:
         """
         attempt, attempts = self.attempt, self.attempts
         if attempt >= attempts:
-            self.fail(StageError("INTERRUPTED", f"interrupted (attempt {attempt} of {attempts}) and Batch makes no more attempts; "
-                                 "retry the job (a Spot reclaim each time: consider spot=false)"))
+            self.fail(
+                StageError(
+                    "INTERRUPTED",
+                    f"interrupted (attempt {attempt} of {attempts}) and Batch makes no more attempts; "
+                    "retry the job (a Spot reclaim each time: consider spot=false)",
+                )
+            )
             return
         message = f"interrupted (attempt {attempt} of {attempts}); Batch retries and {error.resume}"
         progress = {**self.last_progress, "message": message, "attempt": attempt, "attempts": attempts}
@@ -294,6 +317,7 @@ def run_stage(stage: str, body: Callable[[Job, Status], None]) -> int:
         return 1
     except Exception as e:  # an unexpected crash still has to reach status.json
         import traceback
+
         traceback.print_exc()
         status.fail(StageError("INTERNAL_ERROR", f"{type(e).__name__}: {e}; retry the job, and report it if it persists"))
         return 1

@@ -7,6 +7,7 @@ fails ends the job with its exit code. SIGTERM (Batch stopping the job, a Spot r
 running stage, which saves what it can; a retried job skips what is done (caption: captions.json
 covers the plan; train: resumes from the newest state).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,8 +31,11 @@ def run(stages: list[str]) -> int:
         finally:
             signal.signal(signal.SIGTERM, previous)
         if rc != 0:
-            print(f"avatar_job: {stage} exited with {rc}; not running {', '.join(stages[stages.index(stage) + 1:]) or 'anything else'}",
-                  file=sys.stderr, flush=True)
+            print(
+                f"avatar_job: {stage} exited with {rc}; not running {', '.join(stages[stages.index(stage) + 1 :]) or 'anything else'}",
+                file=sys.stderr,
+                flush=True,
+            )
             return rc
     return 0
 

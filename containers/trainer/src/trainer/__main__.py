@@ -1,4 +1,5 @@
 """`python -m trainer train | evaluate | self-test`."""
+
 from __future__ import annotations
 
 import argparse
@@ -10,10 +11,13 @@ def self_test() -> int:
     import os
     from pathlib import Path
 
-    import accelerate, bitsandbytes, diffusers, lycoris, safetensors, torch, transformers, xformers  # noqa: F401,E401
+    import accelerate  # noqa: F401,E401
+    import torch
+    import transformers
+
+    from avatar_job import SCHEMA_PATH
 
     from . import evaluate, kohya, train  # noqa: F401
-    from avatar_job import SCHEMA_PATH
 
     assert SCHEMA_PATH.is_file(), f"missing {SCHEMA_PATH}"
     sd = Path(os.environ.get("AVATAR_SD_SCRIPTS_DIR") or "/opt/sd-scripts")
@@ -22,7 +26,9 @@ def self_test() -> int:
     transformers.CLIPTokenizer.from_pretrained(tok, local_files_only=True)
     clip = Path(os.environ.get("AVATAR_CLIP_MODEL_DIR") or evaluate.scores.DEFAULT_CLIP_DIR)
     assert (clip / "config.json").is_file() and (clip / "preprocessor_config.json").is_file(), f"no CLIP scoring model at {clip}"
-    print(f"self-test ok: sd-scripts {os.environ.get('AVATAR_SD_SCRIPTS_COMMIT', '?')} at {sd}, tokenizer at {tok}, CLIP at {clip}, torch {torch.__version__}")
+    print(
+        f"self-test ok: sd-scripts {os.environ.get('AVATAR_SD_SCRIPTS_COMMIT', '?')} at {sd}, tokenizer at {tok}, CLIP at {clip}, torch {torch.__version__}"
+    )
     return 0
 
 

@@ -14,6 +14,7 @@ validate/contact-sheet.png, caption/captions.json and status.json when present. 
 The base pipeline is loaded once; each checkpoint is loaded as a PEFT adapter (diffusers converts
 kohya's lora_unet_/lora_te_ keys), rendered at every strength, then unloaded.
 """
+
 from __future__ import annotations
 
 import io
@@ -26,6 +27,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from avatar_job import Job, StageError, Status, layout, now
+
 from . import prompt_sets, recommend, report, scores
 from .render import contact_sheet, grid, outline
 from .verify import read_header, sha256
@@ -39,10 +41,12 @@ SAMPLERS = {
     "ddim": ("DDIMScheduler", {}),
     "dpmsolver++": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++"}),
 }
-METRIC = ("meanAbsDiffFromBase: the mean absolute difference, over every pixel and RGB channel in 0-255 units, "
-          "between the cell's image and the base model's image (no LoRA) for the same prompt, seed and settings. "
-          "It measures how strongly the LoRA changes the render, not quality or likeness: 0 means no effect, and it "
-          "normally rises with strength and with training epochs. Judge likeness and overfitting from the grid.")
+METRIC = (
+    "meanAbsDiffFromBase: the mean absolute difference, over every pixel and RGB channel in 0-255 units, "
+    "between the cell's image and the base model's image (no LoRA) for the same prompt, seed and settings. "
+    "It measures how strongly the LoRA changes the render, not quality or likeness: 0 means no effect, and it "
+    "normally rises with strength and with training epochs. Judge likeness and overfitting from the grid."
+)
 
 
 @dataclass(frozen=True)
@@ -95,8 +99,12 @@ def head_checkpoints(job: Job, ckpts: list[Checkpoint]) -> dict[str, dict]:
         except job.s3.exceptions.ClientError as e:
             # Without ListBucket, S3 answers 403 rather than 404 for a missing key.
             code = e.response.get("Error", {}).get("Code", "?")
-            raise StageError("MISSING_CHECKPOINT", f"s3://{job.artifacts_bucket}/{job.key(c.rel)} is missing or unreadable ({code}); "
-                             f"the train stage must publish all {len(ckpts)} checkpoints first", c.rel)
+            raise StageError(
+                "MISSING_CHECKPOINT",
+                f"s3://{job.artifacts_bucket}/{job.key(c.rel)} is missing or unreadable ({code}); "
+                f"the train stage must publish all {len(ckpts)} checkpoints first",
+                c.rel,
+            )
     return heads
 
 
@@ -176,7 +184,11 @@ def load_pipeline(job: Job) -> tuple[Any, dict]:
 
         config = os.environ.get("AVATAR_SD_CONFIG_DIR") or DEFAULT_SD_CONFIG_DIR
         if not (Path(config) / "model_index.json").is_file():
-            raise StageError("SD_CONFIG_MISSING", f"no diffusers SD1.5 config at {config}; the trainer image bakes it in, set AVATAR_SD_CONFIG_DIR", "AVATAR_SD_CONFIG_DIR")
+            raise StageError(
+                "SD_CONFIG_MISSING",
+                f"no diffusers SD1.5 config at {config}; the trainer image bakes it in, set AVATAR_SD_CONFIG_DIR",
+                "AVATAR_SD_CONFIG_DIR",
+            )
         base = fetch_base_model(job)
         pipe = StableDiffusionPipeline.from_single_file(str(base["path"]), config=config, **common)
         source = {"key": base["key"], "sha256": base["sha256"], "config": config}
@@ -207,9 +219,16 @@ class Renderer:
         # A CPU generator gives the same starting noise on any device, so seeds mean the same everywhere.
         generator = torch.Generator("cpu").manual_seed(ev["seed"] if seed is None else seed)
         with torch.inference_mode():
-            out = self.pipe(prompt=prompt, negative_prompt=ev["negativePrompt"] or None, num_inference_steps=ev["steps"],
-                            guidance_scale=ev["cfgScale"], width=ev["width"], height=ev["height"],
-                            generator=generator, output_type="np")
+            out = self.pipe(
+                prompt=prompt,
+                negative_prompt=ev["negativePrompt"] or None,
+                num_inference_steps=ev["steps"],
+                guidance_scale=ev["cfgScale"],
+                width=ev["width"],
+                height=ev["height"],
+                generator=generator,
+                output_type="np",
+            )
         image = out.images[0]
         # NaN/inf (fp16 overflow, a diverged checkpoint) marks this one cell broken; the others may be fine.
         finite = np.isfinite(image)
@@ -221,7 +240,9 @@ def load_lora(pipe: Any, path: Path, ckpt: Checkpoint) -> None:
         # A directory plus weight_name: with HF_HUB_OFFLINE=1 diffusers refuses a bare file path.
         pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=ADAPTER, local_files_only=True)
     except Exception as e:  # diffusers raises ValueError/KeyError/RuntimeError for keys or shapes it cannot map
-        raise StageError("CHECKPOINT_UNLOADABLE", f"diffusers could not load {ckpt.name} onto the base model ({type(e).__name__}: {e})", ckpt.rel)
+        raise StageError(
+            "CHECKPOINT_UNLOADABLE", f"diffusers could not load {ckpt.name} onto the base model ({type(e).__name__}: {e})", ckpt.rel
+        )
     if ADAPTER not in pipe.get_list_adapters().get("unet", []):
         raise StageError("CHECKPOINT_UNLOADABLE", f"{ckpt.name} holds no U-Net LoRA modules diffusers recognises", ckpt.rel)
 
@@ -257,8 +278,11 @@ def evaluate_stage(job: Job, status: Status) -> None:
     spec = plan["spec"]
     ev, kind, name = spec["evaluation"], spec["kind"], plan["outputName"]
     if spec["training"]["network"] == "loha":
-        raise StageError("EVALUATE_UNSUPPORTED_NETWORK", "diffusers cannot load LoHa checkpoints; test them by hand in A1111 (docs/training.md, Reading the grid)",
-                         "spec.training.network")
+        raise StageError(
+            "EVALUATE_UNSUPPORTED_NETWORK",
+            "diffusers cannot load LoHa checkpoints; test them by hand in A1111 (docs/training.md, Reading the grid)",
+            "spec.training.network",
+        )
     ckpts = checkpoints(plan)
     texts = prompts(plan)
     strengths = ev["strengths"]
@@ -284,8 +308,11 @@ def evaluate_stage(job: Job, status: Status) -> None:
     def rendered(what: str, ckpt: Checkpoint | None = None) -> None:
         nonlocal done
         done += 1
-        status.progress(0.03 + 0.9 * done / total, f"rendered {done}/{total} ({what})",
-                        **({"epoch": ckpt.epoch, "epochs": plan["plan"]["epochs"]} if ckpt else {}))
+        status.progress(
+            0.03 + 0.9 * done / total,
+            f"rendered {done}/{total} ({what})",
+            **({"epoch": ckpt.epoch, "epochs": plan["plan"]["epochs"]} if ckpt else {}),
+        )
 
     base, base_nan = [], []
     for i, text in enumerate(texts):
@@ -310,9 +337,20 @@ def evaluate_stage(job: Job, status: Status) -> None:
                 images[i, row, col] = pixels
                 nans.append(nan)
                 diff = float(np.abs(pixels.astype(np.int16) - base[i].astype(np.int16)).mean())
-                cells.append({"checkpoint": ckpt.name, "epoch": ckpt.epoch, "final": ckpt.final, "strength": strength,
-                              "prompt": text, "promptIndex": i, "seed": ev["seed"], "image": rel,
-                              "meanAbsDiffFromBase": round(diff, 4), "_at": (i, row, col)})
+                cells.append(
+                    {
+                        "checkpoint": ckpt.name,
+                        "epoch": ckpt.epoch,
+                        "final": ckpt.final,
+                        "strength": strength,
+                        "prompt": text,
+                        "promptIndex": i,
+                        "seed": ev["seed"],
+                        "image": rel,
+                        "meanAbsDiffFromBase": round(diff, 4),
+                        "_at": (i, row, col),
+                    }
+                )
                 rendered(f"{ckpt.name} at strength {strength_label(strength)}", ckpt)
         pipe.unload_lora_weights()
         path.unlink()
@@ -323,16 +361,34 @@ def evaluate_stage(job: Job, status: Status) -> None:
         cell.update(sc)
     table = recommend.pairs(cells)
     doc = {
-        "teamId": job.team_id, "jobId": job.job_id, "outputName": name, "kind": kind, "createdAt": now(),
+        "teamId": job.team_id,
+        "jobId": job.job_id,
+        "outputName": name,
+        "kind": kind,
+        "createdAt": now(),
         "metrics": {**scores.DEFINITIONS, "meanAbsDiffFromBase": METRIC},
-        "scoringModel": {"name": scores.CLIP_MODEL, "licence": scores.CLIP_LICENCE, "revision": os.environ.get("AVATAR_CLIP_REVISION"),
-                         "dir": scorer.model_dir},
-        "settings": {**{k: ev[k] for k in ("negativePrompt", "steps", "cfgScale", "sampler", "seed", "width", "height")},
-                     "strengthApplied": "diffusers/PEFT adapter weight on the U-Net and text-encoder LoRA layers (set_adapters)"},
-        "baseModel": source, "versions": _versions(), "prompts": texts, "trainingPhotos": len(photo_images),
+        "scoringModel": {
+            "name": scores.CLIP_MODEL,
+            "licence": scores.CLIP_LICENCE,
+            "revision": os.environ.get("AVATAR_CLIP_REVISION"),
+            "dir": scorer.model_dir,
+        },
+        "settings": {
+            **{k: ev[k] for k in ("negativePrompt", "steps", "cfgScale", "sampler", "seed", "width", "height")},
+            "strengthApplied": "diffusers/PEFT adapter weight on the U-Net and text-encoder LoRA layers (set_adapters)",
+        },
+        "baseModel": source,
+        "versions": _versions(),
+        "prompts": texts,
+        "trainingPhotos": len(photo_images),
         "base": [{"prompt": t, "image": numbered(layout.BASE, i, len(texts)), **base_scores[i]} for i, t in enumerate(texts)],
-        "checkpoints": [{"name": c.name, "epoch": c.epoch, "final": c.final, "sha256": heads[c.name].get("Metadata", {}).get("sha256")} for c in ckpts],
-        "grids": [], "cells": [{k: v for k, v in c.items() if k != "_at"} for c in cells], "pairs": table, "recommendation": None,
+        "checkpoints": [
+            {"name": c.name, "epoch": c.epoch, "final": c.final, "sha256": heads[c.name].get("Metadata", {}).get("sha256")} for c in ckpts
+        ],
+        "grids": [],
+        "cells": [{k: v for k, v in c.items() if k != "_at"} for c in cells],
+        "pairs": table,
+        "recommendation": None,
     }
     try:
         rec = recommend.recommend(table, plan["plan"]["epochs"])
@@ -346,14 +402,25 @@ def evaluate_stage(job: Job, status: Status) -> None:
     grid_pngs = []
     for i, text in enumerate(texts):
         rel = numbered(layout.GRID, i, len(texts))
-        picture = grid([[Image.fromarray(images[i, r, c]) for c in range(len(ckpts))] for r in range(len(strengths))],
-                       [c.label for c in ckpts], [f"strength {strength_label(s)}" for s in strengths])
+        picture = grid(
+            [[Image.fromarray(images[i, r, c]) for c in range(len(ckpts))] for r in range(len(strengths))],
+            [c.label for c in ckpts],
+            [f"strength {strength_label(s)}" for s in strengths],
+        )
         picture = outline(picture, (ev["width"], ev["height"]), strengths.index(rec["strength"]), ckpts.index(chosen))
         grid_pngs.append(_encode(picture))
         job.put_bytes(rel, grid_pngs[-1], "image/png")
-        doc["grids"].append({"image": rel, "prompt": text, "promptIndex": i, "base": numbered(layout.BASE, i, len(texts)),
-                             "columns": [c.name for c in ckpts], "rows": strengths,
-                             "outlined": {"column": ckpts.index(chosen), "row": strengths.index(rec["strength"])}})
+        doc["grids"].append(
+            {
+                "image": rel,
+                "prompt": text,
+                "promptIndex": i,
+                "base": numbered(layout.BASE, i, len(texts)),
+                "columns": [c.name for c in ckpts],
+                "rows": strengths,
+                "outlined": {"column": ckpts.index(chosen), "row": strengths.index(rec["strength"])},
+            }
+        )
 
     # The avatar pack: the recommended checkpoint and strength, every pack prompt, several seeds.
     path = download_checkpoint(job, chosen, heads[chosen.name], workdir)
@@ -373,22 +440,43 @@ def evaluate_stage(job: Job, status: Status) -> None:
     path.unlink()
     for item, sc in zip(pack, scorer.score(pack_pixels, [p["prompt"] for p in pack], photos, kind, pack_nan)):
         item.update(sc)
-    sheet = _encode(contact_sheet([Image.fromarray(p) for p in pack_pixels],
-                                  [f"{p['promptIndex'] + 1}. seed {p['seed']}" for p in pack], columns=min(4, 2 * len(seeds))))
+    sheet = _encode(
+        contact_sheet(
+            [Image.fromarray(p) for p in pack_pixels],
+            [f"{p['promptIndex'] + 1}. seed {p['seed']}" for p in pack],
+            columns=min(4, 2 * len(seeds)),
+        )
+    )
     job.put_bytes(layout.PACK_SHEET, sheet, "image/png")
-    doc["pack"] = {"checkpoint": chosen.name, "strength": rec["strength"], "tag": rec["tag"], "prompts": pack_texts, "seeds": seeds,
-                   "contactSheet": layout.PACK_SHEET, "images": pack}
+    doc["pack"] = {
+        "checkpoint": chosen.name,
+        "strength": rec["strength"],
+        "tag": rec["tag"],
+        "prompts": pack_texts,
+        "seeds": seeds,
+        "contactSheet": layout.PACK_SHEET,
+        "images": pack,
+    }
     doc["report"] = layout.REPORT
     job.put_json(layout.SCORES, doc)
 
     diary = optional_json(job, layout.DIARY)
-    html = report.build(scores=doc, grid_pngs=grid_pngs, pack_png=sheet,
-                        contact_sheet_png=optional_input(job, layout.CONTACT_SHEET),
-                        captions=optional_json(job, layout.CAPTIONS), diary=diary,
-                        times=report.stage_times(status.created_at, diary, started, now()))
+    html = report.build(
+        scores=doc,
+        grid_pngs=grid_pngs,
+        pack_png=sheet,
+        contact_sheet_png=optional_input(job, layout.CONTACT_SHEET),
+        captions=optional_json(job, layout.CAPTIONS),
+        diary=diary,
+        times=report.stage_times(status.created_at, diary, started, now()),
+    )
     job.put_bytes(layout.REPORT, html.encode(), "text/html; charset=utf-8")
-    status.progress(1.0, f"evaluated {len(ckpts)} checkpoints x {len(strengths)} strengths x {len(texts)} prompts; recommended "
-                    f"{rec['tag']}; avatar pack of {len(pack)} images; see {layout.REPORT}", force=True)
+    status.progress(
+        1.0,
+        f"evaluated {len(ckpts)} checkpoints x {len(strengths)} strengths x {len(texts)} prompts; recommended "
+        f"{rec['tag']}; avatar pack of {len(pack)} images; see {layout.REPORT}",
+        force=True,
+    )
 
 
 def _encode(picture) -> bytes:

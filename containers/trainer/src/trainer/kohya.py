@@ -3,6 +3,7 @@
 Config keys are argparse dest names; kohya does not convert TOML values, so `resolution` is the
 string "512,512" and list flags are TOML arrays.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -43,14 +44,20 @@ def check_plan(plan: dict) -> None:
     p, spec, images = plan["plan"], plan["spec"], plan["images"]
     bad = lambda field, msg: StageError("PLAN_IMPOSSIBLE", msg + "; rerun normalize to rebuild plan.json", field)
     if p["folder"] != f"{p['repeats']}_{spec['token']}":
-        raise bad("plan.folder", f"folder {p['folder']!r} must be '<repeats>_<token>' = '{p['repeats']}_{spec['token']}' (kohya reads repeats from it)")
+        raise bad(
+            "plan.folder",
+            f"folder {p['folder']!r} must be '<repeats>_<token>' = '{p['repeats']}_{spec['token']}' (kohya reads repeats from it)",
+        )
     if p["numImages"] != len(images):
         raise bad("plan.numImages", f"numImages is {p['numImages']} but {len(images)} images are listed")
     # The steps formula (docs/training.md); kohya's own count (per-bucket batches) can be slightly higher at batch 2,
     # so progress uses the total kohya prints.
     steps = math.ceil(p["numImages"] * p["repeats"] * p["epochs"] / p["batchSize"])
     if p["totalSteps"] != steps:
-        raise bad("plan.totalSteps", f"totalSteps is {p['totalSteps']} but {p['numImages']} images x {p['repeats']} repeats x {p['epochs']} epochs / batch {p['batchSize']} = {steps}")
+        raise bad(
+            "plan.totalSteps",
+            f"totalSteps is {p['totalSteps']} but {p['numImages']} images x {p['repeats']} repeats x {p['epochs']} epochs / batch {p['batchSize']} = {steps}",
+        )
     if p["batchSize"] != spec["training"]["batchSize"]:
         raise bad("plan.batchSize", f"plan batch {p['batchSize']} differs from training.batchSize {spec['training']['batchSize']}")
     stems: dict[str, str] = {}
@@ -133,24 +140,28 @@ def dataset_config(plan: dict, dataset_dir: Path) -> dict:
     p, t, spec = plan["plan"], plan["spec"]["training"], plan["spec"]
     return {
         "general": {"shuffle_caption": False, "caption_extension": ".txt", "keep_tokens": 0},
-        "datasets": [{
-            "resolution": p["resolution"],
-            "batch_size": p["batchSize"],
-            "enable_bucket": True,
-            "min_bucket_reso": 256,
-            "max_bucket_reso": 1024,
-            "bucket_reso_steps": 64,
-            "bucket_no_upscale": True,
-            "subsets": [{
-                "image_dir": str(dataset_dir / p["folder"]),
-                "num_repeats": p["repeats"],
-                # Used only for an image without a caption file (the captioner writes one for each).
-                "class_tokens": f"{spec['token']} {spec['classWord']}",
-                "caption_extension": ".txt",
-                "color_aug": t["colorAug"],
-                "flip_aug": t["flipAug"],
-            }],
-        }],
+        "datasets": [
+            {
+                "resolution": p["resolution"],
+                "batch_size": p["batchSize"],
+                "enable_bucket": True,
+                "min_bucket_reso": 256,
+                "max_bucket_reso": 1024,
+                "bucket_reso_steps": 64,
+                "bucket_no_upscale": True,
+                "subsets": [
+                    {
+                        "image_dir": str(dataset_dir / p["folder"]),
+                        "num_repeats": p["repeats"],
+                        # Used only for an image without a caption file (the captioner writes one for each).
+                        "class_tokens": f"{spec['token']} {spec['classWord']}",
+                        "caption_extension": ".txt",
+                        "color_aug": t["colorAug"],
+                        "flip_aug": t["flipAug"],
+                    }
+                ],
+            }
+        ],
     }
 
 
@@ -163,9 +174,17 @@ def dataset_toml(cfg: dict) -> str:
     return out
 
 
-def training_config(plan: dict, *, base_model: Path, dataset_toml_path: Path, output_dir: Path,
-                    tokenizer_dir: Path, attention: str = "sdpa", gpu_gib: float | None = None,
-                    workers: int = 2) -> dict:
+def training_config(
+    plan: dict,
+    *,
+    base_model: Path,
+    dataset_toml_path: Path,
+    output_dir: Path,
+    tokenizer_dir: Path,
+    attention: str = "sdpa",
+    gpu_gib: float | None = None,
+    workers: int = 2,
+) -> dict:
     """The train_network.py arguments, by argparse dest name.
 
     Speed settings that leave recipe.md's results alone (same steps, rates, dim/alpha, precision):
@@ -237,7 +256,11 @@ def launch_command(config_toml: Path, resume: Path | None, resume_epoch: int = 0
     else:
         sd = Path(os.environ.get("AVATAR_SD_SCRIPTS_DIR") or "/opt/sd-scripts")
         if not (sd / "train_network.py").is_file():
-            raise StageError("KOHYA_MISSING", f"no train_network.py in {sd}; the trainer image must clone sd-scripts there (AVATAR_SD_SCRIPTS_DIR)", str(sd))
+            raise StageError(
+                "KOHYA_MISSING",
+                f"no train_network.py in {sd}; the trainer image must clone sd-scripts there (AVATAR_SD_SCRIPTS_DIR)",
+                str(sd),
+            )
         cmd = ["accelerate", "launch", "--num_cpu_threads_per_process", "1", str(sd / "train_network.py")]
         cwd = sd
     args = ["--config_file", str(config_toml)]

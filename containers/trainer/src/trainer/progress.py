@@ -2,6 +2,7 @@
 
 Checked against a real sd-scripts run: tests/fixtures/kohya-transcript.{out,err}.txt.
 """
+
 from __future__ import annotations
 
 import re

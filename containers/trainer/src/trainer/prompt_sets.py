@@ -5,6 +5,7 @@ Swiss town, ramen shop, astronaut suit) plus artistic styles (painting, watercol
 what a customer of an avatar product expects to see. Object and style sets ask the same of their kind:
 the object in new places and media, the style applied to new subjects.
 """
+
 from __future__ import annotations
 
 import re

@@ -3,14 +3,15 @@
 docs/training.md, Reading the grid: the best likeness while the prompt still wins, usually a middle epoch at strength
 0.8-1.0. Pure functions of the score table, so the rule is tested on constructed tables.
 """
+
 from __future__ import annotations
 
 from pathlib import PurePosixPath
 
 from avatar_job import StageError, layout
 
-ADHERENCE_MARGIN = 0.10   # keep pairs whose adherence is within 10% of the best pair's
-LIKENESS_TIE = 0.005      # likeness this close to the best counts as a tie
+ADHERENCE_MARGIN = 0.10  # keep pairs whose adherence is within 10% of the best pair's
+LIKENESS_TIE = 0.005  # likeness this close to the best counts as a tie
 PREFERRED_STRENGTHS = (0.8, 1.0)
 
 RULE = (
@@ -42,17 +43,29 @@ def pairs(cells: list[dict]) -> list[dict]:
         groups.setdefault((c["checkpoint"], c["strength"]), []).append(c)
     out = []
     for (ckpt, strength), group in groups.items():
-        out.append({"checkpoint": ckpt, "epoch": group[0]["epoch"], "strength": strength,
-                    "adherence": round(sum(c["adherence"] for c in group) / len(group), 4),
-                    "likeness": round(sum(c["likeness"] for c in group) / len(group), 4),
-                    "broken": sorted({b for c in group for b in c["broken"]})})
+        out.append(
+            {
+                "checkpoint": ckpt,
+                "epoch": group[0]["epoch"],
+                "strength": strength,
+                "adherence": round(sum(c["adherence"] for c in group) / len(group), 4),
+                "likeness": round(sum(c["likeness"] for c in group) / len(group), 4),
+                "broken": sorted({b for c in group for b in c["broken"]}),
+            }
+        )
     return sorted(out, key=lambda p: (p["epoch"], -p["strength"]))
 
 
 def _order(p: dict, middle: float) -> tuple:
     lo, hi = PREFERRED_STRENGTHS
-    return (not (lo <= p["strength"] <= hi), abs(p["epoch"] - middle), abs(p["strength"] - 0.9), -p["adherence"],
-            p["epoch"], -p["strength"])
+    return (
+        not (lo <= p["strength"] <= hi),
+        abs(p["epoch"] - middle),
+        abs(p["strength"] - 0.9),
+        -p["adherence"],
+        p["epoch"],
+        -p["strength"],
+    )
 
 
 def _pick(candidates: list[dict], middle: float) -> tuple[dict, bool]:
@@ -69,11 +82,18 @@ def recommend(table: list[dict], epochs: int) -> dict:
     if not usable:
         why = sorted({b for p in with_lora for b in p["broken"]})
         if not with_lora:
-            raise StageError("NO_USABLE_CHECKPOINT", "spec.evaluation.strengths has no strength above 0, so no LoRA was tested; "
-                             "use the recipe's 1.0-0.5", "spec.evaluation.strengths")
-        raise StageError("NO_USABLE_CHECKPOINT", f"every one of the {len(with_lora)} checkpoint/strength pairs rendered a broken image "
-                         f"({', '.join(why)}; see {layout.SCORES} and {layout.file_name(layout.GRID)}): retrain with a lower learning "
-                         "rate or fewer epochs, or check the photos", layout.SCORES)
+            raise StageError(
+                "NO_USABLE_CHECKPOINT",
+                "spec.evaluation.strengths has no strength above 0, so no LoRA was tested; use the recipe's 1.0-0.5",
+                "spec.evaluation.strengths",
+            )
+        raise StageError(
+            "NO_USABLE_CHECKPOINT",
+            f"every one of the {len(with_lora)} checkpoint/strength pairs rendered a broken image "
+            f"({', '.join(why)}; see {layout.SCORES} and {layout.file_name(layout.GRID)}): retrain with a lower learning "
+            "rate or fewer epochs, or check the photos",
+            layout.SCORES,
+        )
     best_adherence = max(p["adherence"] for p in usable)
     floor = best_adherence - ADHERENCE_MARGIN * abs(best_adherence)
     candidates = [p for p in usable if p["adherence"] >= floor]
@@ -81,9 +101,11 @@ def recommend(table: list[dict], epochs: int) -> dict:
     winner, tie = _pick(candidates, middle)
     rest = [p for p in candidates if p is not winner]
     runner = _pick(rest, middle)[0] if rest else None
-    reason = (f"epoch {winner['epoch']} at strength {strength_text(winner['strength'])}: likeness {winner['likeness']:.4f}, the highest "
-              f"of the {len(candidates)} of {len(usable)} unbroken pairs whose adherence is at least {floor:.4f} (best "
-              f"{best_adherence:.4f}); its adherence {winner['adherence']:.4f}")
+    reason = (
+        f"epoch {winner['epoch']} at strength {strength_text(winner['strength'])}: likeness {winner['likeness']:.4f}, the highest "
+        f"of the {len(candidates)} of {len(usable)} unbroken pairs whose adherence is at least {floor:.4f} (best "
+        f"{best_adherence:.4f}); its adherence {winner['adherence']:.4f}"
+    )
     if tie:
         reason += f"; likeness tied within {LIKENESS_TIE}, decided by the tie-breaks (strength {PREFERRED_STRENGTHS[0]}-{PREFERRED_STRENGTHS[1]}, middle epoch)"
     if len(usable) < len(with_lora):
@@ -91,8 +113,19 @@ def recommend(table: list[dict], epochs: int) -> dict:
         reason += f"; {n} pair{'s' if n > 1 else ''} excluded as broken"
 
     def brief(p: dict) -> dict:
-        return {"checkpoint": p["checkpoint"], "epoch": p["epoch"], "strength": p["strength"], "tag": tag(p["checkpoint"], p["strength"]),
-                "adherence": p["adherence"], "likeness": p["likeness"]}
+        return {
+            "checkpoint": p["checkpoint"],
+            "epoch": p["epoch"],
+            "strength": p["strength"],
+            "tag": tag(p["checkpoint"], p["strength"]),
+            "adherence": p["adherence"],
+            "likeness": p["likeness"],
+        }
 
-    return {**brief(winner), "runnerUp": brief(runner) if runner else None, "reason": reason, "rule": RULE,
-            "adherenceFloor": round(floor, 4)}
+    return {
+        **brief(winner),
+        "runnerUp": brief(runner) if runner else None,
+        "reason": reason,
+        "rule": RULE,
+        "adherenceFloor": round(floor, 4),
+    }

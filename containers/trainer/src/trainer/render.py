@@ -2,6 +2,7 @@
 
 Pure PIL, so the layout is testable without a model.
 """
+
 from __future__ import annotations
 
 from PIL import Image, ImageDraw, ImageFont

@@ -7,6 +7,7 @@ dataset's research-only terms), so likeness is a documented proxy: CLIP image em
 central crop of render and photo, where a portrait's face sits (characters), or of the whole image
 (objects, styles). The metric functions take plain arrays, so they are testable on constructed embeddings.
 """
+
 from __future__ import annotations
 
 import os
@@ -24,29 +25,37 @@ CLIP_LICENCE = "MIT"
 DEFAULT_CLIP_DIR = "/opt/models/clip-vit-base-patch32"
 
 # Broken-output thresholds, in 0-255 units over every pixel and channel.
-BLACK_MEAN = 10.0       # a mean this dark is a black (failed or NSFW-filtered) render
-UNIFORM_STD = 4.0       # a spread this small is a blank or near-uniform image of any colour
+BLACK_MEAN = 10.0  # a mean this dark is a black (failed or NSFW-filtered) render
+UNIFORM_STD = 4.0  # a spread this small is a blank or near-uniform image of any colour
 # Near-copy thresholds: the render reproduces one training photo rather than the subject.
 # Both must hold for one photo: the same content (CLIP) and the same layout (pixels). Either alone is
 # common in a good LoRA: every render of the subject resembles the photos, and portraits share a layout.
-NEAR_COPY_CLIP = 0.95   # CLIP image cosine (different photos of one person score lower)
+NEAR_COPY_CLIP = 0.95  # CLIP image cosine (different photos of one person score lower)
 NEAR_COPY_PIXELS = 0.85  # correlation of 32x32 greyscale thumbnails of the central squares
-SUBJECT_CROP = 0.6      # characters: the central square of this fraction of the shorter side
+SUBJECT_CROP = 0.6  # characters: the central square of this fraction of the shorter side
 
 DEFINITIONS = {
-    "adherence": (f"prompt adherence, the cosine similarity between the {CLIP_MODEL} ({CLIP_LICENCE} licence) embeddings of the "
-                  "image and of its prompt (A1111 tag removed; CLIP reads the first 77 tokens). Higher means the prompt shows "
-                  "(does 'red hair' appear). Typical values are 0.2-0.35; compare cells, not absolute numbers."),
-    "likeness": (f"mean cosine similarity between the {CLIP_MODEL} image embedding of the image and those of the "
-                 f"training photos. Characters: the central square of {SUBJECT_CROP:.0%} of the shorter side of both (where a portrait's "
-                 "face sits; a proxy, as no face-recognition model with a licence that allows commercial use was found); objects "
-                 "and styles: the whole images. Higher means closer to the subject."),
-    "maxTrainingSimilarity": ("the highest of the same cosine similarities to any one training photo, whole images; "
-                              f"one of the two near-copy signals (see broken)."),
-    "broken": ("why the image is unusable, empty when it is fine: 'nan' the render had NaN/inf pixels (shown black); "
-               f"'black' mean brightness under {BLACK_MEAN:g}/255; 'uniform' pixel standard deviation under {UNIFORM_STD:g}/255 "
-               f"(blank or near-uniform); 'nearCopy' it reproduces a training photo (overfitting): with one photo, both CLIP image cosine >= "
-               f"{NEAR_COPY_CLIP} and 32x32 greyscale thumbnail correlation >= {NEAR_COPY_PIXELS} (same content and same layout)."),
+    "adherence": (
+        f"prompt adherence, the cosine similarity between the {CLIP_MODEL} ({CLIP_LICENCE} licence) embeddings of the "
+        "image and of its prompt (A1111 tag removed; CLIP reads the first 77 tokens). Higher means the prompt shows "
+        "(does 'red hair' appear). Typical values are 0.2-0.35; compare cells, not absolute numbers."
+    ),
+    "likeness": (
+        f"mean cosine similarity between the {CLIP_MODEL} image embedding of the image and those of the "
+        f"training photos. Characters: the central square of {SUBJECT_CROP:.0%} of the shorter side of both (where a portrait's "
+        "face sits; a proxy, as no face-recognition model with a licence that allows commercial use was found); objects "
+        "and styles: the whole images. Higher means closer to the subject."
+    ),
+    "maxTrainingSimilarity": (
+        "the highest of the same cosine similarities to any one training photo, whole images; "
+        "one of the two near-copy signals (see broken)."
+    ),
+    "broken": (
+        "why the image is unusable, empty when it is fine: 'nan' the render had NaN/inf pixels (shown black); "
+        f"'black' mean brightness under {BLACK_MEAN:g}/255; 'uniform' pixel standard deviation under {UNIFORM_STD:g}/255 "
+        f"(blank or near-uniform); 'nearCopy' it reproduces a training photo (overfitting): with one photo, both CLIP image cosine >= "
+        f"{NEAR_COPY_CLIP} and 32x32 greyscale thumbnail correlation >= {NEAR_COPY_PIXELS} (same content and same layout)."
+    ),
 }
 
 
@@ -105,9 +114,10 @@ def near_copy(clip: np.ndarray, pixel_corr: np.ndarray) -> bool:
 @dataclass
 class Photos:
     """The training photos as the scorer compares against them."""
-    whole: np.ndarray      # (N, D) CLIP embeddings of the whole photos
-    subject: np.ndarray    # (N, D) of the likeness crop (the whole photo for objects and styles)
-    thumbs: np.ndarray     # (N, 1024) normalized greyscale thumbnails
+
+    whole: np.ndarray  # (N, D) CLIP embeddings of the whole photos
+    subject: np.ndarray  # (N, D) of the likeness crop (the whole photo for objects and styles)
+    thumbs: np.ndarray  # (N, 1024) normalized greyscale thumbnails
 
 
 class Scorer:
@@ -119,8 +129,11 @@ class Scorer:
 
         self.model_dir = model_dir or os.environ.get("AVATAR_CLIP_MODEL_DIR") or DEFAULT_CLIP_DIR
         if not (Path(self.model_dir) / "config.json").is_file():
-            raise StageError("CLIP_MODEL_MISSING", f"no CLIP model at {self.model_dir}; the trainer image bakes {CLIP_MODEL} in, "
-                             "set AVATAR_CLIP_MODEL_DIR", "AVATAR_CLIP_MODEL_DIR")
+            raise StageError(
+                "CLIP_MODEL_MISSING",
+                f"no CLIP model at {self.model_dir}; the trainer image bakes {CLIP_MODEL} in, set AVATAR_CLIP_MODEL_DIR",
+                "AVATAR_CLIP_MODEL_DIR",
+            )
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.model = CLIPModel.from_pretrained(self.model_dir, local_files_only=True).to(self.device).eval()
         self.processor = CLIPProcessor.from_pretrained(self.model_dir, local_files_only=True)
@@ -130,7 +143,7 @@ class Scorer:
 
         out = []
         for i in range(0, len(images), batch):
-            inputs = self.processor(images=[im.convert("RGB") for im in images[i:i + batch]], return_tensors="pt").to(self.device)
+            inputs = self.processor(images=[im.convert("RGB") for im in images[i : i + batch]], return_tensors="pt").to(self.device)
             with torch.inference_mode():
                 out.append(self.model.get_image_features(**inputs).float().cpu().numpy())
         return normalize(np.concatenate(out))
@@ -147,8 +160,9 @@ class Scorer:
         subject = self.images([center_square(im, SUBJECT_CROP) for im in images]) if kind == "character" else whole
         return Photos(whole, subject, np.stack([thumbnail(im) for im in images]))
 
-    def score(self, pixels_list: list[np.ndarray], prompts: list[str], photos: Photos, kind: str,
-              nan: list[bool] | None = None) -> list[dict[str, Any]]:
+    def score(
+        self, pixels_list: list[np.ndarray], prompts: list[str], photos: Photos, kind: str, nan: list[bool] | None = None
+    ) -> list[dict[str, Any]]:
         """Scores of each image against its prompt (same index) and the training photos."""
         images = [Image.fromarray(p) for p in pixels_list]
         whole = self.images(images)
@@ -162,6 +176,12 @@ class Scorer:
             broken = (["nan"] if nan and nan[i] else []) + broken_pixels(pixels)
             if near_copy(clip[i], pix[i]):
                 broken.append("nearCopy")
-            out.append({"adherence": round(float(adh[i]), 4), "likeness": round(float(like[i]), 4),
-                        "maxTrainingSimilarity": round(float(clip[i].max()), 4), "broken": broken})
+            out.append(
+                {
+                    "adherence": round(float(adh[i]), 4),
+                    "likeness": round(float(like[i]), 4),
+                    "maxTrainingSimilarity": round(float(clip[i].max()), 4),
+                    "broken": broken,
+                }
+            )
         return out

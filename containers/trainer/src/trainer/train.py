@@ -4,6 +4,7 @@ Checkpoints and resume state are uploaded once kohya has finished writing them (
 Spot interruption loses at most one epoch: a retried attempt of the same job downloads the newest
 complete state (download.py) and passes --resume; supervise.py runs and follows kohya.
 """
+
 from __future__ import annotations
 
 import json
@@ -46,7 +47,9 @@ def check_precision(mixed_precision: str) -> None:
     import torch
 
     if mixed_precision == "bf16" and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
-        raise StageError("BF16_UNSUPPORTED", "this GPU has no bf16 (pre-Ampere); set training.mixedPrecision to fp16", "spec.training.mixedPrecision")
+        raise StageError(
+            "BF16_UNSUPPORTED", "this GPU has no bf16 (pre-Ampere); set training.mixedPrecision to fp16", "spec.training.mixedPrecision"
+        )
 
 
 def fetch_base_model(job: Job) -> dict:
@@ -58,7 +61,9 @@ def fetch_base_model(job: Job) -> dict:
     """
     key = os.environ.get("AVATAR_BASE_MODEL_KEY")
     if not key:
-        raise StageError("MISSING_ENV", "AVATAR_BASE_MODEL_KEY is not set; the Batch job definition must name the base model", "AVATAR_BASE_MODEL_KEY")
+        raise StageError(
+            "MISSING_ENV", "AVATAR_BASE_MODEL_KEY is not set; the Batch job definition must name the base model", "AVATAR_BASE_MODEL_KEY"
+        )
     try:
         head = job.s3.head_object(Bucket=job.artifacts_bucket, Key=key)
     except job.s3.exceptions.ClientError:
@@ -67,10 +72,13 @@ def fetch_base_model(job: Job) -> dict:
     expected = head.get("Metadata", {}).get("sha256", "").lower()
     if not re.fullmatch(r"[0-9a-f]{64}", expected):
         # The job role may not write under models/, so the operator records the hash once, at upload.
-        raise StageError("BASE_MODEL_UNVERIFIED",
-                         f"s3://{job.artifacts_bucket}/{key} has no sha256 in its metadata, so its cached copies cannot be checked; "
-                         f"upload it again with --metadata sha256=<hex> (aws s3 cp FILE s3://{job.artifacts_bucket}/{key} "
-                         "--metadata sha256=$(sha256sum FILE | cut -d' ' -f1))", key)
+        raise StageError(
+            "BASE_MODEL_UNVERIFIED",
+            f"s3://{job.artifacts_bucket}/{key} has no sha256 in its metadata, so its cached copies cannot be checked; "
+            f"upload it again with --metadata sha256=<hex> (aws s3 cp FILE s3://{job.artifacts_bucket}/{key} "
+            "--metadata sha256=$(sha256sum FILE | cut -d' ' -f1))",
+            key,
+        )
     local = job.cache_dir / "base-models" / PurePosixPath(key).name
     if local.is_file() and local.stat().st_size == size:
         if sha256(local) == expected:
@@ -84,7 +92,11 @@ def fetch_base_model(job: Job) -> dict:
         job.s3.download_file(job.artifacts_bucket, key, tmp)
         digest = sha256(Path(tmp))
         if digest != expected:
-            raise StageError("BASE_MODEL_CORRUPT", f"the downloaded base model's sha256 {digest} differs from the object's metadata {expected}; re-upload it", key)
+            raise StageError(
+                "BASE_MODEL_CORRUPT",
+                f"the downloaded base model's sha256 {digest} differs from the object's metadata {expected}; re-upload it",
+                key,
+            )
         os.replace(tmp, local)
     finally:
         if os.path.exists(tmp):
@@ -109,9 +121,13 @@ def train_stage(job: Job, status: Status) -> None:
     dataset_cfg = kohya.dataset_config(plan, dataset_dir)
     dataset_toml.write_text(kohya.dataset_toml(dataset_cfg))
     config = kohya.training_config(
-        plan, base_model=base["path"], dataset_toml_path=dataset_toml, output_dir=output_dir,
+        plan,
+        base_model=base["path"],
+        dataset_toml_path=dataset_toml,
+        output_dir=output_dir,
         tokenizer_dir=Path(os.environ.get("AVATAR_TOKENIZER_CACHE_DIR") or "/opt/tokenizers"),
-        attention=kohya.attention(), gpu_gib=_gpu_gib(),
+        attention=kohya.attention(),
+        gpu_gib=_gpu_gib(),
         workers=kohya.data_loader_workers(kohya.available_cpus(), kohya.shm_bytes(), t["cacheLatents"]),
     )
     config_toml.write_text(kohya.toml_table(config))
@@ -129,13 +145,19 @@ def train_stage(job: Job, status: Status) -> None:
     except (StageError, json.JSONDecodeError):
         previous = {}
     publisher.diary = {
-        "teamId": job.team_id, "jobId": job.job_id, "outputName": name,
+        "teamId": job.team_id,
+        "jobId": job.job_id,
+        "outputName": name,
         "startedAt": previous.get("startedAt", now()),
         "attempts": previous.get("attempts", []) + [{"startedAt": now(), "resumedFrom": resume.name if resume else None}],
-        "config": config, "datasetConfig": dataset_cfg, "versions": _versions(),
+        "config": config,
+        "datasetConfig": dataset_cfg,
+        "versions": _versions(),
         "baseModel": {k: base[k] for k in ("key", "size", "sha256")},
-        "plan": plan["plan"], "training": t,
-        "lossPerEpoch": previous.get("lossPerEpoch", {}), "checkpoints": previous.get("checkpoints", []),
+        "plan": plan["plan"],
+        "training": t,
+        "lossPerEpoch": previous.get("lossPerEpoch", {}),
+        "checkpoints": previous.get("checkpoints", []),
         "state": previous.get("state"),
     }
     publisher.published |= {c["name"] for c in publisher.diary["checkpoints"]}
@@ -144,8 +166,15 @@ def train_stage(job: Job, status: Status) -> None:
     supervisor = Supervisor(status, plan, publisher, resumed_epoch)
     cmd, cwd = kohya.launch_command(config_toml, resume, resumed_epoch)
     print("train: " + " ".join(cmd), flush=True)
-    status.progress(0.02, f"training ({plan['plan']['arithmetic']})" + (f", resuming from {resume.name}" if resume else ""), force=True,
-                    epoch=resumed_epoch or None, epochs=epochs, step=0, totalSteps=supervisor.total)
+    status.progress(
+        0.02,
+        f"training ({plan['plan']['arithmetic']})" + (f", resuming from {resume.name}" if resume else ""),
+        force=True,
+        epoch=resumed_epoch or None,
+        epochs=epochs,
+        step=0,
+        totalSteps=supervisor.total,
+    )
     rc = supervisor.launch(cmd, cwd)
     if rc == 0:
         publisher.proven = math.inf  # a clean exit: everything kohya wrote is finished
@@ -157,8 +186,11 @@ def train_stage(job: Job, status: Status) -> None:
     on_s3 = set(job.list(layout.TRAIN))
     missing = [layout.file_name(k) for k in expected if k not in on_s3]
     if missing:
-        why = "kohya found no training images (check the <repeats>_<token> folder and the image files)" if supervisor.no_data_logged \
+        why = (
+            "kohya found no training images (check the <repeats>_<token> folder and the image files)"
+            if supervisor.no_data_logged
             else "kohya exited 0 without writing them"
+        )
         raise StageError("NO_OUTPUT", f"missing checkpoints {', '.join(missing)}: {why}", missing[0])
     publisher.diary["finishedAt"] = now()
     publisher.save_diary()

@@ -1,4 +1,5 @@
 """Checks a LoRA checkpoint before it is published: parseable, kohya's key layout, the planned dim/alpha."""
+
 from __future__ import annotations
 
 import hashlib
@@ -32,7 +33,9 @@ def sha256(path: Path) -> str:
 
 def read_header(path: Path) -> dict:
     """The safetensors JSON header, checked against the file size (a torn or corrupt file fails here)."""
-    bad = lambda why: StageError("CHECKPOINT_INVALID", f"{path.name} is not a readable safetensors file ({why}); the run must be retried", path.name)
+    bad = lambda why: StageError(
+        "CHECKPOINT_INVALID", f"{path.name} is not a readable safetensors file ({why}); the run must be retried", path.name
+    )
     size = path.stat().st_size
     with path.open("rb") as f:
         head = f.read(8)
@@ -61,7 +64,9 @@ def verify_checkpoint(path: Path, network: str, dim: int, alpha: float) -> dict:
     """Raises StageError CHECKPOINT_INVALID unless `path` is a LoRA of the planned shape; returns a summary."""
     header = read_header(path)
     meta = header.get("__metadata__") or {}
-    invalid = lambda why: StageError("CHECKPOINT_INVALID", f"{path.name}: {why}; this is not the LoRA the plan asked for, so it was not published", path.name)
+    invalid = lambda why: StageError(
+        "CHECKPOINT_INVALID", f"{path.name}: {why}; this is not the LoRA the plan asked for, so it was not published", path.name
+    )
     modules: dict[str, set[str]] = defaultdict(set)
     for name in header:
         if name == "__metadata__":
@@ -88,5 +93,9 @@ def verify_checkpoint(path: Path, network: str, dim: int, alpha: float) -> dict:
         if key in meta and not math.isclose(float(meta[key]), float(want), rel_tol=1e-3):
             raise invalid(f"metadata {key}={meta[key]}, the plan says {want:g}")
     unet = sum(m.startswith("lora_unet_") for m in modules)
-    return {"modules": len(modules), "unetModules": unet, "textEncoderModules": len(modules) - unet,
-            "epoch": int(meta["ss_epoch"]) if str(meta.get("ss_epoch", "")).isdigit() else None}
+    return {
+        "modules": len(modules),
+        "unetModules": unet,
+        "textEncoderModules": len(modules) - unet,
+        "epoch": int(meta["ss_epoch"]) if str(meta.get("ss_epoch", "")).isdigit() else None,
+    }
