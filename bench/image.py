@@ -222,7 +222,7 @@ def main(argv=None) -> int:
             ("CLIP ViT-B/32 scorer weights (est.)", est("clip-b32"), ""),
             (
                 "sd-scripts + tokenizer + SD1.5 configs + code (est.)",
-                tuple(a + b + c for a, b, c in zip(est("sd-scripts"), est("configs"), est("code"))),
+                tuple(a + b + c for a, b, c in zip(est("sd-scripts"), est("configs"), est("code"), strict=True)),
                 "",
             ),
         ],

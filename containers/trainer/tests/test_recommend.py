@@ -86,8 +86,8 @@ def test_negative_adherence_keeps_the_best_pair_eligible():
 
 def test_pairs_average_the_prompts_and_carry_any_broken_flag():
     cells = [
-        {"checkpoint": "a.safetensors", "epoch": 2, "strength": 1.0, "adherence": a, "likeness": l, "broken": b}
-        for a, l, b in ((0.2, 0.4, []), (0.4, 0.6, ["black"]))
+        {"checkpoint": "a.safetensors", "epoch": 2, "strength": 1.0, "adherence": a, "likeness": like, "broken": b}
+        for a, like, b in ((0.2, 0.4, []), (0.4, 0.6, ["black"]))
     ]
     cells.append({"checkpoint": "a-000001.safetensors", "epoch": 1, "strength": 0.5, "adherence": 0.1, "likeness": 0.2, "broken": []})
     assert recommend.pairs(cells) == [

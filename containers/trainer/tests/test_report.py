@@ -116,7 +116,7 @@ def test_the_report_is_self_contained_and_escapes_what_users_wrote():
 def test_the_loss_plot_places_each_epoch():
     svg = report.loss_svg({"1": 0.3, "3": 0.1, "2": 0.2}, width=200, height=100)
     pts = svg.split('points="')[1].split('"')[0].split()
-    xs, ys = zip(*((float(a), float(b)) for a, b in (p.split(",") for p in pts)))
+    xs, ys = zip(*((float(a), float(b)) for a, b in (p.split(",") for p in pts)), strict=True)
     assert xs == (56.0, 120.0, 184.0)  # epochs in order across the plot width (left 56, right 16)
     assert ys[0] < ys[1] < ys[2]  # falling loss goes down the page
     assert "epoch 3: loss 0.10000" in svg

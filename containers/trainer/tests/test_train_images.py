@@ -51,7 +51,7 @@ def test_both_locks_agree_on_every_shared_package():
 def _stages(text):
     """The Dockerfile split at each FROM: [(from line, body)]."""
     parts = re.split(r"^(FROM .*)$", text, flags=re.M)
-    return list(zip(parts[1::2], parts[2::2]))
+    return list(zip(parts[1::2], parts[2::2], strict=True))
 
 
 def test_the_one_gpu_image_ships_no_build_tools_no_cuda_base_and_both_packages():

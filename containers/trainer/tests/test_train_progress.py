@@ -80,7 +80,7 @@ def test_a_resumed_run_counts_its_steps_from_one_again():
 
 
 def test_nan_and_inf_losses_parse_as_floats():
-    line = next(l for l in split_lines(_transcript("kohya-transcript", "err"))[0] if "avr_loss=1.05]" in l)
+    line = next(ln for ln in split_lines(_transcript("kohya-transcript", "err"))[0] if "avr_loss=1.05]" in ln)
     assert math.isnan(parse_line(line.replace("avr_loss=1.05]", "avr_loss=nan]")).loss)
     assert parse_line(line.replace("avr_loss=1.05]", "avr_loss=inf]")).loss == math.inf
 

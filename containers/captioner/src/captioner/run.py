@@ -20,7 +20,7 @@ def _open_image(data: bytes, name: str) -> Image.Image:
         im.load()
         return im
     except (UnidentifiedImageError, OSError) as e:
-        raise StageError("BAD_IMAGE", f"cannot decode {name} ({e}); rerun normalize or remove the photo", name)
+        raise StageError("BAD_IMAGE", f"cannot decode {name} ({e}); rerun normalize or remove the photo", name) from e
 
 
 def already_captioned(job: Job, plan: dict, prefix: str) -> bool:
@@ -82,7 +82,7 @@ def caption_stage(job: Job, status: Status) -> None:
         for i in range(0, len(todo), s.batch_size):
             batch = todo[i : i + s.batch_size]
             pictures = [_open_image(job.get_bytes(layout.dataset_file(folder, n)), n) for n in batch]
-            for name, text in zip(batch, model.caption(pictures, s)):
+            for name, text in zip(batch, model.caption(pictures, s), strict=True):
                 captions[name] = (ensure_prefix(remove_traits(text, settings["commonTraits"]), prefix), "blip")
             done = i + len(batch)
             status.progress(0.1 + 0.85 * done / len(todo), f"captioned {done}/{len(todo)} images")

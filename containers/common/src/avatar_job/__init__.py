@@ -14,7 +14,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -141,7 +141,7 @@ class Job:
         except self.s3.exceptions.NoSuchKey:
             raise StageError(
                 "MISSING_INPUT", f"s3://{self.artifacts_bucket}/{self.key(rel)} does not exist; run the earlier stages first", rel
-            )
+            ) from None
 
     def put_bytes(self, rel: str, body: bytes, content_type: str = "application/octet-stream") -> None:
         self.s3.put_object(Bucket=self.artifacts_bucket, Key=self.key(rel), Body=body, ContentType=content_type)
@@ -173,7 +173,7 @@ class Job:
         try:
             plan = json.loads(raw)
         except json.JSONDecodeError as e:
-            raise StageError("INVALID_DATASETPLAN", f"{layout.PLAN} is not JSON ({e}); rerun the normalize stage", layout.PLAN)
+            raise StageError("INVALID_DATASETPLAN", f"{layout.PLAN} is not JSON ({e}); rerun the normalize stage", layout.PLAN) from e
         validate("DatasetPlan", plan, layout.PLAN)
         if (plan["teamId"], plan["jobId"]) != (self.team_id, self.job_id):
             raise StageError("INVALID_DATASETPLAN", f"plan.json belongs to {plan['teamId']}/{plan['jobId']}, not this job", layout.PLAN)

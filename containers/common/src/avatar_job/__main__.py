@@ -25,7 +25,7 @@ COMMANDS = {
 def run(stages: list[str]) -> int:
     for stage in stages:
         proc = subprocess.Popen([sys.executable, "-m", *COMMANDS[stage]])
-        previous = signal.signal(signal.SIGTERM, lambda signum, _frame: proc.send_signal(signum))
+        previous = signal.signal(signal.SIGTERM, lambda signum, _frame, proc=proc: proc.send_signal(signum))
         try:
             rc = proc.wait()
         finally:

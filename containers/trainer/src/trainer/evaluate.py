@@ -104,7 +104,7 @@ def head_checkpoints(job: Job, ckpts: list[Checkpoint]) -> dict[str, dict]:
                 f"s3://{job.artifacts_bucket}/{job.key(c.rel)} is missing or unreadable ({code}); "
                 f"the train stage must publish all {len(ckpts)} checkpoints first",
                 c.rel,
-            )
+            ) from e
     return heads
 
 
@@ -127,12 +127,14 @@ def load_training_photos(job: Job, plan: dict) -> list[Any]:
         try:
             rel = layout.dataset_file(folder, name)
         except ValueError:
-            raise StageError("INVALID_DATASETPLAN", f"image name {name!r} is not a plain file name; rerun the normalize stage", layout.PLAN)
+            raise StageError(
+                "INVALID_DATASETPLAN", f"image name {name!r} is not a plain file name; rerun the normalize stage", layout.PLAN
+            ) from None
         try:
             with Image.open(io.BytesIO(job.get_bytes(rel))) as im:
                 out.append(im.convert("RGB"))
         except (OSError, Image.DecompressionBombError) as e:
-            raise StageError("TRAINING_PHOTO_UNREADABLE", f"{rel} cannot be decoded ({e}); rerun the normalize stage", rel)
+            raise StageError("TRAINING_PHOTO_UNREADABLE", f"{rel} cannot be decoded ({e}); rerun the normalize stage", rel) from e
     return out
 
 
@@ -242,7 +244,7 @@ def load_lora(pipe: Any, path: Path, ckpt: Checkpoint) -> None:
     except Exception as e:  # diffusers raises ValueError/KeyError/RuntimeError for keys or shapes it cannot map
         raise StageError(
             "CHECKPOINT_UNLOADABLE", f"diffusers could not load {ckpt.name} onto the base model ({type(e).__name__}: {e})", ckpt.rel
-        )
+        ) from e
     if ADAPTER not in pipe.get_list_adapters().get("unet", []):
         raise StageError("CHECKPOINT_UNLOADABLE", f"{ckpt.name} holds no U-Net LoRA modules diffusers recognises", ckpt.rel)
 
@@ -357,7 +359,9 @@ def evaluate_stage(job: Job, status: Status) -> None:
 
     status.progress(0.03 + 0.9 * done / total, "scoring the grid", force=True)
     base_scores = scorer.score(base, texts, photos, kind, base_nan)
-    for cell, sc in zip(cells, scorer.score([images[c["_at"]] for c in cells], [c["prompt"] for c in cells], photos, kind, nans)):
+    for cell, sc in zip(
+        cells, scorer.score([images[c["_at"]] for c in cells], [c["prompt"] for c in cells], photos, kind, nans), strict=True
+    ):
         cell.update(sc)
     table = recommend.pairs(cells)
     doc = {
@@ -438,7 +442,7 @@ def evaluate_stage(job: Job, status: Status) -> None:
             rendered(f"avatar pack with {chosen.name} at strength {strength_label(rec['strength'])}", chosen)
     pipe.unload_lora_weights()
     path.unlink()
-    for item, sc in zip(pack, scorer.score(pack_pixels, [p["prompt"] for p in pack], photos, kind, pack_nan)):
+    for item, sc in zip(pack, scorer.score(pack_pixels, [p["prompt"] for p in pack], photos, kind, pack_nan), strict=True):
         item.update(sc)
     sheet = _encode(
         contact_sheet(

@@ -78,7 +78,7 @@ def contact_sheet(images: list[Image.Image], labels: list[str], columns: int = 4
     rows = -(-len(images) // cols)
     out = Image.new("RGB", (cols * thumb, rows * (thumb + label_h)), BACKGROUND)
     draw = ImageDraw.Draw(out)
-    for i, (image, label) in enumerate(zip(images, labels)):
+    for i, (image, label) in enumerate(zip(images, labels, strict=True)):
         x, y = (i % cols) * thumb, (i // cols) * (thumb + label_h)
         im = image.convert("RGB").copy()
         im.thumbnail((thumb, thumb))

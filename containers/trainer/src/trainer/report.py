@@ -154,7 +154,7 @@ def build(
     )
 
     out.append("<section><h2>Grid: checkpoints across, strengths down</h2><p>The recommended cell is outlined in magenta.</p>")
-    for g, png in zip(scores["grids"], grid_pngs):
+    for g, png in zip(scores["grids"], grid_pngs, strict=True):
         out.append(f"<p><i>{esc(g['prompt'])}</i></p>" + _img(png, f"grid for {g['prompt']}", ""))
     out.append("</section>")
 

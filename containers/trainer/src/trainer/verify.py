@@ -47,7 +47,7 @@ def read_header(path: Path) -> dict:
         try:
             header = json.loads(f.read(n))
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise bad(f"header is not JSON: {e}")
+            raise bad(f"header is not JSON: {e}") from e
     if not isinstance(header, dict):
         raise bad("header is not a JSON object")
     data = size - 8 - n
