@@ -1,11 +1,13 @@
 """The kohya TOML built from plan.json, read back the way kohya reads it (tomllib, no conversion)."""
 
 import json
+import math
 import os
 import tomllib
 from pathlib import Path
 
 import pytest
+import toml
 
 from avatar_job import StageError
 from conftest import REPO
@@ -30,7 +32,7 @@ def _config(plan, **kw):
         tokenizer_dir=Path("/opt/tokenizers"),
         **kw,
     )
-    return tomllib.loads(kohya.toml_table(cfg))
+    return tomllib.loads(kohya.to_toml(cfg))
 
 
 def test_recipe_25_photo_config_matches_recipe_table():
@@ -68,7 +70,7 @@ def test_recipe_25_photo_config_matches_recipe_table():
 
 
 def test_recipe_25_photo_dataset_toml_gives_15_repeats_of_15_anantn():
-    ds = tomllib.loads(kohya.dataset_toml(kohya.dataset_config(FIXTURE, WORK / "dataset")))
+    ds = tomllib.loads(kohya.to_toml(kohya.dataset_config(FIXTURE, WORK / "dataset")))
     assert set(ds) == {"general", "datasets"}
     (dataset,) = ds["datasets"]
     (subset,) = dataset["subsets"]
@@ -82,7 +84,7 @@ def test_recipe_25_photo_dataset_toml_gives_15_repeats_of_15_anantn():
 
 def test_dataset_toml_uses_only_keys_kohya_accepts_at_their_level():
     # kohya validates with voluptuous: an unknown key is an error (docs/kohya.md, The dataset TOML).
-    ds = tomllib.loads(kohya.dataset_toml(kohya.dataset_config(FIXTURE, WORK / "dataset")))
+    ds = tomllib.loads(kohya.to_toml(kohya.dataset_config(FIXTURE, WORK / "dataset")))
     dataset_keys = {
         "batch_size",
         "resolution",
@@ -299,3 +301,19 @@ def test_available_cpus_and_shm_are_read_from_this_machine():
     assert 1 <= kohya.available_cpus() <= (os.cpu_count() or 1)
     shm = kohya.shm_bytes()
     assert shm is None or shm > 0
+
+
+def test_the_toml_reads_back_identically_with_the_package_kohya_reads_it_with():
+    cfg = kohya.training_config(
+        FIXTURE, base_model=WORK / "m.safetensors", dataset_toml_path=WORK / "d.toml", output_dir=WORK / "o", tokenizer_dir=WORK / "t"
+    )
+    cfg["optimizer_args"] = ['betas="0.9,0.99"', "weight_decay=0.01"]
+    assert toml.loads(kohya.to_toml(cfg)) == cfg
+    ds = kohya.dataset_config(FIXTURE, WORK / 'data "quoted" \\ dir')
+    assert toml.loads(kohya.to_toml(ds)) == ds == tomllib.loads(kohya.to_toml(ds))
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_a_non_finite_value_is_refused_naming_its_key(bad):
+    with pytest.raises(ValueError, match=r"datasets\.0\.subsets\.0\.x = .* has no TOML form"):
+        kohya.to_toml({"datasets": [{"subsets": [{"x": bad}]}]})

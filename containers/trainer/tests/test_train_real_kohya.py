@@ -103,7 +103,7 @@ def test_real_kohya_trains_a_lora_diffusers_can_load(tmp_path):
         workers=0,
     )
     cfg["resolution"] = "64,64"
-    (tmp_path / "config.toml").write_text(kohya.toml_table(cfg))
+    (tmp_path / "config.toml").write_text(kohya.to_toml(cfg))
     assert tomllib.loads((tmp_path / "config.toml").read_text())["resolution"] == "64,64"
 
     def kohya(name, *args):

@@ -13,30 +13,26 @@ import re
 import shlex
 from pathlib import Path, PurePosixPath
 
+import toml
+
 from avatar_job import StageError
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}  # what kohya globs; others are skipped silently
 NETWORK_MODULES = {"lora": "networks.lora", "locon": "lycoris.kohya", "loha": "lycoris.kohya"}
 
 
-def toml_value(v) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int):
-        return str(v)
-    if isinstance(v, float):
-        if not math.isfinite(v):
-            raise ValueError(f"{v} has no TOML form kohya accepts")
-        return repr(v)
-    if isinstance(v, str):
-        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(toml_value(x) for x in v) + "]"
-    raise TypeError(f"cannot write {type(v).__name__} to TOML")
+def to_toml(doc: dict) -> str:
+    """`doc` as TOML, written by the `toml` package kohya reads its config and dataset files with, so
+    what kohya reads back is what we wrote. NaN and infinity are refused: kohya would take them as values."""
 
+    def check(v, where: str) -> None:
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ValueError(f"{where} = {v} has no TOML form kohya accepts")
+        for k, x in v.items() if isinstance(v, dict) else enumerate(v) if isinstance(v, (list, tuple)) else ():
+            check(x, f"{where}.{k}" if where else str(k))
 
-def toml_table(d: dict) -> str:
-    return "".join(f"{k} = {toml_value(v)}\n" for k, v in d.items())
+    check(doc, "")
+    return toml.dumps(doc)
 
 
 def check_plan(plan: dict) -> None:
@@ -163,15 +159,6 @@ def dataset_config(plan: dict, dataset_dir: Path) -> dict:
             }
         ],
     }
-
-
-def dataset_toml(cfg: dict) -> str:
-    out = "[general]\n" + toml_table(cfg["general"])
-    for ds in cfg["datasets"]:
-        out += "\n[[datasets]]\n" + toml_table({k: v for k, v in ds.items() if k != "subsets"})
-        for sub in ds["subsets"]:
-            out += "\n[[datasets.subsets]]\n" + toml_table(sub)
-    return out
 
 
 def training_config(

@@ -67,7 +67,9 @@ def fetch_base_model(job: Job) -> dict:
     try:
         head = job.s3.head_object(Bucket=job.artifacts_bucket, Key=key)
     except job.s3.exceptions.ClientError:
-        raise StageError("BASE_MODEL_MISSING", f"s3://{job.artifacts_bucket}/{key} is missing; upload the SD 1.5 checkpoint there", key)
+        raise StageError(
+            "BASE_MODEL_MISSING", f"s3://{job.artifacts_bucket}/{key} is missing; upload the SD 1.5 checkpoint there", key
+        ) from None
     size = head["ContentLength"]
     expected = head.get("Metadata", {}).get("sha256", "").lower()
     if not re.fullmatch(r"[0-9a-f]{64}", expected):
@@ -119,7 +121,7 @@ def train_stage(job: Job, status: Status) -> None:
 
     dataset_toml, config_toml = workdir / layout.file_name(layout.DATASET_TOML), workdir / layout.file_name(layout.CONFIG_TOML)
     dataset_cfg = kohya.dataset_config(plan, dataset_dir)
-    dataset_toml.write_text(kohya.dataset_toml(dataset_cfg))
+    dataset_toml.write_text(kohya.to_toml(dataset_cfg))
     config = kohya.training_config(
         plan,
         base_model=base["path"],
@@ -130,7 +132,7 @@ def train_stage(job: Job, status: Status) -> None:
         gpu_gib=_gpu_gib(),
         workers=kohya.data_loader_workers(kohya.available_cpus(), kohya.shm_bytes(), t["cacheLatents"]),
     )
-    config_toml.write_text(kohya.toml_table(config))
+    config_toml.write_text(kohya.to_toml(config))
     job.upload(dataset_toml, layout.DATASET_TOML)
     job.upload(config_toml, layout.CONFIG_TOML)
 
