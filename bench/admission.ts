@@ -18,6 +18,7 @@ import { QueryCommand } from '@aws-sdk/lib-dynamodb';
 import { type AdmissionRequest, type AdmissionResult, admit, release } from '../lambdas/shared/admission';
 import { createTeamsTable, fromMicroUsd, TEAM_DEFAULTS, TeamRegistry, teamsDocumentClient } from '../lambdas/shared/teams';
 import { LOCAL_CREDENTIALS, LOCAL_REGION, startMoto } from '../scripts/local/moto';
+import { admissionRequest } from '../scripts/local/teams';
 
 const JOBS = 100;
 const DUPLICATES = 10;
@@ -124,16 +125,9 @@ async function main(): Promise<number> {
       }
     })();
 
-    const requests: AdmissionRequest[] = Array.from({ length: JOBS }, (_, i) => ({
-      teamId: TEAMS[i % 2]!.teamId,
-      jobId: `job-${String(i).padStart(3, '0')}`,
-      kind: 'character',
-      photos: 20,
-      optimizer: 'AdamW8bit',
-      network: 'lora',
-      targetSteps: 1875,
-      estimate: ESTIMATE,
-    }));
+    const requests: AdmissionRequest[] = Array.from({ length: JOBS }, (_, i) =>
+      admissionRequest(TEAMS[i % 2]!.teamId, `job-${String(i).padStart(3, '0')}`, { estimate: ESTIMATE }),
+    );
     const t0 = performance.now();
     let duplicatesAnsweredAsDuplicate = 0;
     const submissions = [...requests, ...requests.slice(0, DUPLICATES)];

@@ -101,14 +101,7 @@ async function main(): Promise<number> {
       batch: batch.runner(),
       taskTokens: teams.taskTokens,
     });
-    const deps = {
-      s3: moto.s3(),
-      sfn: sfn as never,
-      inboxBucket: INBOX,
-      artifactsBucket: ARTIFACTS,
-      stateMachineArn: sfn.stateMachineArn,
-      now: () => new Date(),
-    };
+    const deps = sfn.startDeps(moto.s3(), { inbox: INBOX, artifacts: ARTIFACTS });
     const event = (job: JobRef) => ({
       'detail-type': 'Object Created',
       source: 'aws.s3',

@@ -60,11 +60,19 @@ def s3_endpoint():
         except OSError:
             if time.time() > deadline or proc.poll() is not None:
                 proc.kill()
-                raise RuntimeError(f"moto_server did not start on {url}")
+                raise RuntimeError(f"moto_server did not start on {url}") from None
             time.sleep(0.1)
     yield url
     proc.terminate()
     proc.wait(timeout=10)
+
+
+CREATED = "2026-01-01T00:00:00.000Z"
+
+
+def status_doc(stage: str, state: str = "running", **extra) -> dict:
+    """A status.json of job_env's job, as the workflow leaves it when `stage` starts (or ends, with `state`)."""
+    return {"teamId": "team-a", "jobId": "recipe-25", "state": state, "stage": stage, "createdAt": CREATED, "updatedAt": CREATED, **extra}
 
 
 @pytest.fixture

@@ -80,7 +80,7 @@ def build_model(folder: Path, full: bool, device: str) -> dict:
     padded to 77 tokens, so its vocabulary changes no tensor shape and no timing.
     """
     import torch
-    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     import tiny_sd
@@ -122,25 +122,7 @@ def build_model(folder: Path, full: bool, device: str) -> dict:
                     pad_token_id=tokenizer.pad_token_id,
                 )
             )
-        scheduler = PNDMScheduler(
-            beta_start=0.00085,
-            beta_end=0.012,
-            beta_schedule="scaled_linear",
-            num_train_timesteps=1000,
-            skip_prk_steps=True,
-            steps_offset=1,
-            set_alpha_to_one=False,
-        )
-        pipe = StableDiffusionPipeline(
-            vae=vae,
-            text_encoder=text_encoder,
-            tokenizer=tokenizer,
-            unet=unet,
-            scheduler=scheduler,
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
-        )
+        pipe = tiny_sd.assemble_pipeline(vae, text_encoder, tokenizer, unet)
         pipe.to(dtype=torch.float16)
         pipe.save_pretrained(pipe_dir)
         del pipe, unet, vae, text_encoder
@@ -196,7 +178,7 @@ def start_moto() -> tuple[subprocess.Popen, str]:
         except OSError:
             if time.time() > deadline or proc.poll() is not None:
                 proc.kill()
-                raise SystemExit("bench: moto_server did not start (is moto[server] installed?)")
+                raise SystemExit("bench: moto_server did not start (is moto[server] installed?)") from None
             time.sleep(0.1)
 
 

@@ -6,6 +6,9 @@
  * EventBridge "Step Functions Execution Status Change" event the reconcile rule would receive.
  */
 import { randomUUID } from 'node:crypto';
+import type { S3Client } from '@aws-sdk/client-s3';
+import type { SFNClient } from '@aws-sdk/client-sfn';
+import type { StartDeps } from '../../lambdas/start/handler';
 import { PLACEHOLDER_ACCOUNT, PLACEHOLDER_REGION, type StateMachineDefinition } from './definition';
 import { type Execution, type RunOptions, type RunResult, startWorkflow } from './workflow';
 
@@ -100,6 +103,18 @@ export class LocalStepFunctions {
     /** The EventBridge rule's target for terminal status changes (the reconcile Lambda), if any. */
     private readonly onStatusChange?: (event: ExecutionStatusChangeEvent) => Promise<unknown>,
   ) {}
+
+  /** The start handler's deps with this state machine in place of Step Functions. */
+  startDeps(s3: S3Client, buckets: { inbox: string; artifacts: string }, now: () => Date = () => new Date()): StartDeps {
+    return {
+      s3,
+      sfn: this as unknown as SFNClient,
+      inboxBucket: buckets.inbox,
+      artifactsBucket: buckets.artifacts,
+      stateMachineArn: this.stateMachineArn,
+      now,
+    };
+  }
 
   /** The subset of SFNClient.send the handlers use: StartExecution and StopExecution. */
   async send(command: { constructor: { name: string }; input: Record<string, unknown> }): Promise<unknown> {

@@ -7,6 +7,7 @@
  */
 import { BatchClient, CreateComputeEnvironmentCommand, CreateJobQueueCommand } from '@aws-sdk/client-batch';
 import { DynamoDBClient } from '@aws-sdk/client-dynamodb';
+import type { AdmissionRequest } from '../../lambdas/shared/admission';
 import { createTeamsTable, TEAM_DEFAULTS, type TeamConfig, TeamRegistry, teamsDocumentClient } from '../../lambdas/shared/teams';
 import { LOCAL_CREDENTIALS, LOCAL_REGION } from './moto';
 import { startTaskTokens, type TaskTokens } from './task-tokens';
@@ -28,10 +29,8 @@ export async function localTeams(
   /** `tableName`: a fixed name for the registry table (the local API's, which tests open by name); by default a fresh one. */
   options: { tableName?: string } = {},
 ): Promise<LocalTeams> {
-  const config = { endpoint, region: LOCAL_REGION, credentials: LOCAL_CREDENTIALS };
   const tableName = options.tableName ?? `avatar-teams-local-${process.pid}-${++tables}`;
-  await createTeamsTable(new DynamoDBClient(config), tableName);
-  const registry = new TeamRegistry(teamsDocumentClient(config), tableName);
+  const registry = await freshRegistry(endpoint, { tableName });
   for (const t of teams) await registry.add({ ...TEAM_DEFAULTS, ...LOCAL_LIMITS, ...(typeof t === 'string' ? { teamId: t } : t) });
   const taskTokens = await startTaskTokens();
   Object.assign(process.env, {
@@ -42,6 +41,29 @@ export async function localTeams(
     AWS_ENDPOINT_URL_SFN: taskTokens.endpoint,
   });
   return { registry, taskTokens, stop: () => taskTokens.stop() };
+}
+
+/** A new, empty registry table on the local endpoint (`tableName`, or a fresh name per call); `now` is the registry's clock. */
+export async function freshRegistry(endpoint: string, options: { tableName?: string; now?: () => Date } = {}): Promise<TeamRegistry> {
+  const config = { endpoint, region: LOCAL_REGION, credentials: LOCAL_CREDENTIALS };
+  const tableName = options.tableName ?? `avatar-teams-local-${process.pid}-${++tables}`;
+  await createTeamsTable(new DynamoDBClient(config), tableName);
+  return new TeamRegistry(teamsDocumentClient(config), tableName, options.now);
+}
+
+/** An admission request for a 20-photo character job with the recipe's 1875 steps; `over` changes any field. */
+export function admissionRequest(teamId: string, jobId: string, over: Partial<AdmissionRequest> = {}): AdmissionRequest {
+  return {
+    teamId,
+    jobId,
+    kind: 'character',
+    photos: 20,
+    optimizer: 'AdamW8bit',
+    network: 'lora',
+    targetSteps: 1875,
+    estimate: { usd: 1.5, gpuSeconds: 1800 },
+    ...over,
+  };
 }
 
 /**

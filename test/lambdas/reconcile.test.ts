@@ -3,7 +3,7 @@ import { SFNClient } from '@aws-sdk/client-sfn';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { type ReconcileDeps, reconcile, terminalFor } from '../../lambdas/reconcile/handler';
 import type { Accounting } from '../../lambdas/shared/accounting';
-import { type AdmissionRequest, admit } from '../../lambdas/shared/admission';
+import { admit } from '../../lambdas/shared/admission';
 import { StatusSchema } from '../../lambdas/shared/contract';
 import { keys } from '../../lambdas/shared/keys';
 import { DEFAULT_PRICES } from '../../lambdas/shared/prices';
@@ -12,7 +12,7 @@ import { readStatus, writeStatus } from '../../lambdas/shared/status';
 import { LOCAL_CREDENTIALS, LOCAL_REGION, type Moto, startMoto } from '../../scripts/local/moto';
 import { startTaskTokens, type TaskTokens } from '../../scripts/local/task-tokens';
 import { describeWithMoto } from '../helpers/suites';
-import { freshRegistry, team } from '../teams/helpers';
+import { admissionRequest, freshRegistry, team } from '../teams/helpers';
 
 const BUCKET = 'reconcile-artifacts';
 const ARN = 'arn:aws:states:us-east-1:123456789012:stateMachine:avatar';
@@ -197,16 +197,7 @@ describeWithMoto('reconcile releases what the job held', () => {
   let tokens: TaskTokens;
   let s3: S3Client;
   const AC_BUCKET = 'reconcile-accounting';
-  const request = (jobId: string): AdmissionRequest => ({
-    teamId: 'acme',
-    jobId,
-    kind: 'character',
-    photos: 20,
-    optimizer: 'AdamW8bit',
-    network: 'lora',
-    targetSteps: 1875,
-    estimate: { usd: 2, gpuSeconds: 3600 },
-  });
+  const request = (jobId: string) => admissionRequest('acme', jobId, { estimate: { usd: 2, gpuSeconds: 3600 } });
 
   beforeAll(async () => {
     moto = await startMoto({ serializeDynamoDb: true });

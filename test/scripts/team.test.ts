@@ -10,6 +10,7 @@ import { afterAll, beforeAll, expect, it } from 'vitest';
 import { admit } from '../../lambdas/shared/admission';
 import { TeamRegistry, teamsDocumentClient } from '../../lambdas/shared/teams';
 import { startTaskTokens } from '../../scripts/local/task-tokens';
+import { admissionRequest } from '../../scripts/local/teams';
 import { LOCAL_CREDENTIALS, LOCAL_REGION, type Moto, startMoto } from '../helpers/moto';
 import { describeWithMoto } from '../helpers/suites';
 
@@ -115,16 +116,7 @@ describeWithMoto('npm run team', () => {
 
   it('suspend refuses new jobs; resume admits the jobs that waited', async () => {
     ok(['add', 'delta', '--max-concurrent', '1']);
-    const job = (jobId: string) => ({
-      teamId: 'delta',
-      jobId,
-      kind: 'character',
-      photos: 10,
-      optimizer: 'AdamW8bit',
-      network: 'lora',
-      targetSteps: 1000,
-      estimate: { usd: 1, gpuSeconds: 600 },
-    });
+    const job = (jobId: string) => admissionRequest('delta', jobId, { photos: 10, targetSteps: 1000, estimate: { usd: 1, gpuSeconds: 600 } });
     await admit(registry, job('running'));
     expect((await admit(registry, job('queued'))).code).toBe('CONCURRENCY_LIMIT');
 
@@ -177,16 +169,7 @@ describeWithMoto('npm run team', () => {
     // The local Step Functions task-token endpoint; the command runs as a separate process reaching it.
     const tokens = await startTaskTokens();
     ok(['add', 'echo', '--max-concurrent', '1']);
-    const job = (jobId: string) => ({
-      teamId: 'echo',
-      jobId,
-      kind: 'character',
-      photos: 10,
-      optimizer: 'AdamW8bit',
-      network: 'lora',
-      targetSteps: 1000,
-      estimate: { usd: 1, gpuSeconds: 600 },
-    });
+    const job = (jobId: string) => admissionRequest('echo', jobId, { photos: 10, targetSteps: 1000, estimate: { usd: 1, gpuSeconds: 600 } });
     await admit(registry, job('running'));
     const waitingToken = tokens.open();
     expect(await admit(registry, job('waiting'), { taskToken: waitingToken })).toMatchObject({ outcome: 'waiting' });

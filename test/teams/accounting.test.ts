@@ -7,14 +7,14 @@ import { type DescribeJobsCommand, ListJobsCommand } from '@aws-sdk/client-batch
 import { SFNClient } from '@aws-sdk/client-sfn';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { type Accounting, batchJobNameOf, batchJobSource, endJob } from '../../lambdas/shared/accounting';
-import { type AdmissionRequest, admit } from '../../lambdas/shared/admission';
+import { admit } from '../../lambdas/shared/admission';
 import type { BatchJobRecord, InstanceResolver } from '../../lambdas/shared/cost';
 import { DEFAULT_PRICES, type Prices } from '../../lambdas/shared/prices';
 import type { TeamRegistry } from '../../lambdas/shared/teams';
 import { startTaskTokens, type TaskTokens } from '../../scripts/local/task-tokens';
 import { LOCAL_CREDENTIALS, LOCAL_REGION, type Moto, startMoto } from '../helpers/moto';
 import { describeWithMoto } from '../helpers/suites';
-import { freshRegistry, team } from './helpers';
+import { admissionRequest, freshRegistry, team } from './helpers';
 
 const SPOT = 'AWSBatch-Spot-0a1b2c3d';
 const OD = 'AWSBatch-OnDemand-11112222';
@@ -48,16 +48,7 @@ const RECORDS: Record<string, BatchJobRecord[]> = {
 // evaluate 0.216667. Total $1.37 over 780 + 1980 + 2580 + 780 = 6120 GPU s.
 const EXPECTED = { usd: 1.37, gpuSeconds: 6120, breakdown: { caption: 0.216667, train: 0.936667, evaluate: 0.216667 }, estimated: false };
 
-const request = (jobId: string): AdmissionRequest => ({
-  teamId: 'acme',
-  jobId,
-  kind: 'character',
-  photos: 20,
-  optimizer: 'AdamW8bit',
-  network: 'lora',
-  targetSteps: 1875,
-  estimate: { usd: 2, gpuSeconds: 7200 },
-});
+const request = (jobId: string) => admissionRequest('acme', jobId, { estimate: { usd: 2, gpuSeconds: 7200 } });
 
 describeWithMoto('end of a job: charge, release, resume', () => {
   let moto: Moto;

@@ -1,22 +1,12 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { type AdmissionRequest, admit, admitWaiting, release } from '../../lambdas/shared/admission';
+import { admit, admitWaiting, release } from '../../lambdas/shared/admission';
 import { DEFAULT_PRICES, estimateJobCost } from '../../lambdas/shared/prices';
 import type { TeamRegistry } from '../../lambdas/shared/teams';
 import { type Moto, startMoto } from '../helpers/moto';
 import { describeWithMoto } from '../helpers/suites';
-import { freshRegistry, team } from './helpers';
+import { admissionRequest, freshRegistry, team } from './helpers';
 
-const request = (teamId: string, jobId: string, over: Partial<AdmissionRequest> = {}): AdmissionRequest => ({
-  teamId,
-  jobId,
-  kind: 'character',
-  photos: 20,
-  optimizer: 'AdamW8bit',
-  network: 'lora',
-  targetSteps: 1875,
-  estimate: { usd: 1.5, gpuSeconds: 1800 },
-  ...over,
-});
+const request = admissionRequest;
 
 // Against moto's DynamoDB: transactions with condition expressions are emulated (all-or-nothing,
 // cancellation on a failed condition). moto is not atomic under concurrent requests, so its DynamoDB

@@ -15,7 +15,7 @@ import {
 import { DEFAULT_PRICES, loadPrices, type Prices } from '../../lambdas/shared/prices';
 import { type Moto, startMoto } from '../helpers/moto';
 import { describeWithMoto } from '../helpers/suites';
-import { freshRegistry, team } from './helpers';
+import { admissionRequest, freshRegistry, team } from './helpers';
 
 const SPOT_CLUSTER = 'AWSBatch-Spot-0a1b2c3d-4e5f-6789-abcd-ef0123456789';
 const OD_CLUSTER = 'AWSBatch-OnDemand-11112222-3333-4444-5555-666677778888';
@@ -178,40 +178,23 @@ describeWithMoto('cost ledger', () => {
   it('keeps one row per job and stage, sums them per job, and charges the total to the month', async () => {
     const registry = await freshRegistry(moto.endpoint);
     await registry.add(team('acme', { monthlyBudgetUsd: 10 }));
-    await admit(registry, {
-      teamId: 'acme',
-      jobId: 'job-42',
-      kind: 'character',
-      photos: 20,
-      optimizer: 'AdamW8bit',
-      network: 'lora',
-      targetSteps: 1875,
-      estimate: { usd: 2, gpuSeconds: 6000 },
-    });
+    await admit(registry, admissionRequest('acme', 'job-42', { estimate: { usd: 2, gpuSeconds: 6000 } }));
     const train = await batchJobCost(describeJobs.jobs![0]!, byCluster, prices);
-
-    await writeLedgerRow(registry, {
+    const trainRow = {
       teamId: 'acme',
       jobId: 'job-42',
-      stage: 'train',
+      stage: 'train' as const,
       usd: train.usd,
       gpuSeconds: train.gpuSeconds,
       lambdaUsd: 0,
       storageUsd: 0,
       gpu: train,
-    });
+    };
+
+    await writeLedgerRow(registry, trainRow);
     await writeLedgerRow(registry, { teamId: 'acme', jobId: 'job-42', stage: 'normalize', usd: 0.000133, gpuSeconds: 0, lambdaUsd: 0.000133, storageUsd: 0 });
     // Recomputing a stage rewrites its row: no double count.
-    await writeLedgerRow(registry, {
-      teamId: 'acme',
-      jobId: 'job-42',
-      stage: 'train',
-      usd: train.usd,
-      gpuSeconds: train.gpuSeconds,
-      lambdaUsd: 0,
-      storageUsd: 0,
-      gpu: train,
-    });
+    await writeLedgerRow(registry, trainRow);
     const total = await jobCost(registry, 'acme', 'job-42');
     await release(registry, 'acme', 'job-42', { usd: total.usd, gpuSeconds: total.gpuSeconds });
 

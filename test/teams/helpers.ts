@@ -1,15 +1,11 @@
-/** A registry table on the local endpoint, fresh per call. */
-import { DynamoDBClient } from '@aws-sdk/client-dynamodb';
-import { createTeamsTable, TEAM_DEFAULTS, type TeamConfig, TeamRegistry, teamsDocumentClient } from '../../lambdas/shared/teams';
-import { LOCAL_CREDENTIALS, LOCAL_REGION } from '../helpers/moto';
+import { TEAM_DEFAULTS, type TeamConfig, type TeamRegistry } from '../../lambdas/shared/teams';
+import { freshRegistry as localRegistry } from '../../scripts/local/teams';
 
-let tables = 0;
+export { admissionRequest } from '../../scripts/local/teams';
 
-export async function freshRegistry(endpoint: string, now: () => Date = () => new Date('2026-12-02T10:00:00Z')): Promise<TeamRegistry> {
-  const config = { endpoint, region: LOCAL_REGION, credentials: LOCAL_CREDENTIALS };
-  const tableName = `teams-${process.pid}-${++tables}`;
-  await createTeamsTable(new DynamoDBClient(config), tableName);
-  return new TeamRegistry(teamsDocumentClient(config), tableName, now);
+/** A registry table on the local endpoint, fresh per call, on a fixed clock unless `now` is given. */
+export function freshRegistry(endpoint: string, now: () => Date = () => new Date('2026-12-02T10:00:00Z')): Promise<TeamRegistry> {
+  return localRegistry(endpoint, { now });
 }
 
 export function team(teamId: string, overrides: Partial<TeamConfig> = {}): TeamConfig {

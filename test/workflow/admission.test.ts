@@ -107,11 +107,9 @@ describeWithMoto('admission in the state machine, executed locally', () => {
     expect(usage.spentMicroUsd).toBe(Math.round(((await statusOf(first))!.cost!.usd + done!.cost!.usd) * 1e6));
   });
 
-  it("fails a suspended team's job with TEAM_SUSPENDED before any GPU state", async () => {
-    const job = { teamId: 'frozen', jobId: 'j1' };
-    await submit(job);
+  /** Runs a job the Admit state must refuse; Batch answers any submission, which the caller expects none of. */
+  const runRejected = async (job: JobRef) => {
     const batchCalls: string[] = [];
-
     const result = await runWorkflow(definition, job, {
       batch: async (stage) => {
         batchCalls.push(stage);
@@ -119,6 +117,13 @@ describeWithMoto('admission in the state machine, executed locally', () => {
       },
       taskTokens: teams.taskTokens,
     });
+    return { result, batchCalls };
+  };
+
+  it("fails a suspended team's job with TEAM_SUSPENDED before any GPU state", async () => {
+    const job = { teamId: 'frozen', jobId: 'j1' };
+    await submit(job);
+    const { result, batchCalls } = await runRejected(job);
 
     expect(result).toMatchObject({ succeeded: false, error: 'JobFailed' });
     expect(batchCalls).toEqual([]);
@@ -134,15 +139,7 @@ describeWithMoto('admission in the state machine, executed locally', () => {
   it("fails a job over its team's budget with BUDGET_EXHAUSTED and the numbers, reserving nothing", async () => {
     const job = { teamId: 'broke', jobId: 'j1' };
     await submit(job);
-    const batchCalls: string[] = [];
-
-    const result = await runWorkflow(definition, job, {
-      batch: async (stage) => {
-        batchCalls.push(stage);
-        return { JobId: stage };
-      },
-      taskTokens: teams.taskTokens,
-    });
+    const { result, batchCalls } = await runRejected(job);
 
     expect(result.succeeded).toBe(false);
     expect(batchCalls).toEqual([]);

@@ -9,11 +9,10 @@
  */
 
 import { spawn, spawnSync } from 'node:child_process';
-import { createHash } from 'node:crypto';
 import { existsSync, mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { HeadObjectCommand, PutObjectCommand } from '@aws-sdk/client-s3';
+import { HeadObjectCommand } from '@aws-sdk/client-s3';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { ManifestSchema, StatusSchema } from '../../lambdas/shared/contract';
 import { keys } from '../../lambdas/shared/keys';
@@ -24,6 +23,7 @@ import { submittedJob } from '../../scripts/local/gpu';
 import { configureHandlers, type Moto, startMoto } from '../../scripts/local/moto';
 import { type LocalTeams, localTeams } from '../../scripts/local/teams';
 import { BatchJobFailed, type BatchRunner, runWorkflow } from '../../scripts/local/workflow';
+import { uploadBaseModel } from '../helpers/base-model';
 import { describeWithMoto } from '../helpers/suites';
 
 const ROOT = join(__dirname, '..', '..');
@@ -99,27 +99,11 @@ describeWithMoto(
       return { JobId: `${stage}-process` };
     };
 
-    /**
-     * The base model as the operator uploads it: with its sha256 in the object's metadata (README, Deploy),
-     * which the trainer checks its cached copy against. The kohya stand-in never reads its bytes.
-     */
-    const uploadBaseModel = async () => {
-      const base = Buffer.alloc(4096, 7);
-      await moto.s3().send(
-        new PutObjectCommand({
-          Bucket: ARTIFACTS,
-          Key: 'models/sd15/v1-5-pruned-emaonly.safetensors',
-          Body: base,
-          Metadata: { sha256: createHash('sha256').update(base).digest('hex') },
-        }),
-      );
-    };
-
-    it('captions and trains in one GPU job through the real entrypoints and finalizes a manifest with the LoRA', async () => {
-      const job = { teamId: 'team-a', jobId: 'containers' };
+    /** A job of `photos` synthetic photos, the base model and a spec that trains 3 short epochs. */
+    const seedJob = async (job: { teamId: string; jobId: string }, photos: number) => {
       const s3 = moto.s3();
-      for (const p of await syntheticPhotos(12, 640)) await putBytes(s3, INBOX, `${keys.photosPrefix(job)}${p.name}`, p.bytes, 'image/jpeg');
-      await uploadBaseModel();
+      for (const p of await syntheticPhotos(photos, 640)) await putBytes(s3, INBOX, `${keys.photosPrefix(job)}${p.name}`, p.bytes, 'image/jpeg');
+      await uploadBaseModel(s3, ARTIFACTS);
       await putJson(s3, INBOX, keys.spec(job), {
         token: 'zwxmug',
         classWord: 'mug',
@@ -127,6 +111,12 @@ describeWithMoto(
         captioning: { numBeams: 2, minLength: 3, maxLength: 8, commonTraits: [] },
         training: { network: 'lora', networkDim: 8, networkAlpha: 8, repeats: 1, epochs: 3 },
       });
+      return s3;
+    };
+
+    it('captions and trains in one GPU job through the real entrypoints and finalizes a manifest with the LoRA', async () => {
+      const job = { teamId: 'team-a', jobId: 'containers' };
+      const s3 = await seedJob(job, 12);
 
       const result = await runWorkflow(stateMachineDefinition(template), job, { taskTokens: teams.taskTokens, batch: processes });
 
@@ -157,16 +147,7 @@ describeWithMoto(
 
     it('resumes a caption+train job Batch retried after a Spot reclaim, without captioning again', async () => {
       const job = { teamId: 'team-a', jobId: 'reclaimed' };
-      const s3 = moto.s3();
-      for (const p of await syntheticPhotos(10, 640)) await putBytes(s3, INBOX, `${keys.photosPrefix(job)}${p.name}`, p.bytes, 'image/jpeg');
-      await uploadBaseModel();
-      await putJson(s3, INBOX, keys.spec(job), {
-        token: 'zwxmug',
-        classWord: 'mug',
-        kind: 'object',
-        captioning: { numBeams: 2, minLength: 3, maxLength: 8, commonTraits: [] },
-        training: { network: 'lora', networkDim: 8, networkAlpha: 8, repeats: 1, epochs: 3 },
-      });
+      const s3 = await seedJob(job, 10);
       const trainKeys = async () => (await listAll(s3, ARTIFACTS, keys.stage(job, 'train'))).map((o) => o.key);
       const captionsEtag = async () => (await s3.send(new HeadObjectCommand({ Bucket: ARTIFACTS, Key: `${keys.stage(job, 'caption')}captions.json` }))).ETag;
       const attempts: Array<{ code: number | null; stdout: string }> = [];

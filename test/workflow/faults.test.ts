@@ -16,11 +16,10 @@
  * moto's DynamoDB).
  */
 import { spawnSync } from 'node:child_process';
-import { createHash } from 'node:crypto';
 import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { ListMultipartUploadsCommand, ListObjectsV2Command, PutObjectCommand } from '@aws-sdk/client-s3';
+import { ListMultipartUploadsCommand, ListObjectsV2Command } from '@aws-sdk/client-s3';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { type Status, StatusSchema } from '../../lambdas/shared/contract';
 import { type JobRef, keys } from '../../lambdas/shared/keys';
@@ -43,6 +42,7 @@ import { LocalStepFunctions } from '../../scripts/local/sfn';
 import { gpuStandIn } from '../../scripts/local/standins';
 import { type LocalTeams, localTeams } from '../../scripts/local/teams';
 import { inProcessLambda, type LambdaRunner, type RunResult, runWorkflow } from '../../scripts/local/workflow';
+import { uploadBaseModel } from '../helpers/base-model';
 import { availability, describeWithMoto } from '../helpers/suites';
 
 const ROOT = join(__dirname, '..', '..');
@@ -76,16 +76,7 @@ describeWithMoto('fault injection through the local harness', () => {
     // The smallest set an object job accepts (10), at a size the intake accepts (short side >= 384).
     photos = await syntheticPhotos(10, 512);
     work = mkdtempSync(join(tmpdir(), 'avatar-faults-'));
-    // The trainer checks the base model against the sha256 in its metadata, and caches it; the kohya stand-in never reads it.
-    const model = Buffer.alloc(4096, 7);
-    await moto.s3().send(
-      new PutObjectCommand({
-        Bucket: ARTIFACTS,
-        Key: 'models/sd15/v1-5-pruned-emaonly.safetensors',
-        Body: model,
-        Metadata: { sha256: createHash('sha256').update(model).digest('hex') },
-      }),
-    );
+    await uploadBaseModel(moto.s3(), ARTIFACTS);
     // The captioner's tiny BLIP (its tests' fixture, built from code: no weights are downloaded).
     if (existsSync(PYTHON)) {
       const blip = spawnSync(
@@ -203,6 +194,21 @@ describeWithMoto('fault injection through the local harness', () => {
     }
     for (const [job, n] of perJob) if (n > 1) found.push(`${job}train/state/: ${n} state folders, only the newest is kept`);
     return found;
+  }
+
+  /**
+   * The local state machine over `batch`, and the start handler's deps for it. With `reconcile`, the
+   * reconcile Lambda gets the execution's ABORTED, TIMED_OUT and FAILED events, as its EventBridge rule does.
+   */
+  async function localRun(batch: BatchEmulator, opts: { definition?: typeof definition; reconcile?: boolean } = {}) {
+    const reconcile = opts.reconcile ? ((await import(RECONCILE)) as { handler: (event: unknown) => Promise<unknown> }) : undefined;
+    const sfn = new LocalStepFunctions(
+      opts.definition ?? definition,
+      'arn:aws:states:us-east-1:123456789012:stateMachine:local',
+      { batch: batch.runner(), taskTokens: teams.taskTokens },
+      reconcile && ((event) => (['ABORTED', 'TIMED_OUT', 'FAILED'].includes(event.detail.status) ? reconcile.handler(event) : Promise.resolve())),
+    );
+    return { sfn, deps: sfn.startDeps(moto.s3(), { inbox: INBOX, artifacts: ARTIFACTS }) };
   }
 
   /** Nothing left running: no active Batch job, no container process. */
@@ -409,14 +415,7 @@ describeWithMoto('fault injection through the local harness', () => {
         handle: undefined as never,
         finished: Promise.resolve(result),
       });
-      const replay = await start(s3Event(job), {
-        s3: moto.s3(),
-        sfn: sfn as never,
-        inboxBucket: INBOX,
-        artifactsBucket: ARTIFACTS,
-        stateMachineArn: sfn.stateMachineArn,
-        now: () => new Date(),
-      });
+      const replay = await start(s3Event(job), sfn.startDeps(moto.s3(), { inbox: INBOX, artifacts: ARTIFACTS }));
       expect(replay.duplicate).toBe(true);
       expect(sfn.launches.size).toBe(0);
 
@@ -487,18 +486,7 @@ describeWithMoto('fault injection through the local harness', () => {
     const job = { teamId: 'team-f', jobId: 'twice' };
     await upload(job);
     const batch = emulator(functionContainer(standIn()));
-    const sfn = new LocalStepFunctions(definition, 'arn:aws:states:us-east-1:123456789012:stateMachine:local', {
-      batch: batch.runner(),
-      taskTokens: teams.taskTokens,
-    });
-    const deps = {
-      s3: moto.s3(),
-      sfn: sfn as never,
-      inboxBucket: INBOX,
-      artifactsBucket: ARTIFACTS,
-      stateMachineArn: sfn.stateMachineArn,
-      now: () => new Date(),
-    };
+    const { sfn, deps } = await localRun(batch);
 
     const [a, b] = await Promise.all([start(s3Event(job), deps), start(s3Event(job), deps)]);
     expect([a.duplicate, b.duplicate].sort()).toEqual([false, true]);
@@ -519,11 +507,7 @@ describeWithMoto('fault injection through the local harness', () => {
     const s3 = moto.s3();
     await putJson(s3, INBOX, keys.spec(job), SPEC);
     const batch = emulator(functionContainer(standIn()));
-    const sfn = new LocalStepFunctions(definition, 'arn:aws:states:us-east-1:123456789012:stateMachine:local', {
-      batch: batch.runner(),
-      taskTokens: teams.taskTokens,
-    });
-    const deps = { s3, sfn: sfn as never, inboxBucket: INBOX, artifactsBucket: ARTIFACTS, stateMachineArn: sfn.stateMachineArn, now: () => new Date() };
+    const { sfn, deps } = await localRun(batch);
 
     await start(s3Event(job), deps);
     const result = await sfn.executions.get('team-f_early-spec')!.finished;
@@ -638,21 +622,7 @@ describeWithMoto('fault injection through the local harness', () => {
       // Lambda, on the ABORTED event, writes the terminal status. The last writer must not lie.
       const { launch } = trainerLauncher({ FAKE_KOHYA_STEP_DELAY: '0.5' });
       const batch = emulator(launch);
-      const reconcile = (await import(RECONCILE)) as { handler: (event: unknown) => Promise<unknown> };
-      const sfn = new LocalStepFunctions(
-        definition,
-        'arn:aws:states:us-east-1:123456789012:stateMachine:local',
-        { batch: batch.runner(), taskTokens: teams.taskTokens },
-        (event) => (['ABORTED', 'TIMED_OUT', 'FAILED'].includes(event.detail.status) ? reconcile.handler(event) : Promise.resolve()),
-      );
-      const deps = {
-        s3: moto.s3(),
-        sfn: sfn as never,
-        inboxBucket: INBOX,
-        artifactsBucket: ARTIFACTS,
-        stateMachineArn: sfn.stateMachineArn,
-        now: () => new Date(),
-      };
+      const { sfn, deps } = await localRun(batch, { reconcile: true });
       await start(s3Event(job), deps);
       const execution = sfn.executions.get('team-f_stopped')!;
       for (let i = 0; i < 1200 && !/epoch 1\/3/.test((await statusOf(job)).progress?.message ?? ''); i++) await new Promise((r) => setTimeout(r, 100));
@@ -684,21 +654,7 @@ describeWithMoto('fault injection through the local harness', () => {
     const batch = emulator(functionContainer(standIn()), ({ stage }) =>
       stage === 'train' ? { kind: 'noCapacity', reason: 'MISCONFIGURATION:SERVICE_ROLE_PERMISSIONS' } : undefined,
     );
-    const reconcile = (await import(RECONCILE)) as { handler: (event: unknown) => Promise<unknown> };
-    const sfn = new LocalStepFunctions(
-      scaled,
-      'arn:aws:states:us-east-1:123456789012:stateMachine:local',
-      { batch: batch.runner(), taskTokens: teams.taskTokens },
-      (event) => (['ABORTED', 'TIMED_OUT', 'FAILED'].includes(event.detail.status) ? reconcile.handler(event) : Promise.resolve()),
-    );
-    const deps = {
-      s3: moto.s3(),
-      sfn: sfn as never,
-      inboxBucket: INBOX,
-      artifactsBucket: ARTIFACTS,
-      stateMachineArn: sfn.stateMachineArn,
-      now: () => new Date(),
-    };
+    const { sfn, deps } = await localRun(batch, { definition: scaled, reconcile: true });
     await start(s3Event(job), deps);
     const execution = sfn.executions.get('team-f_exec-timeout')!;
     await execution.finished;

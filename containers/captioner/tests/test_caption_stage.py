@@ -13,13 +13,12 @@ import jsonschema
 import pytest
 from PIL import Image
 
-from conftest import REPO
+from conftest import CREATED, REPO, status_doc
 from tiny_blip import save_tiny_blip
 
 PLAN = json.loads((REPO / "test/fixtures/contract/plan-recipe-25.json").read_text())
 SCHEMA = json.loads((REPO / "containers/common/src/avatar_job/contract.schema.json").read_text())
 PREFIX = "teams/team-a/jobs/recipe-25/"
-CREATED = "2026-01-01T00:00:00.000Z"
 
 
 def _png(i):
@@ -40,9 +39,7 @@ def _seed(env, plan, images=None):
     put("normalize/plan.json", json.dumps(plan))
     put(
         "status.json",
-        json.dumps(
-            {"teamId": "team-a", "jobId": "recipe-25", "state": "running", "stage": "normalize", "createdAt": CREATED, "updatedAt": CREATED}
-        ),
+        json.dumps(status_doc("normalize")),
     )
     for i, name in enumerate(plan["images"]):
         put(f"normalize/15_anantn/{name}", (images or {}).get(name, _png(i)))
@@ -201,6 +198,11 @@ def test_a_sigterm_on_the_last_attempt_fails_the_caption_stage(job_env, blip_dir
     assert status["error"]["code"] == "INTERRUPTED" and "attempt 3 of 3" in status["error"]["message"]
 
 
+def _stopped(state):
+    """The terminal status the workflow writes for a stopped execution (mark-failed or reconcile)."""
+    return status_doc("caption", state, finishedAt=CREATED, error={"code": "CANCELLED", "message": "the execution was stopped"})
+
+
 def test_a_terminal_status_is_not_overwritten_by_an_interruption(job_env):
     """The workflow may mark the job failed first (a stopped execution terminates the Batch job)."""
     from avatar_job import Interrupted, Job, Status
@@ -208,16 +210,7 @@ def test_a_terminal_status_is_not_overwritten_by_an_interruption(job_env):
     s3, bucket = _seed(job_env, json.loads(json.dumps(PLAN)))
     job = Job.from_env()
     status = Status(job, "caption", attempt=(1, 3))
-    failed = {
-        "teamId": "team-a",
-        "jobId": "recipe-25",
-        "state": "failed",
-        "stage": "caption",
-        "createdAt": CREATED,
-        "updatedAt": CREATED,
-        "finishedAt": CREATED,
-        "error": {"code": "CANCELLED", "message": "the execution was stopped"},
-    }
+    failed = _stopped("failed")
     s3.put_object(Bucket=bucket, Key=PREFIX + "status.json", Body=json.dumps(failed))
     status.interrupted(Interrupted())
     assert _status(s3, bucket) == failed
@@ -231,16 +224,7 @@ def test_progress_never_brings_a_cancelled_job_back_to_running(job_env):
     job = Job.from_env()
     status = Status(job, "caption", attempt=(1, 3))
     assert status.progress(0.1, "captioning", force=True)
-    cancelled = {
-        "teamId": "team-a",
-        "jobId": "recipe-25",
-        "state": "cancelled",
-        "stage": "caption",
-        "createdAt": CREATED,
-        "updatedAt": CREATED,
-        "finishedAt": CREATED,
-        "error": {"code": "CANCELLED", "message": "the execution was stopped"},
-    }
+    cancelled = _stopped("cancelled")
     s3.put_object(Bucket=bucket, Key=PREFIX + "status.json", Body=json.dumps(cancelled))
 
     assert status.progress(0.5, "captioning", force=True) is False
@@ -257,16 +241,7 @@ def test_a_terminal_write_between_the_read_and_the_write_wins(job_env):
     job = Job.from_env()
     status = Status(job, "caption", attempt=(1, 3))
     assert status.progress(0.1, "captioning", force=True)
-    cancelled = {
-        "teamId": "team-a",
-        "jobId": "recipe-25",
-        "state": "cancelled",
-        "stage": "caption",
-        "createdAt": CREATED,
-        "updatedAt": CREATED,
-        "finishedAt": CREATED,
-        "error": {"code": "CANCELLED", "message": "the execution was stopped"},
-    }
+    cancelled = _stopped("cancelled")
     real_get = job.s3.get_object
     raced = []
 

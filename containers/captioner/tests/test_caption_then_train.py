@@ -14,7 +14,7 @@ import boto3
 import pytest
 from PIL import Image
 
-from conftest import HERE, REPO
+from conftest import HERE, REPO, status_doc
 from tiny_blip import save_tiny_blip
 
 PREFIX = "teams/team-a/jobs/recipe-25/"
@@ -47,16 +47,7 @@ def seeded(job_env, tmp_path_factory, tmp_path):
     s3.put_object(
         Bucket=bucket,
         Key=PREFIX + "status.json",
-        Body=json.dumps(
-            {
-                "teamId": "team-a",
-                "jobId": "recipe-25",
-                "state": "running",
-                "stage": "normalize",
-                "createdAt": "2026-01-01T00:00:00.000Z",
-                "updatedAt": "2026-01-01T00:00:00.000Z",
-            }
-        ),
+        Body=json.dumps(status_doc("normalize")),
     )
     for i, name in enumerate(plan["images"]):
         buf = io.BytesIO()

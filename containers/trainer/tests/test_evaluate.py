@@ -26,7 +26,7 @@ from safetensors.torch import save_file
 
 import avatar_job as job_module
 from avatar_job import Job, StageError, run_stage
-from conftest import REPO
+from conftest import REPO, status_doc
 from tiny_clip import save_tiny_clip
 from tiny_sd import build_pipeline, kohya_lora
 from trainer import evaluate, prompt_sets, recommend, render
@@ -104,16 +104,7 @@ def seeded(job_env, tiny, tmp_path):
     s3.put_object(
         Bucket=bucket,
         Key=PREFIX + "status.json",
-        Body=json.dumps(
-            {
-                "teamId": "team-a",
-                "jobId": "recipe-25",
-                "state": "running",
-                "stage": "train",
-                "createdAt": "2026-01-01T00:00:00.000Z",
-                "updatedAt": "2026-01-01T00:00:00.000Z",
-            }
-        ),
+        Body=json.dumps(status_doc("train")),
     )
     for name, path in files.items():
         s3.upload_file(str(path), bucket, PREFIX + f"train/{name}")
@@ -431,7 +422,7 @@ def test_the_production_loader_reads_the_single_file_checkpoint_with_the_baked_c
     monkeypatch.setattr(StableDiffusionPipeline, "from_single_file", staticmethod(fake_single_file))
     pipe, source = evaluate.load_pipeline(Job.from_env())
     ((path, kwargs),) = calls
-    assert open(path, "rb").read() == b"weights" and path.startswith(job_env["AVATAR_CACHE_DIR"])
+    assert Path(path).read_bytes() == b"weights" and path.startswith(job_env["AVATAR_CACHE_DIR"])
     assert kwargs["config"] == str(folder) and kwargs["local_files_only"] is True and kwargs["safety_checker"] is None
     assert source["key"] == "models/sd15.safetensors" and source["device"] == "cpu" and source["dtype"] == "float32"
 

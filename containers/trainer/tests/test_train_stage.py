@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from avatar_job import Job, StageError
-from conftest import REPO
+from conftest import REPO, status_doc
 from trainer.train import fetch_base_model
 from trainer.verify import sha256
 
@@ -58,16 +58,7 @@ def seeded(job_env, tmp_path):
     put(PREFIX + "normalize/plan.json", json.dumps(plan))
     put(
         PREFIX + "status.json",
-        json.dumps(
-            {
-                "teamId": "team-a",
-                "jobId": "recipe-25",
-                "state": "running",
-                "stage": "caption",
-                "createdAt": "2026-01-01T00:00:00.000Z",
-                "updatedAt": "2026-01-01T00:00:00.000Z",
-            }
-        ),
+        json.dumps(status_doc("caption")),
     )
     for i, name in enumerate(plan["images"]):
         buf = io.BytesIO()

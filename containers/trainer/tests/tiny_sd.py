@@ -43,9 +43,28 @@ def _write_tokenizer(folder: Path) -> None:
     )
 
 
+def assemble_pipeline(vae, text_encoder, tokenizer, unet):
+    """A StableDiffusionPipeline of these components with SD 1.5's scheduler and no safety checker."""
+    from diffusers import PNDMScheduler, StableDiffusionPipeline
+
+    scheduler = PNDMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", skip_prk_steps=True, steps_offset=1, set_alpha_to_one=False
+    )
+    return StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
 def build_pipeline(folder: Path) -> Path:
     """Saves a diffusers-format StableDiffusionPipeline folder (model_index.json and components)."""
-    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     torch.manual_seed(0)
@@ -88,20 +107,7 @@ def build_pipeline(folder: Path) -> Path:
             pad_token_id=1,
         )
     )
-    scheduler = PNDMScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", skip_prk_steps=True, steps_offset=1, set_alpha_to_one=False
-    )
-    pipe = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipe.save_pretrained(folder)
+    assemble_pipeline(vae, text_encoder, tokenizer, unet).save_pretrained(folder)
     return folder
 
 
