@@ -53,7 +53,10 @@ def small_plan():
 @pytest.fixture
 def seeded(job_env, tmp_path):
     s3, bucket = boto3.client("s3"), job_env["AVATAR_ARTIFACTS_BUCKET"]
-    put = lambda key, body: s3.put_object(Bucket=bucket, Key=key, Body=body)
+
+    def put(key, body):
+        return s3.put_object(Bucket=bucket, Key=key, Body=body)
+
     plan = small_plan()
     put(PREFIX + "normalize/plan.json", json.dumps(plan))
     put(
@@ -117,8 +120,11 @@ def _status(s3, bucket):
 
 def test_a_run_publishes_every_checkpoint_state_and_diary(seeded):
     s3, bucket, env, tmp = seeded
-    result = _train(env, tmp)
+    result = _train(env, tmp, AVATAR_JOB_SECRET="job-secret-kept-from-kohya", FAKE_KOHYA_ENV_LOG=str(tmp / "kohya-env.txt"))
     assert result.returncode == 0, result.stderr[-3000:]
+    # kohya sees the job's env but not the secret that mints its S3 credentials.
+    kohya_env = (tmp / "kohya-env.txt").read_text().split()
+    assert "AVATAR_JOB_ID" in kohya_env and "AVATAR_JOB_SECRET" not in kohya_env
 
     top = [k for k in _keys(s3, bucket, "train/") if k.count("/") == 1]
     assert top == sorted([f"train/{n}" for n in NAMES] + ["train/config.toml", "train/dataset.toml", "train/diary.json"])
@@ -385,7 +391,9 @@ def test_resume_takes_the_newest_state_whose_upload_was_finished_and_verified(se
         if marker:
             s3.put_object(Bucket=bucket, Key=f"{PREFIX}train/state/{name}/.complete.json", Body=json.dumps({"files": entries}))
 
-    full = lambda epoch: {"train_state.json": json.dumps({"current_epoch": epoch}).encode(), "model.safetensors": os.urandom(64)}
+    def full(epoch):
+        return {"train_state.json": json.dumps({"current_epoch": epoch}).encode(), "model.safetensors": os.urandom(64)}
+
     upload("anantn-000001-state", full(1))
     upload("anantn-000002-state", full(2), marker=False)  # the upload was cut short: no manifest
     upload("anantn-000003-state", full(3), lie=b"other")  # a file differs from its manifest

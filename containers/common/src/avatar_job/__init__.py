@@ -14,14 +14,14 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import boto3
 import jsonschema
 
 from . import layout
+from .credentials import EXIT_NO_CREDENTIALS, CredentialsError, job_session
 
 SCHEMA_PATH = Path(__file__).with_name("contract.schema.json")
 STATUS_THROTTLE_S = 15.0
@@ -115,7 +115,9 @@ class Job:
     s3: Any = field(repr=False, default=None)
 
     @classmethod
-    def from_env(cls) -> Job:
+    def from_env(cls, stage: str | None = None) -> Job:
+        """The job of this process; `stage` names the credentials to mint when AVATAR_MINT_FUNCTION is set
+        (credentials.job_session: raises CredentialsError when refused)."""
         job = cls(
             team_id=_env("AVATAR_TEAM_ID"),
             job_id=_env("AVATAR_JOB_ID"),
@@ -123,8 +125,9 @@ class Job:
             artifacts_bucket=_env("AVATAR_ARTIFACTS_BUCKET"),
             cache_dir=Path(os.environ.get("AVATAR_CACHE_DIR") or "/cache"),
         )
+        # Every S3 call of the stage goes through this client, so through the job-scoped credentials.
         # boto3 honours AWS_ENDPOINT_URL_S3, which points tests at the local endpoint.
-        job.s3 = boto3.client("s3")
+        job.s3 = job_session(stage).client("s3")
         return job
 
     @property
@@ -141,7 +144,7 @@ class Job:
         except self.s3.exceptions.NoSuchKey:
             raise StageError(
                 "MISSING_INPUT", f"s3://{self.artifacts_bucket}/{self.key(rel)} does not exist; run the earlier stages first", rel
-            )
+            ) from None
 
     def put_bytes(self, rel: str, body: bytes, content_type: str = "application/octet-stream") -> None:
         self.s3.put_object(Bucket=self.artifacts_bucket, Key=self.key(rel), Body=body, ContentType=content_type)
@@ -173,7 +176,7 @@ class Job:
         try:
             plan = json.loads(raw)
         except json.JSONDecodeError as e:
-            raise StageError("INVALID_DATASETPLAN", f"{layout.PLAN} is not JSON ({e}); rerun the normalize stage", layout.PLAN)
+            raise StageError("INVALID_DATASETPLAN", f"{layout.PLAN} is not JSON ({e}); rerun the normalize stage", layout.PLAN) from e
         validate("DatasetPlan", plan, layout.PLAN)
         if (plan["teamId"], plan["jobId"]) != (self.team_id, self.job_id):
             raise StageError("INVALID_DATASETPLAN", f"plan.json belongs to {plan['teamId']}/{plan['jobId']}, not this job", layout.PLAN)
@@ -291,11 +294,15 @@ class Status:
 def run_stage(stage: str, body: Callable[[Job, Status], None]) -> int:
     """Runs a stage body and turns its outcome into status.json plus an exit code."""
     try:
-        job = Job.from_env()
+        job = Job.from_env(stage)
         status = Status(job, stage, attempt=attempt())
     except StageError as e:
         print(f"{stage}: {e}", file=sys.stderr)
         return 2
+    except CredentialsError as e:
+        # Without credentials there is no status.json to write: the log and the exit code say it.
+        print(f"{stage} failed: {e}", file=sys.stderr)
+        return EXIT_NO_CREDENTIALS
 
     def on_sigterm(*_):
         raise Interrupted()
@@ -309,15 +316,26 @@ def run_stage(stage: str, body: Callable[[Job, Status], None]) -> int:
     except Interrupted as e:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one stop is enough: finish writing the status
         print(f"{stage}: {e}", file=sys.stderr)
-        status.interrupted(e)
-        return 128 + signal.SIGTERM
+        return _report(stage, status.interrupted, e, 128 + signal.SIGTERM)
     except StageError as e:
         print(f"{stage} failed: {e}", file=sys.stderr)
-        status.fail(e)
-        return 1
+        return _report(stage, status.fail, e, 1)
+    except CredentialsError as e:  # a refresh refused mid-stage (the job was cancelled): S3 is closed now
+        print(f"{stage} failed: {e}", file=sys.stderr)
+        return EXIT_NO_CREDENTIALS
     except Exception as e:  # an unexpected crash still has to reach status.json
         import traceback
 
         traceback.print_exc()
-        status.fail(StageError("INTERNAL_ERROR", f"{type(e).__name__}: {e}; retry the job, and report it if it persists"))
-        return 1
+        error = StageError("INTERNAL_ERROR", f"{type(e).__name__}: {e}; retry the job, and report it if it persists")
+        return _report(stage, status.fail, error, 1)
+
+
+def _report(stage: str, write: Callable[[Any], None], error: StageError, rc: int) -> int:
+    """Writes the closing status; when the credentials for it are gone, the log has to do."""
+    try:
+        write(error)
+    except CredentialsError as e:
+        print(f"{stage}: could not write status.json: {e}", file=sys.stderr)
+        return EXIT_NO_CREDENTIALS
+    return rc

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from avatar_job import Interrupted, StageError, Status, stop_timeout_s
+from avatar_job.credentials import SECRET_ENV
 
 from .progress import Event, parse_line, split_lines
 from .publish import Publisher
@@ -93,7 +94,8 @@ class Supervisor:
     # ---- the child process ----
     def launch(self, cmd: list[str], cwd: Path | None) -> int:
         """Runs kohya to its exit code; raises Interrupted on SIGTERM and StageError on a bad run."""
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        # kohya needs no S3 and no mint: the job secret stays in this process.
+        env = {k: v for k, v in os.environ.items() if k != SECRET_ENV} | {"PYTHONUNBUFFERED": "1"}
         # Own process group, so SIGTERM reaches accelerate and the training process under it.
         proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
         lines: queue.Queue = queue.Queue()
