@@ -303,6 +303,34 @@ def test_spot_reclaims_mid_epoch_leave_running_and_each_retry_loses_only_that_ep
     assert status["progress"]["message"].endswith("(attempt 3 of 3)")
 
 
+def test_the_interrupted_status_has_the_newest_step_whichever_stream_was_read_first(seeded, tmp_path):
+    """The order the flaky reclaim test once met under load: kohya's stdout "epoch 2/4" (a forced
+    status write) handled before the stderr step lines printed ahead of it, which then fell in the
+    15 s throttle. The interrupted status must still carry step 6, not the step of the last write."""
+    from avatar_job import Interrupted, Status
+    from trainer.progress import Event
+    from trainer.publish import Publisher
+    from trainer.supervise import Supervisor
+
+    s3, bucket, _, _ = seeded
+    job = Job.from_env("train")
+    plan = job.load_plan()
+    status = Status(job, "train", clock=lambda: 0.0, attempt=(1, 3))  # every unforced write is throttled
+    publisher = Publisher(job, plan, tmp_path / "output")
+    publisher.diary = {"lossPerEpoch": {}, "checkpoints": []}  # train_stage's start of the diary, in short
+    sup = Supervisor(status, plan, publisher)
+    sup.on_event(Event("epoch", epoch=1, epochs=EPOCHS))
+    sup.on_event(Event("step", step=1, total=24, loss=0.2))
+    sup.on_event(Event("epoch", epoch=2, epochs=EPOCHS))  # overtook steps 2-6 on the other stream
+    assert (_status(s3, bucket)["progress"]["epoch"], _status(s3, bucket)["progress"]["step"]) == (2, 1)
+    for step in range(2, 7):
+        sup.on_event(Event("step", step=step, total=24, loss=0.2 / step))
+    status.interrupted(Interrupted("resumes at epoch 2 of 4"))
+    progress = _status(s3, bucket)["progress"]
+    assert (progress["epoch"], progress["step"], progress["loss"]) == (2, 6, 0.2 / 6)
+    assert progress["message"] == "interrupted (attempt 1 of 3); Batch retries and resumes at epoch 2 of 4"
+
+
 def test_a_sigterm_on_the_last_attempt_fails_the_job(seeded):
     s3, bucket, env, tmp = seeded
     first = _start(env, tmp, attempt=3, FAKE_KOHYA_HANG_AFTER_EPOCH="1")

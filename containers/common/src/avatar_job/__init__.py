@@ -194,7 +194,7 @@ class Status:
         self.job, self.stage, self.clock = job, stage, clock
         self.attempt, self.attempts = attempt
         self.last_write = -math.inf
-        self.last_progress: dict = {"fraction": 0.0, "message": ""}
+        self.last_progress: dict = {"fraction": 0.0, "message": ""}  # the newest reported, written or not
         self.created_at = now()
         try:
             existing = json.loads(job.get_bytes(layout.STATUS))
@@ -245,9 +245,12 @@ class Status:
         }
 
     def progress(self, fraction: float, message: str, force: bool = False, **fields: Any) -> bool:
-        """Writes progress unless one was written under STATUS_THROTTLE_S ago (force: write anyway)."""
-        if not force and self.clock() - self.last_write < STATUS_THROTTLE_S:
-            return False
+        """Writes progress unless one was written under STATUS_THROTTLE_S ago (force: write anyway).
+
+        A throttled one is still remembered: an interruption reports the newest progress, not the last
+        one written (which may be 15 s older, or older still when a forced write of a line on one
+        stream came just before the other stream's newer step).
+        """
         # A retried attempt says so in every message too, for people reading the status.
         suffix = f" (attempt {self.attempt} of {self.attempts})" if self.attempt > 1 else ""
         progress = {
@@ -260,10 +263,10 @@ class Status:
             # JSON has no NaN; a non-finite loss is reported through the error instead.
             if v is not None and not (isinstance(v, float) and not math.isfinite(v)):
                 progress[k] = v
-        if not self._write({**self._base("running"), "progress": progress}):
-            return False
         self.last_progress = progress
-        return True
+        if not force and self.clock() - self.last_write < STATUS_THROTTLE_S:
+            return False
+        return self._write({**self._base("running"), "progress": progress})
 
     def interrupted(self, error: Interrupted) -> None:
         """`running` while Batch still has an attempt left (it retries a Spot reclaim), else `failed`.
