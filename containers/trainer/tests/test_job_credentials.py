@@ -46,6 +46,13 @@ class StandInMint:
                         "sessionToken": f"minted-token-{n}",
                         "expiration": (mint.clock() + mint.lifetime).isoformat().replace("+00:00", "Z"),
                     }
+                elif answer == "naive":  # an expiration without a time zone: unusable
+                    doc = {
+                        "accessKeyId": "ASIANAIVE",
+                        "secretAccessKey": "minted-secret-naive",
+                        "sessionToken": "t",
+                        "expiration": "2030-01-01T00:00:00",
+                    }
                 elif answer == "refuse":
                     headers["X-Amz-Function-Error"] = "Unhandled"
                     doc = {"errorType": "MintRefused", "errorMessage": "job recipe-25 of team-a is not running the train stage"}
@@ -163,6 +170,12 @@ def test_transient_mint_failures_are_retried_with_backoff(mint):
         job_session("evaluate", mint=MintCredentials(FUNCTION, "evaluate", client=client, sleep=waits.append))
     assert e.value.code == "CREDENTIALS_UNAVAILABLE" and len(mint.calls) == credentials.MINT_ATTEMPTS
     assert "retry the job" in e.value.message and SECRET not in str(e.value)
+
+    mint.answers = ["naive"]
+    with pytest.raises(CredentialsError) as e:
+        job_session("evaluate", mint=MintCredentials(FUNCTION, "evaluate", client=client, sleep=waits.append))
+    assert e.value.code == "CREDENTIALS_UNAVAILABLE" and "ISO-8601 expiration" in e.value.message
+    assert "minted-secret" not in str(e.value)
 
 
 def test_a_refusal_on_renewal_ends_s3_access_and_is_not_asked_again(mint, caplog):

@@ -74,7 +74,6 @@ class MintCredentials:
             "lambda", config=Config(retries={"mode": "standard", "total_max_attempts": 5}, read_timeout=30, connect_timeout=10)
         )
         self.sleep = sleep
-        self.calls = 0
         self.refused: CredentialsError | None = None
 
     def __call__(self) -> dict:
@@ -87,7 +86,6 @@ class MintCredentials:
         for attempt in range(MINT_ATTEMPTS):
             if attempt:
                 self.sleep(BACKOFF_S * 2 ** (attempt - 1) * (1 + random.random() / 2))
-            self.calls += 1
             try:
                 response = self.client.invoke(FunctionName=self.function, Payload=payload)
             except Exception as e:  # the client's own retries are spent (throttled, unreachable)
@@ -111,11 +109,14 @@ class MintCredentials:
                 problem = f"function error {response['FunctionError']} ({error_type or 'unknown type'})"
                 continue
             try:
+                expiry = datetime.fromisoformat(doc["expiration"].replace("Z", "+00:00"))
+                if expiry.tzinfo is None:  # botocore compares it with an aware now
+                    raise ValueError("expiration without a time zone")
                 return {
                     "access_key": doc["accessKeyId"],
                     "secret_key": doc["secretAccessKey"],
                     "token": doc["sessionToken"],
-                    "expiry_time": datetime.fromisoformat(doc["expiration"].replace("Z", "+00:00")).isoformat(),
+                    "expiry_time": expiry.isoformat(),
                 }
             except (TypeError, KeyError, AttributeError, ValueError):
                 # Never echo the body: it may hold credentials.
