@@ -25,7 +25,8 @@ Test controls (env): FAKE_KOHYA_NAN_AT_STEP=n (avr_loss=nan from step n on), FAK
 (pause before each state file after train_state.json, so a test can kill it mid-save; only in epoch
 FAKE_KOHYA_SAVE_DELAY_EPOCH's save when that is set),
 FAKE_KOHYA_DIM=n (write the wrong rank), FAKE_KOHYA_SEE_NO_IMAGES=1 (find no images),
-FAKE_KOHYA_ARGS_LOG=path (append argv as JSON), FAKE_KOHYA_STEP_DELAY=s.
+FAKE_KOHYA_ARGS_LOG=path (append argv as JSON), FAKE_KOHYA_ENV_LOG=path (write the env's variable names),
+FAKE_KOHYA_STEP_DELAY=s.
 """
 
 import argparse
@@ -113,6 +114,8 @@ def main() -> int:
     if args_log := os.environ.get("FAKE_KOHYA_ARGS_LOG"):
         with open(args_log, "a") as f:
             f.write(json.dumps(sys.argv[1:]) + "\n")
+    if env_log := os.environ.get("FAKE_KOHYA_ENV_LOG"):
+        Path(env_log).write_text("\n".join(sorted(os.environ)) + "\n")
     cfg = tomllib.loads(Path(args.config_file).read_text())
     resumed = load_state(Path(args.resume)) if args.resume else None
     ds = tomllib.loads(Path(cfg["dataset_config"]).read_text())
@@ -146,7 +149,10 @@ def main() -> int:
     delay = float(os.environ.get("FAKE_KOHYA_STEP_DELAY") or 0)
     save_delay = float(os.environ.get("FAKE_KOHYA_SAVE_DELAY") or 0)
     slow_epoch = int(os.environ.get("FAKE_KOHYA_SAVE_DELAY_EPOCH") or 0)
-    delay_in = lambda e: save_delay if not slow_epoch or e == slow_epoch else 0.0
+
+    def delay_in(e):
+        return save_delay if not slow_epoch or e == slow_epoch else 0.0
+
     step = 0  # kohya's global_step, 0 again after a resume
     bar = ""
     for epoch in range(start + 1, epochs + 1):

@@ -53,7 +53,10 @@ def small_plan():
 @pytest.fixture
 def seeded(job_env, tmp_path):
     s3, bucket = boto3.client("s3"), job_env["AVATAR_ARTIFACTS_BUCKET"]
-    put = lambda key, body: s3.put_object(Bucket=bucket, Key=key, Body=body)
+
+    def put(key, body):
+        return s3.put_object(Bucket=bucket, Key=key, Body=body)
+
     plan = small_plan()
     put(PREFIX + "normalize/plan.json", json.dumps(plan))
     put(
@@ -108,8 +111,11 @@ def _status(s3, bucket):
 
 def test_a_run_publishes_every_checkpoint_state_and_diary(seeded):
     s3, bucket, env, tmp = seeded
-    result = _train(env, tmp)
+    result = _train(env, tmp, AVATAR_JOB_SECRET="job-secret-kept-from-kohya", FAKE_KOHYA_ENV_LOG=str(tmp / "kohya-env.txt"))
     assert result.returncode == 0, result.stderr[-3000:]
+    # kohya sees the job's env but not the secret that mints its S3 credentials.
+    kohya_env = (tmp / "kohya-env.txt").read_text().split()
+    assert "AVATAR_JOB_ID" in kohya_env and "AVATAR_JOB_SECRET" not in kohya_env
 
     top = [k for k in _keys(s3, bucket, "train/") if k.count("/") == 1]
     assert top == sorted([f"train/{n}" for n in NAMES] + ["train/config.toml", "train/dataset.toml", "train/diary.json"])
@@ -288,6 +294,34 @@ def test_spot_reclaims_mid_epoch_leave_running_and_each_retry_loses_only_that_ep
     assert status["progress"]["message"].endswith("(attempt 3 of 3)")
 
 
+def test_the_interrupted_status_has_the_newest_step_whichever_stream_was_read_first(seeded, tmp_path):
+    """The order the flaky reclaim test once met under load: kohya's stdout "epoch 2/4" (a forced
+    status write) handled before the stderr step lines printed ahead of it, which then fell in the
+    15 s throttle. The interrupted status must still carry step 6, not the step of the last write."""
+    from avatar_job import Interrupted, Status
+    from trainer.progress import Event
+    from trainer.publish import Publisher
+    from trainer.supervise import Supervisor
+
+    s3, bucket, _, _ = seeded
+    job = Job.from_env("train")
+    plan = job.load_plan()
+    status = Status(job, "train", clock=lambda: 0.0, attempt=(1, 3))  # every unforced write is throttled
+    publisher = Publisher(job, plan, tmp_path / "output")
+    publisher.diary = {"lossPerEpoch": {}, "checkpoints": []}  # train_stage's start of the diary, in short
+    sup = Supervisor(status, plan, publisher)
+    sup.on_event(Event("epoch", epoch=1, epochs=EPOCHS))
+    sup.on_event(Event("step", step=1, total=24, loss=0.2))
+    sup.on_event(Event("epoch", epoch=2, epochs=EPOCHS))  # overtook steps 2-6 on the other stream
+    assert (_status(s3, bucket)["progress"]["epoch"], _status(s3, bucket)["progress"]["step"]) == (2, 1)
+    for step in range(2, 7):
+        sup.on_event(Event("step", step=step, total=24, loss=0.2 / step))
+    status.interrupted(Interrupted("resumes at epoch 2 of 4"))
+    progress = _status(s3, bucket)["progress"]
+    assert (progress["epoch"], progress["step"], progress["loss"]) == (2, 6, 0.2 / 6)
+    assert progress["message"] == "interrupted (attempt 1 of 3); Batch retries and resumes at epoch 2 of 4"
+
+
 def test_a_sigterm_on_the_last_attempt_fails_the_job(seeded):
     s3, bucket, env, tmp = seeded
     first = _start(env, tmp, attempt=3, FAKE_KOHYA_HANG_AFTER_EPOCH="1")
@@ -376,7 +410,9 @@ def test_resume_takes_the_newest_state_whose_upload_was_finished_and_verified(se
         if marker:
             s3.put_object(Bucket=bucket, Key=f"{PREFIX}train/state/{name}/.complete.json", Body=json.dumps({"files": entries}))
 
-    full = lambda epoch: {"train_state.json": json.dumps({"current_epoch": epoch}).encode(), "model.safetensors": os.urandom(64)}
+    def full(epoch):
+        return {"train_state.json": json.dumps({"current_epoch": epoch}).encode(), "model.safetensors": os.urandom(64)}
+
     upload("anantn-000001-state", full(1))
     upload("anantn-000002-state", full(2), marker=False)  # the upload was cut short: no manifest
     upload("anantn-000003-state", full(3), lie=b"other")  # a file differs from its manifest

@@ -18,10 +18,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import boto3
 import jsonschema
 
 from . import layout
+from .credentials import EXIT_NO_CREDENTIALS, CredentialsError, job_session
 
 SCHEMA_PATH = Path(__file__).with_name("contract.schema.json")
 STATUS_THROTTLE_S = 15.0
@@ -115,7 +115,9 @@ class Job:
     s3: Any = field(repr=False, default=None)
 
     @classmethod
-    def from_env(cls) -> Job:
+    def from_env(cls, stage: str | None = None) -> Job:
+        """The job of this process; `stage` names the credentials to mint when AVATAR_MINT_FUNCTION is set
+        (credentials.job_session: raises CredentialsError when refused)."""
         job = cls(
             team_id=_env("AVATAR_TEAM_ID"),
             job_id=_env("AVATAR_JOB_ID"),
@@ -123,8 +125,9 @@ class Job:
             artifacts_bucket=_env("AVATAR_ARTIFACTS_BUCKET"),
             cache_dir=Path(os.environ.get("AVATAR_CACHE_DIR") or "/cache"),
         )
+        # Every S3 call of the stage goes through this client, so through the job-scoped credentials.
         # boto3 honours AWS_ENDPOINT_URL_S3, which points tests at the local endpoint.
-        job.s3 = boto3.client("s3")
+        job.s3 = job_session(stage).client("s3")
         return job
 
     @property
@@ -191,7 +194,7 @@ class Status:
         self.job, self.stage, self.clock = job, stage, clock
         self.attempt, self.attempts = attempt
         self.last_write = -math.inf
-        self.last_progress: dict = {"fraction": 0.0, "message": ""}
+        self.last_progress: dict = {"fraction": 0.0, "message": ""}  # the newest reported, written or not
         self.created_at = now()
         try:
             existing = json.loads(job.get_bytes(layout.STATUS))
@@ -242,9 +245,12 @@ class Status:
         }
 
     def progress(self, fraction: float, message: str, force: bool = False, **fields: Any) -> bool:
-        """Writes progress unless one was written under STATUS_THROTTLE_S ago (force: write anyway)."""
-        if not force and self.clock() - self.last_write < STATUS_THROTTLE_S:
-            return False
+        """Writes progress unless one was written under STATUS_THROTTLE_S ago (force: write anyway).
+
+        A throttled one is still remembered: an interruption reports the newest progress, not the last
+        one written (which may be 15 s older, or older still when a forced write of a line on one
+        stream came just before the other stream's newer step).
+        """
         # A retried attempt says so in every message too, for people reading the status.
         suffix = f" (attempt {self.attempt} of {self.attempts})" if self.attempt > 1 else ""
         progress = {
@@ -257,10 +263,10 @@ class Status:
             # JSON has no NaN; a non-finite loss is reported through the error instead.
             if v is not None and not (isinstance(v, float) and not math.isfinite(v)):
                 progress[k] = v
-        if not self._write({**self._base("running"), "progress": progress}):
-            return False
         self.last_progress = progress
-        return True
+        if not force and self.clock() - self.last_write < STATUS_THROTTLE_S:
+            return False
+        return self._write({**self._base("running"), "progress": progress})
 
     def interrupted(self, error: Interrupted) -> None:
         """`running` while Batch still has an attempt left (it retries a Spot reclaim), else `failed`.
@@ -291,11 +297,15 @@ class Status:
 def run_stage(stage: str, body: Callable[[Job, Status], None]) -> int:
     """Runs a stage body and turns its outcome into status.json plus an exit code."""
     try:
-        job = Job.from_env()
+        job = Job.from_env(stage)
         status = Status(job, stage, attempt=attempt())
     except StageError as e:
         print(f"{stage}: {e}", file=sys.stderr)
         return 2
+    except CredentialsError as e:
+        # Without credentials there is no status.json to write: the log and the exit code say it.
+        print(f"{stage} failed: {e}", file=sys.stderr)
+        return EXIT_NO_CREDENTIALS
 
     def on_sigterm(*_):
         raise Interrupted()
@@ -309,15 +319,26 @@ def run_stage(stage: str, body: Callable[[Job, Status], None]) -> int:
     except Interrupted as e:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one stop is enough: finish writing the status
         print(f"{stage}: {e}", file=sys.stderr)
-        status.interrupted(e)
-        return 128 + signal.SIGTERM
+        return _report(stage, status.interrupted, e, 128 + signal.SIGTERM)
     except StageError as e:
         print(f"{stage} failed: {e}", file=sys.stderr)
-        status.fail(e)
-        return 1
+        return _report(stage, status.fail, e, 1)
+    except CredentialsError as e:  # a refresh refused mid-stage (the job was cancelled): S3 is closed now
+        print(f"{stage} failed: {e}", file=sys.stderr)
+        return EXIT_NO_CREDENTIALS
     except Exception as e:  # an unexpected crash still has to reach status.json
         import traceback
 
         traceback.print_exc()
-        status.fail(StageError("INTERNAL_ERROR", f"{type(e).__name__}: {e}; retry the job, and report it if it persists"))
-        return 1
+        error = StageError("INTERNAL_ERROR", f"{type(e).__name__}: {e}; retry the job, and report it if it persists")
+        return _report(stage, status.fail, error, 1)
+
+
+def _report(stage: str, write: Callable[[Any], None], error: StageError, rc: int) -> int:
+    """Writes the closing status; when the credentials for it are gone, the log has to do."""
+    try:
+        write(error)
+    except CredentialsError as e:
+        print(f"{stage}: could not write status.json: {e}", file=sys.stderr)
+        return EXIT_NO_CREDENTIALS
+    return rc

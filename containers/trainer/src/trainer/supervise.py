@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from avatar_job import Interrupted, StageError, Status, stop_timeout_s
+from avatar_job.credentials import SECRET_ENV
 
 from .progress import Event, parse_line, split_lines
 from .publish import Publisher
@@ -93,7 +94,8 @@ class Supervisor:
     # ---- the child process ----
     def launch(self, cmd: list[str], cwd: Path | None) -> int:
         """Runs kohya to its exit code; raises Interrupted on SIGTERM and StageError on a bad run."""
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        # kohya needs no S3 and no mint: the job secret stays in this process.
+        env = {k: v for k, v in os.environ.items() if k != SECRET_ENV} | {"PYTHONUNBUFFERED": "1"}
         # Own process group, so SIGTERM reaches accelerate and the training process under it.
         proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
         lines: queue.Queue = queue.Queue()
@@ -118,6 +120,7 @@ class Supervisor:
                 if self.terminated:
                     # Batch stops the job (a Spot reclaim): save what kohya finished, never what it was writing.
                     self._stop(proc)
+                    self._drain(proc, lines, readers)
                     self.publisher.publish()
                     raise Interrupted(self.resume_note())
                 try:
@@ -136,6 +139,28 @@ class Supervisor:
             signal.signal(signal.SIGTERM, previous)
             if proc.poll() is None:
                 self._stop(proc)
+
+    def _drain(self, proc: subprocess.Popen, lines: queue.Queue, readers: list[threading.Thread]) -> None:
+        """Acts on what kohya printed before it stopped and is not read yet.
+
+        stdout and stderr are read by separate threads, so a step line (stderr) can still be on its
+        way when the "epoch n/N" after it (stdout) has been handled: the interrupted status and what
+        counts as finished must not depend on which reader ran first. kohya's group is gone, so the
+        readers reach end of file; the timeout covers a stray process that kept a pipe open.
+        """
+        for r in readers:
+            r.join(timeout=5)
+        last_log = 0.0
+        while True:
+            try:
+                stream, line = lines.get_nowait()
+            except queue.Empty:
+                return
+            if line is not None:
+                try:
+                    last_log = self._follow(proc, stream, line, last_log)
+                except StageError as e:  # a NaN loss: the stop goes on; the retry meets it again
+                    print(f"train: {e} (while stopping)", file=sys.stderr, flush=True)
 
     def _follow(self, proc: subprocess.Popen, stream: str, line: str, last_log: float) -> float:
         """Echoes a line (step lines throttled), keeps the tail for errors, and acts on its event.
