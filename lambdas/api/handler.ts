@@ -8,7 +8,7 @@ import { requireEnv } from '../shared/env';
 import { s3Client } from '../shared/s3';
 import { TeamRegistry, teamsDocumentClient } from '../shared/teams';
 import { createApp } from './app';
-import { remoteKeys } from './auth';
+import { remoteKeys, TEAM_SCOPE_PREFIX } from './auth';
 
 const issuer = requireEnv('AUTH_ISSUER');
 const registry = new TeamRegistry(teamsDocumentClient(), requireEnv('TEAMS_TABLE'));
@@ -28,7 +28,7 @@ const app = createApp({
   auth: {
     issuer,
     keys: remoteKeys(process.env.AUTH_JWKS_URL ?? `${issuer}/.well-known/jwks.json`),
-    teamScopePrefix: process.env.AUTH_TEAM_SCOPE_PREFIX ?? 'avatar/team:',
+    teamScopePrefix: process.env.AUTH_TEAM_SCOPE_PREFIX ?? TEAM_SCOPE_PREFIX,
   },
   teams: registry,
   rateLimit: { burst: Number(process.env.RATE_BURST ?? 20), perSecond: Number(process.env.RATE_PER_SECOND ?? 5) },
