@@ -54,6 +54,8 @@ export class JobApi extends Construct {
   public readonly httpApi: apigw.HttpApi;
   public readonly function: LambdaFunction;
   public readonly notifyFunction: LambdaFunction;
+  /** Read-only role the function assumes to sign result links with credentials whose expiry it knows. */
+  public readonly resultsSigningRole: iam.Role;
   /** Absent when another issuer is configured. */
   public readonly userPool?: cognito.UserPool;
 
@@ -113,6 +115,17 @@ export class JobApi extends Construct {
       },
     });
     const role = this.function.executionRole;
+    // Result links: Lambda's environment credentials state no expiry, so links signed with them are
+    // capped at 15 minutes; a session of this role states its expiry (at most an hour: role chaining).
+    // It reads stage outputs only and trusts only the API function's role.
+    this.resultsSigningRole = new iam.Role(this, 'ResultsSigning', {
+      assumedBy: new iam.ArnPrincipal(role.roleArn),
+      maxSessionDuration: Duration.hours(1),
+      description: 'Signs job API result links (read-only: job stage outputs)',
+    });
+    grantStageAccess(this.resultsSigningRole, props, 'results');
+    this.resultsSigningRole.grantAssumeRole(role);
+    this.function.addEnvironment('RESULTS_SIGNING_ROLE_ARN', this.resultsSigningRole.roleArn);
     // Team lookups and /usage read the team item; erasure rewrites the job's ledger rows under an anonymous id.
     role.addToPrincipalPolicy(
       new iam.PolicyStatement({

@@ -35,6 +35,11 @@ export interface ApiDeps {
   readonly stateMachineArn: string;
   /** Lifetime asked for result links (capped by the signing credentials). */
   readonly urlExpirySeconds: number;
+  /**
+   * Signs result links: in Lambda a client with the results signing role's session, whose expiry is
+   * known (signing.ts). Default: `s3`.
+   */
+  readonly resultsS3?: S3Client;
   /** Lifetime asked for upload targets (capped by the signing credentials). */
   readonly uploadExpirySeconds: number;
   /** The largest photo S3 accepts through an upload target, and start accepts. */
@@ -322,11 +327,12 @@ export async function results(deps: ApiDeps, teamId: string, jobId: string): Pro
         .map((o) => ({ key: o.key, name: o.key.slice(prefix.length), size: o.size }))
         .filter((o) => stages.has(o.name.split('/')[0]) && !o.name.startsWith(LAYOUT.trainState))
         .map((o) => ({ ...o, stage: o.name.split('/')[0] }));
-  const lifetime = await linkLifetime(deps.s3, deps.urlExpirySeconds, deps.now());
+  const signer = deps.resultsS3 ?? deps.s3;
+  const lifetime = await linkLifetime(signer, deps.urlExpirySeconds, deps.now());
   const artifacts = await Promise.all(
     listed.map(async (a) => ({
       ...a,
-      url: await getSignedUrl(deps.s3, new GetObjectCommand({ Bucket: deps.artifactsBucket, Key: a.key }), { expiresIn: lifetime.seconds }),
+      url: await getSignedUrl(signer, new GetObjectCommand({ Bucket: deps.artifactsBucket, Key: a.key }), { expiresIn: lifetime.seconds }),
     })),
   );
   const recommendation = manifest.success ? manifest.data.recommendation : undefined;

@@ -138,7 +138,7 @@ export const STAGE_ACCESS = {
   ],
   api: [
     { bucket: 'inbox', actions: ['s3:PutObject'], keys: [jobKey('photos'), jobKey('spec')], why: API_REASON },
-    { bucket: 'artifacts', actions: ['s3:GetObject'], keys: [LAYOUT.teams], why: `${API_REASON}; results are signed with this role` },
+    { bucket: 'artifacts', actions: ['s3:GetObject'], keys: [LAYOUT.teams], why: `${API_REASON}; it reads job records, status and manifests` },
     {
       bucket: 'artifacts',
       actions: ['s3:PutObject'],
@@ -147,6 +147,16 @@ export const STAGE_ACCESS = {
     },
     { list: 'inbox' },
     { list: 'artifacts' },
+  ],
+  // The role the job API assumes to sign result links (lambdas/api/signing.ts): read-only, the stage
+  // outputs only, so a leaked link or session can reach nothing else (no inbox, records, notify/).
+  results: [
+    {
+      bucket: 'artifacts',
+      actions: ['s3:GetObject'],
+      keys: [jobKey('validate'), jobKey('normalize'), jobKey('caption'), jobKey('train'), jobKey('evaluate')],
+      why: "result links of the calling team's job are signed with this role; team and job ids are only known per request",
+    },
   ],
   notify: [
     { bucket: 'artifacts', actions: ['s3:GetObject'], keys: [jobKey('request')], why: 'notify reads the webhook of the job an event names' },
