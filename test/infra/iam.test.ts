@@ -133,7 +133,7 @@ describe('IAM key patterns derived from the key layout (lambdas/shared/access.ts
   });
   const derived = (stage: AccessStage) => {
     const grants: Record<string, string[]> = {};
-    for (const action of ['s3:GetObject', 's3:GetObjectVersion', 's3:PutObject', 's3:DeleteObject'] as const) {
+    for (const action of ['s3:GetObject', 's3:GetObjectVersion', 's3:PutObject', 's3:DeleteObject', 's3:DeleteObjectVersion'] as const) {
       const resources = [
         ...stagePatterns(stage, 'inbox', action).map((p) => `${I}/${p}`),
         ...stagePatterns(stage, 'artifacts', action).map((p) => `${A}/${p}`),
