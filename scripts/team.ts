@@ -10,6 +10,9 @@
  *   list                       every team with its month-to-date usage
  *   show <team>                one team: settings, counters, waiting jobs
  *   delete-budget <team>       delete the team's AWS Budgets alert (the team stays registered)
+ *   client <team> [--rotate]   the team's Cognito app client (client credentials, scope avatar/team:<team>):
+ *                              created once and found by name afterwards; prints its id, and its secret
+ *                              only when it creates one; --rotate makes a new one and deletes the old
  *   create-table               create the table (local endpoints only; the stack creates it in AWS)
  *
  * Settings: --budget-usd N  --gpu-hours N  --max-concurrent N  --max-photos N  --max-steps N
@@ -19,6 +22,9 @@
  * Where: --table NAME (or AVATAR_TEAMS_TABLE), --endpoint URL (or AWS_ENDPOINT_URL_DYNAMODB), --json.
  * Budget alert: --budgets-account ID (or AVATAR_BUDGETS_ACCOUNT_ID, the account that pays): add/update
  *   create or replace the team's AWS Budgets alert (scripts/team-budget.ts), delete-budget removes it.
+ * API credentials: --user-pool ID (or AVATAR_USER_POOL_ID, the stack output ApiUserPoolId): `client`
+ *   needs it, and `add` then also creates the team's app client (scripts/team-client.ts). Nothing
+ *   else needs Cognito: suspend, resume and update only change the registry.
  * Fair share: --scheduling-policy ARN (or AVATAR_SCHEDULING_POLICY_ARN, the stack output SchedulingPolicyArn):
  *   add/update/suspend/resume then push every team's weight into the Batch policy (no deploy).
  */
@@ -44,6 +50,7 @@ import {
   teamsDocumentClient,
 } from '../lambdas/shared/teams';
 import { BudgetsClient, deleteTeamBudget, putTeamBudget, teamBudgetName } from './team-budget';
+import { CognitoIdentityProviderClient, ensureTeamClient, type TeamClient } from './team-client';
 
 /** Flag -> config field, for parsing and for naming the flag in errors. */
 const FLAGS = {
@@ -127,11 +134,13 @@ export async function main(argv: string[]): Promise<number> {
       endpoint: { type: 'string' },
       'scheduling-policy': { type: 'string' },
       'budgets-account': { type: 'string' },
+      'user-pool': { type: 'string' },
+      rotate: { type: 'boolean' },
       json: { type: 'boolean' },
     },
   });
   const [command, teamArg, ...extra] = positionals;
-  if (!command) throw new UsageError('give a command: add, update, suspend, resume, list, show or create-table');
+  if (!command) throw new UsageError('give a command: add, update, suspend, resume, list, show, client, delete-budget or create-table');
   if (extra.length > 0) throw new UsageError(`unexpected argument(s): ${extra.join(' ')}`);
   const tableName = (values.table as string | undefined) ?? process.env.AVATAR_TEAMS_TABLE;
   if (!tableName) throw new UsageError('name the registry table: --table NAME or AVATAR_TEAMS_TABLE (the stack output TeamsTableName)');
@@ -165,6 +174,23 @@ export async function main(argv: string[]): Promise<number> {
         `AWS Budgets alert ${teamBudgetName(config.teamId)}: $${config.monthlyBudgetUsd}/month on tag team=${config.teamId}, to ${config.alertEmails.join(', ') || 'nobody (no --alert-email)'}`,
       );
   };
+  const userPoolId = (values['user-pool'] as string | undefined) ?? (process.env.AVATAR_USER_POOL_ID || undefined);
+  if (userPoolId !== undefined && !/^[\w-]+_[0-9a-zA-Z]+$/.test(userPoolId))
+    throw new UsageError(`--user-pool: "${userPoolId}" is not a Cognito user pool id (<region>_<id>, the stack output ApiUserPoolId)`);
+  if (values.rotate && command !== 'client') throw new UsageError('--rotate is for "client"');
+  /** The team's app client, printed; the secret only when this run made it. */
+  const teamClient = async (id: string): Promise<TeamClient> => {
+    const client = await ensureTeamClient(new CognitoIdentityProviderClient(clientConfig), userPoolId!, id, { rotate: values.rotate === true });
+    if (!values.json) {
+      console.log(
+        client.created
+          ? `app client ${client.clientName} created: client id ${client.clientId}\nclient secret ${client.clientSecret}\n(shown once: hand it to the team; its tokens carry scope ${client.scope})`
+          : `app client ${client.clientName} exists: client id ${client.clientId} (scope ${client.scope}); --rotate makes a new one`,
+      );
+      if (client.deleted.length) console.log(`deleted the old app client(s): ${client.deleted.join(', ')}`);
+    }
+    return client;
+  };
   const teamId = () => {
     const parsed = IdSchema.safeParse(teamArg);
     if (!parsed.success) throw new UsageError(`<team>: ${teamArg === undefined ? 'give the team id' : `"${teamArg}": ${parsed.error.issues[0]!.message}`}`);
@@ -179,7 +205,14 @@ export async function main(argv: string[]): Promise<number> {
       const parsed = TeamConfigSchema.safeParse({ ...TEAM_DEFAULTS, ...settingsFrom(values), teamId: teamId() });
       if (!parsed.success) throw new UsageError(describe(parsed.error));
       const team = await registry.add(parsed.data);
-      print(`added ${line(team)}`, summary(team));
+      if (values.json) {
+        const client = userPoolId ? await teamClient(team.config.teamId) : undefined;
+        print('', { ...summary(team), ...(client ? { client } : {}) });
+      } else {
+        print(`added ${line(team)}`, undefined);
+        if (userPoolId) await teamClient(team.config.teamId);
+        else console.log('no --user-pool (AVATAR_USER_POOL_ID): make its API credentials later with "client <team>"');
+      }
       await syncShares();
       await syncBudget(team.config);
       return 0;
@@ -242,6 +275,15 @@ export async function main(argv: string[]): Promise<number> {
       print(`deleted AWS Budgets alert ${teamBudgetName(id)}`, { deleted: teamBudgetName(id) });
       return 0;
     }
+    case 'client': {
+      needsNoSettings();
+      const id = teamId();
+      if (!userPoolId) throw new UsageError('client needs the user pool: --user-pool ID or AVATAR_USER_POOL_ID (the stack output ApiUserPoolId)');
+      if (!(await registry.get(id))) throw new UsageError(`team "${id}" does not exist: add it with "add ${id}"`);
+      const client = await teamClient(id);
+      if (values.json) print('', client);
+      return 0;
+    }
     case 'create-table': {
       if (!endpoint) throw new UsageError('create-table is for local endpoints (give --endpoint); in AWS the stack creates the table');
       await createTeamsTable(new DynamoDBClient(clientConfig), tableName);
@@ -249,7 +291,7 @@ export async function main(argv: string[]): Promise<number> {
       return 0;
     }
     default:
-      throw new UsageError(`unknown command "${command}": use add, update, suspend, resume, list, show, delete-budget or create-table`);
+      throw new UsageError(`unknown command "${command}": use add, update, suspend, resume, list, show, client, delete-budget or create-table`);
   }
 }
 

@@ -10,6 +10,7 @@ import * as logs from 'aws-cdk-lib/aws-logs';
 import type * as s3 from 'aws-cdk-lib/aws-s3';
 import type * as sfn from 'aws-cdk-lib/aws-stepfunctions';
 import { Construct } from 'constructs';
+import { RESOURCE_SERVER_ID } from '../../lambdas/api/auth';
 import { LIST_PREFIX } from '../../lambdas/shared/access';
 import { EVENT_SOURCE, JOB_STATE_CHANGE } from '../../lambdas/shared/events';
 import { keyPattern, LAYOUT } from '../../lambdas/shared/layout';
@@ -44,7 +45,8 @@ export interface JobApiProps {
  * Cognito user pool its tokens come from, and the `notify` function (`lambdas/notify/handler.ts`) that sends job webhooks.
  *
  * Teams are app clients of the user pool with the client-credentials flow and one scope
- * `avatar/team:<teamId>` of the `avatar` resource server; the admin adds both (no deploy). The
+ * `avatar/team:<teamId>` of the `avatar` resource server; the admin adds both with
+ * `npm run team -- client <team>` (scripts/team-client.ts), no deploy. The
  * resource server's team scopes are the admin's: this construct creates it without them and never
  * changes it, so a deploy does not reset them.
  */
@@ -52,6 +54,8 @@ export class JobApi extends Construct {
   public readonly httpApi: apigw.HttpApi;
   public readonly function: LambdaFunction;
   public readonly notifyFunction: LambdaFunction;
+  /** Read-only role the function assumes to sign result links with credentials whose expiry it knows. */
+  public readonly resultsSigningRole: iam.Role;
   /** Absent when another issuer is configured. */
   public readonly userPool?: cognito.UserPool;
 
@@ -72,7 +76,11 @@ export class JobApi extends Construct {
         // app clients are the admin's and are made again after a redeploy.
         removalPolicy: RemovalPolicy.DESTROY,
       });
-      new cognito.UserPoolResourceServer(this, 'ResourceServer', { userPool: pool, identifier: 'avatar', userPoolResourceServerName: 'avatar job API' });
+      new cognito.UserPoolResourceServer(this, 'ResourceServer', {
+        userPool: pool,
+        identifier: RESOURCE_SERVER_ID,
+        userPoolResourceServerName: 'avatar job API',
+      });
       // The token endpoint (https://<prefix>.auth.<region>.amazoncognito.com/oauth2/token) for client credentials.
       pool.addDomain('Domain', { cognitoDomain: { domainPrefix: `avatar-${Aws.ACCOUNT_ID}` } });
       for (const rule of ['AwsSolutions-COG2', 'AwsSolutions-COG3', 'AwsSolutions-COG8']) {
@@ -107,6 +115,17 @@ export class JobApi extends Construct {
       },
     });
     const role = this.function.executionRole;
+    // Result links: Lambda's environment credentials state no expiry, so links signed with them are
+    // capped at 15 minutes; a session of this role states its expiry (at most an hour: role chaining).
+    // It reads stage outputs only and trusts only the API function's role.
+    this.resultsSigningRole = new iam.Role(this, 'ResultsSigning', {
+      assumedBy: new iam.ArnPrincipal(role.roleArn),
+      maxSessionDuration: Duration.hours(1),
+      description: 'Signs job API result links (read-only: job stage outputs)',
+    });
+    grantStageAccess(this.resultsSigningRole, props, 'results');
+    this.resultsSigningRole.grantAssumeRole(role);
+    this.function.addEnvironment('RESULTS_SIGNING_ROLE_ARN', this.resultsSigningRole.roleArn);
     // Team lookups and /usage read the team item; erasure rewrites the job's ledger rows under an anonymous id.
     role.addToPrincipalPolicy(
       new iam.PolicyStatement({

@@ -17,6 +17,7 @@
  * The record is written (claimed) before PutEvents and marked published after it. An unpublished claim
  * is never overwritten: a newer write waits (a retried error) while its owner publishes it, and once the
  * claim's lease has passed (its owner failed) whoever finds it publishes that same event first.
+ * A record written after the job's erasure swept its prefix is taken back (lambdas/shared/erasure.ts).
  */
 
 import { EventBridgeClient, PutEventsCommand } from '@aws-sdk/client-eventbridge';
@@ -24,6 +25,7 @@ import { GetObjectCommand, PutObjectCommand, type S3Client } from '@aws-sdk/clie
 import { z } from 'zod';
 import { describeIssues, IdSchema, JOB_STATES, StageSchema, type Status, StatusSchema } from '../shared/contract';
 import { requireEnv } from '../shared/env';
+import { JobErased, undoIfErased } from '../shared/erasure';
 import { InvalidInputError, TransientError, toLambdaError } from '../shared/errors';
 import { type JobStateChange, JobStateChangeSchema, jobStateChangeEntry, stateChange } from '../shared/events';
 import { type JobRef, jobKey } from '../shared/keys';
@@ -157,10 +159,14 @@ async function readLastState(s3: S3Client, bucket: string, key: string): Promise
   }
 }
 
-/** Conditional replace; false when another invocation replaced it first. */
-async function writeLastState(s3: S3Client, bucket: string, key: string, value: LastState, etag: string | undefined): Promise<string | false> {
+/**
+ * Conditional replace; false when another invocation replaced it first. Throws JobErased (the write
+ * taken back) when the job was erased meanwhile.
+ */
+async function writeLastState(s3: S3Client, bucket: string, key: string, value: LastState, etag: string | undefined, job: JobRef): Promise<string | false> {
+  let out: { ETag?: string; VersionId?: string };
   try {
-    const out = await s3.send(
+    out = await s3.send(
       new PutObjectCommand({
         Bucket: bucket,
         Key: key,
@@ -169,15 +175,27 @@ async function writeLastState(s3: S3Client, bucket: string, key: string, value: 
         ...(etag ? { IfMatch: etag } : { IfNoneMatch: '*' }),
       }),
     );
-    return out.ETag ?? '';
   } catch (error) {
     const code = httpStatus(error);
     if (code === 412 || code === 409) return false;
     throw error;
   }
+  await undoIfErased(s3, bucket, job, key, out.VersionId);
+  return out.ETag ?? '';
 }
 
 export async function announce(event: unknown, deps: AnnounceDeps): Promise<AnnounceResult> {
+  try {
+    return await announceWrite(event, deps);
+  } catch (error) {
+    if (!(error instanceof JobErased)) throw error;
+    // Erased while this ran: the record it wrote is taken back, and the job has nothing to announce.
+    log('info', 'status event ignored', { reason: error.message });
+    return { action: 'ignored', reason: error.message };
+  }
+}
+
+async function announceWrite(event: unknown, deps: AnnounceDeps): Promise<AnnounceResult> {
   const parsed = ObjectCreatedEvent.safeParse(event);
   if (!parsed.success) throw new InvalidInputError('BAD_EVENT', describeIssues(parsed.error, 'EventBridge event'));
   const { bucket, object } = parsed.data.detail;
@@ -225,6 +243,7 @@ export async function announce(event: unknown, deps: AnnounceDeps): Promise<Anno
         recordKey,
         { ...last, announcement: { ...pending, claimedAt: now.toISOString() } },
         recordEtag,
+        job,
       );
       if (claimed === false) continue;
       await publishAndMark(deps, recordKey, { ...last, announcement: pending }, claimed, job);
@@ -243,7 +262,7 @@ export async function announce(event: unknown, deps: AnnounceDeps): Promise<Anno
       ...(write.versionId ? { versionId: write.versionId } : {}),
       ...(change ? { announcement: { change, claimedAt: now.toISOString() } } : {}),
     };
-    const claimed = await writeLastState(deps.s3, deps.artifactsBucket, recordKey, next, recordEtag);
+    const claimed = await writeLastState(deps.s3, deps.artifactsBucket, recordKey, next, recordEtag, job);
     if (claimed === false) continue; // another invocation moved the record: decide again against it
     if (!change) return { action: 'unchanged', job };
     await publishAndMark(deps, recordKey, next, claimed, job);
@@ -258,7 +277,7 @@ async function publishAndMark(deps: AnnounceDeps, key: string, claimed: LastStat
   await publish(deps, change);
   const marked = { ...claimed, announcement: { ...claimed.announcement!, publishedAt: deps.now().toISOString() } };
   // Fails only if the claim outlived its lease and was taken over: the taker publishes the same eventId.
-  if ((await writeLastState(deps.s3, deps.artifactsBucket, key, marked, claimEtag)) === false) {
+  if ((await writeLastState(deps.s3, deps.artifactsBucket, key, marked, claimEtag, job)) === false) {
     log('warn', 'published change was taken over before it was marked', { ...job, eventId: change.eventId });
   }
   log('info', 'job state change published', { ...job, eventId: change.eventId, state: change.state, stage: change.stage });

@@ -7,6 +7,13 @@
 import { createLocalJWKSet, createRemoteJWKSet, type JSONWebKeySet, type JWTPayload, type JWTVerifyGetKey, jwtVerify } from 'jose';
 import { IdSchema } from '../shared/contract';
 
+/** The stack's Cognito resource server (infra/constructs/api.ts) whose scopes name teams. */
+export const RESOURCE_SERVER_ID = 'avatar';
+/** A team's scope within the resource server: `team:<teamId>`. */
+export const teamScopeName = (teamId: string) => `team:${teamId}`;
+/** What a token carries for a team, `avatar/team:<teamId>`, minus the id: what {@link authenticate} looks for. */
+export const TEAM_SCOPE_PREFIX = `${RESOURCE_SERVER_ID}/${teamScopeName('')}`;
+
 export interface AuthConfig {
   /** `iss` the token must carry, e.g. `https://cognito-idp.<region>.amazonaws.com/<poolId>`. */
   readonly issuer: string;

@@ -16,6 +16,7 @@ import { createPresignedPost } from '@aws-sdk/s3-presigned-post';
 import { getSignedUrl } from '@aws-sdk/s3-request-presigner';
 import { z } from 'zod';
 import { describeIssues, type ErrorInfo, JobSpecSchema, ManifestSchema, STAGES, type Status, StatusSchema } from '../shared/contract';
+import { tombstoneKey } from '../shared/erasure';
 import { AppError } from '../shared/errors';
 import { type JobRef, jobPrefix, keys } from '../shared/keys';
 import { fillKey, LAYOUT } from '../shared/layout';
@@ -35,6 +36,11 @@ export interface ApiDeps {
   readonly stateMachineArn: string;
   /** Lifetime asked for result links (capped by the signing credentials). */
   readonly urlExpirySeconds: number;
+  /**
+   * Signs result links: in Lambda a client with the results signing role's session, whose expiry is
+   * known (signing.ts). Default: `s3`.
+   */
+  readonly resultsS3?: S3Client;
   /** Lifetime asked for upload targets (capped by the signing credentials). */
   readonly uploadExpirySeconds: number;
   /** The largest photo S3 accepts through an upload target, and start accepts. */
@@ -65,7 +71,6 @@ export class ApiError extends AppError {
 export const notFound = (jobId: string) => new ApiError(404, 'JOB_NOT_FOUND', `no job "${jobId}" for your team: check the job id`, jobId);
 
 const idempotencyKey = (teamId: string, key: string) => fillKey(LAYOUT.idempotencyKey, { teamId, hash: sha256(key) });
-const tombstoneKey = (job: JobRef) => fillKey(LAYOUT.tombstone, { teamId: job.teamId, jobId: job.jobId });
 
 function sha256(text: string): string {
   return createHash('sha256').update(text).digest('hex');
@@ -322,11 +327,12 @@ export async function results(deps: ApiDeps, teamId: string, jobId: string): Pro
         .map((o) => ({ key: o.key, name: o.key.slice(prefix.length), size: o.size }))
         .filter((o) => stages.has(o.name.split('/')[0]) && !o.name.startsWith(LAYOUT.trainState))
         .map((o) => ({ ...o, stage: o.name.split('/')[0] }));
-  const lifetime = await linkLifetime(deps.s3, deps.urlExpirySeconds, deps.now());
+  const signer = deps.resultsS3 ?? deps.s3;
+  const lifetime = await linkLifetime(signer, deps.urlExpirySeconds, deps.now());
   const artifacts = await Promise.all(
     listed.map(async (a) => ({
       ...a,
-      url: await getSignedUrl(deps.s3, new GetObjectCommand({ Bucket: deps.artifactsBucket, Key: a.key }), { expiresIn: lifetime.seconds }),
+      url: await getSignedUrl(signer, new GetObjectCommand({ Bucket: deps.artifactsBucket, Key: a.key }), { expiresIn: lifetime.seconds }),
     })),
   );
   const recommendation = manifest.success ? manifest.data.recommendation : undefined;
@@ -357,21 +363,26 @@ export async function deleteJob(deps: ApiDeps, teamId: string, jobId: string) {
   const status = await readStatus(deps.s3, deps.artifactsBucket, job);
   if (status && !TERMINAL.has(status.state)) await cancelJob(deps, teamId, jobId).catch(() => undefined);
   const prefix = jobPrefix(job);
+  const deletedAt = deps.now().toISOString();
+  // The tombstone goes first: a late writer (announce, notify) that writes after the sweep below
+  // finds it and takes its write back (lambdas/shared/erasure.ts).
+  const tombstone = (fields: object) =>
+    deps.s3.send(
+      new PutObjectCommand({
+        Bucket: deps.artifactsBucket,
+        Key: tombstoneKey(job),
+        Body: JSON.stringify({ teamId, jobId, deletedAt, ...fields }),
+        ContentType: 'application/json',
+      }),
+    );
+  await tombstone({});
   const removed: Record<string, number> = {};
   for (const bucket of [deps.inboxBucket, deps.artifactsBucket]) removed[bucket] = await eraseVersions(deps.s3, bucket, prefix);
   if (record.idempotencyKey !== undefined) {
     removed[deps.artifactsBucket] += await eraseVersions(deps.s3, deps.artifactsBucket, idempotencyKey(teamId, record.idempotencyKey));
   }
   const ledgerRows = deps.registry ? await anonymiseLedger(deps.registry, job) : 0;
-  const deletedAt = deps.now().toISOString();
-  await deps.s3.send(
-    new PutObjectCommand({
-      Bucket: deps.artifactsBucket,
-      Key: tombstoneKey(job),
-      Body: JSON.stringify({ teamId, jobId, deletedAt, removed, ledgerRows }),
-      ContentType: 'application/json',
-    }),
-  );
+  await tombstone({ removed, ledgerRows });
   return { jobId, deletedAt, removed };
 }
 

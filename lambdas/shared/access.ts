@@ -8,7 +8,7 @@ import { type JobEntry, keyPattern, LAYOUT } from './layout';
 
 export type AccessBucket = 'inbox' | 'artifacts';
 /** Object actions a stage may be granted; exact names only, so no `s3:*`-style wildcard slips in. */
-export type ObjectAction = 's3:GetObject' | 's3:GetObjectVersion' | 's3:PutObject' | 's3:DeleteObject';
+export type ObjectAction = 's3:GetObject' | 's3:GetObjectVersion' | 's3:PutObject' | 's3:DeleteObject' | 's3:DeleteObjectVersion';
 
 /** `actions` on the objects of `bucket` under the key templates `keys`; `why` is told to cdk-nag. */
 export interface ObjectGrant {
@@ -47,6 +47,20 @@ const models = (stage: string): ObjectGrant => ({
   keys: [LAYOUT.models],
   why: `${stage} reads the operator-uploaded base models`,
 });
+
+/**
+ * A writer racing the job's erasure (lambdas/shared/erasure.ts): it lists the tombstone (a listing, so a
+ * missing one is certain) and deletes the version it just wrote, its own key only.
+ */
+const eraseRace = (stage: string, entry: 'lastState' | 'notify'): Grant[] => [
+  { list: 'artifacts' },
+  {
+    bucket: 'artifacts',
+    actions: ['s3:DeleteObjectVersion'],
+    keys: [jobKey(entry)],
+    why: `${stage} takes back its own write when the job was erased meanwhile`,
+  },
+];
 
 /** Each stage's grants, in the order the stack adds them (the policy statements keep that order). */
 export const STAGE_ACCESS = {
@@ -96,6 +110,7 @@ export const STAGE_ACCESS = {
       keys: [jobKey('lastState')],
       why: "announce keeps the job's last announced state next to it (erased with it)",
     },
+    ...eraseRace('announce', 'lastState'),
   ],
   reconcile: [status(STATUS_REASON)],
   // One Batch job runs the caption stage and then the train stage (infra/constructs/gpu-jobs.ts).
@@ -138,7 +153,7 @@ export const STAGE_ACCESS = {
   ],
   api: [
     { bucket: 'inbox', actions: ['s3:PutObject'], keys: [jobKey('photos'), jobKey('spec')], why: API_REASON },
-    { bucket: 'artifacts', actions: ['s3:GetObject'], keys: [LAYOUT.teams], why: `${API_REASON}; results are signed with this role` },
+    { bucket: 'artifacts', actions: ['s3:GetObject'], keys: [LAYOUT.teams], why: `${API_REASON}; it reads job records, status and manifests` },
     {
       bucket: 'artifacts',
       actions: ['s3:PutObject'],
@@ -148,9 +163,20 @@ export const STAGE_ACCESS = {
     { list: 'inbox' },
     { list: 'artifacts' },
   ],
+  // The role the job API assumes to sign result links (lambdas/api/signing.ts): read-only, the stage
+  // outputs only, so a leaked link or session can reach nothing else (no inbox, records, notify/).
+  results: [
+    {
+      bucket: 'artifacts',
+      actions: ['s3:GetObject'],
+      keys: [jobKey('validate'), jobKey('normalize'), jobKey('caption'), jobKey('train'), jobKey('evaluate')],
+      why: "result links of the calling team's job are signed with this role; team and job ids are only known per request",
+    },
+  ],
   notify: [
     { bucket: 'artifacts', actions: ['s3:GetObject'], keys: [jobKey('request')], why: 'notify reads the webhook of the job an event names' },
     { bucket: 'artifacts', actions: ['s3:PutObject'], keys: [jobKey('notify')], why: 'notify records delivery attempts next to the job' },
+    ...eraseRace('notify', 'notify'),
   ],
 } as const satisfies Record<string, readonly Grant[]>;
 

@@ -73,8 +73,9 @@ export class WebhookRefused extends Error {
 }
 
 /**
- * Test-only switch: lets a webhook reach loopback (a receiver started by a test). A symbol, so it
- * cannot come from JSON configuration or the environment; production code never sets it.
+ * Test and local-only switch: lets a webhook reach loopback (a receiver started by a test, or by a
+ * developer with `npm run api -- --webhook-loopback`). A symbol, so it cannot come from JSON
+ * configuration or the environment; the Lambda handlers never set it.
  */
 export const ALLOW_LOOPBACK_FOR_TESTS = Symbol('allow loopback webhooks (tests only)');
 

@@ -6,9 +6,12 @@
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { exportJWK, generateKeyPair, importJWK, type JSONWebKeySet, type JWK, SignJWT } from 'jose';
+import { TEAM_SCOPE_PREFIX } from '../../lambdas/api/auth';
+
+/** The scope prefix the API reads the team from (one definition, in lambdas/api/auth.ts). */
+export { TEAM_SCOPE_PREFIX };
 
 export const LOCAL_ISSUER = 'avatar-local';
-export const TEAM_SCOPE_PREFIX = 'avatar/team:';
 export const DEMO_TEAMS = ['alpha', 'beta'] as const;
 const DIR = join(__dirname, '..', '..', '.local', 'api-auth');
 

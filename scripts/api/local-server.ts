@@ -12,6 +12,9 @@
  * - The team registry: a DynamoDB table in moto (serialised, as real DynamoDB's conditional writes
  *   are) holding the demo teams alpha and beta, read by the Admit state's handler; its task token is
  *   answered through the local task-token endpoint (scripts/local/teams.ts).
+ * - S3's "Object Created" events, the announce rule, the state change rule and their targets: moto's
+ *   EventBridge routes them to queues that scripts/local/events.ts reads, calling the real announce and
+ *   notify handlers, so a job's webhook is delivered as in AWS.
  * - Batch stages without Docker and a GPU: the job waits `gpuWaitMs` (a Batch job RUNNABLE with no
  *   capacity) and then fails with GPU_UNAVAILABLE, as `npm run local` does; a stop ends the wait.
  */
@@ -25,8 +28,10 @@ import { reconcile } from '../../lambdas/reconcile/handler';
 import { accountingFromEnv } from '../../lambdas/shared/accounting';
 import type { JobRef } from '../../lambdas/shared/keys';
 import { TEAM_DEFAULTS } from '../../lambdas/shared/teams';
+import type { WebhookOptions } from '../../lambdas/shared/webhook';
 import { start } from '../../lambdas/start/handler';
 import { stateMachineDefinition, synthesizeTemplate } from '../local/definition';
+import { type LocalEvents, startLocalEvents } from '../local/events';
 import { checkGpu, GpuUnavailable } from '../local/gpu';
 import { configureHandlers, LOCAL_CREDENTIALS, LOCAL_REGION, type Moto, startMoto } from '../local/moto';
 import { executionStatusChangeEvent } from '../local/sfn';
@@ -47,12 +52,19 @@ export interface LocalApiOptions {
   /** Credentials the API signs links with (default: moto's static test credentials). */
   readonly signingS3?: (moto: Moto) => S3Client;
   readonly log?: (line: string) => void;
+  /**
+   * notify's sender settings: webhooks stay https-only and public-only unless this says otherwise
+   * (an extra trusted CA; the loopback switch, for a receiver on this machine).
+   */
+  readonly webhook?: Omit<WebhookOptions, 'secret' | 'record'>;
 }
 
 export interface LocalApi {
   readonly url: string;
   readonly moto: Moto;
   readonly s3: S3Client;
+  /** The state change events announce published (webhooks go out from them). */
+  readonly events: LocalEvents;
   /** Settles when the local run of a job ends (for tests). */
   run(job: JobRef): Promise<unknown> | undefined;
   stop(): Promise<void>;
@@ -71,6 +83,7 @@ export async function startLocalApi(options: LocalApiOptions = {}): Promise<Loca
   const runs = new Map<string, Promise<unknown>>();
   let server: ReturnType<typeof serve> | undefined;
   let teams: LocalTeams | undefined;
+  let events: LocalEvents | undefined;
   try {
     configureHandlers(moto.endpoint, { inboxBucket: LOCAL_INBOX, artifactsBucket: LOCAL_ARTIFACTS, urlExpirySeconds: options.urlExpirySeconds ?? 3600 });
     const s3 = moto.s3();
@@ -78,6 +91,7 @@ export async function startLocalApi(options: LocalApiOptions = {}): Promise<Loca
       await moto.createBucket(bucket);
       await s3.send(new PutBucketVersioningCommand({ Bucket: bucket, VersioningConfiguration: { Status: 'Enabled' } }));
     }
+    events = await startLocalEvents({ endpoint: moto.endpoint, s3, artifactsBucket: LOCAL_ARTIFACTS, webhook: options.webhook, log });
     const sfn = new SFNClient({ endpoint: moto.endpoint, region: LOCAL_REGION, credentials: LOCAL_CREDENTIALS });
     const definition = stateMachineDefinition(synthesizeTemplate());
     const machine = await sfn.send(
@@ -191,16 +205,19 @@ export async function startLocalApi(options: LocalApiOptions = {}): Promise<Loca
       url: `http://127.0.0.1:${address.port}`,
       moto,
       s3,
+      events,
       run: (job) => runs.get(`${job.teamId}/${job.jobId}`),
       async stop() {
         await new Promise<void>((resolve) => (server ? server.close(() => resolve()) : resolve()));
         await Promise.allSettled(runs.values());
+        await events?.stop();
         await teams?.stop();
         await moto.stop();
       },
     };
   } catch (error) {
     server?.close();
+    await events?.stop();
     await teams?.stop();
     await moto.stop();
     throw error;

@@ -45,4 +45,29 @@ describe('job API infrastructure', () => {
     const stop = all.find((st) => [st.Action].flat().includes('states:StopExecution'))!;
     expect(JSON.stringify(stop.Resource)).toContain(':execution:');
   });
+
+  it('result links are signed by a read-only role only the API function may assume, sessions of at most an hour', () => {
+    const signingId = logicalId(s.stack, s.stack.api.resultsSigningRole.roleArn);
+    const apiRoleId = role(s.stack.api.function);
+    const signing = s.json.Resources[signingId]!;
+    expect(signing.Properties.MaxSessionDuration).toBe(3600);
+    expect(signing.Properties.AssumeRolePolicyDocument.Statement).toEqual([
+      { Action: 'sts:AssumeRole', Effect: 'Allow', Principal: { AWS: { 'Fn::GetAtt': [apiRoleId, 'Arn'] } } },
+    ]);
+    expect(signing.Properties.ManagedPolicyArns).toBeUndefined();
+    // Read-only, the job's stage outputs in the artifacts bucket: no records, notify/, status or inbox.
+    const granted = statements(signingId);
+    expect(granted.map((st) => st.Action)).toEqual(['s3:GetObject']);
+    const artifacts = logicalId(s.stack, s.stack.storage.artifacts.bucketArn);
+    expect(granted[0]!.Resource).toEqual(
+      ['validate', 'normalize', 'caption', 'train', 'evaluate'].map((stage) => ({
+        'Fn::Join': ['', [{ 'Fn::GetAtt': [artifacts, 'Arn'] }, `/teams/*/jobs/*/${stage}/*`]],
+      })),
+    );
+    // The API function may assume exactly this role, and is told which.
+    const assume = statements(apiRoleId).filter((st) => [st.Action].flat().some((a) => a.startsWith('sts:')));
+    expect(assume).toEqual([expect.objectContaining({ Action: 'sts:AssumeRole', Resource: { 'Fn::GetAtt': [signingId, 'Arn'] } })]);
+    const fn = s.json.Resources[logicalId(s.stack, s.stack.api.function.functionArn)]!;
+    expect(fn.Properties.Environment.Variables.RESULTS_SIGNING_ROLE_ARN).toEqual({ 'Fn::GetAtt': [signingId, 'Arn'] });
+  });
 });

@@ -42,13 +42,18 @@ describe('announce: job state change events from status.json writes', () => {
     expect(fn.Timeout).toBe(30);
   });
 
-  it('reads status.json (any version), reads and writes notify/last-state.json, nothing else in S3', () => {
+  it('reads status.json (any version), reads and writes notify/last-state.json, lists for tombstones, takes back only its own record', () => {
     const artifacts = logicalId(s.stack, s.stack.storage.artifacts.bucketName);
     expect(s3Grants(s, s.stack.announce.function.executionRole)).toEqual({
       's3:GetObject': [`<${artifacts}>/teams/*/jobs/*/notify/last-state.json`, `<${artifacts}>/teams/*/jobs/*/status.json`],
       's3:GetObjectVersion': [`<${artifacts}>/teams/*/jobs/*/status.json`],
       's3:PutObject': [`<${artifacts}>/teams/*/jobs/*/notify/last-state.json`],
+      // A record written after the job's erasure is deleted (lambdas/shared/erasure.ts).
+      's3:DeleteObjectVersion': [`<${artifacts}>/teams/*/jobs/*/notify/last-state.json`],
+      's3:ListBucket': [`<${artifacts}>`],
     });
+    const list = statementsOf(s, s.stack.announce.function.executionRole).find((st) => actionsOf(st).includes('s3:ListBucket'))!;
+    expect(list.Condition).toEqual({ StringLike: { 's3:prefix': ['teams/*'] } });
   });
 
   it('may put events on the default bus only', () => {

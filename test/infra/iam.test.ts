@@ -129,10 +129,11 @@ describe('IAM key patterns derived from the key layout (lambdas/shared/access.ts
     notify: s.stack.api.notifyFunction.executionRole,
     admit: s.stack.functions.admit.executionRole,
     announce: s.stack.announce.function.executionRole,
+    results: s.stack.api.resultsSigningRole,
   });
   const derived = (stage: AccessStage) => {
     const grants: Record<string, string[]> = {};
-    for (const action of ['s3:GetObject', 's3:GetObjectVersion', 's3:PutObject', 's3:DeleteObject'] as const) {
+    for (const action of ['s3:GetObject', 's3:GetObjectVersion', 's3:PutObject', 's3:DeleteObject', 's3:DeleteObjectVersion'] as const) {
       const resources = [
         ...stagePatterns(stage, 'inbox', action).map((p) => `${I}/${p}`),
         ...stagePatterns(stage, 'artifacts', action).map((p) => `${A}/${p}`),
@@ -142,20 +143,31 @@ describe('IAM key patterns derived from the key layout (lambdas/shared/access.ts
     return grants;
   };
 
-  it.each(['start', 'validate', 'normalize', 'finalize', 'mark-failed', 'reconcile', 'train', 'evaluate', 'api', 'notify', 'admit', 'announce'] as const)(
-    'the %s role is granted exactly the object keys its access entry derives from the layout',
-    (stage) => {
-      // The job API's erasure (s3:DeleteObject and DeleteObjectVersion on every version under teams/*)
-      // is granted beside the table, in infra/constructs/api.ts.
-      const { 's3:ListBucket': _list, 's3:ListBucketVersions': _versions, ...objects } = s3Grants(s, roles()[stage]);
-      if (stage === 'api') {
-        expect(objects['s3:DeleteObjectVersion']).toEqual([`${A}/teams/*`, `${I}/teams/*`].sort());
-        delete objects['s3:DeleteObjectVersion'];
-        delete objects['s3:DeleteObject'];
-      }
-      expect(objects).toEqual(derived(stage));
-    },
-  );
+  it.each([
+    'start',
+    'validate',
+    'normalize',
+    'finalize',
+    'mark-failed',
+    'reconcile',
+    'train',
+    'evaluate',
+    'api',
+    'notify',
+    'admit',
+    'announce',
+    'results',
+  ] as const)('the %s role is granted exactly the object keys its access entry derives from the layout', (stage) => {
+    // The job API's erasure (s3:DeleteObject and DeleteObjectVersion on every version under teams/*)
+    // is granted beside the table, in infra/constructs/api.ts.
+    const { 's3:ListBucket': _list, 's3:ListBucketVersions': _versions, ...objects } = s3Grants(s, roles()[stage]);
+    if (stage === 'api') {
+      expect(objects['s3:DeleteObjectVersion']).toEqual([`${A}/teams/*`, `${I}/teams/*`].sort());
+      delete objects['s3:DeleteObjectVersion'];
+      delete objects['s3:DeleteObject'];
+    }
+    expect(objects).toEqual(derived(stage));
+  });
 
   // An IAM wildcard: `*` matches any run of characters, "/" included.
   const matches = (pattern: string, key: string) =>
@@ -190,11 +202,11 @@ describe('IAM key patterns derived from the key layout (lambdas/shared/access.ts
     }
   });
 
-  it('status.json is writable by every stage (not by notify and announce), the manifest only by finalize', () => {
+  it('status.json is writable by every stage (not by notify, announce and the results signing role), the manifest only by finalize', () => {
     const status = fillKey(LAYOUT.jobPrefix + LAYOUT.status, sample);
     const manifest = fillKey(LAYOUT.jobPrefix + LAYOUT.manifest, sample);
     for (const stage of Object.keys(roles()) as AccessStage[]) {
-      expect(stagePatterns(stage, 'artifacts', 's3:PutObject').some((p) => matches(p, status))).toBe(!['notify', 'announce'].includes(stage));
+      expect(stagePatterns(stage, 'artifacts', 's3:PutObject').some((p) => matches(p, status))).toBe(!['notify', 'announce', 'results'].includes(stage));
       expect(stagePatterns(stage, 'artifacts', 's3:PutObject').some((p) => matches(p, manifest))).toBe(stage === 'finalize');
     }
   });
