@@ -54,7 +54,7 @@ export async function admitJob(job: JobRef, deps: AdmitDeps, taskToken?: string)
       optimizer: spec.training.optimizer,
       network: spec.training.network,
       targetSteps: spec.training.targetSteps,
-      estimate: { usd: estimate.usd, gpuSeconds: estimate.gpuSeconds },
+      estimate: { usd: estimate.usd, gpuSeconds: estimate.gpuSeconds, lambdaUsd: estimate.lambdaUsd, storageUsd: estimate.storageUsd },
     },
     { taskToken },
   );

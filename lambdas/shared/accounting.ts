@@ -16,7 +16,7 @@
 import { createHash } from 'node:crypto';
 import { BatchClient, DescribeJobsCommand, ListJobsCommand } from '@aws-sdk/client-batch';
 import { SendTaskFailureCommand, SendTaskSuccessCommand, SFNClient } from '@aws-sdk/client-sfn';
-import { type AdmissionResult, admissionOf, release, type WokenJob } from './admission';
+import { type AdmissionRequest, type AdmissionResult, admissionOf, release, type WokenJob } from './admission';
 import type { Cost } from './contract';
 import { type BatchJobRecord, batchJobCost, computeEnvironmentResolver, type InstanceResolver, type LedgerRow, writeLedgerRow } from './cost';
 import { requireEnv } from './env';
@@ -25,6 +25,8 @@ import { loadPrices, type Prices } from './prices';
 import { fromMicroUsd, TeamRegistry, teamsDocumentClient } from './teams';
 
 export const GPU_STAGES = ['caption', 'train', 'evaluate'] as const;
+/** The ledger rows a job's end writes: its GPU stages, and Lambda and storage at their estimate. */
+const CHARGED_STAGES = [...GPU_STAGES, 'lambda', 'storage'] as const;
 
 /** The Batch job name the state machine gives a stage (infra/constructs/workflow.ts, `batchJobName`). */
 export function batchJobNameOf({ teamId, jobId }: JobRef, stage: string): string {
@@ -94,7 +96,11 @@ export async function endJob(acc: Accounting, job: JobRef): Promise<JobEnd> {
   return { cost, released: freed.released, ...resumed };
 }
 
-async function jobCost(acc: Accounting, job: JobRef, admission: { estimateMicroUsd: number; estimateGpuSeconds: number }): Promise<Cost> {
+async function jobCost(
+  acc: Accounting,
+  job: JobRef,
+  admission: { estimateMicroUsd: number; estimateGpuSeconds: number; request?: AdmissionRequest },
+): Promise<Cost> {
   try {
     const breakdown: Record<string, number> = {};
     let usd = 0;
@@ -123,6 +129,24 @@ async function jobCost(acc: Accounting, job: JobRef, admission: { estimateMicroU
       usd += exactUsd; // rounded once, below
       gpuSeconds += stageSeconds;
     }
+    // Lambda and storage at their admission estimate: no per-job bill exists for either.
+    const estimate = admission.request?.estimate;
+    for (const [stage, part] of [
+      ['lambda', estimate?.lambdaUsd ?? 0],
+      ['storage', estimate?.storageUsd ?? 0],
+    ] as const) {
+      if (part <= 0) continue;
+      await writeLedgerRow(acc.registry, {
+        ...job,
+        stage,
+        usd: part,
+        gpuSeconds: 0,
+        lambdaUsd: stage === 'lambda' ? part : 0,
+        storageUsd: stage === 'storage' ? part : 0,
+      });
+      breakdown[stage] = part;
+      usd += part;
+    }
     return { usd: round(usd), gpuSeconds, breakdown, estimated };
   } catch (error) {
     // Never leave a slot held because Batch could not be read: charge the estimate, say so.
@@ -134,7 +158,7 @@ async function jobCost(acc: Accounting, job: JobRef, admission: { estimateMicroU
 /** The cost a released job was charged, from its job item and ledger rows (what a retried end reports again). */
 async function chargedCost(registry: TeamRegistry, job: JobRef, chargedMicroUsd: number, chargedGpuSeconds: number): Promise<Cost> {
   const rows = (await registry.items(job.teamId, `COST#${job.jobId}#`)) as unknown as LedgerRow[];
-  const breakdown = Object.fromEntries(rows.filter((r) => (GPU_STAGES as readonly string[]).includes(r.stage)).map((r) => [r.stage, r.usd]));
+  const breakdown = Object.fromEntries(rows.filter((r) => (CHARGED_STAGES as readonly string[]).includes(r.stage)).map((r) => [r.stage, r.usd]));
   const usd = fromMicroUsd(chargedMicroUsd);
   const fromRows = round(Object.values(breakdown).reduce((s, v) => s + v, 0));
   // No rows for a charged amount: the estimate was charged. An assumed instance type is estimated too.

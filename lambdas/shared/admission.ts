@@ -43,8 +43,11 @@ export interface AdmissionRequest {
   readonly optimizer: string;
   readonly network: string;
   readonly targetSteps: number;
-  /** The job's estimate (see `estimateJobCost`). */
-  readonly estimate: { readonly usd: number; readonly gpuSeconds: number };
+  /**
+   * The job's estimate (see `estimateJobCost`): `usd` is the whole; `lambdaUsd` and `storageUsd` are
+   * its non-GPU parts, which the job's end charges as estimated (Batch's attempts price the GPU part).
+   */
+  readonly estimate: { readonly usd: number; readonly gpuSeconds: number; readonly lambdaUsd?: number; readonly storageUsd?: number };
 }
 
 /** The decision, with the numbers behind it. */
@@ -503,7 +506,7 @@ export async function admissionOf(
   registry: TeamRegistry,
   teamId: string,
   jobId: string,
-): Promise<Pick<JobItem, 'state' | 'estimateMicroUsd' | 'estimateGpuSeconds' | 'result' | 'chargedMicroUsd' | 'chargedGpuSeconds'> | undefined> {
+): Promise<Pick<JobItem, 'state' | 'request' | 'estimateMicroUsd' | 'estimateGpuSeconds' | 'result' | 'chargedMicroUsd' | 'chargedGpuSeconds'> | undefined> {
   return getJob(registry, teamId, jobId);
 }
 

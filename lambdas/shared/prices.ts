@@ -70,6 +70,10 @@ export interface CostEstimate {
   readonly gpuSeconds: number;
   /** Dollars, rounded up to the micro-dollar. */
   readonly usd: number;
+  /** The intake Lambdas' share of `usd` (photos x GB-seconds per photo), charged as this estimate when the job ends. */
+  readonly lambdaUsd: number;
+  /** Storage's share of `usd` (photos and checkpoints for a month), charged as this estimate when the job ends. */
+  readonly storageUsd: number;
   /** The instance type priced (the dearest the team may run on, on demand: an upper bound). */
   readonly pricedInstanceType: string;
   /** One line of arithmetic for status.json and the CLI. */
@@ -101,6 +105,8 @@ export function estimateJobCost(
   return {
     gpuSeconds,
     usd,
+    lambdaUsd: Math.ceil(lambdaUsd * 1e6 - 1e-6) / 1e6,
+    storageUsd: Math.ceil(storageUsd * 1e6 - 1e-6) / 1e6,
     pricedInstanceType: dearest.t,
     arithmetic: `${gpuSeconds} GPU s x $${dearest.hourly}/h (${dearest.t} on demand) + Lambda $${lambdaUsd.toFixed(6)} + storage $${storageUsd.toFixed(6)} = $${usd.toFixed(6)}`,
   };

@@ -114,6 +114,29 @@ describeWithMoto('end of a job: charge, release, resume', () => {
     ]);
   });
 
+  it('adds the intake Lambdas and storage at their admission estimate to the Batch-priced GPU cost, each in its own ledger row', async () => {
+    const { registry, acc } = await setup();
+    // The estimate's non-GPU parts as admit passes them (prices.ts estimateJobCost).
+    await admit(registry, admissionRequest('acme', 'ran', { estimate: { usd: 2, gpuSeconds: 7200, lambdaUsd: 0.0012, storageUsd: 0.0345 } }));
+
+    const end = await endJob(acc, { teamId: 'acme', jobId: 'ran' });
+    const again = await endJob(acc, { teamId: 'acme', jobId: 'ran' });
+
+    // Hand-computed: the GPU's $1.37 (above) + $0.0012 + $0.0345 = $1.4057; GPU seconds unchanged.
+    const expected = { usd: 1.4057, gpuSeconds: 6120, breakdown: { ...EXPECTED.breakdown, lambda: 0.0012, storage: 0.0345 }, estimated: false };
+    expect(end.cost).toEqual(expected);
+    expect(again.cost).toEqual(expected);
+    expect((await registry.get('acme'))!.usage).toMatchObject({ spentMicroUsd: 1_405_700, spentGpuSeconds: 6120 });
+    const rows = await registry.items('acme', 'COST#ran#');
+    expect(rows.map((r) => [r.stage, r.usd, r.lambdaUsd, r.storageUsd])).toEqual([
+      ['caption', 0.216667, 0, 0],
+      ['evaluate', 0.216667, 0, 0],
+      ['lambda', 0.0012, 0.0012, 0],
+      ['storage', 0.0345, 0, 0.0345],
+      ['train', 0.936667, 0, 0],
+    ]);
+  });
+
   it('resumes the oldest waiting execution with SendTaskSuccess when a slot frees', async () => {
     const { registry, acc } = await setup();
     await admit(registry, request('ran'));

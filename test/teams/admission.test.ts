@@ -219,7 +219,7 @@ describe('estimateJobCost', () => {
     // GPU: 3 x 240 + 20 x 2 + 1875 x 0.45 + 10 x 60 = 720 + 40 + 843.75 + 600 = 2203.75 -> 2204 s
     // 2204 / 3600 x 1.212 = 0.742013333; Lambda 20 x 1.5 x 0.0000166667 = 0.000500001;
     // storage (0.2 + 1.5) x 0.023 = 0.0391; total 0.781613334 -> 0.781614 (rounded up)
-    expect(estimate).toMatchObject({ gpuSeconds: 2204, pricedInstanceType: 'g5.2xlarge', usd: 0.781614 });
+    expect(estimate).toMatchObject({ gpuSeconds: 2204, pricedInstanceType: 'g5.2xlarge', usd: 0.781614, lambdaUsd: 0.000501, storageUsd: 0.0391 });
   });
 
   it('names an instance type without a price', () => {
