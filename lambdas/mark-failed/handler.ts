@@ -29,6 +29,13 @@ const STAGES_OF_STATE: Partial<Record<Stage, readonly Stage[]>> = { train: ['cap
  */
 const CAPACITY_REASON = /\b(CAPACITY|MISCONFIGURATION):[A-Z_]+/;
 
+/**
+ * The exit code of a GPU job that got no job-scoped credentials from the mint function
+ * (containers/common/src/avatar_job/credentials.py EXIT_NO_CREDENTIALS): without S3 access it cannot
+ * write its own failure, so this is all the workflow learns; its log says refused or unavailable.
+ */
+export const EXIT_NO_CREDENTIALS = 3;
+
 /** Stable code of a GPU job cancelled for want of capacity. */
 export const GPU_CAPACITY_UNAVAILABLE = 'GPU_CAPACITY_UNAVAILABLE';
 
@@ -71,6 +78,14 @@ export function describeFailure(stage: Stage, error: string, cause: string | und
   if (BATCH_STAGES.has(stage) && parsed && ('StatusReason' in parsed || 'Status' in parsed)) {
     const attempts = (parsed.Attempts as Array<{ Container?: { ExitCode?: number; Reason?: string } }> | undefined) ?? [];
     const last = attempts.at(-1)?.Container;
+    if (last?.ExitCode === EXIT_NO_CREDENTIALS) {
+      return {
+        code: 'CREDENTIALS_UNAVAILABLE',
+        message:
+          `the ${stage} GPU job got no job-scoped credentials from the mint function (refused because the job was stopped or had ended, ` +
+          "or the function kept failing), so it could not read the job's files; submit the job again, and if it recurs see the job's CloudWatch log stream",
+      };
+    }
     const reason = [parsed.StatusReason, last?.Reason, last?.ExitCode !== undefined ? `exit code ${last.ExitCode}` : undefined].filter(Boolean).join('; ');
     return {
       code: 'BATCH_JOB_FAILED',

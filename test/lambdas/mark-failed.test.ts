@@ -55,6 +55,15 @@ describe('describeFailure', () => {
     },
   );
 
+  it('maps the exit code of a GPU job without job credentials to CREDENTIALS_UNAVAILABLE, saying what to do', () => {
+    // The container cannot write status.json without S3 access; exit code 3 is all Batch reports.
+    const cause = JSON.stringify({ Status: 'FAILED', StatusReason: 'Essential container in task exited', Attempts: [{ Container: { ExitCode: 3 } }] });
+    const info = describeFailure('evaluate', 'States.TaskFailed', cause);
+    expect(info.code).toBe('CREDENTIALS_UNAVAILABLE');
+    expect(info.message).toContain('the evaluate GPU job got no job-scoped credentials from the mint function');
+    expect(info.message).toContain('submit the job again');
+  });
+
   it('keeps other Batch failures as BATCH_JOB_FAILED', () => {
     const cause = JSON.stringify({ Status: 'FAILED', StatusReason: 'Essential container in task exited', Attempts: [{ Container: { ExitCode: 1 } }] });
     expect(describeFailure('caption', 'States.TaskFailed', cause).code).toBe('BATCH_JOB_FAILED');
