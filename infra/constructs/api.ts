@@ -126,10 +126,11 @@ export class JobApi extends Construct {
     grantStageAccess(this.resultsSigningRole, props, 'results');
     this.resultsSigningRole.grantAssumeRole(role);
     this.function.addEnvironment('RESULTS_SIGNING_ROLE_ARN', this.resultsSigningRole.roleArn);
-    // Team lookups and /usage read the team item; erasure rewrites the job's ledger rows under an anonymous id.
+    // Team lookups and /usage read the team item; erasure rewrites the job's ledger rows under an anonymous id;
+    // the per-team rate limit counts requests in a window item (UpdateItem).
     role.addToPrincipalPolicy(
       new iam.PolicyStatement({
-        actions: ['dynamodb:GetItem', 'dynamodb:Query', 'dynamodb:PutItem', 'dynamodb:DeleteItem'],
+        actions: ['dynamodb:GetItem', 'dynamodb:Query', 'dynamodb:PutItem', 'dynamodb:UpdateItem', 'dynamodb:DeleteItem'],
         resources: [props.teamsTable.tableArn],
       }),
     );

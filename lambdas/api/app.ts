@@ -10,7 +10,7 @@ import { monthToDate } from '../shared/cost';
 import type { TeamRegistry } from '../shared/teams';
 import { type AuthConfig, AuthError, authenticate, type Caller } from './auth';
 import { type ApiDeps, ApiError, cancelJob, createJob, deleteJob, getJob, listJobs, results, startJob } from './jobs';
-import { type RateLimit, TokenBuckets } from './rate-limit';
+import { type GlobalRateLimit, type RateLimit, TokenBuckets } from './rate-limit';
 import {
   CreateJobRequestSchema,
   CreateJobResponseSchema,
@@ -28,6 +28,8 @@ export interface AppOptions {
   readonly deps: ApiDeps;
   readonly auth: AuthConfig;
   readonly rateLimit: RateLimit;
+  /** The team's allowance across every instance (the registry's windows); only the in-memory buckets without it. */
+  readonly globalRateLimit?: GlobalRateLimit;
   /**
    * The team registry: a team it does not know gets 403 TEAM_UNKNOWN, and /usage reads its counters.
    * Absent (only to print the OpenAPI document): any team with a valid token, no usage.
@@ -145,7 +147,7 @@ export function createApp(options: AppOptions): OpenAPIHono<Env> {
     if (options.teams && !(await options.teams.get(caller.teamId))) {
       throw new ApiError(403, 'TEAM_UNKNOWN', `team "${caller.teamId}" is not registered: ask the operator to add it`);
     }
-    const wait = buckets.take(caller.teamId);
+    const wait = buckets.take(caller.teamId) || ((await options.globalRateLimit?.take(caller.teamId)) ?? 0);
     if (wait > 0) {
       c.header('Retry-After', String(wait));
       throw new ApiError(429, 'RATE_LIMITED', `too many requests for team "${caller.teamId}": retry in ${wait} s`);

@@ -11,11 +11,13 @@ import { s3Client } from '../shared/s3';
 import { TeamRegistry, teamsDocumentClient } from '../shared/teams';
 import { createApp } from './app';
 import { remoteKeys, TEAM_SCOPE_PREFIX } from './auth';
+import { RegistryWindows } from './rate-limit';
 import { assumedRoleCredentials } from './signing';
 
 const issuer = requireEnv('AUTH_ISSUER');
 const signingRole = process.env.RESULTS_SIGNING_ROLE_ARN;
 const registry = new TeamRegistry(teamsDocumentClient(), requireEnv('TEAMS_TABLE'));
+const rateLimit = { burst: Number(process.env.RATE_BURST ?? 20), perSecond: Number(process.env.RATE_PER_SECOND ?? 5) };
 const app = createApp({
   deps: {
     s3: s3Client(),
@@ -38,7 +40,8 @@ const app = createApp({
     teamScopePrefix: process.env.AUTH_TEAM_SCOPE_PREFIX ?? TEAM_SCOPE_PREFIX,
   },
   teams: registry,
-  rateLimit: { burst: Number(process.env.RATE_BURST ?? 20), perSecond: Number(process.env.RATE_PER_SECOND ?? 5) },
+  rateLimit,
+  globalRateLimit: new RegistryWindows(registry, rateLimit),
 });
 
 export const handler = handle(app);

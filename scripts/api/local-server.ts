@@ -24,6 +24,7 @@ import { CreateStateMachineCommand, DescribeExecutionCommand, SFNClient } from '
 import { serve } from '@hono/node-server';
 import { createApp } from '../../lambdas/api/app';
 import { localKeys } from '../../lambdas/api/auth';
+import { RegistryWindows } from '../../lambdas/api/rate-limit';
 import { reconcile } from '../../lambdas/reconcile/handler';
 import { accountingFromEnv } from '../../lambdas/shared/accounting';
 import type { JobRef } from '../../lambdas/shared/keys';
@@ -38,6 +39,9 @@ import { executionStatusChangeEvent } from '../local/sfn';
 import { emptyJobQueue, type LocalTeams, localTeams } from '../local/teams';
 import { inProcessLambda, startWorkflow } from '../local/workflow';
 import { DEMO_TEAMS, LOCAL_ISSUER, localKeyPair, TEAM_SCOPE_PREFIX } from './local-auth';
+
+/** Generous: the local API serves tests and a developer, through the same two layers as in Lambda. */
+const LOCAL_RATE_LIMIT = { burst: 200, perSecond: 50 };
 
 export const LOCAL_INBOX = 'avatar-local-inbox';
 export const LOCAL_ARTIFACTS = 'avatar-local-artifacts';
@@ -194,7 +198,8 @@ export async function startLocalApi(options: LocalApiOptions = {}): Promise<Loca
         registry,
       },
       auth: { issuer: LOCAL_ISSUER, keys: localKeys(jwks), teamScopePrefix: TEAM_SCOPE_PREFIX },
-      rateLimit: { burst: 200, perSecond: 50 },
+      rateLimit: LOCAL_RATE_LIMIT,
+      globalRateLimit: new RegistryWindows(registry, LOCAL_RATE_LIMIT),
       teams: registry,
     });
     const listening = new Promise<AddressInfo>((resolve) => {

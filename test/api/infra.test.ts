@@ -28,6 +28,15 @@ describe('job API infrastructure', () => {
     expect(resourcesOfType(s.json, 'AWS::Cognito::UserPoolClient')).toHaveLength(0);
   });
 
+  it("the per-team rate limit's window items: the function may count them, and the registry's TTL removes them", () => {
+    const [[, table]] = resourcesOfType(s.json, 'AWS::DynamoDB::Table');
+    expect(table.Properties.TimeToLiveSpecification).toEqual({ AttributeName: 'expiresAt', Enabled: true });
+    const dynamo = statements(role(s.stack.api.function))
+      .flatMap((st) => [st.Action].flat())
+      .filter((a) => a.startsWith('dynamodb:'));
+    expect(new Set(dynamo)).toEqual(new Set(['dynamodb:GetItem', 'dynamodb:Query', 'dynamodb:PutItem', 'dynamodb:UpdateItem', 'dynamodb:DeleteItem']));
+  });
+
   it('the function verifies tokens of the pool and reaches only team prefixes and its executions', () => {
     const fn = s.json.Resources[logicalId(s.stack, s.stack.api.function.functionArn)]!;
     expect(Object.keys(fn.Properties.Environment.Variables)).toEqual(
