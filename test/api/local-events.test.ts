@@ -8,7 +8,7 @@
 // First: the API's schemas call .openapi() on contract schemas, which exists only on zod schemas made
 // after @hono/zod-openapi extended zod (the app module loads it before the contract).
 import '../../lambdas/api/app';
-import { createServer, type Server } from 'node:https';
+import type { Server } from 'node:https';
 import type { AddressInfo } from 'node:net';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { deliveryKey } from '../../lambdas/notify/handler';
@@ -19,13 +19,13 @@ import { localToken } from '../../scripts/api/local-auth';
 import { LOCAL_ARTIFACTS, type LocalApi, startLocalApi } from '../../scripts/api/local-server';
 import { syntheticPhotos } from '../../scripts/local/demo-photos';
 import { describeNeeding, motoMissing } from '../helpers/suites';
-import { opensslMissing, selfSignedCertificate } from './tls';
+import { opensslMissing, type Received, selfSignedCertificate, startReceiver } from './tls';
 
 type Json = Record<string, any>;
 let api: LocalApi;
 let server: Server;
 let token: string;
-const received: Array<{ body: string; signature: string }> = [];
+let received: Received[] = [];
 
 async function call(method: string, path: string, body?: unknown): Promise<{ status: number; body: Json }> {
   const res = await fetch(`${api.url}${path}`, {
@@ -50,15 +50,7 @@ async function deliveredUntil(jobId: string, state: string, timeoutMs = 90_000) 
 describeNeeding('npm run api: state change events and webhooks of local jobs', motoMissing() ?? opensslMissing(), () => {
   beforeAll(async () => {
     const tls = selfSignedCertificate('IP:127.0.0.1');
-    server = createServer(tls, (req, res) => {
-      let body = '';
-      req.on('data', (c) => (body += c));
-      req.on('end', () => {
-        received.push({ body, signature: String(req.headers['x-avatar-signature']) });
-        res.end();
-      });
-    });
-    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    ({ server, received } = await startReceiver(tls));
     api = await startLocalApi({ webhook: { ca: tls.cert, [ALLOW_LOOPBACK_FOR_TESTS]: true } });
     token = await localToken('alpha');
   });

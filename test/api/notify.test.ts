@@ -1,4 +1,4 @@
-import { createServer, type Server } from 'node:https';
+import type { Server } from 'node:https';
 import type { AddressInfo } from 'node:net';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { requestKey } from '../../lambdas/api/records';
@@ -8,27 +8,19 @@ import { getJson, putJson } from '../../lambdas/shared/s3';
 import { ALLOW_LOOPBACK_FOR_TESTS, verifyWebhookSignature } from '../../lambdas/shared/webhook';
 import { type Moto, startMoto } from '../helpers/moto';
 import { describeNeeding, motoMissing } from '../helpers/suites';
-import { opensslMissing, selfSignedCertificate } from './tls';
+import { opensslMissing, type Received, selfSignedCertificate, startReceiver } from './tls';
 
 const BUCKET = 'notify-artifacts';
 let moto: Moto;
 let server: Server;
 let ca: Buffer;
-const received: Array<{ body: string; signature: string }> = [];
+let received: Received[] = [];
 
 beforeAll(async () => {
   if (opensslMissing()) return;
   const tls = selfSignedCertificate('IP:127.0.0.1');
   ca = tls.cert;
-  server = createServer(tls, (req, res) => {
-    let body = '';
-    req.on('data', (c) => (body += c));
-    req.on('end', () => {
-      received.push({ body, signature: String(req.headers['x-avatar-signature']) });
-      res.end();
-    });
-  });
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  ({ server, received } = await startReceiver(tls));
 });
 afterAll(async () => {
   await new Promise<void>((r) => (server ? server.close(() => r()) : r()));

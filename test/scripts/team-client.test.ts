@@ -3,8 +3,6 @@
  * separate process) against moto's cognito-idp and DynamoDB: the app client and the resource server's
  * scopes are read back from moto.
  */
-import { spawnSync } from 'node:child_process';
-import { join } from 'node:path';
 import {
   CognitoIdentityProviderClient,
   CreateResourceServerCommand,
@@ -17,8 +15,8 @@ import { afterAll, beforeAll, expect, it } from 'vitest';
 import { RESOURCE_SERVER_ID, TEAM_SCOPE_PREFIX } from '../../lambdas/api/auth';
 import { LOCAL_CREDENTIALS, LOCAL_REGION, type Moto, startMoto } from '../helpers/moto';
 import { describeWithMoto } from '../helpers/suites';
+import { teamCommand } from './team-command';
 
-const ROOT = join(__dirname, '..', '..');
 const TABLE = 'avatar-teams-clients';
 
 describeWithMoto('npm run team: API app clients in the Cognito user pool', () => {
@@ -27,20 +25,7 @@ describeWithMoto('npm run team: API app clients in the Cognito user pool', () =>
   let poolId: string;
 
   const team = (args: string[], env: Record<string, string> = {}) =>
-    spawnSync(join(ROOT, 'node_modules', '.bin', 'tsx'), [join(ROOT, 'scripts', 'team.ts'), ...args, '--endpoint', moto.endpoint], {
-      encoding: 'utf8',
-      env: {
-        ...process.env,
-        AWS_ACCESS_KEY_ID: LOCAL_CREDENTIALS.accessKeyId,
-        AWS_SECRET_ACCESS_KEY: LOCAL_CREDENTIALS.secretAccessKey,
-        AWS_REGION: LOCAL_REGION,
-        AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: 'true',
-        AVATAR_TEAMS_TABLE: TABLE,
-        AVATAR_USER_POOL_ID: '',
-        ...env,
-      },
-      timeout: 60_000,
-    });
+    teamCommand(TABLE, [...args, '--endpoint', moto.endpoint], { AVATAR_USER_POOL_ID: '', ...env });
   const ok = (args: string[], env: Record<string, string> = {}) => {
     const run = team(args, env);
     expect(run.status, run.stderr).toBe(0);

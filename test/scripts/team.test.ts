@@ -2,7 +2,7 @@
  * `npm run team`, run as the operator runs it (a separate process) against moto's DynamoDB: each
  * command's effect is read back from the table, and bad settings exit 2 naming the flag.
  */
-import { spawn, spawnSync } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { join } from 'node:path';
 import { BatchClient, CreateSchedulingPolicyCommand, DescribeSchedulingPoliciesCommand } from '@aws-sdk/client-batch';
 import { BudgetsClient, DescribeBudgetCommand, DescribeNotificationsForBudgetCommand } from '@aws-sdk/client-budgets';
@@ -13,6 +13,7 @@ import { startTaskTokens } from '../../scripts/local/task-tokens';
 import { admissionRequest } from '../../scripts/local/teams';
 import { LOCAL_CREDENTIALS, LOCAL_REGION, type Moto, startMoto } from '../helpers/moto';
 import { describeWithMoto } from '../helpers/suites';
+import { teamCommand } from './team-command';
 
 const ROOT = join(__dirname, '..', '..');
 
@@ -21,20 +22,7 @@ describeWithMoto('npm run team', () => {
   let registry: TeamRegistry;
   const table = 'avatar-teams';
 
-  const team = (args: string[], env: Record<string, string> = {}) =>
-    spawnSync(join(ROOT, 'node_modules', '.bin', 'tsx'), [join(ROOT, 'scripts', 'team.ts'), ...args], {
-      encoding: 'utf8',
-      env: {
-        ...process.env,
-        AWS_ACCESS_KEY_ID: LOCAL_CREDENTIALS.accessKeyId,
-        AWS_SECRET_ACCESS_KEY: LOCAL_CREDENTIALS.secretAccessKey,
-        AWS_REGION: LOCAL_REGION,
-        AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: 'true',
-        AVATAR_TEAMS_TABLE: table,
-        ...env,
-      },
-      timeout: 60_000,
-    });
+  const team = (args: string[], env: Record<string, string> = {}) => teamCommand(table, args, env);
   const ok = (args: string[]) => {
     const run = team([...args, '--endpoint', moto.endpoint]);
     expect(run.status, run.stderr).toBe(0);
