@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
 
-from tiny_sd import _write_tokenizer
+from tiny_sd import _write_tokenizer, tiny_text_config
 
 
 def save_tiny_clip(path: Path) -> Path:
@@ -19,17 +19,7 @@ def save_tiny_clip(path: Path) -> Path:
     _write_tokenizer(path)  # the letters-only CLIP BPE vocabulary the tiny SD pipeline uses
     tokenizer = CLIPTokenizer.from_pretrained(path)
     config = CLIPConfig(
-        text_config=dict(
-            vocab_size=len(tokenizer),
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            max_position_embeddings=77,
-            bos_token_id=0,
-            eos_token_id=1,
-            pad_token_id=1,
-        ),
+        text_config=tiny_text_config(len(tokenizer)),
         vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=32, patch_size=8),
         projection_dim=16,
     )

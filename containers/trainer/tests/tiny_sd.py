@@ -43,6 +43,21 @@ def _write_tokenizer(folder: Path) -> None:
     )
 
 
+def tiny_text_config(vocab_size: int) -> dict:
+    """The tiny CLIP text model's settings: the SD pipeline's text encoder and the tiny CLIP scorer's text tower."""
+    return dict(
+        vocab_size=vocab_size,
+        hidden_size=HIDDEN,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=77,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=1,
+    )
+
+
 def assemble_pipeline(vae, text_encoder, tokenizer, unet):
     """A StableDiffusionPipeline of these components with SD 1.5's scheduler and no safety checker."""
     from diffusers import PNDMScheduler, StableDiffusionPipeline
@@ -94,19 +109,7 @@ def build_pipeline(folder: Path) -> Path:
     )
     _write_tokenizer(folder / "_tokenizer")
     tokenizer = CLIPTokenizer.from_pretrained(folder / "_tokenizer")
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=HIDDEN,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            max_position_embeddings=77,
-            bos_token_id=0,
-            eos_token_id=1,
-            pad_token_id=1,
-        )
-    )
+    text_encoder = CLIPTextModel(CLIPTextConfig(**tiny_text_config(len(tokenizer))))
     assemble_pipeline(vae, text_encoder, tokenizer, unet).save_pretrained(folder)
     return folder
 
