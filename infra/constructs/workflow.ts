@@ -1,5 +1,6 @@
 import { Duration, RemovalPolicy, Stack, Validations } from 'aws-cdk-lib';
 import type * as batch from 'aws-cdk-lib/aws-batch';
+import type * as dynamodb from 'aws-cdk-lib/aws-dynamodb';
 import * as iam from 'aws-cdk-lib/aws-iam';
 import type * as lambda from 'aws-cdk-lib/aws-lambda';
 import * as logs from 'aws-cdk-lib/aws-logs';
@@ -45,6 +46,8 @@ export interface WorkflowProps {
   readonly functions: WorkflowFunctions;
   /** The Batch steps. */
   readonly batchJobs: WorkflowBatchJobs;
+  /** The team registry: the state machine registers each execution's job secret hash there (mint reads it). */
+  readonly teamsTable: dynamodb.ITable;
   /**
    * Timeout of a whole execution.
    * @default Duration.hours(12)
@@ -59,6 +62,8 @@ export interface WorkflowProps {
 
 /** State names: other code (local workflow tests) maps handlers by these names. */
 export const STATE_NAMES = {
+  createSecret: 'CreateJobSecret',
+  registerSecret: 'RegisterJobSecret',
   validate: 'Validate',
   normalize: 'Normalize',
   admit: 'Admit',
@@ -96,9 +101,12 @@ export const BATCH_RETRY_ERRORS = ['Batch.AWSBatchException', 'Batch.ServerExcep
  */
 export const LAMBDA_STATE_MARGIN = Duration.seconds(30);
 
+/** The registry item of a job's secret (lambdas/mint/handler.ts `secretKey`): no team, job, wait or cost item uses `SECRET#`. */
+const SECRET_SK_PREFIX = 'SECRET#';
+
 /**
  * The job state machine (STANDARD, JSONPath):
- * `Validate -> Normalize -> Admit -> Train -> Evaluate -> Finalize -> Succeeded`,
+ * `CreateJobSecret -> RegisterJobSecret -> Validate -> Normalize -> Admit -> Train -> Evaluate -> Finalize -> Succeeded`,
  * with every task caught into `MarkFailed -> Failed`. `Train` is one GPU job that runs the caption
  * stage and then the train stage (each reports as itself in status.json); `Evaluate` is the second.
  *
@@ -108,14 +116,19 @@ export const LAMBDA_STATE_MARGIN = Duration.seconds(30);
  * decision is kept at `$.admit.result`. Its timeout is the execution's: a job may wait for a slot as
  * long as its execution may run.
  *
+ * Job secret (isolation by credentials, docs/architecture.md): `CreateJobSecret` puts a fresh
+ * `States.UUID()` at `$.jobSecret` and `RegisterJobSecret` writes its SHA-256 to the team registry
+ * (`pk=TEAM#<teamId>, sk=SECRET#<jobId>`), from the state machine itself: no stage can register one.
+ * Every stage gets the secret and shows it to the mint function for its job's S3 credentials.
+ *
  * Input:
  * ```json
  * { "teamId": "acme", "jobId": "job-42" }
  * ```
- * Every Lambda step receives `{ "teamId", "jobId" }` and its result is kept at
+ * Every Lambda step receives `{ "teamId", "jobId", "jobSecret" }` and its result is kept at
  * `$.<stage>.result` (the Lambda `Payload`); every Batch step is submitted as job
  * `<jobId>-<md5(teamId/jobId)>-<stage>` (at most 105 characters, under Batch's 128; unique per job,
- * see {@link batchJobName}) with env `AVATAR_TEAM_ID`/`AVATAR_JOB_ID`, and its Batch job id is kept
+ * see {@link batchJobName}) with env `AVATAR_TEAM_ID`/`AVATAR_JOB_ID`/`AVATAR_JOB_SECRET`, and its Batch job id is kept
  * at `$.<stage>.jobId`.
  *
  * Timeouts: every task has its own `TimeoutSeconds` (Lambda: the function timeout plus
@@ -133,7 +146,7 @@ export const LAMBDA_STATE_MARGIN = Duration.seconds(30);
  *
  * Error: the failing step's error is stored at `$.failure.<stage>` as
  * `{ "Error": "<name>", "Cause": "<message>" }` and handed to `mark-failed` as
- * `{ "teamId", "jobId", "failure": { "<stage>": { "Error", "Cause" } } }`; the execution then ends
+ * `{ "teamId", "jobId", "jobSecret", "failure": { "<stage>": { "Error", "Cause" } } }`; the execution then ends
  * in the `Failed` state with error `JobFailed`.
  *
  * Retries: Lambda steps retry {@link LAMBDA_RETRY_ERRORS} (2 s, x2, 5 attempts, full jitter);
@@ -157,6 +170,7 @@ export class Workflow extends Construct {
     const markFailed = lambdaStep(this, STATE_NAMES.markFailed, functions.markFailed, 'markFailed', {
       teamId: sfn.JsonPath.stringAt('$.teamId'),
       jobId: sfn.JsonPath.stringAt('$.jobId'),
+      jobSecret: sfn.JsonPath.stringAt('$.jobSecret'),
       failure: sfn.JsonPath.objectAt('$.failure'),
     });
     // Even if recording the failure fails, end in the same terminal error for alarms and callers.
@@ -166,6 +180,7 @@ export class Workflow extends Construct {
     const jobRef = {
       teamId: sfn.JsonPath.stringAt('$.teamId'),
       jobId: sfn.JsonPath.stringAt('$.jobId'),
+      jobSecret: sfn.JsonPath.stringAt('$.jobSecret'),
     };
     const catchInto = <T extends tasks.LambdaInvoke | tasks.BatchSubmitJob>(task: T, stage: string): T => {
       task.addCatch(markFailed, { errors: [sfn.Errors.ALL], resultPath: `$.failure.${stage}` });
@@ -198,7 +213,42 @@ export class Workflow extends Construct {
     const finalize = catchInto(lambdaStep(this, STATE_NAMES.finalize, functions.finalize, 'finalize', jobRef), 'finalize');
     const succeeded = new sfn.Succeed(this, STATE_NAMES.succeeded);
 
-    const definition = validate.next(normalize).next(admit).next(train).next(evaluate).next(finalize).next(succeeded);
+    // The execution input is `{ teamId, jobId }` (lambdas/start); the secret joins it.
+    const createSecret = new sfn.Pass(this, STATE_NAMES.createSecret, {
+      parameters: {
+        teamId: sfn.JsonPath.stringAt('$.teamId'),
+        jobId: sfn.JsonPath.stringAt('$.jobId'),
+        jobSecret: sfn.JsonPath.uuid(),
+      },
+    });
+    const registerSecret = new tasks.DynamoPutItem(this, STATE_NAMES.registerSecret, {
+      table: props.teamsTable,
+      item: {
+        pk: tasks.DynamoAttributeValue.fromString(sfn.JsonPath.format('TEAM#{}', sfn.JsonPath.stringAt('$.teamId'))),
+        sk: tasks.DynamoAttributeValue.fromString(sfn.JsonPath.format(`${SECRET_SK_PREFIX}{}`, sfn.JsonPath.stringAt('$.jobId'))),
+        secretSha256: tasks.DynamoAttributeValue.fromString(sfn.JsonPath.hash(sfn.JsonPath.stringAt('$.jobSecret'), 'SHA-256')),
+        // mint refuses a secret older than the execution timeout: the execution has ended by then.
+        registeredAt: tasks.DynamoAttributeValue.fromString(sfn.JsonPath.stringAt('$$.Execution.StartTime')),
+      },
+      resultPath: sfn.JsonPath.DISCARD,
+      taskTimeout: sfn.Timeout.duration(Duration.seconds(30)),
+    });
+    registerSecret.addRetry({
+      errors: [
+        'DynamoDB.ProvisionedThroughputExceededException',
+        'DynamoDB.RequestLimitExceeded',
+        'DynamoDB.InternalServerErrorException',
+        'DynamoDB.ThrottlingException',
+      ],
+      interval: Duration.seconds(2),
+      backoffRate: 2,
+      maxAttempts: 5,
+      jitterStrategy: sfn.JitterType.FULL,
+    });
+    // Not caught into MarkFailed: without a registered secret MarkFailed could not get credentials
+    // either. The execution fails, and reconcile records that from its status-change event.
+
+    const definition = createSecret.next(registerSecret).next(validate).next(normalize).next(admit).next(train).next(evaluate).next(finalize).next(succeeded);
 
     this.logGroup = new logs.LogGroup(this, 'Logs', {
       // The vendedlogs prefix keeps the CloudWatch Logs resource policy small (AWS guidance).
@@ -214,7 +264,7 @@ export class Workflow extends Construct {
       timeout: executionTimeout,
       tracingEnabled: true,
       logs: { destination: this.logGroup, level: sfn.LogLevel.ALL, includeExecutionData: true },
-      comment: 'Avatar LoRA job: validate, normalize, admit, caption+train (one GPU job), evaluate, finalize',
+      comment: 'Avatar LoRA job: job secret, validate, normalize, admit, caption+train (one GPU job), evaluate, finalize',
     });
 
     const role = this.stateMachine.role;
@@ -316,6 +366,8 @@ function batchStep(
       environment: {
         AVATAR_TEAM_ID: sfn.JsonPath.stringAt('$.teamId'),
         AVATAR_JOB_ID: sfn.JsonPath.stringAt('$.jobId'),
+        // Shown to mint for the job's S3 credentials (containers/common: AVATAR_MINT_FUNCTION).
+        AVATAR_JOB_SECRET: sfn.JsonPath.stringAt('$.jobSecret'),
       },
     },
     resultSelector: { 'jobId.$': '$.JobId' },
