@@ -32,18 +32,26 @@ export function lambdaMint(functionName: string): MintInvoker {
   };
 }
 
+/** A stage's S3 client and, when minted, when its credentials expire (presigned URLs die with them). */
+export interface JobS3 {
+  readonly s3: S3Client;
+  readonly expiresAt?: Date;
+}
+
 /** The stage's S3 client for `job`: minted when `mint` is given (deployed), else the shared ambient one. */
-export async function jobS3Client(stage: DataStage, job: JobRef, secret: string | undefined, mint: MintInvoker | undefined): Promise<S3Client> {
-  if (!mint) return s3Client();
+export async function jobS3Client(stage: DataStage, job: JobRef, secret: string | undefined, mint: MintInvoker | undefined): Promise<JobS3> {
+  if (!mint) return { s3: s3Client() };
   if (!secret) {
     const error = new Error(`the ${stage} stage of job ${job.jobId} got no jobSecret from the state machine: it cannot get S3 credentials`);
     error.name = 'MintRefused';
     throw error;
   }
   const c = await mint({ stage, teamId: job.teamId, jobId: job.jobId, secret });
-  return new S3Client({
-    credentials: { accessKeyId: c.accessKeyId, secretAccessKey: c.secretAccessKey, sessionToken: c.sessionToken, expiration: new Date(c.expiration) },
+  const expiresAt = new Date(c.expiration);
+  const s3 = new S3Client({
+    credentials: { accessKeyId: c.accessKeyId, secretAccessKey: c.secretAccessKey, sessionToken: c.sessionToken, expiration: expiresAt },
   });
+  return { s3, expiresAt };
 }
 
 /** The mint invoker of a deployed function (env `MINT_FUNCTION`), or none locally. */

@@ -18,6 +18,8 @@ export interface StageContext {
   readonly artifactsBucket: string;
   readonly job: JobRef;
   readonly now: () => Date;
+  /** When the S3 client's minted credentials expire (absent: ambient credentials); URLs it signs expire then too. */
+  readonly credentialsExpireAt?: Date;
 }
 
 /**
@@ -25,8 +27,10 @@ export interface StageContext {
  * `MINT_FUNCTION` (the execution's `jobSecret` proves the job), the ambient ones otherwise.
  */
 export async function contextFromEnv(stage: DataStage, job: JobRef, jobSecret: string | undefined): Promise<StageContext> {
+  const { s3, expiresAt } = await jobS3Client(stage, job, jobSecret, mintFromEnv());
   return {
-    s3: await jobS3Client(stage, job, jobSecret, mintFromEnv()),
+    s3,
+    ...(expiresAt ? { credentialsExpireAt: expiresAt } : {}),
     inboxBucket: requireEnv('INBOX_BUCKET'),
     artifactsBucket: requireEnv('ARTIFACTS_BUCKET'),
     job,

@@ -4,12 +4,16 @@
  * what each GPU container does (the containers' own tests run their code); it is also how faults
  * that cannot be caused here for real (a Batch API throttle, a failed GPU job) are injected.
  */
+import { createHash } from 'node:crypto';
 import { CreateStateMachineCommand, ListExecutionsCommand, SFNClient } from '@aws-sdk/client-sfn';
+import { GetCommand } from '@aws-sdk/lib-dynamodb';
 import { afterAll, beforeAll, expect, it } from 'vitest';
+import { secretKey } from '../../lambdas/mint/handler';
 import { type DatasetPlan, DatasetPlanSchema, ManifestSchema, type Status } from '../../lambdas/shared/contract';
 import { type JobRef, keys } from '../../lambdas/shared/keys';
 import { getJson, getValidJson, listAll, putBytes, putJson } from '../../lambdas/shared/s3';
 import { readStatus } from '../../lambdas/shared/status';
+import { teamsDocumentClient } from '../../lambdas/shared/teams';
 import { start } from '../../lambdas/start/handler';
 import { type StateMachineDefinition, stateMachineDefinition, synthesizeTemplate } from '../../scripts/local/definition';
 import { syntheticPhotos } from '../../scripts/local/demo-photos';
@@ -48,10 +52,14 @@ describeWithMoto('state machine, executed locally', () => {
     await putJson(s3, INBOX, keys.spec(job), spec);
   }
 
+  /** The AVATAR_JOB_SECRET each GPU job was submitted with, by `<team>/<job>/<stage>`. */
+  const gpuSecrets = new Map<string, string | undefined>();
+
   /** What the GPU containers write, at the S3 boundary, for a job whose plan.json exists. */
   const gpuStandIn: BatchRunner = async (stage, params) => {
     const env = Object.fromEntries((params.ContainerOverrides?.Environment ?? []).map((e) => [e.Name, e.Value]));
     const job = { teamId: env.AVATAR_TEAM_ID, jobId: env.AVATAR_JOB_ID };
+    gpuSecrets.set(`${job.teamId}/${job.jobId}/${stage}`, env.AVATAR_JOB_SECRET);
     const s3 = moto.s3();
     const plan: DatasetPlan = await getValidJson(s3, ARTIFACTS, keys.plan(job), DatasetPlanSchema);
     const dir = keys.stage(job, stage as 'train');
@@ -90,6 +98,16 @@ describeWithMoto('state machine, executed locally', () => {
     const names = manifest.artifacts.map((a) => a.name);
     expect(names).toEqual(expect.arrayContaining(['validate/report.json', 'normalize/plan.json', 'train/zwxobj.safetensors', 'evaluate/grid.png']));
     expect(names.filter((n) => /^normalize\/\d+_zwxobj\/.*\.png$/.test(n))).toHaveLength(12);
+    // The state machine registered the SHA-256 of the secret both GPU jobs were given (mint checks it).
+    const secret = gpuSecrets.get('team-a/happy/train');
+    expect(secret).toMatch(/^[0-9a-f-]{36}$/);
+    expect(gpuSecrets.get('team-a/happy/evaluate')).toBe(secret);
+    const registry = teamsDocumentClient({ endpoint: moto.endpoint, region: LOCAL_REGION, credentials: LOCAL_CREDENTIALS });
+    const { Item } = await registry.send(new GetCommand({ TableName: process.env.TEAMS_TABLE, Key: secretKey('team-a', 'happy') }));
+    expect(Item?.secretSha256).toBe(createHash('sha256').update(secret!).digest('hex'));
+    // The secret is not the team's to see: status.json and the manifest never carry it.
+    expect(JSON.stringify(await statusOf(job))).not.toContain(secret);
+    expect(JSON.stringify(manifest)).not.toContain(secret);
   });
 
   it('retries a transient Batch failure and then succeeds', async () => {
@@ -143,7 +161,7 @@ describeWithMoto('state machine, executed locally', () => {
     expect(result.succeeded).toBe(false);
     expect(result.error).toBe('JobFailed');
     expect(retried(result)).toEqual([]);
-    expect(entered(result)).toEqual(['Validate', 'Normalize', 'Admit', 'Train', 'MarkFailed', 'Failed']);
+    expect(entered(result)).toEqual(['CreateJobSecret', 'RegisterJobSecret', 'Validate', 'Normalize', 'Admit', 'Train', 'MarkFailed', 'Failed']);
     const status = await statusOf(job);
     expect(status).toMatchObject({ state: 'failed', stage: 'train', error: { code: 'BATCH_JOB_FAILED' } });
     expect(status?.error?.message).toContain('exit code 1');
