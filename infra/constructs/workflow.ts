@@ -7,6 +7,7 @@ import * as logs from 'aws-cdk-lib/aws-logs';
 import * as sfn from 'aws-cdk-lib/aws-stepfunctions';
 import * as tasks from 'aws-cdk-lib/aws-stepfunctions-tasks';
 import { Construct } from 'constructs';
+import { DATA_STAGES, type DataStage } from '../../lambdas/shared/session-policy';
 import { stageTimeout } from './gpu-batch';
 import { iam5ResourceFinding } from './nag';
 import { TeamBatchSubmitJob } from './team-batch-job';
@@ -117,15 +118,17 @@ const SECRET_SK_PREFIX = 'SECRET#';
  * long as its execution may run.
  *
  * Job secret (isolation by credentials, docs/architecture.md): `CreateJobSecret` puts a fresh
- * `States.UUID()` at `$.jobSecret` and `RegisterJobSecret` writes its SHA-256 to the team registry
- * (`pk=TEAM#<teamId>, sk=SECRET#<jobId>`), from the state machine itself: no stage can register one.
- * Every stage gets the secret and shows it to the mint function for its job's S3 credentials.
+ * `States.UUID()` at `$.jobSecret`. No stage sees it: each gets its own stage secret,
+ * `sha256("<jobSecret>/<stage>")` ({@link stageSecret}), and `RegisterJobSecret` writes the SHA-256
+ * of every stage secret to the team registry (`pk=TEAM#<teamId>, sk=SECRET#<jobId>`, map
+ * `stageSecrets`), from the state machine itself: no stage can register one. A stage shows its stage
+ * secret to the mint function for its job's S3 credentials, which are that stage's only.
  *
  * Input:
  * ```json
  * { "teamId": "acme", "jobId": "job-42" }
  * ```
- * Every Lambda step receives `{ "teamId", "jobId", "jobSecret" }` and its result is kept at
+ * Every Lambda step receives `{ "teamId", "jobId", "jobSecret" }` (its stage secret) and its result is kept at
  * `$.<stage>.result` (the Lambda `Payload`); every Batch step is submitted as job
  * `<jobId>-<md5(teamId/jobId)>-<stage>` (at most 105 characters, under Batch's 128; unique per job,
  * see {@link batchJobName}) with env `AVATAR_TEAM_ID`/`AVATAR_JOB_ID`/`AVATAR_JOB_SECRET`, and its Batch job id is kept
@@ -167,28 +170,26 @@ export class Workflow extends Construct {
       error: 'JobFailed',
       cause: 'A stage failed; see status.json of the job and $.failure in the execution history',
     });
-    const markFailed = lambdaStep(this, STATE_NAMES.markFailed, functions.markFailed, 'markFailed', {
+    const jobRef = (stage: DataStage) => ({
       teamId: sfn.JsonPath.stringAt('$.teamId'),
       jobId: sfn.JsonPath.stringAt('$.jobId'),
-      jobSecret: sfn.JsonPath.stringAt('$.jobSecret'),
+      jobSecret: stageSecret(stage),
+    });
+    const markFailed = lambdaStep(this, STATE_NAMES.markFailed, functions.markFailed, 'markFailed', {
+      ...jobRef('mark-failed'),
       failure: sfn.JsonPath.objectAt('$.failure'),
     });
     // Even if recording the failure fails, end in the same terminal error for alarms and callers.
     markFailed.addCatch(failed, { errors: [sfn.Errors.ALL], resultPath: '$.failure.markFailed' });
     markFailed.next(failed);
 
-    const jobRef = {
-      teamId: sfn.JsonPath.stringAt('$.teamId'),
-      jobId: sfn.JsonPath.stringAt('$.jobId'),
-      jobSecret: sfn.JsonPath.stringAt('$.jobSecret'),
-    };
     const catchInto = <T extends tasks.LambdaInvoke | tasks.BatchSubmitJob>(task: T, stage: string): T => {
       task.addCatch(markFailed, { errors: [sfn.Errors.ALL], resultPath: `$.failure.${stage}` });
       return task;
     };
 
-    const validate = catchInto(lambdaStep(this, STATE_NAMES.validate, functions.validate, 'validate', jobRef), 'validate');
-    const normalize = catchInto(lambdaStep(this, STATE_NAMES.normalize, functions.normalize, 'normalize', jobRef), 'normalize');
+    const validate = catchInto(lambdaStep(this, STATE_NAMES.validate, functions.validate, 'validate', jobRef('validate')), 'validate');
+    const normalize = catchInto(lambdaStep(this, STATE_NAMES.normalize, functions.normalize, 'normalize', jobRef('normalize')), 'normalize');
     const executionTimeout = props.timeout ?? Duration.hours(12);
     const admit = catchInto(
       lambdaStep(
@@ -196,7 +197,7 @@ export class Workflow extends Construct {
         STATE_NAMES.admit,
         functions.admit,
         'admit',
-        { ...jobRef, taskToken: sfn.JsonPath.taskToken },
+        { ...jobRef('admit'), taskToken: sfn.JsonPath.taskToken },
         {
           integrationPattern: sfn.IntegrationPattern.WAIT_FOR_TASK_TOKEN,
           timeout: executionTimeout,
@@ -210,7 +211,7 @@ export class Workflow extends Construct {
       catchInto(batchStep(this, name, batchJobs.jobQueue, batchJobs[stage], stage, stageTimeout(stage, batchJobs.gpuWait)), stage);
     const train = gpuStep(STATE_NAMES.train, 'train');
     const evaluate = gpuStep(STATE_NAMES.evaluate, 'evaluate');
-    const finalize = catchInto(lambdaStep(this, STATE_NAMES.finalize, functions.finalize, 'finalize', jobRef), 'finalize');
+    const finalize = catchInto(lambdaStep(this, STATE_NAMES.finalize, functions.finalize, 'finalize', jobRef('finalize')), 'finalize');
     const succeeded = new sfn.Succeed(this, STATE_NAMES.succeeded);
 
     // The execution input is `{ teamId, jobId }` (lambdas/start); the secret joins it.
@@ -226,7 +227,10 @@ export class Workflow extends Construct {
       item: {
         pk: tasks.DynamoAttributeValue.fromString(sfn.JsonPath.format('TEAM#{}', sfn.JsonPath.stringAt('$.teamId'))),
         sk: tasks.DynamoAttributeValue.fromString(sfn.JsonPath.format(`${SECRET_SK_PREFIX}{}`, sfn.JsonPath.stringAt('$.jobId'))),
-        secretSha256: tasks.DynamoAttributeValue.fromString(sfn.JsonPath.hash(sfn.JsonPath.stringAt('$.jobSecret'), 'SHA-256')),
+        // What mint compares a presented stage secret with (lambdas/mint/handler.ts).
+        stageSecrets: tasks.DynamoAttributeValue.fromMap(
+          Object.fromEntries(DATA_STAGES.map((stage) => [stage, tasks.DynamoAttributeValue.fromString(sfn.JsonPath.hash(stageSecret(stage), 'SHA-256'))])),
+        ),
         // mint refuses a secret older than the execution timeout: the execution has ended by then.
         registeredAt: tasks.DynamoAttributeValue.fromString(sfn.JsonPath.stringAt('$$.Execution.StartTime')),
       },
@@ -312,6 +316,15 @@ export function batchJobName(stage: string): string {
   return sfn.JsonPath.format(`{}-{}-${stage}`, sfn.JsonPath.stringAt('$.jobId'), digest);
 }
 
+/**
+ * The secret a stage is given, computed by the state machine: `sha256("<jobSecret>/<stage>")` (hex).
+ * It proves that stage of that job to mint and nothing else; the job secret itself stays in the
+ * execution.
+ */
+export function stageSecret(stage: DataStage): string {
+  return sfn.JsonPath.hash(sfn.JsonPath.format(`{}/${stage}`, sfn.JsonPath.stringAt('$.jobSecret')), 'SHA-256');
+}
+
 /** A unique, deterministic log group suffix (no hard-coded physical name, no time-based hash). */
 function idSuffix(scope: Construct): string {
   return `avatar-workflow-${scope.node.addr.slice(0, 12)}`;
@@ -351,7 +364,7 @@ function batchStep(
   name: string,
   jobQueue: batch.IJobQueue,
   jobDefinition: batch.IJobDefinition,
-  stage: 'caption' | 'train' | 'evaluate',
+  stage: 'train' | 'evaluate',
   timeout: Duration,
 ): tasks.BatchSubmitJob {
   // The team's share identifier, stage priority and team/job/stage tags (see TeamBatchSubmitJob).
@@ -366,8 +379,8 @@ function batchStep(
       environment: {
         AVATAR_TEAM_ID: sfn.JsonPath.stringAt('$.teamId'),
         AVATAR_JOB_ID: sfn.JsonPath.stringAt('$.jobId'),
-        // Shown to mint for the job's S3 credentials (containers/common: AVATAR_MINT_FUNCTION).
-        AVATAR_JOB_SECRET: sfn.JsonPath.stringAt('$.jobSecret'),
+        // The stage secret, shown to mint for the job's S3 credentials (containers/common: AVATAR_MINT_FUNCTION).
+        AVATAR_JOB_SECRET: stageSecret(stage),
       },
     },
     resultSelector: { 'jobId.$': '$.JobId' },

@@ -1,10 +1,11 @@
 /**
  * mint: job-scoped S3 credentials for one stage of one job (isolation by credentials,
- * docs/architecture.md). The state machine creates a secret per execution and registers its SHA-256
- * on the team registry (`pk=TEAM#<teamId>, sk=SECRET#<jobId>`); only the state machine writes it.
- * A stage presents the secret with its job's ids; mint checks it and assumes the stage's data role
- * with the job's session policy (lambdas/shared/session-policy.ts), so what the stage gets reaches
- * job J of team T only, whatever its code does.
+ * docs/architecture.md). The state machine creates a secret per execution, gives each stage its own
+ * stage secret derived from it, and registers the SHA-256 of each on the team registry
+ * (`pk=TEAM#<teamId>, sk=SECRET#<jobId>`, map `stageSecrets`); only the state machine writes it.
+ * A stage presents its secret with its stage and job ids; mint checks it and assumes that stage's
+ * data role with the job's session policy (lambdas/shared/session-policy.ts), so what the stage gets
+ * reaches its stage's keys of job J of team T only, whatever its code does.
  *
  * Payload `{ "stage", "teamId", "jobId", "secret" }`; result `{ accessKeyId, secretAccessKey,
  * sessionToken, expiration }`. A refusal is the error `MintRefused`, whose message never carries
@@ -76,10 +77,12 @@ export async function mint(deps: MintDeps, event: unknown): Promise<MintedCreden
   const { stage, teamId, jobId, secret } = parsed.data;
   const job = `job ${jobId} of team ${teamId}`;
   const { Item: item } = await deps.registry.send(new GetCommand({ TableName: deps.tableName, Key: secretKey(teamId, jobId), ConsistentRead: true }));
-  const registered = typeof item?.secretSha256 === 'string' && /^[0-9a-f]{64}$/.test(item.secretSha256) ? Buffer.from(item.secretSha256, 'hex') : undefined;
-  if (!registered) throw new MintRefused(`no running execution registered a secret for ${job}`);
+  if (!item) throw new MintRefused(`no running execution registered a secret for ${job}`);
+  const hash = (item.stageSecrets as Record<string, unknown> | undefined)?.[stage];
+  const registered = typeof hash === 'string' && /^[0-9a-f]{64}$/.test(hash) ? Buffer.from(hash, 'hex') : undefined;
   // Constant time: the comparison reveals nothing of the registered hash.
-  if (!timingSafeEqual(sha256(secret), registered)) throw new MintRefused(`the secret is not the one registered for ${job}`);
+  if (!registered || !timingSafeEqual(sha256(secret), registered))
+    throw new MintRefused(`the secret is not the one registered for the ${stage} stage of ${job}`);
   const registeredAt = Date.parse(String(item?.registeredAt));
   if (!Number.isFinite(registeredAt) || deps.now().getTime() - registeredAt > deps.maxAgeSeconds * 1000) {
     throw new MintRefused(`the execution of ${job} has ended (its secret is older than the execution timeout)`);

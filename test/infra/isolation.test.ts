@@ -271,6 +271,9 @@ describe('isolation by credentials (iam-simulate)', () => {
   });
 });
 
+/** The intrinsic a stage's secret is computed with: sha256("<jobSecret>/<stage>"). */
+const stageSecretOf = (stage: DataStage) => `States.Hash(States.Format('{}/${stage}', $.jobSecret), 'SHA-256')`;
+
 describe('credentials wiring (template)', () => {
   const mintArn = () => `<${logicalId(s.stack, s.stack.credentials.mint.functionArn)}>`;
   const mintRoleId = () => logicalId(s.stack, s.stack.credentials.mint.executionRole.roleArn);
@@ -356,17 +359,22 @@ describe('credentials wiring (template)', () => {
         Item: {
           pk: { 'S.$': "States.Format('TEAM#{}', $.teamId)" },
           sk: { 'S.$': "States.Format('SECRET#{}', $.jobId)" },
-          secretSha256: { 'S.$': "States.Hash($.jobSecret, 'SHA-256')" },
+          stageSecrets: { M: Object.fromEntries(DATA_STAGES.map((st) => [st, { 'S.$': `States.Hash(${stageSecretOf(st)}, 'SHA-256')` }])) },
         },
       },
       ResultPath: null,
       Next: 'Validate',
     });
-    for (const state of ['Validate', 'Normalize', 'Admit', 'Finalize', 'MarkFailed']) {
-      expect(asl.States[state].Parameters.Payload['jobSecret.$']).toBe('$.jobSecret');
+    // Each stage gets its own secret; none gets the job secret itself.
+    const lambdas = { Validate: 'validate', Normalize: 'normalize', Admit: 'admit', Finalize: 'finalize', MarkFailed: 'mark-failed' } as const;
+    for (const [state, stage] of Object.entries(lambdas)) expect(asl.States[state].Parameters.Payload['jobSecret.$']).toBe(stageSecretOf(stage));
+    for (const [state, stage] of [
+      ['Train', 'train'],
+      ['Evaluate', 'evaluate'],
+    ] as const) {
+      expect(asl.States[state].Parameters.ContainerOverrides.Environment).toContainEqual({ Name: 'AVATAR_JOB_SECRET', 'Value.$': stageSecretOf(stage) });
     }
-    for (const state of ['Train', 'Evaluate']) {
-      expect(asl.States[state].Parameters.ContainerOverrides.Environment).toContainEqual({ Name: 'AVATAR_JOB_SECRET', 'Value.$': '$.jobSecret' });
-    }
+    // $.jobSecret appears only inside the stage secrets (each once handed out, once hashed at registration).
+    expect(JSON.stringify(asl).match(/\$\.jobSecret\b/g)).toHaveLength(2 * DATA_STAGES.length);
   });
 });

@@ -58,7 +58,12 @@ describe('workflow definition', () => {
       Resource: expect.stringMatching(/:states:::lambda:invoke\.waitForTaskToken$/),
       Parameters: {
         FunctionName: `<${logicalId(s.stack, s.stack.functions.admit.functionArn)}>`,
-        Payload: { 'teamId.$': '$.teamId', 'jobId.$': '$.jobId', 'jobSecret.$': '$.jobSecret', 'taskToken.$': '$$.Task.Token' },
+        Payload: {
+          'teamId.$': '$.teamId',
+          'jobId.$': '$.jobId',
+          'jobSecret.$': "States.Hash(States.Format('{}/admit', $.jobSecret), 'SHA-256')",
+          'taskToken.$': '$$.Task.Token',
+        },
       },
       ResultSelector: { 'result.$': '$' },
       ResultPath: '$.admit',
@@ -75,7 +80,7 @@ describe('workflow definition', () => {
       Resource: expect.stringMatching(/:states:::lambda:invoke$/),
       Parameters: {
         FunctionName: `<${logicalId(s.stack, fn.functionArn)}>`,
-        Payload: { 'teamId.$': '$.teamId', 'jobId.$': '$.jobId', 'jobSecret.$': '$.jobSecret' },
+        Payload: { 'teamId.$': '$.teamId', 'jobId.$': '$.jobId', 'jobSecret.$': `States.Hash(States.Format('{}/${stage}', $.jobSecret), 'SHA-256')` },
       },
       ResultSelector: { 'result.$': '$.Payload' },
       ResultPath: `$.${stage}`,
@@ -94,7 +99,7 @@ describe('workflow definition', () => {
         Environment: [
           { Name: 'AVATAR_TEAM_ID', 'Value.$': '$.teamId' },
           { Name: 'AVATAR_JOB_ID', 'Value.$': '$.jobId' },
-          { Name: 'AVATAR_JOB_SECRET', 'Value.$': '$.jobSecret' },
+          { Name: 'AVATAR_JOB_SECRET', 'Value.$': `States.Hash(States.Format('{}/${stage}', $.jobSecret), 'SHA-256')` },
         ],
       },
       // Fair share and cost tags (test/infra/teams.test.ts).
@@ -132,7 +137,12 @@ describe('workflow definition', () => {
     const markFailed = asl.States.MarkFailed;
     expect(markFailed.Parameters).toEqual({
       FunctionName: `<${logicalId(s.stack, s.stack.functions.markFailed.functionArn)}>`,
-      Payload: { 'teamId.$': '$.teamId', 'jobId.$': '$.jobId', 'jobSecret.$': '$.jobSecret', 'failure.$': '$.failure' },
+      Payload: {
+        'teamId.$': '$.teamId',
+        'jobId.$': '$.jobId',
+        'jobSecret.$': "States.Hash(States.Format('{}/mark-failed', $.jobSecret), 'SHA-256')",
+        'failure.$': '$.failure',
+      },
     });
     expect(markFailed.Next).toBe('Failed');
     expect(markFailed.Catch).toEqual([{ ErrorEquals: ['States.ALL'], ResultPath: '$.failure.markFailed', Next: 'Failed' }]);

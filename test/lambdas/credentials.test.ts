@@ -24,6 +24,7 @@ import { describeWithMoto } from '../helpers/suites';
 const TABLE = 'credentials-teams';
 const SECRET = '3f2c1b0a-9e8d-4c7b-a6f5-e4d3c2b1a098';
 const JOB = { teamId: 'team-a', jobId: 'job-1' };
+const sha256 = (text: string) => createHash('sha256').update(text).digest('hex');
 
 describeWithMoto('stage credentials from mint', () => {
   let moto: Moto;
@@ -41,7 +42,11 @@ describeWithMoto('stage credentials from mint', () => {
     await registry.send(
       new PutCommand({
         TableName: TABLE,
-        Item: { ...secretKey(JOB.teamId, JOB.jobId), secretSha256: createHash('sha256').update(SECRET).digest('hex'), registeredAt: new Date().toISOString() },
+        Item: {
+          ...secretKey(JOB.teamId, JOB.jobId),
+          stageSecrets: { finalize: sha256(SECRET), 'mark-failed': sha256(SECRET) },
+          registeredAt: new Date().toISOString(),
+        },
       }),
     );
     const deps: MintDeps = {

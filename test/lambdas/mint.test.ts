@@ -32,9 +32,17 @@ describeWithMoto('mint', () => {
     const config = { endpoint: moto.endpoint, region: LOCAL_REGION, credentials: LOCAL_CREDENTIALS };
     await createTeamsTable(new DynamoDBClient(config), TABLE);
     const registry = teamsDocumentClient(config);
+    // As RegisterJobSecret writes it: the SHA-256 of each stage's secret (here train's and mark-failed's).
     const register = (teamId: string, jobId: string, secret: string) =>
       registry.send(
-        new PutCommand({ TableName: TABLE, Item: { ...secretKey(teamId, jobId), secretSha256: hex(secret), registeredAt: '2026-01-01T00:00:00.000Z' } }),
+        new PutCommand({
+          TableName: TABLE,
+          Item: {
+            ...secretKey(teamId, jobId),
+            stageSecrets: { train: hex(secret), 'mark-failed': hex(`${secret}-mf`) },
+            registeredAt: '2026-01-01T00:00:00.000Z',
+          },
+        }),
       );
     await register('team-a', 'job-j', SECRET_J);
     await register('team-a', 'job-k', SECRET_K);
@@ -86,7 +94,11 @@ describeWithMoto('mint', () => {
 
   it('refuses a wrong secret, another job’s secret, an unknown job and bad ids, without echoing the secret', async () => {
     const wrong = await refusal({ stage: 'train', teamId: 'team-a', jobId: 'job-j', secret: 'f'.repeat(36) });
-    expect(wrong.message).toMatch(/not the one registered for job job-j of team team-a/);
+    expect(wrong.message).toMatch(/not the one registered for the train stage of job job-j of team team-a/);
+    // A stage secret proves its own stage only: train's secret mints no mark-failed or validate credentials.
+    await refusal({ stage: 'mark-failed', teamId: 'team-a', jobId: 'job-j', secret: SECRET_J });
+    await refusal({ stage: 'validate', teamId: 'team-a', jobId: 'job-j', secret: SECRET_J });
+    expect((await mint(deps, { stage: 'mark-failed', teamId: 'team-a', jobId: 'job-j', secret: `${SECRET_J}-mf` })).sessionToken).toBeTruthy();
     const other = await refusal({ stage: 'train', teamId: 'team-a', jobId: 'job-j', secret: SECRET_K });
     expect(other.message).not.toContain(SECRET_K);
     expect((await refusal({ stage: 'train', teamId: 'team-b', jobId: 'job-j', secret: SECRET_J })).message).toMatch(/no running execution/);

@@ -98,16 +98,20 @@ describeWithMoto('state machine, executed locally', () => {
     const names = manifest.artifacts.map((a) => a.name);
     expect(names).toEqual(expect.arrayContaining(['validate/report.json', 'normalize/plan.json', 'train/zwxobj.safetensors', 'evaluate/grid.png']));
     expect(names.filter((n) => /^normalize\/\d+_zwxobj\/.*\.png$/.test(n))).toHaveLength(12);
-    // The state machine registered the SHA-256 of the secret both GPU jobs were given (mint checks it).
-    const secret = gpuSecrets.get('team-a/happy/train');
-    expect(secret).toMatch(/^[0-9a-f-]{36}$/);
-    expect(gpuSecrets.get('team-a/happy/evaluate')).toBe(secret);
+    // Each GPU job got its own stage secret, and the state machine registered the SHA-256 of each (mint checks it).
+    const sha256 = (text: string) => createHash('sha256').update(text).digest('hex');
+    const train = gpuSecrets.get('team-a/happy/train')!;
+    const evaluate = gpuSecrets.get('team-a/happy/evaluate')!;
+    expect(train).toMatch(/^[0-9a-f]{64}$/);
+    expect(evaluate).toMatch(/^[0-9a-f]{64}$/);
+    expect(evaluate).not.toBe(train);
     const registry = teamsDocumentClient({ endpoint: moto.endpoint, region: LOCAL_REGION, credentials: LOCAL_CREDENTIALS });
     const { Item } = await registry.send(new GetCommand({ TableName: process.env.TEAMS_TABLE, Key: secretKey('team-a', 'happy') }));
-    expect(Item?.secretSha256).toBe(createHash('sha256').update(secret!).digest('hex'));
-    // The secret is not the team's to see: status.json and the manifest never carry it.
-    expect(JSON.stringify(await statusOf(job))).not.toContain(secret);
-    expect(JSON.stringify(manifest)).not.toContain(secret);
+    expect(Item?.stageSecrets).toMatchObject({ train: sha256(train), evaluate: sha256(evaluate) });
+    expect(Object.keys(Item?.stageSecrets ?? {}).sort()).toEqual(['admit', 'evaluate', 'finalize', 'mark-failed', 'normalize', 'train', 'validate']);
+    // Stage secrets are not the team's to see: status.json and the manifest never carry them.
+    expect(JSON.stringify(await statusOf(job))).not.toContain(train);
+    expect(JSON.stringify(manifest)).not.toContain(evaluate);
   });
 
   it('retries a transient Batch failure and then succeeds', async () => {
