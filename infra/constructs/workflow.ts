@@ -47,7 +47,7 @@ export interface WorkflowProps {
   readonly functions: WorkflowFunctions;
   /** The Batch steps. */
   readonly batchJobs: WorkflowBatchJobs;
-  /** The team registry: the state machine registers each execution's job secret hash there (mint reads it). */
+  /** The team registry: the state machine registers the hashes of each execution's stage secrets there (mint reads them). */
   readonly teamsTable: dynamodb.ITable;
   /**
    * Timeout of a whole execution.
@@ -117,18 +117,18 @@ const SECRET_SK_PREFIX = 'SECRET#';
  * decision is kept at `$.admit.result`. Its timeout is the execution's: a job may wait for a slot as
  * long as its execution may run.
  *
- * Job secret (isolation by credentials, docs/architecture.md): `CreateJobSecret` puts a fresh
- * `States.UUID()` at `$.jobSecret`. No stage sees it: each gets its own stage secret,
- * `sha256("<jobSecret>/<stage>")` ({@link stageSecret}), and `RegisterJobSecret` writes the SHA-256
- * of every stage secret to the team registry (`pk=TEAM#<teamId>, sk=SECRET#<jobId>`, map
- * `stageSecrets`), from the state machine itself: no stage can register one. A stage shows its stage
- * secret to the mint function for its job's S3 credentials, which are that stage's only.
+ * Stage secrets (isolation by credentials, docs/architecture.md): `CreateJobSecret` puts one fresh
+ * `States.UUID()` per data stage at `$.stageSecrets` ({@link stageSecret}), and `RegisterJobSecret`
+ * writes the SHA-256 of each to the team registry (`pk=TEAM#<teamId>, sk=SECRET#<jobId>`, map
+ * `stageSecrets` by stage name), from the state machine itself: no stage can register one. Each stage
+ * gets its own secret only and shows it to the mint function for its job's S3 credentials, which are
+ * that stage's only.
  *
  * Input:
  * ```json
  * { "teamId": "acme", "jobId": "job-42" }
  * ```
- * Every Lambda step receives `{ "teamId", "jobId", "jobSecret" }` (its stage secret) and its result is kept at
+ * Every Lambda step receives `{ "teamId", "jobId", "jobSecret" }` (its stage's secret) and its result is kept at
  * `$.<stage>.result` (the Lambda `Payload`); every Batch step is submitted as job
  * `<jobId>-<md5(teamId/jobId)>-<stage>` (at most 105 characters, under Batch's 128; unique per job,
  * see {@link batchJobName}) with env `AVATAR_TEAM_ID`/`AVATAR_JOB_ID`/`AVATAR_JOB_SECRET`, and its Batch job id is kept
@@ -214,12 +214,12 @@ export class Workflow extends Construct {
     const finalize = catchInto(lambdaStep(this, STATE_NAMES.finalize, functions.finalize, 'finalize', jobRef('finalize')), 'finalize');
     const succeeded = new sfn.Succeed(this, STATE_NAMES.succeeded);
 
-    // The execution input is `{ teamId, jobId }` (lambdas/start); the secret joins it.
+    // The execution input is `{ teamId, jobId }` (lambdas/start); the stage secrets join it.
     const createSecret = new sfn.Pass(this, STATE_NAMES.createSecret, {
       parameters: {
         teamId: sfn.JsonPath.stringAt('$.teamId'),
         jobId: sfn.JsonPath.stringAt('$.jobId'),
-        jobSecret: sfn.JsonPath.uuid(),
+        stageSecrets: Object.fromEntries(DATA_STAGES.map((stage) => [secretField(stage), sfn.JsonPath.uuid()])),
       },
     });
     const registerSecret = new tasks.DynamoPutItem(this, STATE_NAMES.registerSecret, {
@@ -268,7 +268,7 @@ export class Workflow extends Construct {
       timeout: executionTimeout,
       tracingEnabled: true,
       logs: { destination: this.logGroup, level: sfn.LogLevel.ALL, includeExecutionData: true },
-      comment: 'Avatar LoRA job: job secret, validate, normalize, admit, caption+train (one GPU job), evaluate, finalize',
+      comment: 'Avatar LoRA job: stage secrets, validate, normalize, admit, caption+train (one GPU job), evaluate, finalize',
     });
 
     const role = this.stateMachine.role;
@@ -317,12 +317,18 @@ export function batchJobName(stage: string): string {
 }
 
 /**
- * The secret a stage is given, computed by the state machine: `sha256("<jobSecret>/<stage>")` (hex).
- * It proves that stage of that job to mint and nothing else; the job secret itself stays in the
- * execution.
+ * The secret a stage is given: its own `States.UUID()` of the execution, at `$.stageSecrets.<stage>`
+ * (camelCase: a `-` would need JSONPath brackets). It proves that stage of that job to mint and
+ * nothing else. Independent UUIDs rather than hashes of one job secret: registering a hash of a hash
+ * would nest States.Hash, which the local emulator does not evaluate as sha256(sha256(x)).
  */
 export function stageSecret(stage: DataStage): string {
-  return sfn.JsonPath.hash(sfn.JsonPath.format(`{}/${stage}`, sfn.JsonPath.stringAt('$.jobSecret')), 'SHA-256');
+  return sfn.JsonPath.stringAt(`$.stageSecrets.${secretField(stage)}`);
+}
+
+/** `mark-failed` -> `markFailed`. */
+function secretField(stage: DataStage): string {
+  return stage.replace(/-([a-z])/g, (_m, c: string) => c.toUpperCase());
 }
 
 /** A unique, deterministic log group suffix (no hard-coded physical name, no time-based hash). */

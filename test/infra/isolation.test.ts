@@ -271,8 +271,8 @@ describe('isolation by credentials (iam-simulate)', () => {
   });
 });
 
-/** The intrinsic a stage's secret is computed with: sha256("<jobSecret>/<stage>"). */
-const stageSecretOf = (stage: DataStage) => `States.Hash(States.Format('{}/${stage}', $.jobSecret), 'SHA-256')`;
+/** Where a stage's secret is kept in the execution: `$.stageSecrets.<stage, camelCase>`. */
+const stageSecretOf = (stage: DataStage) => `$.stageSecrets.${stage.replace(/-([a-z])/g, (_m, c: string) => c.toUpperCase())}`;
 
 describe('credentials wiring (template)', () => {
   const mintArn = () => `<${logicalId(s.stack, s.stack.credentials.mint.functionArn)}>`;
@@ -350,7 +350,16 @@ describe('credentials wiring (template)', () => {
   it('the state machine creates the secret, registers its SHA-256 itself, and hands it to every stage', () => {
     const asl = definitionOf(s);
     expect(asl.StartAt).toBe('CreateJobSecret');
-    expect(asl.States.CreateJobSecret).toMatchObject({ Type: 'Pass', Parameters: { 'jobSecret.$': 'States.UUID()' }, Next: 'RegisterJobSecret' });
+    // One fresh UUID per data stage, and nothing else carried over from the input but the ids.
+    expect(asl.States.CreateJobSecret).toEqual({
+      Type: 'Pass',
+      Parameters: {
+        'teamId.$': '$.teamId',
+        'jobId.$': '$.jobId',
+        stageSecrets: Object.fromEntries(DATA_STAGES.map((st) => [`${stageSecretOf(st).split('.').at(-1)}.$`, 'States.UUID()'])),
+      },
+      Next: 'RegisterJobSecret',
+    });
     expect(asl.States.RegisterJobSecret).toMatchObject({
       Type: 'Task',
       Resource: expect.stringMatching(/:states:::dynamodb:putItem$/),
@@ -359,13 +368,14 @@ describe('credentials wiring (template)', () => {
         Item: {
           pk: { 'S.$': "States.Format('TEAM#{}', $.teamId)" },
           sk: { 'S.$': "States.Format('SECRET#{}', $.jobId)" },
+          // By stage name, as mint looks them up.
           stageSecrets: { M: Object.fromEntries(DATA_STAGES.map((st) => [st, { 'S.$': `States.Hash(${stageSecretOf(st)}, 'SHA-256')` }])) },
         },
       },
       ResultPath: null,
       Next: 'Validate',
     });
-    // Each stage gets its own secret; none gets the job secret itself.
+    // Each stage gets its own secret, and no other's.
     const lambdas = { Validate: 'validate', Normalize: 'normalize', Admit: 'admit', Finalize: 'finalize', MarkFailed: 'mark-failed' } as const;
     for (const [state, stage] of Object.entries(lambdas)) expect(asl.States[state].Parameters.Payload['jobSecret.$']).toBe(stageSecretOf(stage));
     for (const [state, stage] of [
@@ -374,7 +384,9 @@ describe('credentials wiring (template)', () => {
     ] as const) {
       expect(asl.States[state].Parameters.ContainerOverrides.Environment).toContainEqual({ Name: 'AVATAR_JOB_SECRET', 'Value.$': stageSecretOf(stage) });
     }
-    // $.jobSecret appears only inside the stage secrets (each once handed out, once hashed at registration).
-    expect(JSON.stringify(asl).match(/\$\.jobSecret\b/g)).toHaveLength(2 * DATA_STAGES.length);
+    // Each secret is read twice: hashed at registration and handed to its stage.
+    for (const st of DATA_STAGES)
+      expect(JSON.stringify(asl).split(new RegExp(`${stageSecretOf(st).replaceAll('.', '\\.').replace('$', '\\$')}(?![A-Za-z])`))).toHaveLength(3);
+    expect(JSON.stringify(asl)).not.toContain('"$.stageSecrets"');
   });
 });

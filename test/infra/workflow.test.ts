@@ -61,7 +61,7 @@ describe('workflow definition', () => {
         Payload: {
           'teamId.$': '$.teamId',
           'jobId.$': '$.jobId',
-          'jobSecret.$': "States.Hash(States.Format('{}/admit', $.jobSecret), 'SHA-256')",
+          'jobSecret.$': '$.stageSecrets.admit',
           'taskToken.$': '$$.Task.Token',
         },
       },
@@ -80,7 +80,7 @@ describe('workflow definition', () => {
       Resource: expect.stringMatching(/:states:::lambda:invoke$/),
       Parameters: {
         FunctionName: `<${logicalId(s.stack, fn.functionArn)}>`,
-        Payload: { 'teamId.$': '$.teamId', 'jobId.$': '$.jobId', 'jobSecret.$': `States.Hash(States.Format('{}/${stage}', $.jobSecret), 'SHA-256')` },
+        Payload: { 'teamId.$': '$.teamId', 'jobId.$': '$.jobId', 'jobSecret.$': `$.stageSecrets.${stage}` },
       },
       ResultSelector: { 'result.$': '$.Payload' },
       ResultPath: `$.${stage}`,
@@ -99,7 +99,7 @@ describe('workflow definition', () => {
         Environment: [
           { Name: 'AVATAR_TEAM_ID', 'Value.$': '$.teamId' },
           { Name: 'AVATAR_JOB_ID', 'Value.$': '$.jobId' },
-          { Name: 'AVATAR_JOB_SECRET', 'Value.$': `States.Hash(States.Format('{}/${stage}', $.jobSecret), 'SHA-256')` },
+          { Name: 'AVATAR_JOB_SECRET', 'Value.$': `$.stageSecrets.${stage}` },
         ],
       },
       // Fair share and cost tags (test/infra/teams.test.ts).
@@ -140,7 +140,7 @@ describe('workflow definition', () => {
       Payload: {
         'teamId.$': '$.teamId',
         'jobId.$': '$.jobId',
-        'jobSecret.$': "States.Hash(States.Format('{}/mark-failed', $.jobSecret), 'SHA-256')",
+        'jobSecret.$': '$.stageSecrets.markFailed',
         'failure.$': '$.failure',
       },
     });

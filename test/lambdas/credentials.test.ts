@@ -2,22 +2,20 @@
  * A Lambda stage with `MINT_FUNCTION` set gets its S3 client from mint: the handler shows the
  * execution's jobSecret, mint checks it against the registry (moto's DynamoDB) and assumes the
  * stage's data role (moto's STS), and the stage's S3 calls go out with those credentials. The Lambda
- * Invoke call itself reaches a local endpoint that speaks the Invoke wire protocol and runs the real
- * mint handler in-process (there is no Lambda runtime locally; moto's needs Docker).
+ * Invoke call itself reaches scripts/local/mint.ts, which speaks the Invoke wire protocol and runs the
+ * real mint handler in-process (there is no Lambda runtime locally; moto's needs Docker).
  */
 import { createHash } from 'node:crypto';
-import { createServer, type Server } from 'node:http';
-import type { AddressInfo } from 'node:net';
 import { DynamoDBClient } from '@aws-sdk/client-dynamodb';
-import { STSClient } from '@aws-sdk/client-sts';
 import { PutCommand } from '@aws-sdk/lib-dynamodb';
 import { afterAll, beforeAll, expect, it } from 'vitest';
-import { type MintDeps, mint, secretKey } from '../../lambdas/mint/handler';
+import { secretKey } from '../../lambdas/mint/handler';
 import { lambdaMint } from '../../lambdas/shared/credentials';
 import { contextFromEnv, stageHandler } from '../../lambdas/shared/handler';
 import { keys } from '../../lambdas/shared/keys';
 import { getJson, putJson } from '../../lambdas/shared/s3';
 import { createTeamsTable, teamsDocumentClient } from '../../lambdas/shared/teams';
+import { type LocalMint, startLocalMint } from '../../scripts/local/mint';
 import { configureHandlers, LOCAL_CREDENTIALS, LOCAL_REGION, type Moto, startMoto } from '../helpers/moto';
 import { describeWithMoto } from '../helpers/suites';
 
@@ -28,8 +26,8 @@ const sha256 = (text: string) => createHash('sha256').update(text).digest('hex')
 
 describeWithMoto('stage credentials from mint', () => {
   let moto: Moto;
-  let server: Server;
-  const invocations: Array<Record<string, unknown>> = [];
+  let localMint: LocalMint;
+  const invocations = () => localMint.invocations;
 
   beforeAll(async () => {
     moto = await startMoto();
@@ -49,46 +47,19 @@ describeWithMoto('stage credentials from mint', () => {
         },
       }),
     );
-    const deps: MintDeps = {
-      registry,
-      tableName: TABLE,
-      sts: new STSClient(config),
-      roles: { finalize: 'arn:aws:iam::123456789012:role/finalize-data', 'mark-failed': 'arn:aws:iam::123456789012:role/mark-failed-data' },
-      buckets: { artifacts: 'arn:aws:s3:::cred-artifacts', inbox: 'arn:aws:s3:::cred-inbox' },
-      maxAgeSeconds: 3600,
-      now: () => new Date(),
-    };
-    // POST /2015-03-31/functions/<name>/invocations: the result, or the function error as the Lambda service reports it.
-    server = createServer(async (req, res) => {
-      let body = '';
-      for await (const chunk of req) body += chunk;
-      const payload = JSON.parse(body) as Record<string, unknown>;
-      invocations.push({ path: req.url, payload });
-      try {
-        const result = await mint(deps, payload);
-        res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(result));
-      } catch (error) {
-        const e = error as Error;
-        res
-          .writeHead(200, { 'content-type': 'application/json', 'x-amz-function-error': 'Unhandled' })
-          .end(JSON.stringify({ errorType: e.name, errorMessage: e.message }));
-      }
-    });
-    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-    Object.assign(process.env, { MINT_FUNCTION: 'avatar-mint', AWS_ENDPOINT_URL_LAMBDA: `http://127.0.0.1:${(server.address() as AddressInfo).port}` });
+    localMint = await startLocalMint({ endpoint: moto.endpoint, tableName: TABLE, buckets: { inbox: 'cred-inbox', artifacts: 'cred-artifacts' } });
+    Object.assign(process.env, localMint.env);
   });
   afterAll(async () => {
     delete process.env.MINT_FUNCTION;
-    await new Promise((resolve) => server?.close(resolve));
+    await localMint?.stop();
     await moto?.stop();
   });
 
   it('builds the stage context from credentials minted for the job, and its S3 client works', async () => {
-    const before = invocations.length;
+    const before = invocations().length;
     const ctx = await contextFromEnv('mark-failed', JOB, SECRET);
-    expect(invocations.slice(before)).toEqual([
-      { path: '/2015-03-31/functions/avatar-mint/invocations', payload: { stage: 'mark-failed', ...JOB, secret: SECRET } },
-    ]);
+    expect(invocations().slice(before)).toEqual([{ stage: 'mark-failed', ...JOB, secret: SECRET }]);
     expect(ctx.credentialsExpireAt!.getTime()).toBeGreaterThan(Date.now() + 50 * 60_000);
     const credentials = await ctx.s3.config.credentials();
     expect(credentials.accessKeyId).toMatch(/^ASIA/);
@@ -102,9 +73,9 @@ describeWithMoto('stage credentials from mint', () => {
       name: 'MintRefused',
       message: expect.stringMatching(/not the one registered/),
     });
-    const before = invocations.length;
+    const before = invocations().length;
     await expect(contextFromEnv('finalize', JOB, undefined)).rejects.toMatchObject({ name: 'MintRefused', message: expect.stringMatching(/no jobSecret/) });
-    expect(invocations.length).toBe(before);
+    expect(invocations().length).toBe(before);
   });
 
   it('a stage handler passes the execution’s jobSecret to mint and works with what it mints', async () => {
@@ -114,14 +85,14 @@ describeWithMoto('stage credentials from mint', () => {
     });
     const out = await handler({ ...JOB, jobSecret: SECRET });
     expect(out.expires).toMatch(/^\d{4}-/);
-    expect(invocations.at(-1)?.payload).toEqual({ stage: 'finalize', ...JOB, secret: SECRET });
+    expect(invocations().at(-1)).toEqual({ stage: 'finalize', ...JOB, secret: SECRET });
     await expect(handler({ ...JOB, jobSecret: 'f'.repeat(36) })).rejects.toMatchObject({ name: 'MintRefused' });
     // A jobSecret that is no string is refused as bad input, and the message does not carry the value.
     await expect(handler({ ...JOB, jobSecret: 'short' })).rejects.toMatchObject({ name: 'InvalidInputError', message: expect.not.stringContaining('short"') });
   });
 
   it('lambdaMint reports a function error under its own name', async () => {
-    await expect(lambdaMint('avatar-mint')({ stage: 'finalize', teamId: 'team-b', jobId: 'job-1', secret: SECRET })).rejects.toMatchObject({
+    await expect(lambdaMint(localMint.env.MINT_FUNCTION)({ stage: 'finalize', teamId: 'team-b', jobId: 'job-1', secret: SECRET })).rejects.toMatchObject({
       name: 'MintRefused',
       message: expect.stringMatching(/no running execution registered a secret for job job-1 of team team-b/),
     });

@@ -10,6 +10,7 @@ import { GetCommand } from '@aws-sdk/lib-dynamodb';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { secretKey } from '../../lambdas/mint/handler';
 import { type DatasetPlan, DatasetPlanSchema, ManifestSchema, type Status } from '../../lambdas/shared/contract';
+import { lambdaMint } from '../../lambdas/shared/credentials';
 import { type JobRef, keys } from '../../lambdas/shared/keys';
 import { getJson, getValidJson, listAll, putBytes, putJson } from '../../lambdas/shared/s3';
 import { readStatus } from '../../lambdas/shared/status';
@@ -18,6 +19,7 @@ import { start } from '../../lambdas/start/handler';
 import { type StateMachineDefinition, stateMachineDefinition, synthesizeTemplate } from '../../scripts/local/definition';
 import { syntheticPhotos } from '../../scripts/local/demo-photos';
 import { noGpuRunner } from '../../scripts/local/gpu';
+import { startLocalMint } from '../../scripts/local/mint';
 import { configureHandlers, LOCAL_CREDENTIALS, LOCAL_REGION, type Moto, startMoto } from '../../scripts/local/moto';
 import { type LocalTeams, localTeams } from '../../scripts/local/teams';
 import { BatchJobFailed, type BatchRunner, inProcessLambda, type LambdaRunner, type RunResult, runWorkflow } from '../../scripts/local/workflow';
@@ -102,8 +104,8 @@ describeWithMoto('state machine, executed locally', () => {
     const sha256 = (text: string) => createHash('sha256').update(text).digest('hex');
     const train = gpuSecrets.get('team-a/happy/train')!;
     const evaluate = gpuSecrets.get('team-a/happy/evaluate')!;
-    expect(train).toMatch(/^[0-9a-f]{64}$/);
-    expect(evaluate).toMatch(/^[0-9a-f]{64}$/);
+    expect(train).toMatch(/^[0-9a-f-]{36}$/);
+    expect(evaluate).toMatch(/^[0-9a-f-]{36}$/);
     expect(evaluate).not.toBe(train);
     const registry = teamsDocumentClient({ endpoint: moto.endpoint, region: LOCAL_REGION, credentials: LOCAL_CREDENTIALS });
     const { Item } = await registry.send(new GetCommand({ TableName: process.env.TEAMS_TABLE, Key: secretKey('team-a', 'happy') }));
@@ -112,6 +114,33 @@ describeWithMoto('state machine, executed locally', () => {
     // Stage secrets are not the team's to see: status.json and the manifest never carry them.
     expect(JSON.stringify(await statusOf(job))).not.toContain(train);
     expect(JSON.stringify(manifest)).not.toContain(evaluate);
+  });
+
+  it('with mint configured, each stage gets its S3 credentials from mint for its own stage secret only', async () => {
+    const job = { teamId: 'team-b', jobId: 'minted' };
+    await submit(job);
+    const local = await startLocalMint({ endpoint: moto.endpoint, tableName: process.env.TEAMS_TABLE!, buckets: { inbox: INBOX, artifacts: ARTIFACTS } });
+    Object.assign(process.env, local.env);
+    try {
+      const result = await runWorkflow(definition, job, { taskTokens: teams.taskTokens, batch: gpuStandIn });
+
+      expect(result.cause).toBeUndefined();
+      expect(result.succeeded).toBe(true);
+      // The Lambda stages minted with the secrets the state machine registered, each its own.
+      expect(local.invocations.map((i) => [i.stage, i.teamId, i.jobId])).toEqual(
+        ['validate', 'normalize', 'admit', 'finalize'].map((stage) => [stage, 'team-b', 'minted']),
+      );
+      expect(new Set(local.invocations.map((i) => i.secret)).size).toBe(4);
+      // What the train GPU job was given mints train's credentials, and no other stage's.
+      const mint = lambdaMint(local.env.MINT_FUNCTION);
+      const secret = gpuSecrets.get('team-b/minted/train')!;
+      expect((await mint({ stage: 'train', ...job, secret })).sessionToken).toBeTruthy();
+      await expect(mint({ stage: 'evaluate', ...job, secret })).rejects.toMatchObject({ name: 'MintRefused' });
+      await expect(mint({ stage: 'train', teamId: 'team-a', jobId: 'minted', secret })).rejects.toMatchObject({ name: 'MintRefused' });
+    } finally {
+      delete process.env.MINT_FUNCTION;
+      await local.stop();
+    }
   });
 
   it('retries a transient Batch failure and then succeeds', async () => {
