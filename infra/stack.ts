@@ -7,6 +7,7 @@ import { Alarms } from './constructs/alarms';
 import { Announce } from './constructs/announce';
 import { JobApi } from './constructs/api';
 import { GpuBatch } from './constructs/gpu-batch';
+import { JobCredentials } from './constructs/job-credentials';
 import { Reconcile } from './constructs/reconcile';
 import { SiloBudget } from './constructs/silo';
 import { StageFunctions } from './constructs/stage-functions';
@@ -57,6 +58,8 @@ export class AvatarStack extends Stack {
   public readonly teams: Teams;
   /** The job API (HTTP API, Cognito clients, webhooks). */
   public readonly api: JobApi;
+  /** The mint function and the data roles it assumes (isolation by credentials). */
+  public readonly credentials: JobCredentials;
   /** Silo mode's account budget alert (absent in pool mode). */
   public readonly silo?: SiloBudget;
 
@@ -70,6 +73,15 @@ export class AvatarStack extends Stack {
       jobDataRetentionDays: config.jobDataRetentionDays,
     });
 
+    const teams = new Teams(this, 'Teams');
+    const executionTimeout = Duration.hours(config.executionTimeoutHours);
+    const credentials = new JobCredentials(this, 'JobCredentials', {
+      inbox: storage.inbox,
+      artifacts: storage.artifacts,
+      teamsTable: teams.table,
+      executionTimeout,
+    });
+
     const gpu = new GpuBatch(this, 'GpuBatch', {
       inbox: storage.inbox,
       artifacts: storage.artifacts,
@@ -81,9 +93,9 @@ export class AvatarStack extends Stack {
       spot: config.spot,
       rootVolumeGiB: config.rootVolumeGiB,
       baseModelKey: config.baseModelKey,
+      credentials,
     });
 
-    const teams = new Teams(this, 'Teams');
     teams.attachTo(gpu.jobQueue, [gpu.train, gpu.evaluate]);
 
     const functions = new StageFunctions(this, 'Stages', {
@@ -92,12 +104,14 @@ export class AvatarStack extends Stack {
       urlExpirySeconds: config.urlExpirySeconds,
       teamsTable: teams.table,
       jobQueue: gpu.jobQueue,
+      credentials,
     });
 
     const workflow = new Workflow(this, 'Workflow', {
       functions,
       batchJobs: gpu,
-      timeout: Duration.hours(config.executionTimeoutHours),
+      teamsTable: teams.table,
+      timeout: executionTimeout,
     });
 
     // A separate policy, not the roles' default ones: the state machine references the functions,
@@ -150,6 +164,7 @@ export class AvatarStack extends Stack {
     this.alarms = alarms;
     this.teams = teams;
     this.api = api;
+    this.credentials = credentials;
     if (config.silo) this.silo = new SiloBudget(this, 'Silo', config.silo);
 
     new CfnOutput(this, 'InboxBucketName', { value: storage.inbox.bucketName, description: 'Upload photos and job.json here' });

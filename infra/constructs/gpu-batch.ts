@@ -4,10 +4,10 @@ import type * as ec2 from 'aws-cdk-lib/aws-ec2';
 import type * as s3 from 'aws-cdk-lib/aws-s3';
 import { Construct } from 'constructs';
 import { DEFAULT_BASE_MODEL_KEY, splitVcpus } from '../config';
-import { grantStageAccess } from './bucket-access';
 import { GpuCompute } from './gpu-compute';
 import { ATTEMPT_TIMEOUTS, GpuJobDefinitions, type GpuStage, JOB_ATTEMPTS, JOB_VCPUS } from './gpu-jobs';
 import { GpuNetwork } from './gpu-network';
+import type { JobCredentials } from './job-credentials';
 
 /** Allowance for an instance to boot, join the cluster and pull the image, per attempt. */
 export const STARTUP_ALLOWANCE = Duration.minutes(15);
@@ -58,13 +58,15 @@ export interface GpuBatchProps {
    * @default DEFAULT_BASE_MODEL_KEY
    */
   readonly baseModelKey?: string;
+  /** Mints the jobs' S3 credentials (isolation by credentials): the task roles may only invoke it. */
+  readonly credentials: JobCredentials;
 }
 
 /**
  * GPU compute for the caption, train and evaluate stages on AWS Batch: the network
  * ({@link GpuNetwork}), the Spot/on-demand fleet and its queue ({@link GpuCompute}) and two jobs from
- * one image ({@link GpuJobDefinitions}: caption then train, and evaluate), whose task roles reach only
- * their stages' keys (lambdas/shared/access.ts).
+ * one image ({@link GpuJobDefinitions}: caption then train, and evaluate), whose task roles only invoke
+ * mint for credentials that reach their stages' keys of their job (lambdas/shared/access.ts).
  */
 export class GpuBatch extends Construct {
   /** Queue every GPU job is submitted to (Spot first when enabled). */
@@ -116,9 +118,10 @@ export class GpuBatch extends Construct {
       inbox: props.inbox,
       artifacts: props.artifacts,
       baseModelKey: props.baseModelKey ?? DEFAULT_BASE_MODEL_KEY,
+      mintFunctionName: props.credentials.mint.functionName,
     });
     for (const job of ['train', 'evaluate'] as const) {
-      grantStageAccess(jobs[job].jobRole, props, job);
+      props.credentials.grantMint(jobs[job].jobRole);
     }
     this.train = jobs.train.definition;
     this.evaluate = jobs.evaluate.definition;

@@ -41,6 +41,8 @@ export interface GpuJobDefinitionsProps {
   readonly artifacts: s3.IBucket;
   /** Artifacts-bucket key of the base model (`AVATAR_BASE_MODEL_KEY` of train and evaluate). */
   readonly baseModelKey: string;
+  /** The mint function (`AVATAR_MINT_FUNCTION`): the jobs' S3 credentials come from it, per job. */
+  readonly mintFunctionName: string;
 }
 
 /** One stage's job definition and the task role its grants go to. */
@@ -57,7 +59,8 @@ export interface GpuJob {
  * resumes training from the newest state. Both jobs have `/dev/shm` and `nofile` sized for the data
  * loaders, the host model cache mounted, and a retry strategy that resubmits a job after a Spot reclaim
  * (`Host EC2*`) or an image pull/start failure and stops on anything else. The Step Functions tasks do
- * not resubmit failed jobs. The task roles start empty; {@link GpuBatch} grants them their stages' keys.
+ * not resubmit failed jobs. The task roles start empty; {@link GpuBatch} lets them invoke mint, whose
+ * credentials (the stage's data role, limited to the job) reach their stages' keys.
  *
  * Builds its resources in `scope` (the {@link GpuBatch}), so they keep their logical IDs.
  */
@@ -107,6 +110,8 @@ export class GpuJobDefinitions {
       AVATAR_STOP_TIMEOUT_S: String(CONTAINER_STOP_TIMEOUT_S),
       // A SIGTERM before the last attempt leaves status `running`: Batch retries a Spot reclaim.
       AVATAR_BATCH_ATTEMPTS: String(JOB_ATTEMPTS),
+      // The job's S3 credentials: minted for its job with AVATAR_JOB_SECRET (from SubmitJob).
+      AVATAR_MINT_FUNCTION: props.mintFunctionName,
     };
     const newJob = (stage: GpuStage, command: string[], extraEnv: Record<string, string> = {}): GpuJob => {
       const jobRole = new iam.Role(scope, `${pascal(stage)}JobRole`, {

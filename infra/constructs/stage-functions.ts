@@ -5,6 +5,7 @@ import * as iam from 'aws-cdk-lib/aws-iam';
 import type * as s3 from 'aws-cdk-lib/aws-s3';
 import { Construct } from 'constructs';
 import { grantStageAccess } from './bucket-access';
+import type { JobCredentials } from './job-credentials';
 import { LambdaFunction } from './lambda-function';
 
 /** Props of {@link StageFunctions}. */
@@ -22,6 +23,8 @@ export interface StageFunctionsProps {
   readonly teamsTable: dynamodb.ITable;
   /** The GPU job queue, where the ends of a job look up its Batch jobs to price them. */
   readonly jobQueue: batch.IJobQueue;
+  /** Mints the job-scoped S3 credentials of the workflow's Lambda stages. */
+  readonly credentials: JobCredentials;
 }
 
 /** Item actions the admission and release code uses (transactions need no action of their own). */
@@ -45,8 +48,8 @@ const FACE_MODULES = ['@vladmandic/human', 'onnxruntime-node'];
 
 /**
  * The Lambda steps of the workflow (`validate`, `normalize`, `finalize`, `mark-failed`), and
- * `reconcile`, which records the end of an execution that skipped MarkFailed; each with a role that
- * reaches only the key prefixes its stage reads and writes.
+ * `reconcile`, which records the end of an execution that skipped MarkFailed. The workflow's stages
+ * get their S3 access per job from mint ({@link JobCredentials}); reconcile keeps its own grants.
  */
 export class StageFunctions extends Construct {
   /** Checks uploads and job.json; writes `validate/`. */
@@ -79,7 +82,6 @@ export class StageFunctions extends Construct {
       environment,
       nodeModules: [...DECODE_MODULES, ...FACE_MODULES],
     });
-    grantStageAccess(this.validate.executionRole, props, 'validate');
 
     this.normalize = new LambdaFunction(this, 'Normalize', {
       stage: 'normalize',
@@ -87,7 +89,6 @@ export class StageFunctions extends Construct {
       timeout: Duration.minutes(15),
       environment,
     });
-    grantStageAccess(this.normalize.executionRole, props, 'normalize');
 
     this.finalize = new LambdaFunction(this, 'Finalize', {
       stage: 'finalize',
@@ -95,7 +96,6 @@ export class StageFunctions extends Construct {
       timeout: Duration.minutes(5),
       environment: { ...environment, URL_EXPIRY_SECONDS: String(props.urlExpirySeconds ?? 3600) },
     });
-    grantStageAccess(this.finalize.executionRole, props, 'finalize');
 
     // The SystemFailures metric (lambdas/shared/metrics.ts) carries the stack name as its dimension.
     const metricsEnv = { METRICS_STACK_NAME: Stack.of(this).stackName };
@@ -105,7 +105,6 @@ export class StageFunctions extends Construct {
       timeout: Duration.minutes(1),
       environment: { ...environment, ...metricsEnv },
     });
-    grantStageAccess(this.markFailed.executionRole, props, 'mark-failed');
 
     this.reconcile = new LambdaFunction(this, 'Reconcile', {
       stage: 'reconcile',
@@ -122,7 +121,6 @@ export class StageFunctions extends Construct {
       timeout: Duration.seconds(30),
       environment: { ...environment, ...teamsEnv },
     });
-    grantStageAccess(this.admit.executionRole, props, 'admit');
     this.admit.executionRole.addToPrincipalPolicy(new iam.PolicyStatement({ actions: REGISTRY_ACTIONS, resources: [props.teamsTable.tableArn] }));
 
     // The ends of a job charge its cost and release its slot (lambdas/shared/accounting.ts).
@@ -142,5 +140,12 @@ export class StageFunctions extends Construct {
       });
     }
     this.taskResponders = [this.admit, this.finalize, this.markFailed, this.reconcile];
+
+    // The workflow's Lambda stages act on the one job of their execution: no S3 grant of their own, only
+    // mint, whose credentials reach that job's keys (reconcile acts on jobs named by events: above).
+    for (const fn of [this.validate, this.normalize, this.admit, this.finalize, this.markFailed]) {
+      fn.addEnvironment('MINT_FUNCTION', props.credentials.mint.functionName);
+      props.credentials.grantMint(fn.executionRole);
+    }
   }
 }

@@ -1,11 +1,13 @@
 import { Duration, RemovalPolicy, Stack, Validations } from 'aws-cdk-lib';
 import type * as batch from 'aws-cdk-lib/aws-batch';
+import type * as dynamodb from 'aws-cdk-lib/aws-dynamodb';
 import * as iam from 'aws-cdk-lib/aws-iam';
 import type * as lambda from 'aws-cdk-lib/aws-lambda';
 import * as logs from 'aws-cdk-lib/aws-logs';
 import * as sfn from 'aws-cdk-lib/aws-stepfunctions';
 import * as tasks from 'aws-cdk-lib/aws-stepfunctions-tasks';
 import { Construct } from 'constructs';
+import { DATA_STAGES, type DataStage } from '../../lambdas/shared/session-policy';
 import { stageTimeout } from './gpu-batch';
 import { iam5ResourceFinding } from './nag';
 import { TeamBatchSubmitJob } from './team-batch-job';
@@ -45,6 +47,8 @@ export interface WorkflowProps {
   readonly functions: WorkflowFunctions;
   /** The Batch steps. */
   readonly batchJobs: WorkflowBatchJobs;
+  /** The team registry: the state machine registers the hashes of each execution's stage secrets there (mint reads them). */
+  readonly teamsTable: dynamodb.ITable;
   /**
    * Timeout of a whole execution.
    * @default Duration.hours(12)
@@ -59,6 +63,8 @@ export interface WorkflowProps {
 
 /** State names: other code (local workflow tests) maps handlers by these names. */
 export const STATE_NAMES = {
+  createSecret: 'CreateJobSecret',
+  registerSecret: 'RegisterJobSecret',
   validate: 'Validate',
   normalize: 'Normalize',
   admit: 'Admit',
@@ -96,9 +102,12 @@ export const BATCH_RETRY_ERRORS = ['Batch.AWSBatchException', 'Batch.ServerExcep
  */
 export const LAMBDA_STATE_MARGIN = Duration.seconds(30);
 
+/** The registry item of a job's secret (lambdas/mint/handler.ts `secretKey`): no team, job, wait or cost item uses `SECRET#`. */
+const SECRET_SK_PREFIX = 'SECRET#';
+
 /**
  * The job state machine (STANDARD, JSONPath):
- * `Validate -> Normalize -> Admit -> Train -> Evaluate -> Finalize -> Succeeded`,
+ * `CreateJobSecret -> RegisterJobSecret -> Validate -> Normalize -> Admit -> Train -> Evaluate -> Finalize -> Succeeded`,
  * with every task caught into `MarkFailed -> Failed`. `Train` is one GPU job that runs the caption
  * stage and then the train stage (each reports as itself in status.json); `Evaluate` is the second.
  *
@@ -108,14 +117,21 @@ export const LAMBDA_STATE_MARGIN = Duration.seconds(30);
  * decision is kept at `$.admit.result`. Its timeout is the execution's: a job may wait for a slot as
  * long as its execution may run.
  *
+ * Stage secrets (isolation by credentials, docs/architecture.md): `CreateJobSecret` puts one fresh
+ * `States.UUID()` per data stage at `$.stageSecrets` ({@link stageSecret}), and `RegisterJobSecret`
+ * writes the SHA-256 of each to the team registry (`pk=TEAM#<teamId>, sk=SECRET#<jobId>`, map
+ * `stageSecrets` by stage name), from the state machine itself: no stage can register one. Each stage
+ * gets its own secret only and shows it to the mint function for its job's S3 credentials, which are
+ * that stage's only.
+ *
  * Input:
  * ```json
  * { "teamId": "acme", "jobId": "job-42" }
  * ```
- * Every Lambda step receives `{ "teamId", "jobId" }` and its result is kept at
+ * Every Lambda step receives `{ "teamId", "jobId", "jobSecret" }` (its stage's secret) and its result is kept at
  * `$.<stage>.result` (the Lambda `Payload`); every Batch step is submitted as job
  * `<jobId>-<md5(teamId/jobId)>-<stage>` (at most 105 characters, under Batch's 128; unique per job,
- * see {@link batchJobName}) with env `AVATAR_TEAM_ID`/`AVATAR_JOB_ID`, and its Batch job id is kept
+ * see {@link batchJobName}) with env `AVATAR_TEAM_ID`/`AVATAR_JOB_ID`/`AVATAR_JOB_SECRET`, and its Batch job id is kept
  * at `$.<stage>.jobId`.
  *
  * Timeouts: every task has its own `TimeoutSeconds` (Lambda: the function timeout plus
@@ -133,7 +149,7 @@ export const LAMBDA_STATE_MARGIN = Duration.seconds(30);
  *
  * Error: the failing step's error is stored at `$.failure.<stage>` as
  * `{ "Error": "<name>", "Cause": "<message>" }` and handed to `mark-failed` as
- * `{ "teamId", "jobId", "failure": { "<stage>": { "Error", "Cause" } } }`; the execution then ends
+ * `{ "teamId", "jobId", "jobSecret", "failure": { "<stage>": { "Error", "Cause" } } }`; the execution then ends
  * in the `Failed` state with error `JobFailed`.
  *
  * Retries: Lambda steps retry {@link LAMBDA_RETRY_ERRORS} (2 s, x2, 5 attempts, full jitter);
@@ -154,26 +170,26 @@ export class Workflow extends Construct {
       error: 'JobFailed',
       cause: 'A stage failed; see status.json of the job and $.failure in the execution history',
     });
-    const markFailed = lambdaStep(this, STATE_NAMES.markFailed, functions.markFailed, 'markFailed', {
+    const jobRef = (stage: DataStage) => ({
       teamId: sfn.JsonPath.stringAt('$.teamId'),
       jobId: sfn.JsonPath.stringAt('$.jobId'),
+      jobSecret: stageSecret(stage),
+    });
+    const markFailed = lambdaStep(this, STATE_NAMES.markFailed, functions.markFailed, 'markFailed', {
+      ...jobRef('mark-failed'),
       failure: sfn.JsonPath.objectAt('$.failure'),
     });
     // Even if recording the failure fails, end in the same terminal error for alarms and callers.
     markFailed.addCatch(failed, { errors: [sfn.Errors.ALL], resultPath: '$.failure.markFailed' });
     markFailed.next(failed);
 
-    const jobRef = {
-      teamId: sfn.JsonPath.stringAt('$.teamId'),
-      jobId: sfn.JsonPath.stringAt('$.jobId'),
-    };
     const catchInto = <T extends tasks.LambdaInvoke | tasks.BatchSubmitJob>(task: T, stage: string): T => {
       task.addCatch(markFailed, { errors: [sfn.Errors.ALL], resultPath: `$.failure.${stage}` });
       return task;
     };
 
-    const validate = catchInto(lambdaStep(this, STATE_NAMES.validate, functions.validate, 'validate', jobRef), 'validate');
-    const normalize = catchInto(lambdaStep(this, STATE_NAMES.normalize, functions.normalize, 'normalize', jobRef), 'normalize');
+    const validate = catchInto(lambdaStep(this, STATE_NAMES.validate, functions.validate, 'validate', jobRef('validate')), 'validate');
+    const normalize = catchInto(lambdaStep(this, STATE_NAMES.normalize, functions.normalize, 'normalize', jobRef('normalize')), 'normalize');
     const executionTimeout = props.timeout ?? Duration.hours(12);
     const admit = catchInto(
       lambdaStep(
@@ -181,7 +197,7 @@ export class Workflow extends Construct {
         STATE_NAMES.admit,
         functions.admit,
         'admit',
-        { ...jobRef, taskToken: sfn.JsonPath.taskToken },
+        { ...jobRef('admit'), taskToken: sfn.JsonPath.taskToken },
         {
           integrationPattern: sfn.IntegrationPattern.WAIT_FOR_TASK_TOKEN,
           timeout: executionTimeout,
@@ -195,10 +211,48 @@ export class Workflow extends Construct {
       catchInto(batchStep(this, name, batchJobs.jobQueue, batchJobs[stage], stage, stageTimeout(stage, batchJobs.gpuWait)), stage);
     const train = gpuStep(STATE_NAMES.train, 'train');
     const evaluate = gpuStep(STATE_NAMES.evaluate, 'evaluate');
-    const finalize = catchInto(lambdaStep(this, STATE_NAMES.finalize, functions.finalize, 'finalize', jobRef), 'finalize');
+    const finalize = catchInto(lambdaStep(this, STATE_NAMES.finalize, functions.finalize, 'finalize', jobRef('finalize')), 'finalize');
     const succeeded = new sfn.Succeed(this, STATE_NAMES.succeeded);
 
-    const definition = validate.next(normalize).next(admit).next(train).next(evaluate).next(finalize).next(succeeded);
+    // The execution input is `{ teamId, jobId }` (lambdas/start); the stage secrets join it.
+    const createSecret = new sfn.Pass(this, STATE_NAMES.createSecret, {
+      parameters: {
+        teamId: sfn.JsonPath.stringAt('$.teamId'),
+        jobId: sfn.JsonPath.stringAt('$.jobId'),
+        stageSecrets: Object.fromEntries(DATA_STAGES.map((stage) => [secretField(stage), sfn.JsonPath.uuid()])),
+      },
+    });
+    const registerSecret = new tasks.DynamoPutItem(this, STATE_NAMES.registerSecret, {
+      table: props.teamsTable,
+      item: {
+        pk: tasks.DynamoAttributeValue.fromString(sfn.JsonPath.format('TEAM#{}', sfn.JsonPath.stringAt('$.teamId'))),
+        sk: tasks.DynamoAttributeValue.fromString(sfn.JsonPath.format(`${SECRET_SK_PREFIX}{}`, sfn.JsonPath.stringAt('$.jobId'))),
+        // What mint compares a presented stage secret with (lambdas/mint/handler.ts).
+        stageSecrets: tasks.DynamoAttributeValue.fromMap(
+          Object.fromEntries(DATA_STAGES.map((stage) => [stage, tasks.DynamoAttributeValue.fromString(sfn.JsonPath.hash(stageSecret(stage), 'SHA-256'))])),
+        ),
+        // mint refuses a secret older than the execution timeout: the execution has ended by then.
+        registeredAt: tasks.DynamoAttributeValue.fromString(sfn.JsonPath.stringAt('$$.Execution.StartTime')),
+      },
+      resultPath: sfn.JsonPath.DISCARD,
+      taskTimeout: sfn.Timeout.duration(Duration.seconds(30)),
+    });
+    registerSecret.addRetry({
+      errors: [
+        'DynamoDB.ProvisionedThroughputExceededException',
+        'DynamoDB.RequestLimitExceeded',
+        'DynamoDB.InternalServerErrorException',
+        'DynamoDB.ThrottlingException',
+      ],
+      interval: Duration.seconds(2),
+      backoffRate: 2,
+      maxAttempts: 5,
+      jitterStrategy: sfn.JitterType.FULL,
+    });
+    // Not caught into MarkFailed: without a registered secret MarkFailed could not get credentials
+    // either. The execution fails, and reconcile records that from its status-change event.
+
+    const definition = createSecret.next(registerSecret).next(validate).next(normalize).next(admit).next(train).next(evaluate).next(finalize).next(succeeded);
 
     this.logGroup = new logs.LogGroup(this, 'Logs', {
       // The vendedlogs prefix keeps the CloudWatch Logs resource policy small (AWS guidance).
@@ -214,7 +268,7 @@ export class Workflow extends Construct {
       timeout: executionTimeout,
       tracingEnabled: true,
       logs: { destination: this.logGroup, level: sfn.LogLevel.ALL, includeExecutionData: true },
-      comment: 'Avatar LoRA job: validate, normalize, admit, caption+train (one GPU job), evaluate, finalize',
+      comment: 'Avatar LoRA job: stage secrets, validate, normalize, admit, caption+train (one GPU job), evaluate, finalize',
     });
 
     const role = this.stateMachine.role;
@@ -262,6 +316,21 @@ export function batchJobName(stage: string): string {
   return sfn.JsonPath.format(`{}-{}-${stage}`, sfn.JsonPath.stringAt('$.jobId'), digest);
 }
 
+/**
+ * The secret a stage is given: its own `States.UUID()` of the execution, at `$.stageSecrets.<stage>`
+ * (camelCase: a `-` would need JSONPath brackets). It proves that stage of that job to mint and
+ * nothing else. Independent UUIDs rather than hashes of one job secret: registering a hash of a hash
+ * would nest States.Hash, which the local emulator does not evaluate as sha256(sha256(x)).
+ */
+export function stageSecret(stage: DataStage): string {
+  return sfn.JsonPath.stringAt(`$.stageSecrets.${secretField(stage)}`);
+}
+
+/** `mark-failed` -> `markFailed`. */
+function secretField(stage: DataStage): string {
+  return stage.replace(/-([a-z])/g, (_m, c: string) => c.toUpperCase());
+}
+
 /** A unique, deterministic log group suffix (no hard-coded physical name, no time-based hash). */
 function idSuffix(scope: Construct): string {
   return `avatar-workflow-${scope.node.addr.slice(0, 12)}`;
@@ -301,7 +370,7 @@ function batchStep(
   name: string,
   jobQueue: batch.IJobQueue,
   jobDefinition: batch.IJobDefinition,
-  stage: 'caption' | 'train' | 'evaluate',
+  stage: 'train' | 'evaluate',
   timeout: Duration,
 ): tasks.BatchSubmitJob {
   // The team's share identifier, stage priority and team/job/stage tags (see TeamBatchSubmitJob).
@@ -316,6 +385,8 @@ function batchStep(
       environment: {
         AVATAR_TEAM_ID: sfn.JsonPath.stringAt('$.teamId'),
         AVATAR_JOB_ID: sfn.JsonPath.stringAt('$.jobId'),
+        // The stage secret, shown to mint for the job's S3 credentials (containers/common: AVATAR_MINT_FUNCTION).
+        AVATAR_JOB_SECRET: stageSecret(stage),
       },
     },
     resultSelector: { 'jobId.$': '$.JobId' },

@@ -66,6 +66,11 @@ export async function finalize(ctx: StageContext, options: FinalizeOptions): Pro
     .sort((a, b) => a.name.localeCompare(b.name));
 
   const created = ctx.now();
+  // A URL signed with minted credentials stops working when they expire (at most an hour): the
+  // manifest states the true expiry; the job API signs fresh links at request time.
+  const urlSeconds = ctx.credentialsExpireAt
+    ? Math.max(1, Math.min(options.urlExpirySeconds, Math.floor((ctx.credentialsExpireAt.getTime() - created.getTime()) / 1000)))
+    : options.urlExpirySeconds;
   const artifacts = await pMap(
     objects,
     async (o) => ({
@@ -75,7 +80,7 @@ export async function finalize(ctx: StageContext, options: FinalizeOptions): Pro
       size: o.size,
       sha256: await sha256(ctx, o.key),
       url: await getSignedUrl(ctx.s3, new GetObjectCommand({ Bucket: ctx.artifactsBucket, Key: o.key }), {
-        expiresIn: options.urlExpirySeconds,
+        expiresIn: urlSeconds,
       }),
     }),
     { concurrency: HASH_CONCURRENCY, stopOnError: true },
@@ -86,7 +91,7 @@ export async function finalize(ctx: StageContext, options: FinalizeOptions): Pro
     ...ctx.job,
     ...(cost ? { cost } : {}),
     createdAt: created.toISOString(),
-    urlExpiresAt: new Date(created.getTime() + options.urlExpirySeconds * 1000).toISOString(),
+    urlExpiresAt: new Date(created.getTime() + urlSeconds * 1000).toISOString(),
     artifacts,
     recommendation: await recommendation(ctx),
   });

@@ -142,7 +142,8 @@ export async function markFailed(ctx: StageContext, input: z.output<typeof MarkF
 export async function handler(event: unknown): Promise<Status> {
   try {
     const input = MarkFailedInputSchema.parse(event);
-    return await markFailed(contextFromEnv({ teamId: input.teamId, jobId: input.jobId }), input, accountingFromEnv());
+    // Even after a stage failed, the execution's secret gets mark-failed its own credentials for the job.
+    return await markFailed(await contextFromEnv('mark-failed', { teamId: input.teamId, jobId: input.jobId }, input.jobSecret), input, accountingFromEnv());
   } catch (error) {
     throw toLambdaError(error);
   }

@@ -440,7 +440,11 @@ export const ManifestSchema = z
 export type Manifest = z.infer<typeof ManifestSchema>;
 
 /** Execution input, from the `start` function. */
-export const ExecutionInputSchema = z.object({ teamId: IdSchema, jobId: IdSchema }).strict();
+/** The execution's job secret (a `States.UUID()`), shown to the mint function for the job's S3 credentials. */
+export const JobSecretSchema = z.string().min(16).max(256);
+
+/** What each workflow stage receives; `jobSecret` is added by the state machine (absent in local tools' calls). */
+export const ExecutionInputSchema = z.object({ teamId: IdSchema, jobId: IdSchema, jobSecret: JobSecretSchema.optional() }).strict();
 export type ExecutionInput = z.infer<typeof ExecutionInputSchema>;
 
 /** Turns zod issues into one message that names each offending field and says what to do. */

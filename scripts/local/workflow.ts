@@ -6,6 +6,7 @@
  */
 import { join } from 'node:path';
 import './polyfill';
+import { DynamoDBClient, PutItemCommand, type PutItemCommandInput } from '@aws-sdk/client-dynamodb';
 import { StateMachine } from 'aws-local-stepfunctions';
 import type { StateMachineDefinition } from './definition';
 import type { TaskTokens } from './task-tokens';
@@ -13,6 +14,24 @@ import type { TaskTokens } from './task-tokens';
 const LAMBDA_INVOKE = 'arn:aws:states:::lambda:invoke';
 const LAMBDA_INVOKE_CALLBACK = 'arn:aws:states:::lambda:invoke.waitForTaskToken';
 const BATCH_SUBMIT_SYNC = 'arn:aws:states:::batch:submitJob.sync';
+const DYNAMODB_PUT_ITEM = 'arn:aws:states:::dynamodb:putItem';
+
+/**
+ * The DynamoDB PutItem integration (RegisterJobSecret), against the local registry table: the
+ * definition names the deployed table, locally it is `TEAMS_TABLE` (scripts/local/teams.ts sets it
+ * and the DynamoDB endpoint). Errors get the integration's `DynamoDB.<name>` names.
+ */
+async function localPutItem(params: PutItemCommandInput): Promise<unknown> {
+  const table = process.env.TEAMS_TABLE;
+  if (!table) throw new Error('a DynamoDB PutItem state runs against the local registry: set TEAMS_TABLE (scripts/local/teams.ts does)');
+  try {
+    await new DynamoDBClient({}).send(new PutItemCommand({ ...params, TableName: table }));
+    return {};
+  } catch (error) {
+    const e = error as Error;
+    throw Object.assign(new Error(e.message), { name: `DynamoDB.${e.name}` });
+  }
+}
 
 /** `Validate` -> `validate`, `MarkFailed` -> `mark-failed`: the state name and the handler folder are one name. */
 export function stageOf(stateName: string): string {
@@ -135,6 +154,8 @@ export function startWorkflow(definition: StateMachineDefinition, input: unknown
         await lambda(stage, (params as { Payload: unknown }).Payload);
         return tokens.wait(taskToken!);
       };
+    } else if (state.Resource === DYNAMODB_PUT_ITEM) {
+      handlers[name] = async (params) => localPutItem(params as PutItemCommandInput);
     } else if (state.Resource === BATCH_SUBMIT_SYNC) {
       handlers[name] = async (params) => options.batch(stage, params as SubmitJobParameters, { signal: stopped.signal });
     } else {

@@ -16,9 +16,9 @@ beforeAll(() => {
 const job = (bucket: string, rest: string) => `${bucket}/teams/*/jobs/*/${rest}`;
 const sorted = (xs: string[]) => [...xs].sort();
 
-describe('least-privilege S3 access', () => {
+describe('least-privilege S3 access (the data roles mint assumes per job)', () => {
   it('validate reads the job inbox, lists it by prefix, writes validate/ and status.json', () => {
-    const role = s.stack.functions.validate.executionRole;
+    const role = s.stack.credentials.dataRoles.validate;
     expect(s3Grants(s, role)).toEqual({
       's3:GetObject': sorted([job(I, '*'), job(A, 'status.json')]),
       's3:PutObject': sorted([job(A, 'validate/*'), job(A, 'status.json')]),
@@ -29,14 +29,14 @@ describe('least-privilege S3 access', () => {
   });
 
   it('normalize reads photos and the validate report, writes normalize/ (dataset, plan) and status.json', () => {
-    expect(s3Grants(s, s.stack.functions.normalize.executionRole)).toEqual({
+    expect(s3Grants(s, s.stack.credentials.dataRoles.normalize)).toEqual({
       's3:GetObject': sorted([job(I, '*'), job(A, 'validate/*'), job(A, 'status.json')]),
       's3:PutObject': sorted([job(A, 'normalize/*'), job(A, 'status.json')]),
     });
   });
 
   it('finalize reads and lists the job artifacts, writes only manifest.json and status.json', () => {
-    const role = s.stack.functions.finalize.executionRole;
+    const role = s.stack.credentials.dataRoles.finalize;
     expect(s3Grants(s, role)).toEqual({
       's3:GetObject': [job(A, '*')],
       's3:ListBucket': [A],
@@ -47,14 +47,14 @@ describe('least-privilege S3 access', () => {
   });
 
   it('mark-failed can only touch status.json', () => {
-    expect(s3Grants(s, s.stack.functions.markFailed.executionRole)).toEqual({
+    expect(s3Grants(s, s.stack.credentials.dataRoles['mark-failed'])).toEqual({
       's3:GetObject': [job(A, 'status.json')],
       's3:PutObject': [job(A, 'status.json')],
     });
   });
 
   it('the caption+train job reads dataset, captions and models, writes caption/ and train/, prunes only its old state', () => {
-    expect(s3Grants(s, s.stack.gpu.train.container.jobRole!)).toEqual({
+    expect(s3Grants(s, s.stack.credentials.dataRoles.train)).toEqual({
       's3:GetObject': sorted([job(A, 'normalize/*'), job(A, 'caption/*'), `${A}/models/*`, job(A, 'train/*'), job(A, 'status.json')]),
       's3:PutObject': sorted([job(A, 'caption/*'), job(A, 'train/*'), job(A, 'status.json')]),
       's3:DeleteObject': [job(A, 'train/state/*')],
@@ -63,7 +63,7 @@ describe('least-privilege S3 access', () => {
   });
 
   it('the evaluate job reads checkpoints, dataset, models and the report inputs, writes evaluate/', () => {
-    expect(s3Grants(s, s.stack.gpu.evaluate.container.jobRole!)).toEqual({
+    expect(s3Grants(s, s.stack.credentials.dataRoles.evaluate)).toEqual({
       's3:GetObject': sorted([
         job(A, 'train/*'),
         job(A, 'normalize/*'),
@@ -78,7 +78,7 @@ describe('least-privilege S3 access', () => {
 
   it('no GPU job can read the inbox', () => {
     for (const stage of ['train', 'evaluate'] as const) {
-      const grants = Object.values(s3Grants(s, s.stack.gpu[stage].container.jobRole!)).flat();
+      const grants = Object.values(s3Grants(s, s.stack.credentials.dataRoles[stage])).flat();
       expect(grants.filter((r) => r.startsWith(I))).toEqual([]);
     }
   });
@@ -118,16 +118,16 @@ describe('batch roles', () => {
 describe('IAM key patterns derived from the key layout (lambdas/shared/access.ts)', () => {
   const roles = (): Record<AccessStage, iam.IRole> => ({
     start: s.stack.trigger.startFunction.executionRole,
-    validate: s.stack.functions.validate.executionRole,
-    normalize: s.stack.functions.normalize.executionRole,
-    finalize: s.stack.functions.finalize.executionRole,
-    'mark-failed': s.stack.functions.markFailed.executionRole,
+    validate: s.stack.credentials.dataRoles.validate,
+    normalize: s.stack.credentials.dataRoles.normalize,
+    finalize: s.stack.credentials.dataRoles.finalize,
+    'mark-failed': s.stack.credentials.dataRoles['mark-failed'],
     reconcile: s.stack.functions.reconcile.executionRole,
-    train: s.stack.gpu.train.container.jobRole!,
-    evaluate: s.stack.gpu.evaluate.container.jobRole!,
+    train: s.stack.credentials.dataRoles.train,
+    evaluate: s.stack.credentials.dataRoles.evaluate,
     api: s.stack.api.function.executionRole,
     notify: s.stack.api.notifyFunction.executionRole,
-    admit: s.stack.functions.admit.executionRole,
+    admit: s.stack.credentials.dataRoles.admit,
     announce: s.stack.announce.function.executionRole,
     results: s.stack.api.resultsSigningRole,
   });

@@ -11,7 +11,8 @@ const fnProps = (fn: { functionArn: string }) => s.json.Resources[logicalId(s.st
 describe('stage functions', () => {
   it('run Node.js 22 on x86_64 with active tracing, every one of them', () => {
     const fns = resourcesOfType(s.json, 'AWS::Lambda::Function');
-    expect(fns).toHaveLength(10); // 5 stages, admit, reconcile, the job API, its webhook sender (infra/constructs/api.ts), announce (infra/constructs/announce.ts)
+    // 5 stages, admit, reconcile, the job API, its webhook sender (infra/constructs/api.ts), announce (infra/constructs/announce.ts), mint (infra/constructs/job-credentials.ts)
+    expect(fns).toHaveLength(11);
     for (const [, fn] of fns) {
       expect(fn.Properties).toMatchObject({ Runtime: 'nodejs22.x', Architectures: ['x86_64'], TracingConfig: { Mode: 'Active' } });
       expect(fn.Properties.Environment.Variables).toMatchObject({ SERVICE_NAME: 'avatar', NODE_OPTIONS: '--enable-source-maps' });

@@ -42,13 +42,13 @@ describe('workflow definition', () => {
     const order: string[] = [];
     for (let name: string | undefined = asl.StartAt; name; name = asl.States[name].Next) order.push(name);
     // Train is one GPU job: the caption stage, then the train stage.
-    expect(order).toEqual(['Validate', 'Normalize', 'Admit', 'Train', 'Evaluate', 'Finalize', 'Succeeded']);
+    expect(order).toEqual(['CreateJobSecret', 'RegisterJobSecret', 'Validate', 'Normalize', 'Admit', 'Train', 'Evaluate', 'Finalize', 'Succeeded']);
     expect(asl.States.Succeeded.Type).toBe('Succeed');
   });
 
   it('has exactly the contract states', () => {
     expect(Object.keys(asl.States).sort()).toEqual(
-      ['Admit', 'Evaluate', 'Failed', 'Finalize', 'MarkFailed', 'Normalize', 'Succeeded', 'Train', 'Validate'].sort(),
+      ['CreateJobSecret', 'RegisterJobSecret', 'Admit', 'Evaluate', 'Failed', 'Finalize', 'MarkFailed', 'Normalize', 'Succeeded', 'Train', 'Validate'].sort(),
     );
   });
 
@@ -58,7 +58,12 @@ describe('workflow definition', () => {
       Resource: expect.stringMatching(/:states:::lambda:invoke\.waitForTaskToken$/),
       Parameters: {
         FunctionName: `<${logicalId(s.stack, s.stack.functions.admit.functionArn)}>`,
-        Payload: { 'teamId.$': '$.teamId', 'jobId.$': '$.jobId', 'taskToken.$': '$$.Task.Token' },
+        Payload: {
+          'teamId.$': '$.teamId',
+          'jobId.$': '$.jobId',
+          'jobSecret.$': '$.stageSecrets.admit',
+          'taskToken.$': '$$.Task.Token',
+        },
       },
       ResultSelector: { 'result.$': '$' },
       ResultPath: '$.admit',
@@ -73,7 +78,10 @@ describe('workflow definition', () => {
     expect(asl.States[state]).toMatchObject({
       Type: 'Task',
       Resource: expect.stringMatching(/:states:::lambda:invoke$/),
-      Parameters: { FunctionName: `<${logicalId(s.stack, fn.functionArn)}>`, Payload: { 'teamId.$': '$.teamId', 'jobId.$': '$.jobId' } },
+      Parameters: {
+        FunctionName: `<${logicalId(s.stack, fn.functionArn)}>`,
+        Payload: { 'teamId.$': '$.teamId', 'jobId.$': '$.jobId', 'jobSecret.$': `$.stageSecrets.${stage}` },
+      },
       ResultSelector: { 'result.$': '$.Payload' },
       ResultPath: `$.${stage}`,
     });
@@ -91,6 +99,7 @@ describe('workflow definition', () => {
         Environment: [
           { Name: 'AVATAR_TEAM_ID', 'Value.$': '$.teamId' },
           { Name: 'AVATAR_JOB_ID', 'Value.$': '$.jobId' },
+          { Name: 'AVATAR_JOB_SECRET', 'Value.$': `$.stageSecrets.${stage}` },
         ],
       },
       // Fair share and cost tags (test/infra/teams.test.ts).
@@ -128,7 +137,12 @@ describe('workflow definition', () => {
     const markFailed = asl.States.MarkFailed;
     expect(markFailed.Parameters).toEqual({
       FunctionName: `<${logicalId(s.stack, s.stack.functions.markFailed.functionArn)}>`,
-      Payload: { 'teamId.$': '$.teamId', 'jobId.$': '$.jobId', 'failure.$': '$.failure' },
+      Payload: {
+        'teamId.$': '$.teamId',
+        'jobId.$': '$.jobId',
+        'jobSecret.$': '$.stageSecrets.markFailed',
+        'failure.$': '$.failure',
+      },
     });
     expect(markFailed.Next).toBe('Failed');
     expect(markFailed.Catch).toEqual([{ ErrorEquals: ['States.ALL'], ResultPath: '$.failure.markFailed', Next: 'Failed' }]);
@@ -159,7 +173,7 @@ describe('workflow definition', () => {
 
   it('gives every task state its own timeout', () => {
     const tasks = Object.entries<any>(asl.States).filter(([, st]) => st.Type === 'Task');
-    expect(tasks.map(([name]) => name).sort()).toEqual(['Admit', 'Evaluate', 'Finalize', 'MarkFailed', 'Normalize', 'Train', 'Validate']);
+    expect(tasks.map(([name]) => name).sort()).toEqual(['Admit', 'Evaluate', 'Finalize', 'MarkFailed', 'Normalize', 'RegisterJobSecret', 'Train', 'Validate']);
     for (const [, st] of tasks) expect(st.TimeoutSeconds).toBeGreaterThan(0);
   });
 });

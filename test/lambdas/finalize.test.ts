@@ -69,6 +69,14 @@ describeWithMoto('finalize', () => {
     expect(await res.text()).toBe('weights');
   });
 
+  it('states the true expiry when its minted credentials expire before the configured one (URLs die with them)', async () => {
+    const minted = { ...ctx, credentialsExpireAt: new Date('2026-11-26T10:10:00Z') };
+    const { manifestKey } = await finalize(minted, { urlExpirySeconds: 900 });
+    const manifest = ManifestSchema.parse(await getJson(ctx.s3, ctx.artifactsBucket, manifestKey));
+    expect(manifest.urlExpiresAt).toBe('2026-11-26T10:10:00.000Z');
+    expect(new URL(manifest.artifacts[0]!.url).searchParams.get('X-Amz-Expires')).toBe('600');
+  });
+
   it("copies evaluate's recommended checkpoint and strength, with its A1111 tag, into the manifest", async () => {
     const job2 = { ...ctx, job: { teamId: 'team-a', jobId: 'job-2' } };
     const runner = { checkpoint: 'ohwx-000002.safetensors', epoch: 2, strength: 1, tag: '<lora:ohwx-000002:1.0>', adherence: 0.3, likeness: 0.7 };

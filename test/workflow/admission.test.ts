@@ -95,7 +95,7 @@ describeWithMoto('admission in the state machine, executed locally', () => {
     expect(b.succeeded).toBe(true);
     // The second job's GPU stages ran only after the first job's last one: the slot was handed over.
     expect(log.indexOf('second:train')).toBeGreaterThan(log.indexOf('first:evaluate'));
-    expect(entered(b)).toEqual(['Validate', 'Normalize', 'Admit', 'Train', 'Evaluate', 'Finalize', 'Succeeded']);
+    expect(entered(b)).toEqual(['CreateJobSecret', 'RegisterJobSecret', 'Validate', 'Normalize', 'Admit', 'Train', 'Evaluate', 'Finalize', 'Succeeded']);
     expect((b.output as { admit: { result: unknown } }).admit.result).toMatchObject({ outcome: 'admitted', jobId: 'second' });
     const done = await statusOf(second);
     expect(done).toMatchObject({ state: 'succeeded', stage: 'finalize' });
@@ -127,7 +127,7 @@ describeWithMoto('admission in the state machine, executed locally', () => {
 
     expect(result).toMatchObject({ succeeded: false, error: 'JobFailed' });
     expect(batchCalls).toEqual([]);
-    expect(entered(result)).toEqual(['Validate', 'Normalize', 'Admit', 'MarkFailed', 'Failed']);
+    expect(entered(result)).toEqual(['CreateJobSecret', 'RegisterJobSecret', 'Validate', 'Normalize', 'Admit', 'MarkFailed', 'Failed']);
     expect(await statusOf(job)).toMatchObject({
       state: 'failed',
       stage: 'caption',

@@ -257,7 +257,7 @@ describeWithMoto('fault injection through the local harness', () => {
     const result = await runWorkflow(definition, job, { batch: batch.runner(), taskTokens: teams.taskTokens });
 
     expect(result.error).toBe('JobFailed');
-    expect(entered(result)).toEqual(['Validate', 'Normalize', 'Admit', 'Train', 'MarkFailed', 'Failed']);
+    expect(entered(result)).toEqual(['CreateJobSecret', 'RegisterJobSecret', 'Validate', 'Normalize', 'Admit', 'Train', 'MarkFailed', 'Failed']);
     const train = [...batch.jobs.values()].find((j) => j.stage === 'train')!;
     expect(train.detail.Attempts).toHaveLength(3);
     // The image never ran, so no stage reported a failure: it is the Train state's job's.
@@ -390,7 +390,7 @@ describeWithMoto('fault injection through the local harness', () => {
       const result = await runWorkflow(definition, job, { batch: batch.runner(), taskTokens: teams.taskTokens });
 
       expect(result.error).toBe('JobFailed');
-      expect(entered(result)).toEqual(['Validate', 'Normalize', 'Admit', 'Train', 'Evaluate', 'MarkFailed', 'Failed']);
+      expect(entered(result)).toEqual(['CreateJobSecret', 'RegisterJobSecret', 'Validate', 'Normalize', 'Admit', 'Train', 'Evaluate', 'MarkFailed', 'Failed']);
       expect(await statusOf(job)).toMatchObject({ state: 'failed', stage: 'evaluate', error: { code: 'INTERNAL_ERROR' } });
       const trainPrefix = keys.stage(job, 'train');
       const before = await checkpointVersions(trainPrefix);
@@ -569,7 +569,7 @@ describeWithMoto('fault injection through the local harness', () => {
     hung.abort();
 
     expect(result.events.filter((e) => e.type === 'StateFailed' && e.state === 'Normalize').map((e) => e.error)).toEqual(['States.Timeout']);
-    expect(entered(result)).toEqual(['Validate', 'Normalize', 'MarkFailed', 'Failed']);
+    expect(entered(result)).toEqual(['CreateJobSecret', 'RegisterJobSecret', 'Validate', 'Normalize', 'MarkFailed', 'Failed']);
     expect(await statusOf(job)).toMatchObject({ state: 'failed', stage: 'normalize', error: { code: 'TIMEOUT' } });
     expect([...batch.jobs.values()]).toEqual([]);
     expect(await orphans()).toEqual([]);
@@ -597,7 +597,7 @@ describeWithMoto('fault injection through the local harness', () => {
 
     const result = await runWorkflow(definition, job, { batch: batch.runner(), taskTokens: teams.taskTokens, lambda });
 
-    expect(entered(result)).toEqual(['Validate', 'Normalize', 'MarkFailed', 'Failed']);
+    expect(entered(result)).toEqual(['CreateJobSecret', 'RegisterJobSecret', 'Validate', 'Normalize', 'MarkFailed', 'Failed']);
     expect(await statusOf(job)).toMatchObject({ state: 'failed', stage: 'normalize', error: { code: 'TIMEOUT' } });
     expect([...batch.jobs.values()]).toEqual([]);
     expect(await orphans()).toEqual([]);

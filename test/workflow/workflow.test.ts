@@ -4,16 +4,22 @@
  * what each GPU container does (the containers' own tests run their code); it is also how faults
  * that cannot be caused here for real (a Batch API throttle, a failed GPU job) are injected.
  */
+import { createHash } from 'node:crypto';
 import { CreateStateMachineCommand, ListExecutionsCommand, SFNClient } from '@aws-sdk/client-sfn';
+import { GetCommand } from '@aws-sdk/lib-dynamodb';
 import { afterAll, beforeAll, expect, it } from 'vitest';
+import { secretKey } from '../../lambdas/mint/handler';
 import { type DatasetPlan, DatasetPlanSchema, ManifestSchema, type Status } from '../../lambdas/shared/contract';
+import { lambdaMint } from '../../lambdas/shared/credentials';
 import { type JobRef, keys } from '../../lambdas/shared/keys';
 import { getJson, getValidJson, listAll, putBytes, putJson } from '../../lambdas/shared/s3';
 import { readStatus } from '../../lambdas/shared/status';
+import { teamsDocumentClient } from '../../lambdas/shared/teams';
 import { start } from '../../lambdas/start/handler';
 import { type StateMachineDefinition, stateMachineDefinition, synthesizeTemplate } from '../../scripts/local/definition';
 import { syntheticPhotos } from '../../scripts/local/demo-photos';
 import { noGpuRunner } from '../../scripts/local/gpu';
+import { startLocalMint } from '../../scripts/local/mint';
 import { configureHandlers, LOCAL_CREDENTIALS, LOCAL_REGION, type Moto, startMoto } from '../../scripts/local/moto';
 import { type LocalTeams, localTeams } from '../../scripts/local/teams';
 import { BatchJobFailed, type BatchRunner, inProcessLambda, type LambdaRunner, type RunResult, runWorkflow } from '../../scripts/local/workflow';
@@ -48,10 +54,14 @@ describeWithMoto('state machine, executed locally', () => {
     await putJson(s3, INBOX, keys.spec(job), spec);
   }
 
+  /** The AVATAR_JOB_SECRET each GPU job was submitted with, by `<team>/<job>/<stage>`. */
+  const gpuSecrets = new Map<string, string | undefined>();
+
   /** What the GPU containers write, at the S3 boundary, for a job whose plan.json exists. */
   const gpuStandIn: BatchRunner = async (stage, params) => {
     const env = Object.fromEntries((params.ContainerOverrides?.Environment ?? []).map((e) => [e.Name, e.Value]));
     const job = { teamId: env.AVATAR_TEAM_ID, jobId: env.AVATAR_JOB_ID };
+    gpuSecrets.set(`${job.teamId}/${job.jobId}/${stage}`, env.AVATAR_JOB_SECRET);
     const s3 = moto.s3();
     const plan: DatasetPlan = await getValidJson(s3, ARTIFACTS, keys.plan(job), DatasetPlanSchema);
     const dir = keys.stage(job, stage as 'train');
@@ -90,6 +100,47 @@ describeWithMoto('state machine, executed locally', () => {
     const names = manifest.artifacts.map((a) => a.name);
     expect(names).toEqual(expect.arrayContaining(['validate/report.json', 'normalize/plan.json', 'train/zwxobj.safetensors', 'evaluate/grid.png']));
     expect(names.filter((n) => /^normalize\/\d+_zwxobj\/.*\.png$/.test(n))).toHaveLength(12);
+    // Each GPU job got its own stage secret, and the state machine registered the SHA-256 of each (mint checks it).
+    const sha256 = (text: string) => createHash('sha256').update(text).digest('hex');
+    const train = gpuSecrets.get('team-a/happy/train')!;
+    const evaluate = gpuSecrets.get('team-a/happy/evaluate')!;
+    expect(train).toMatch(/^[0-9a-f-]{36}$/);
+    expect(evaluate).toMatch(/^[0-9a-f-]{36}$/);
+    expect(evaluate).not.toBe(train);
+    const registry = teamsDocumentClient({ endpoint: moto.endpoint, region: LOCAL_REGION, credentials: LOCAL_CREDENTIALS });
+    const { Item } = await registry.send(new GetCommand({ TableName: process.env.TEAMS_TABLE, Key: secretKey('team-a', 'happy') }));
+    expect(Item?.stageSecrets).toMatchObject({ train: sha256(train), evaluate: sha256(evaluate) });
+    expect(Object.keys(Item?.stageSecrets ?? {}).sort()).toEqual(['admit', 'evaluate', 'finalize', 'mark-failed', 'normalize', 'train', 'validate']);
+    // Stage secrets are not the team's to see: status.json and the manifest never carry them.
+    expect(JSON.stringify(await statusOf(job))).not.toContain(train);
+    expect(JSON.stringify(manifest)).not.toContain(evaluate);
+  });
+
+  it('with mint configured, each stage gets its S3 credentials from mint for its own stage secret only', async () => {
+    const job = { teamId: 'team-b', jobId: 'minted' };
+    await submit(job);
+    const local = await startLocalMint({ endpoint: moto.endpoint, tableName: process.env.TEAMS_TABLE!, buckets: { inbox: INBOX, artifacts: ARTIFACTS } });
+    Object.assign(process.env, local.env);
+    try {
+      const result = await runWorkflow(definition, job, { taskTokens: teams.taskTokens, batch: gpuStandIn });
+
+      expect(result.cause).toBeUndefined();
+      expect(result.succeeded).toBe(true);
+      // The Lambda stages minted with the secrets the state machine registered, each its own.
+      expect(local.invocations.map((i) => [i.stage, i.teamId, i.jobId])).toEqual(
+        ['validate', 'normalize', 'admit', 'finalize'].map((stage) => [stage, 'team-b', 'minted']),
+      );
+      expect(new Set(local.invocations.map((i) => i.secret)).size).toBe(4);
+      // What the train GPU job was given mints train's credentials, and no other stage's.
+      const mint = lambdaMint(local.env.MINT_FUNCTION);
+      const secret = gpuSecrets.get('team-b/minted/train')!;
+      expect((await mint({ stage: 'train', ...job, secret })).sessionToken).toBeTruthy();
+      await expect(mint({ stage: 'evaluate', ...job, secret })).rejects.toMatchObject({ name: 'MintRefused' });
+      await expect(mint({ stage: 'train', teamId: 'team-a', jobId: 'minted', secret })).rejects.toMatchObject({ name: 'MintRefused' });
+    } finally {
+      delete process.env.MINT_FUNCTION;
+      await local.stop();
+    }
   });
 
   it('retries a transient Batch failure and then succeeds', async () => {
@@ -143,7 +194,7 @@ describeWithMoto('state machine, executed locally', () => {
     expect(result.succeeded).toBe(false);
     expect(result.error).toBe('JobFailed');
     expect(retried(result)).toEqual([]);
-    expect(entered(result)).toEqual(['Validate', 'Normalize', 'Admit', 'Train', 'MarkFailed', 'Failed']);
+    expect(entered(result)).toEqual(['CreateJobSecret', 'RegisterJobSecret', 'Validate', 'Normalize', 'Admit', 'Train', 'MarkFailed', 'Failed']);
     const status = await statusOf(job);
     expect(status).toMatchObject({ state: 'failed', stage: 'train', error: { code: 'BATCH_JOB_FAILED' } });
     expect(status?.error?.message).toContain('exit code 1');
