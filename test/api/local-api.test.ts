@@ -318,14 +318,23 @@ describeWithMoto('job API over the local AWS endpoint', () => {
     }
   });
 
+  const registryOf = () =>
+    new TeamRegistry(teamsDocumentClient({ endpoint: api.moto.endpoint, region: LOCAL_REGION, credentials: LOCAL_CREDENTIALS }), LOCAL_TEAMS_TABLE);
+
   it('usage: month to date against the budget from the team registry', async () => {
     const res = await call('alpha', 'GET', '/usage');
     expect(res.status).toBe(200);
-    // No job reached a GPU here, so nothing is charged or reserved; the budget is the registry's default.
+    // No job reached a GPU here: what the ended jobs were charged is their intake Lambdas and storage
+    // (the ledger's lambda and storage rows), nothing is reserved; the budget is the registry's default.
+    const rows = await registryOf().items('alpha', 'COST#');
+    expect(rows.length).toBeGreaterThan(0);
+    expect(new Set(rows.map((r) => r.stage))).toEqual(new Set(['lambda', 'storage']));
+    const charged = Math.round(rows.reduce((sum, r) => sum + (r.usd as number), 0) * 1e6) / 1e6;
+    expect(charged).toBeGreaterThan(0);
     expect(res.body).toEqual({
       teamId: 'alpha',
       month: new Date().toISOString().slice(0, 7),
-      spentUsd: 0,
+      spentUsd: charged,
       reservedUsd: 0,
       budgetUsd: 100,
       spentGpuHours: 0,
@@ -413,10 +422,7 @@ describeWithMoto('job API over the local AWS endpoint', () => {
   it('delete erases every object and every version of the job in both buckets; 404 afterwards', async () => {
     const prefix = `teams/alpha/jobs/${mainJob}/`;
     // A cost ledger row for the job, as the cost stage writes it (nothing here reaches a GPU to write one).
-    const registry = new TeamRegistry(
-      teamsDocumentClient({ endpoint: api.moto.endpoint, region: LOCAL_REGION, credentials: LOCAL_CREDENTIALS }),
-      LOCAL_TEAMS_TABLE,
-    );
+    const registry = registryOf();
     await writeLedgerRow(registry, { teamId: 'alpha', jobId: mainJob, stage: 'train', usd: 0.42, gpuSeconds: 1500, lambdaUsd: 0, storageUsd: 0 });
     // The job has several versions of status.json in the versioned artifacts bucket.
     expect(await versionsUnder(LOCAL_ARTIFACTS, `${prefix}status.json`)).toBeGreaterThan(1);
@@ -438,13 +444,15 @@ describeWithMoto('job API over the local AWS endpoint', () => {
       await (await api.s3.send(new GetObjectCommand({ Bucket: LOCAL_ARTIFACTS, Key: `teams/alpha/tombstones/${mainJob}.json` }))).Body!.transformToString(),
     );
     expect(Object.keys(tombstone).sort()).toEqual(['deletedAt', 'jobId', 'ledgerRows', 'removed', 'teamId']);
-    expect(tombstone.ledgerRows).toBe(1);
+    // The row above, and the job's end's lambda and storage rows.
+    expect(tombstone.ledgerRows).toBe(3);
     // The ledger keeps the figures under an anonymous id; nothing in it names the job any more.
     expect(await registry.items('alpha', `COST#${mainJob}#`)).toEqual([]);
     const anonymous = await registry.items('alpha', `COST#${erasedJobId({ teamId: 'alpha', jobId: mainJob })}#`);
-    expect(anonymous).toEqual([
+    expect(anonymous.map((r) => r.stage).sort()).toEqual(['lambda', 'storage', 'train']);
+    expect(anonymous).toContainEqual(
       expect.objectContaining({ jobId: erasedJobId({ teamId: 'alpha', jobId: mainJob }), stage: 'train', usd: 0.42, gpuSeconds: 1500 }),
-    ]);
+    );
     expect(JSON.stringify(await registry.items('alpha', 'COST#'))).not.toContain(mainJob);
   });
 

@@ -315,13 +315,20 @@ describe('credentials wiring (template)', () => {
     expect(dynamo.flatMap(actionsOf)).toEqual(['dynamodb:GetItem']);
   });
 
-  it('no role but mint may assume any role of the stack', () => {
+  it('no role but mint may assume any role of the stack, except the job API assuming its read-only results signing role', () => {
     const mintPolicies = new Set(statementsOf(s, s.stack.credentials.mint.executionRole));
+    const apiPolicies = new Set(statementsOf(s, s.stack.api.function.role!));
+    const signingRole = flatten({ 'Fn::GetAtt': [logicalId(s.stack, s.stack.api.resultsSigningRole.roleArn), 'Arn'] });
+    const assumers: string[] = [];
     for (const [, policy] of resourcesOfType(s.json, 'AWS::IAM::Policy')) {
       for (const st of policy.Properties.PolicyDocument.Statement) {
-        if (actionsOf(st).some((a) => a.startsWith('sts:'))) expect(mintPolicies.has(st)).toBe(true);
+        if (!actionsOf(st).some((a) => a.startsWith('sts:'))) continue;
+        if (mintPolicies.has(st)) assumers.push('mint');
+        else if (apiPolicies.has(st) && [st.Resource].flat().map(flatten).join() === signingRole) assumers.push('api -> results signing');
+        else assumers.push(`unexpected: ${JSON.stringify(st)}`);
       }
     }
+    expect(new Set(assumers)).toEqual(new Set(['mint', 'api -> results signing']));
   });
 
   it('the GPU job definitions name mint in AVATAR_MINT_FUNCTION', () => {
