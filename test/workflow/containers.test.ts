@@ -20,6 +20,7 @@ import { getJson, listAll, putBytes, putJson } from '../../lambdas/shared/s3';
 import { stateMachineDefinition, synthesizeTemplate } from '../../scripts/local/definition';
 import { syntheticPhotos } from '../../scripts/local/demo-photos';
 import { submittedJob } from '../../scripts/local/gpu';
+import { startLocalMint } from '../../scripts/local/mint';
 import { configureHandlers, type Moto, startMoto } from '../../scripts/local/moto';
 import { type LocalTeams, localTeams } from '../../scripts/local/teams';
 import { BatchJobFailed, type BatchRunner, runWorkflow } from '../../scripts/local/workflow';
@@ -87,7 +88,16 @@ describeWithMoto(
       }
       const [program, ...args] = command;
       expect(program).toBe('python');
-      const result = spawnSync(PYTHON, args, { encoding: 'utf8', timeout: 300_000, env: containerEnv(env, stage) });
+      // Asynchronously: the container calls back into this process (the local mint), which must keep serving.
+      const result = await new Promise<{ status: number | null; stderr: string }>((resolve) => {
+        const child = spawn(PYTHON, args, { env: containerEnv(env, stage), timeout: 300_000 });
+        let stderr = '';
+        child.stdout.resume(); // drained, so a chatty stage never blocks on a full pipe
+        child.stderr.on('data', (d) => {
+          stderr += d;
+        });
+        child.on('close', (status) => resolve({ status, stderr }));
+      });
       ran.push({ stage, command, status: result.status });
       if (result.status !== 0) {
         throw new BatchJobFailed({
@@ -114,14 +124,27 @@ describeWithMoto(
       return s3;
     };
 
-    it('captions and trains in one GPU job through the real entrypoints and finalizes a manifest with the LoRA', async () => {
+    it('captions and trains in one GPU job through the real entrypoints, every stage on credentials from mint, and finalizes a manifest with the LoRA', async () => {
       const job = { teamId: 'team-a', jobId: 'containers' };
       const s3 = await seedJob(job, 12);
-
-      const result = await runWorkflow(stateMachineDefinition(template), job, { taskTokens: teams.taskTokens, batch: processes });
+      // The real mint over the Lambda Invoke protocol: the Lambda stages (MINT_FUNCTION) and the
+      // Python container (AVATAR_MINT_FUNCTION, with the stage secret the state machine hands it).
+      const mint = await startLocalMint({ endpoint: moto.endpoint, tableName: process.env.TEAMS_TABLE!, buckets: { inbox: INBOX, artifacts: ARTIFACTS } });
+      Object.assign(process.env, mint.env, { AVATAR_MINT_FUNCTION: mint.env.MINT_FUNCTION });
+      let result: Awaited<ReturnType<typeof runWorkflow>>;
+      try {
+        result = await runWorkflow(stateMachineDefinition(template), job, { taskTokens: teams.taskTokens, batch: processes });
+      } finally {
+        for (const name of ['MINT_FUNCTION', 'AVATAR_MINT_FUNCTION', 'AWS_ENDPOINT_URL_LAMBDA']) delete process.env[name];
+        await mint.stop();
+      }
 
       expect(ran.map((r) => [r.stage, r.command.join(' '), r.status])).toEqual([['train', 'python -m avatar_job caption train', 0]]);
       expect(result.cause).toBeUndefined();
+      // The caption and train processes of the GPU job each minted train's credentials with its secret.
+      expect(mint.invocations.map((i) => i.stage)).toEqual(['validate', 'normalize', 'admit', 'train', 'train', 'finalize']);
+      const gpu = mint.invocations.filter((i) => i.stage === 'train');
+      expect(gpu.every((i) => i.teamId === 'team-a' && i.jobId === 'containers' && i.secret === gpu[0]!.secret)).toBe(true);
       expect(StatusSchema.parse(await getJson(s3, ARTIFACTS, keys.status(job)))).toMatchObject({ state: 'succeeded', stage: 'finalize' });
       const manifest = ManifestSchema.parse(await getJson(s3, ARTIFACTS, keys.manifest(job)));
       const names = manifest.artifacts.map((a) => a.name);
