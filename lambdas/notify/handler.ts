@@ -4,7 +4,7 @@
  * erased with the job; a record written after the erasure swept the job is taken back
  * (lambdas/shared/erasure.ts) and delivery stops.
  */
-import { PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
+import type { S3Client } from '@aws-sdk/client-s3';
 import { z } from 'zod';
 import { RequestRecordSchema, requestKey } from '../api/records';
 import { describeIssues } from '../shared/contract';
@@ -13,7 +13,7 @@ import { JobErased, undoIfErased } from '../shared/erasure';
 import { InvalidInputError, toLambdaError } from '../shared/errors';
 import { JobStateChangeSchema } from '../shared/events';
 import { jobKey } from '../shared/keys';
-import { getJson, s3Client } from '../shared/s3';
+import { getJson, putJson, s3Client } from '../shared/s3';
 import { type DeliveryAttempt, type DeliveryResult, deliverWebhook, type WebhookOptions } from '../shared/webhook';
 
 const EventSchema = z.object({ detail: JobStateChangeSchema });
@@ -37,14 +37,7 @@ export async function notify(event: unknown, deps: NotifyDeps): Promise<Delivery
   const job = { teamId: change.teamId, jobId: change.jobId };
   const key = deliveryKey(change.teamId, change.jobId, change.eventId);
   const recordAttempts = async (attempts: DeliveryAttempt[]) => {
-    const out = await deps.s3.send(
-      new PutObjectCommand({
-        Bucket: deps.artifactsBucket,
-        Key: key,
-        Body: `${JSON.stringify({ url, eventId: change.eventId, attempts }, null, 2)}\n`,
-        ContentType: 'application/json',
-      }),
-    );
+    const out = await putJson(deps.s3, deps.artifactsBucket, key, { url, eventId: change.eventId, attempts });
     await undoIfErased(deps.s3, deps.artifactsBucket, job, key, out.VersionId);
   };
   try {

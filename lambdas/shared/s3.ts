@@ -2,7 +2,15 @@
  * S3 access shared by the handlers. The endpoint comes from the environment
  * (`AWS_ENDPOINT_URL_S3` points the SDK at the local endpoint in tests and local runs).
  */
-import { GetObjectCommand, type GetObjectCommandOutput, NoSuchKey, PutObjectCommand, paginateListObjectsV2, S3Client } from '@aws-sdk/client-s3';
+import {
+  GetObjectCommand,
+  type GetObjectCommandOutput,
+  NoSuchKey,
+  PutObjectCommand,
+  type PutObjectCommandOutput,
+  paginateListObjectsV2,
+  S3Client,
+} from '@aws-sdk/client-s3';
 import type { z } from 'zod';
 import { describeIssues } from './contract';
 import { InvalidInputError } from './errors';
@@ -83,12 +91,13 @@ export async function getValidJson<T extends z.ZodType>(
   return parsed.data;
 }
 
-export async function putBytes(s3: S3Client, bucket: string, key: string, body: Uint8Array | string, contentType: string): Promise<void> {
-  await s3.send(new PutObjectCommand({ Bucket: bucket, Key: key, Body: body, ContentType: contentType }));
+/** Writes an object; S3's answer names the version written (a versioned bucket). */
+export function putBytes(s3: S3Client, bucket: string, key: string, body: Uint8Array | string, contentType: string): Promise<PutObjectCommandOutput> {
+  return s3.send(new PutObjectCommand({ Bucket: bucket, Key: key, Body: body, ContentType: contentType }));
 }
 
-export async function putJson(s3: S3Client, bucket: string, key: string, value: unknown): Promise<void> {
-  await putBytes(s3, bucket, key, `${JSON.stringify(value, null, 2)}\n`, 'application/json');
+export function putJson(s3: S3Client, bucket: string, key: string, value: unknown): Promise<PutObjectCommandOutput> {
+  return putBytes(s3, bucket, key, `${JSON.stringify(value, null, 2)}\n`, 'application/json');
 }
 
 export interface ListedObject {
